@@ -1,0 +1,219 @@
+//! Per-chunkserver latency tracking and the hedge delay derived from it.
+//!
+//! The stripe client records every completed fetch here (time to first byte,
+//! bytes, total time) and, in hedged mode, whether the fetch beat its hedge
+//! deadline. From these the read planner learns two things: how long a healthy
+//! fetch of a given size takes (the hedge delay), and which servers are
+//! currently late more often than not (their stripes are treated as late from
+//! the start). Time is passed in by the caller; nothing here reads a clock.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How long a sample stays relevant.
+pub const SAMPLE_TTL: Duration = Duration::from_secs(30);
+/// Most samples kept per server.
+pub const MAX_SAMPLES: usize = 256;
+/// Weight of the newest outcome in the late score.
+const LATE_ALPHA: f64 = 0.25;
+/// Outcomes needed before a server can be called slow.
+const MIN_OUTCOMES: u32 = 3;
+
+/// Bounds and percentile of the adaptive hedge delay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HedgePolicy {
+    pub floor: Duration,
+    pub ceiling: Duration,
+    /// Which quantile of a healthy server's fetch time to wait for, e.g. 0.95.
+    pub quantile: f64,
+    /// Extra stripes requested at once with the direct ones (default 0).
+    pub extra_stripes: usize,
+}
+
+impl Default for HedgePolicy {
+    fn default() -> Self {
+        Self { floor: Duration::from_millis(2), ceiling: Duration::from_millis(200), quantile: 0.95, extra_stripes: 0 }
+    }
+}
+
+/// One completed fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: Instant,
+    pub first_byte: Duration,
+    pub total: Duration,
+    pub bytes: u64,
+}
+
+impl Sample {
+    /// This fetch's time scaled to `bytes`: same wait for the first byte, same
+    /// transfer rate.
+    fn predict(&self, bytes: u64) -> Duration {
+        let transfer = self.total.saturating_sub(self.first_byte);
+        let scale = if self.bytes == 0 { 1.0 } else { bytes as f64 / self.bytes as f64 };
+        self.first_byte + transfer.mul_f64(scale)
+    }
+}
+
+/// What one client knows of one chunkserver's recent speed.
+#[derive(Debug, Clone, Default)]
+pub struct ServerLatency {
+    samples: VecDeque<Sample>,
+    late_score: f64,
+    outcomes: u32,
+    last_outcome: Option<Instant>,
+}
+
+impl ServerLatency {
+    pub fn record(&mut self, s: Sample) {
+        if self.samples.len() == MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    /// Records whether a fetch finished before its hedge deadline.
+    pub fn record_outcome(&mut self, now: Instant, late: bool) {
+        self.forget_stale_outcomes(now);
+        let x = if late { 1.0 } else { 0.0 };
+        self.late_score = if self.outcomes == 0 { x } else { self.late_score * (1.0 - LATE_ALPHA) + x * LATE_ALPHA };
+        self.outcomes = self.outcomes.saturating_add(1);
+        self.last_outcome = Some(now);
+    }
+
+    fn forget_stale_outcomes(&mut self, now: Instant) {
+        if self.last_outcome.is_some_and(|t| now.saturating_duration_since(t) > SAMPLE_TTL) {
+            self.late_score = 0.0;
+            self.outcomes = 0;
+        }
+    }
+
+    /// Late more often than not, recently: expect this server to miss the deadline.
+    pub fn is_slow(&self, now: Instant) -> bool {
+        let fresh = self.last_outcome.is_some_and(|t| now.saturating_duration_since(t) <= SAMPLE_TTL);
+        fresh && self.outcomes >= MIN_OUTCOMES && self.late_score > 0.5
+    }
+
+    fn fresh(&self, now: Instant) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| now.saturating_duration_since(s.at) <= SAMPLE_TTL)
+    }
+
+    /// The `q` quantile of this server's fetch time for `bytes`, if it has
+    /// fresh samples.
+    pub fn expected(&self, now: Instant, bytes: u64, q: f64) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.fresh(now).map(|s| s.predict(bytes)).collect();
+        quantile(&mut v, q)
+    }
+
+    /// The `q` quantile of time to first byte.
+    pub fn first_byte(&self, now: Instant, q: f64) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.fresh(now).map(|s| s.first_byte).collect();
+        quantile(&mut v, q)
+    }
+
+    /// Observed bytes per second over fresh samples.
+    pub fn bandwidth(&self, now: Instant) -> Option<f64> {
+        let (bytes, secs) =
+            self.fresh(now).fold((0u64, 0f64), |(b, t), s| (b + s.bytes, t + s.total.as_secs_f64()));
+        (secs > 0.0).then(|| bytes as f64 / secs)
+    }
+
+    pub fn late_score(&self) -> f64 {
+        self.late_score
+    }
+}
+
+fn quantile(v: &mut [Duration], q: f64) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let idx = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    Some(v[idx])
+}
+
+/// How long to wait for direct fetches of `bytes` each before hedging: the
+/// median over servers of each server's `policy.quantile` fetch time, within
+/// the policy's bounds. The median keeps a minority of slow servers from
+/// inflating the delay; with no samples at all it is the ceiling.
+pub fn hedge_delay<'a>(
+    servers: impl IntoIterator<Item = &'a ServerLatency>,
+    now: Instant,
+    bytes: u64,
+    policy: &HedgePolicy,
+) -> Duration {
+    let mut per_server: Vec<Duration> =
+        servers.into_iter().filter_map(|s| s.expected(now, bytes, policy.quantile)).collect();
+    match quantile(&mut per_server, 0.5) {
+        Some(d) => d.clamp(policy.floor, policy.ceiling),
+        None => policy.ceiling,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Duration {
+        Duration::from_millis(x)
+    }
+
+    #[test]
+    fn predictions_scale_the_transfer_not_the_wait() {
+        let t0 = Instant::now();
+        let mut s = ServerLatency::default();
+        s.record(Sample { at: t0, first_byte: ms(2), total: ms(12), bytes: 1000 });
+        assert_eq!(s.expected(t0, 2000, 0.5), Some(ms(22)));
+        assert_eq!(s.expected(t0, 0, 0.5), Some(ms(2)));
+        assert_eq!(s.bandwidth(t0).map(|b| b.round()), Some(83333.0));
+    }
+
+    #[test]
+    fn hedge_delay_ignores_a_slow_minority() {
+        let t0 = Instant::now();
+        let policy = HedgePolicy { floor: ms(1), ceiling: ms(500), ..Default::default() };
+        let mut servers = vec![ServerLatency::default(); 9];
+        for (i, s) in servers.iter_mut().enumerate() {
+            let wait = if i == 0 { ms(50) } else { ms(3) };
+            for _ in 0..20 {
+                s.record(Sample { at: t0, first_byte: wait, total: wait + ms(1), bytes: 100 });
+            }
+        }
+        assert_eq!(hedge_delay(&servers, t0, 100, &policy), ms(4));
+        // No samples: the ceiling, so a cold client does not hedge everything.
+        assert_eq!(hedge_delay(&vec![ServerLatency::default(); 3], t0, 100, &policy), ms(500));
+        // Clamped to the floor.
+        let fast = HedgePolicy { floor: ms(10), ..policy };
+        assert_eq!(hedge_delay(&servers, t0, 100, &fast), ms(10));
+    }
+
+    #[test]
+    fn samples_age_out() {
+        let t0 = Instant::now();
+        let mut s = ServerLatency::default();
+        s.record(Sample { at: t0, first_byte: ms(1), total: ms(1), bytes: 1 });
+        assert!(s.expected(t0 + SAMPLE_TTL, 1, 0.5).is_some());
+        assert!(s.expected(t0 + SAMPLE_TTL + ms(1), 1, 0.5).is_none());
+    }
+
+    #[test]
+    fn slow_needs_repeated_lateness_and_recovers() {
+        let t0 = Instant::now();
+        let mut s = ServerLatency::default();
+        s.record_outcome(t0, true);
+        s.record_outcome(t0, true);
+        assert!(!s.is_slow(t0), "two outcomes are not enough evidence");
+        s.record_outcome(t0, true);
+        assert!(s.is_slow(t0));
+        for _ in 0..3 {
+            s.record_outcome(t0, false);
+        }
+        assert!(!s.is_slow(t0), "score {} after three on-time fetches", s.late_score());
+        // Lateness long ago says nothing about now.
+        for _ in 0..5 {
+            s.record_outcome(t0, true);
+        }
+        assert!(s.is_slow(t0));
+        assert!(!s.is_slow(t0 + SAMPLE_TTL + ms(1)));
+    }
+}

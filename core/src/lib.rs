@@ -1,0 +1,14 @@
+//! Tessera's core: the domain logic every component shares, with no I/O.
+//!
+//! This crate owns the erasure codec, the arithmetic that maps bytes to items,
+//! stripes and blocks, block checksums, per-chunkserver latency tracking and the
+//! read planner. It never touches a disk, a socket or a clock: callers pass time
+//! and observations in, and the functions here decide. That keeps every rule
+//! unit- and property-testable without a network.
+
+pub mod checksum;
+pub mod codec;
+pub mod ids;
+pub mod latency;
+pub mod layout;
+pub mod read_plan;
