@@ -27,12 +27,21 @@ pub struct ChecksumMismatch {
 /// Verifies `data`, which starts at block `first_block` and is made of whole
 /// blocks (the last may be short), against `expected[i]` for block
 /// `first_block + i`.
-pub fn verify_blocks(data: &[u8], first_block: usize, block_size: usize, expected: &[u32]) -> Result<(), ChecksumMismatch> {
+pub fn verify_blocks(
+    data: &[u8],
+    first_block: usize,
+    block_size: usize,
+    expected: &[u32],
+) -> Result<(), ChecksumMismatch> {
     for (i, chunk) in data.chunks(block_size).enumerate() {
         let actual = crc32c(chunk);
         let want = expected.get(i).copied();
         if want != Some(actual) {
-            return Err(ChecksumMismatch { block: first_block + i, expected: want.unwrap_or(0), actual });
+            return Err(ChecksumMismatch {
+                block: first_block + i,
+                expected: want.unwrap_or(0),
+                actual,
+            });
         }
     }
     Ok(())

@@ -1,0 +1,255 @@
+//! Request classes and their admission.
+//!
+//! Every data request names a class: serving (pods reading volumes), job,
+//! repair or distribution. Each class has its own concurrency limit, so a
+//! repair storm or a distribution wave queues behind its own limit and never
+//! takes the slots that serving reads need. Waiting and running counts per
+//! class are the queue depths the stats and metrics report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tessera_proto::cs;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestClass {
+    Serving,
+    Job,
+    Repair,
+    Distribution,
+}
+
+impl RequestClass {
+    pub const ALL: [RequestClass; 4] = [
+        RequestClass::Serving,
+        RequestClass::Job,
+        RequestClass::Repair,
+        RequestClass::Distribution,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestClass::Serving => "serving",
+            RequestClass::Job => "job",
+            RequestClass::Repair => "repair",
+            RequestClass::Distribution => "distribution",
+        }
+    }
+
+    /// From the wire; unspecified (and unknown future values) count as serving.
+    pub fn from_wire(v: i32) -> Self {
+        match cs::RequestClass::try_from(v).unwrap_or(cs::RequestClass::Unspecified) {
+            cs::RequestClass::Unspecified | cs::RequestClass::Serving => RequestClass::Serving,
+            cs::RequestClass::Job => RequestClass::Job,
+            cs::RequestClass::Repair => RequestClass::Repair,
+            cs::RequestClass::Distribution => RequestClass::Distribution,
+        }
+    }
+
+    pub fn to_wire(self) -> cs::RequestClass {
+        match self {
+            RequestClass::Serving => cs::RequestClass::Serving,
+            RequestClass::Job => cs::RequestClass::Job,
+            RequestClass::Repair => cs::RequestClass::Repair,
+            RequestClass::Distribution => cs::RequestClass::Distribution,
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Concurrency limit per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassLimits {
+    pub serving: u32,
+    pub job: u32,
+    pub repair: u32,
+    pub distribution: u32,
+}
+
+impl Default for ClassLimits {
+    fn default() -> Self {
+        Self {
+            serving: 64,
+            job: 32,
+            repair: 4,
+            distribution: 8,
+        }
+    }
+}
+
+impl ClassLimits {
+    pub fn get(&self, c: RequestClass) -> u32 {
+        match c {
+            RequestClass::Serving => self.serving,
+            RequestClass::Job => self.job,
+            RequestClass::Repair => self.repair,
+            RequestClass::Distribution => self.distribution,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Gate {
+    limit: u32,
+    semaphore: Arc<Semaphore>,
+    queued: AtomicU32,
+    in_flight: Arc<AtomicU32>,
+    served: AtomicU64,
+}
+
+/// A snapshot of one class's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassQueue {
+    pub class: RequestClass,
+    pub limit: u32,
+    pub queued: u32,
+    pub in_flight: u32,
+    pub served: u64,
+}
+
+/// Admission of requests, per class.
+#[derive(Debug)]
+pub struct Admission {
+    gates: Vec<Gate>,
+}
+
+/// Held while a request runs.
+#[derive(Debug)]
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Arc<AtomicU32>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    pub fn new(limits: ClassLimits) -> Self {
+        let gates = RequestClass::ALL
+            .iter()
+            .map(|&c| {
+                let limit = limits.get(c).max(1);
+                Gate {
+                    limit,
+                    semaphore: Arc::new(Semaphore::new(limit as usize)),
+                    queued: AtomicU32::new(0),
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                    served: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Self { gates }
+    }
+
+    /// Waits for a slot in `class`. Cancel-safe: a dropped wait leaves the
+    /// counters as they were.
+    pub async fn admit(&self, class: RequestClass) -> Permit {
+        let gate = &self.gates[class.slot()];
+        gate.queued.fetch_add(1, Ordering::Relaxed);
+        struct Unqueue<'a>(&'a AtomicU32);
+        impl Drop for Unqueue<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let unqueue = Unqueue(&gate.queued);
+        let permit = gate
+            .semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("admission semaphores are never closed");
+        drop(unqueue);
+        gate.in_flight.fetch_add(1, Ordering::Relaxed);
+        gate.served.fetch_add(1, Ordering::Relaxed);
+        Permit {
+            _permit: permit,
+            in_flight: gate.in_flight.clone(),
+        }
+    }
+
+    pub fn queues(&self) -> Vec<ClassQueue> {
+        RequestClass::ALL
+            .iter()
+            .map(|&class| {
+                let g = &self.gates[class.slot()];
+                ClassQueue {
+                    class,
+                    limit: g.limit,
+                    queued: g.queued.load(Ordering::Relaxed),
+                    in_flight: g.in_flight.load(Ordering::Relaxed),
+                    served: g.served.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_class_does_not_block_another() {
+        let a = Arc::new(Admission::new(ClassLimits {
+            serving: 2,
+            job: 1,
+            repair: 1,
+            distribution: 1,
+        }));
+        let r1 = a.admit(RequestClass::Repair).await;
+        // A second repair request waits...
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move {
+                let _p = a.admit(RequestClass::Repair).await;
+            }
+        });
+        tokio::task::yield_now().await;
+        while a.queues()[2].queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...while serving requests go straight through.
+        let s1 = a.admit(RequestClass::Serving).await;
+        let s2 = a.admit(RequestClass::Serving).await;
+        let q = a.queues();
+        assert_eq!((q[0].in_flight, q[0].queued), (2, 0));
+        assert_eq!((q[2].in_flight, q[2].queued), (1, 1));
+        drop((s1, s2, r1));
+        waiting.await.unwrap();
+        let q = a.queues();
+        assert_eq!((q[2].in_flight, q[2].queued, q[2].served), (0, 0, 2));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_wait_is_not_counted() {
+        let a = Admission::new(ClassLimits {
+            serving: 1,
+            ..Default::default()
+        });
+        let _held = a.admit(RequestClass::Serving).await;
+        let timed_out = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            a.admit(RequestClass::Serving),
+        )
+        .await;
+        assert!(timed_out.is_err());
+        assert_eq!(a.queues()[0].queued, 0);
+    }
+
+    #[test]
+    fn unknown_wire_classes_are_serving() {
+        assert_eq!(RequestClass::from_wire(0), RequestClass::Serving);
+        assert_eq!(RequestClass::from_wire(99), RequestClass::Serving);
+        for c in RequestClass::ALL {
+            assert_eq!(RequestClass::from_wire(c.to_wire() as i32), c);
+        }
+    }
+}

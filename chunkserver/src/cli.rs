@@ -1,0 +1,101 @@
+//! Command-line arguments of the chunkserver, shared by the
+//! `tessera-chunkserver` binary and `tessera chunkserver`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::classes::ClassLimits;
+use crate::server::{self, Config};
+
+/// Run a chunkserver: store stripes on local data directories and serve them over gRPC.
+#[derive(Debug, Clone, Args)]
+pub struct ChunkserverArgs {
+    /// Name of this chunkserver in logs, metrics and stats (default: the host name).
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// gRPC address (TCP). Port 0 picks a free port, printed when ready.
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    pub listen: SocketAddr,
+    /// Also serve gRPC on this unix socket.
+    #[arg(long)]
+    pub unix_socket: Option<PathBuf>,
+    /// Address of the HTTP endpoint with /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:7401")]
+    pub metrics_listen: SocketAddr,
+    /// A directory to store stripes in, usually one per device. Repeat for several.
+    #[arg(long = "data-dir", required = true)]
+    pub data_dirs: Vec<PathBuf>,
+    /// Concurrent requests of class serving (pods reading volumes).
+    #[arg(long, default_value_t = ClassLimits::default().serving)]
+    pub serving_limit: u32,
+    /// Concurrent requests of class job.
+    #[arg(long, default_value_t = ClassLimits::default().job)]
+    pub job_limit: u32,
+    /// Concurrent requests of class repair.
+    #[arg(long, default_value_t = ClassLimits::default().repair)]
+    pub repair_limit: u32,
+    /// Concurrent requests of class distribution.
+    #[arg(long, default_value_t = ClassLimits::default().distribution)]
+    pub distribution_limit: u32,
+    /// Serve the FaultInjection API (latency, bandwidth cap, hang, errors,
+    /// corruption). For tests, demos and benchmarks only.
+    #[arg(long)]
+    pub enable_fault_injection: bool,
+}
+
+/// The line printed on stdout once the server is ready, for whoever started it.
+#[derive(Debug, Serialize)]
+struct Ready<'a> {
+    event: &'static str,
+    node_id: &'a str,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+}
+
+impl ChunkserverArgs {
+    pub fn config(&self) -> Config {
+        let node_id = self.node_id.clone().unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        });
+        Config {
+            node_id,
+            listen: self.listen,
+            unix_socket: self.unix_socket.clone(),
+            metrics_listen: Some(self.metrics_listen),
+            data_dirs: self.data_dirs.clone(),
+            limits: ClassLimits {
+                serving: self.serving_limit,
+                job: self.job_limit,
+                repair: self.repair_limit,
+                distribution: self.distribution_limit,
+            },
+            enable_fault_injection: self.enable_fault_injection,
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = self.config();
+        let running = server::start(config.clone()).await?;
+        let ready = Ready {
+            event: "ready",
+            node_id: &config.node_id,
+            grpc: running.grpc_addr,
+            metrics: running.metrics_addr,
+        };
+        println!("{}", serde_json::to_string(&ready)?);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await
+    }
+}

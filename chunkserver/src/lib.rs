@@ -1,0 +1,17 @@
+//! The Tessera chunkserver: stores stripes on local data directories and serves
+//! checksum-verified byte ranges of them over gRPC.
+//!
+//! Rooms: [`store`] (the on-disk format and the index), [`classes`]
+//! (admission per request class), [`faults`] (run-time fault injection),
+//! [`stats`] (per-device bandwidth windows), [`metrics`] (Prometheus),
+//! [`service`] (gRPC handlers and status codes) and [`server`] (wiring).
+
+pub mod classes;
+pub mod faults;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod store;
+
+pub mod cli;

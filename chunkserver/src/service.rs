@@ -1,0 +1,539 @@
+//! The gRPC face of a chunkserver: maps requests onto the stripe store through
+//! admission and fault hooks, and store errors onto precise status codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tessera_core::ids::{ItemId, StripeId};
+use tessera_proto::cs::{
+    self, chunkserver_server::Chunkserver, fault_injection_server::FaultInjection,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{Instrument, error, info_span, warn};
+
+use crate::classes::{Admission, RequestClass};
+use crate::faults::{Entry, FaultInjector, Faults};
+use crate::metrics::{ClassLabels, DirLabels, FaultLabels, Metrics, OpLabels, RequestLabels};
+use crate::stats::{DEFAULT_WINDOW_SECS, RateWindow};
+use crate::store::{StoreError, StripeHeader, StripeStore, WriteStart};
+
+/// Bytes per read response message (rounded down to whole blocks).
+pub const READ_CHUNK: usize = 1 << 20;
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::Conflict { .. } => Code::AlreadyExists,
+            StoreError::WriteInProgress(_) => Code::Aborted,
+            StoreError::InvalidHeader { .. }
+            | StoreError::SizeMismatch { .. }
+            | StoreError::WriteChecksum { .. } => Code::InvalidArgument,
+            StoreError::BadRange { reason, .. } if reason.contains("past the end") => {
+                Code::OutOfRange
+            }
+            StoreError::BadRange { .. } => Code::InvalidArgument,
+            StoreError::NoSpace { .. } => Code::ResourceExhausted,
+            StoreError::Corrupt { .. } => Code::DataLoss,
+            StoreError::Io { .. } => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    pub node_id: String,
+    pub store: Arc<StripeStore>,
+    pub admission: Admission,
+    pub faults: FaultInjector,
+    pub metrics: Metrics,
+    pub origin: Instant,
+    pub reads: Vec<RateWindow>,
+    pub writes: Vec<RateWindow>,
+}
+
+impl Shared {
+    pub fn new(node_id: String, store: Arc<StripeStore>, admission: Admission) -> Self {
+        let origin = Instant::now();
+        let n = store.dirs().len();
+        Self {
+            node_id,
+            admission,
+            faults: FaultInjector::default(),
+            metrics: Metrics::default(),
+            origin,
+            reads: (0..n).map(|_| RateWindow::new(origin)).collect(),
+            writes: (0..n).map(|_| RateWindow::new(origin)).collect(),
+            store,
+        }
+    }
+
+    fn dir_label(&self, dir: usize) -> DirLabels {
+        DirLabels {
+            data_dir: self.store.dirs()[dir].path.display().to_string(),
+        }
+    }
+
+    fn observe(&self, op: &'static str, class: RequestClass, started: Instant, code: Code) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                op,
+                class: class.as_str(),
+                code: code_name(code),
+            })
+            .inc();
+        self.metrics
+            .request_seconds
+            .get_or_create(&OpLabels { op })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn enter(&self) -> Result<(), Status> {
+        let f = self.faults.get();
+        if f.hang {
+            self.metrics
+                .faults_injected
+                .get_or_create(&FaultLabels { kind: "hang" })
+                .inc();
+        }
+        if !f.latency.is_zero() {
+            self.metrics
+                .faults_injected
+                .get_or_create(&FaultLabels { kind: "latency" })
+                .inc();
+        }
+        match self.faults.on_entry().await {
+            Entry::Proceed => Ok(()),
+            Entry::Fail => {
+                self.metrics
+                    .faults_injected
+                    .get_or_create(&FaultLabels { kind: "error" })
+                    .inc();
+                Err(Status::unavailable(format!(
+                    "injected fault on {}",
+                    self.node_id
+                )))
+            }
+        }
+    }
+
+    /// Refreshes the gauges before a scrape.
+    pub fn refresh_gauges(&self) {
+        let now = Instant::now();
+        for q in self.admission.queues() {
+            let l = ClassLabels {
+                class: q.class.as_str(),
+            };
+            self.metrics.queued.get_or_create(&l).set(q.queued as i64);
+            self.metrics
+                .in_flight
+                .get_or_create(&l)
+                .set(q.in_flight as i64);
+        }
+        for (i, (count, bytes)) in self.store.usage().into_iter().enumerate() {
+            let l = self.dir_label(i);
+            self.metrics.stripes.get_or_create(&l).set(count as i64);
+            self.metrics
+                .stored_bytes
+                .get_or_create(&l)
+                .set(bytes as i64);
+            if let Ok((free, _)) = self.store.dirs()[i].space() {
+                self.metrics.free_bytes.get_or_create(&l).set(free as i64);
+            }
+            self.metrics
+                .read_bandwidth
+                .get_or_create(&l)
+                .set(self.reads[i].rate(now, DEFAULT_WINDOW_SECS));
+        }
+    }
+}
+
+fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::InvalidArgument => "invalid_argument",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Internal => "internal",
+        _ => "other",
+    }
+}
+
+pub(crate) fn parse_stripe(r: Option<&cs::StripeRef>, field: &str) -> Result<StripeId, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))?;
+    let item = ItemId::from_bytes(&r.item)
+        .map_err(|e| Status::invalid_argument(format!("{field}.item: {e}")))?;
+    let index = u16::try_from(r.index).map_err(|_| {
+        Status::invalid_argument(format!("{field}.index {} is out of range", r.index))
+    })?;
+    Ok(StripeId::new(item, index))
+}
+
+fn join_error(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("storage task failed: {e}"))
+}
+
+/// The chunkserver gRPC service.
+#[derive(Debug, Clone)]
+pub struct ChunkserverService {
+    shared: Arc<Shared>,
+}
+
+impl ChunkserverService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn write(
+        &self,
+        mut stream: Streaming<cs::WriteStripeRequest>,
+        header: cs::StripeHeader,
+    ) -> Result<cs::WriteStripeResponse, Status> {
+        let s = &self.shared;
+        let stripe = parse_stripe(header.stripe.as_ref(), "header.stripe")?;
+        let h = StripeHeader {
+            stripe,
+            length: header.length,
+            block_size: header.block_size,
+            crcs: header.block_crcs,
+        };
+        let _permit = s
+            .admission
+            .admit(RequestClass::from_wire(header.class))
+            .await;
+        s.enter().await?;
+        let store = s.store.clone();
+        let start = tokio::task::spawn_blocking(move || store.begin_write(h))
+            .await
+            .map_err(join_error)??;
+        let mut writer = match start {
+            WriteStart::AlreadyPresent { dir } => {
+                return Ok(cs::WriteStripeResponse {
+                    already_present: true,
+                    data_dir: s.store.dirs()[dir].path.display().to_string(),
+                });
+            }
+            WriteStart::New(w) => w,
+        };
+        while let Some(msg) = stream.message().await? {
+            match msg.part {
+                Some(cs::write_stripe_request::Part::Data(bytes)) => {
+                    let n = bytes.len() as u64;
+                    writer =
+                        tokio::task::spawn_blocking(move || writer.append(&bytes).map(|()| writer))
+                            .await
+                            .map_err(join_error)??;
+                    s.writes[writer.dir()].record(Instant::now(), n);
+                }
+                Some(cs::write_stripe_request::Part::Header(_)) => {
+                    return Err(Status::invalid_argument(format!(
+                        "stripe {stripe}: a second header in one write"
+                    )));
+                }
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "stripe {stripe}: empty message"
+                    )));
+                }
+            }
+        }
+        let dir = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(join_error)??;
+        s.metrics
+            .written_bytes
+            .get_or_create(&s.dir_label(dir))
+            .inc_by(header.length);
+        Ok(cs::WriteStripeResponse {
+            already_present: false,
+            data_dir: s.store.dirs()[dir].path.display().to_string(),
+        })
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<cs::ReadStripeResponse, Status>> + Send>>;
+type InventoryStream = Pin<Box<dyn Stream<Item = Result<cs::InventoryBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chunkserver for ChunkserverService {
+    async fn write_stripe(
+        &self,
+        request: Request<Streaming<cs::WriteStripeRequest>>,
+    ) -> Result<Response<cs::WriteStripeResponse>, Status> {
+        let started = Instant::now();
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty write stream"))?;
+        let Some(cs::write_stripe_request::Part::Header(header)) = first.part else {
+            return Err(Status::invalid_argument(
+                "the first message of a write must be the header",
+            ));
+        };
+        let class = RequestClass::from_wire(header.class);
+        let stripe_text = parse_stripe(header.stripe.as_ref(), "header.stripe")?.to_string();
+        let span = info_span!("write_stripe", stripe = %stripe_text, class = class.as_str());
+        let result = self.write(stream, header).instrument(span).await;
+        let code = result
+            .as_ref()
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|e| e.code());
+        if let Err(e) = &result {
+            warn!(stripe = %stripe_text, code = ?e.code(), error = e.message(), "write failed");
+        }
+        self.shared.observe("write", class, started, code);
+        result.map(Response::new)
+    }
+
+    type ReadStripeStream = ReadStream;
+
+    async fn read_stripe(
+        &self,
+        request: Request<cs::ReadStripeRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let stripe = parse_stripe(req.stripe.as_ref(), "stripe")?;
+        let class = RequestClass::from_wire(req.class);
+        let s = self.shared.clone();
+        // Unknown stripes and bad ranges are answered at once, before any stream.
+        let (meta, range) = match s.store.resolve(&stripe, req.offset, req.length) {
+            Ok(x) => x,
+            Err(e) => {
+                let st = Status::from(e);
+                s.observe("read", class, started, st.code());
+                return Err(st);
+            }
+        };
+        let (tx, rx) = mpsc::channel(2);
+        let span = info_span!("read_stripe", %stripe, offset = range.start, len = range.end - range.start, class = class.as_str());
+        tokio::spawn(
+            async move {
+                let produce = async {
+                    let _permit = s.admission.admit(class).await;
+                    s.enter().await?;
+                    let bs = meta.block_size as u64;
+                    let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
+                    let mut off = range.start;
+                    while off < range.end {
+                        let len = chunk.min(range.end - off);
+                        let store = s.store.clone();
+                        let read =
+                            tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
+                                .await
+                                .map_err(join_error)?;
+                        let (data, meta) = match read {
+                            Ok(x) => x,
+                            Err(e @ StoreError::Corrupt { .. }) => {
+                                s.metrics
+                                    .checksum_failures
+                                    .get_or_create(&s.dir_label(meta.dir))
+                                    .inc();
+                                error!(%stripe, error = %e, "corrupt block on disk");
+                                return Err(Status::from(e));
+                            }
+                            Err(e) => return Err(Status::from(e)),
+                        };
+                        let n = data.len();
+                        s.reads[meta.dir].record(Instant::now(), n as u64);
+                        s.metrics
+                            .read_bytes
+                            .get_or_create(&s.dir_label(meta.dir))
+                            .inc_by(n as u64);
+                        s.faults.pace(n).await;
+                        let (data, corrupted) = s.faults.maybe_corrupt(data);
+                        if corrupted {
+                            s.metrics
+                                .faults_injected
+                                .get_or_create(&FaultLabels { kind: "corrupt" })
+                                .inc();
+                        }
+                        let first = (off / bs) as usize;
+                        let last = ((off + n as u64).div_ceil(bs)) as usize;
+                        let msg = cs::ReadStripeResponse {
+                            offset: off,
+                            data,
+                            block_crcs: meta.crcs[first..last].to_vec(),
+                            block_size: meta.block_size,
+                            stripe_length: meta.length,
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return Err(Status::cancelled("reader went away"));
+                        }
+                        off += n as u64;
+                    }
+                    Ok::<(), Status>(())
+                };
+                let code = tokio::select! {
+                    r = produce => match r {
+                        Ok(()) => Code::Ok,
+                        Err(st) => {
+                            let code = st.code();
+                            let _ = tx.send(Err(st)).await;
+                            code
+                        }
+                    },
+                    // The reader cancelled (a hedge or accelerated read that
+                    // finished without us): stop reading at once.
+                    _ = tx.closed() => Code::Cancelled,
+                };
+                s.observe("read", class, started, code);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete_stripe(
+        &self,
+        request: Request<cs::DeleteStripeRequest>,
+    ) -> Result<Response<cs::DeleteStripeResponse>, Status> {
+        let started = Instant::now();
+        let stripe = parse_stripe(request.get_ref().stripe.as_ref(), "stripe")?;
+        let store = self.shared.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.delete(&stripe))
+            .await
+            .map_err(join_error)?
+            .map_err(Status::from);
+        self.shared.observe(
+            "delete",
+            RequestClass::Serving,
+            started,
+            result
+                .as_ref()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|e| e.code()),
+        );
+        result.map(|existed| Response::new(cs::DeleteStripeResponse { existed }))
+    }
+
+    type InventoryStream = InventoryStream;
+
+    async fn inventory(
+        &self,
+        _request: Request<cs::InventoryRequest>,
+    ) -> Result<Response<InventoryStream>, Status> {
+        let s = self.shared.clone();
+        let all = s.store.inventory();
+        let batches: Vec<Result<cs::InventoryBatch, Status>> = all
+            .chunks(1000)
+            .map(|chunk| {
+                Ok(cs::InventoryBatch {
+                    stripes: chunk
+                        .iter()
+                        .map(|(id, len, dir)| cs::StripeInfo {
+                            stripe: Some(cs::StripeRef {
+                                item: id.item.as_bytes().to_vec().into(),
+                                index: id.index as u32,
+                            }),
+                            length: *len,
+                            data_dir: s.store.dirs()[*dir].path.display().to_string(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<cs::StatsRequest>,
+    ) -> Result<Response<cs::StatsResponse>, Status> {
+        let s = &self.shared;
+        let window = match request.get_ref().window_secs {
+            0 => DEFAULT_WINDOW_SECS,
+            w @ (5 | 10 | 20) => w,
+            w => {
+                return Err(Status::invalid_argument(format!(
+                    "window_secs must be 5, 10 or 20, got {w}"
+                )));
+            }
+        };
+        let now = Instant::now();
+        let usage = s.store.usage();
+        let devices = s
+            .store
+            .dirs()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (free, total) = d.space().unwrap_or((0, 0));
+                cs::DeviceStats {
+                    data_dir: d.path.display().to_string(),
+                    read_bytes_per_sec: s.reads[i].rate(now, window),
+                    write_bytes_per_sec: s.writes[i].rate(now, window),
+                    free_bytes: free,
+                    total_bytes: total,
+                    stripes: usage[i].0,
+                    stored_bytes: usage[i].1,
+                }
+            })
+            .collect();
+        let classes = s
+            .admission
+            .queues()
+            .into_iter()
+            .map(|q| cs::ClassStats {
+                class: q.class.to_wire() as i32,
+                limit: q.limit,
+                in_flight: q.in_flight,
+                queued: q.queued,
+                served: q.served,
+            })
+            .collect();
+        Ok(Response::new(cs::StatsResponse {
+            window_secs: window,
+            devices,
+            classes,
+            node_id: s.node_id.clone(),
+        }))
+    }
+}
+
+/// The fault-injection control service (only served with --enable-fault-injection).
+#[derive(Debug, Clone)]
+pub struct FaultService {
+    shared: Arc<Shared>,
+}
+
+impl FaultService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl FaultInjection for FaultService {
+    async fn set_faults(
+        &self,
+        request: Request<cs::Faults>,
+    ) -> Result<Response<cs::Faults>, Status> {
+        let f = Faults::from_wire(request.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        warn!(node = %self.shared.node_id, faults = ?f, "fault injection changed");
+        self.shared.faults.set(f);
+        Ok(Response::new(f.to_wire()))
+    }
+
+    async fn get_faults(
+        &self,
+        _request: Request<cs::GetFaultsRequest>,
+    ) -> Result<Response<cs::Faults>, Status> {
+        Ok(Response::new(self.shared.faults.get().to_wire()))
+    }
+}

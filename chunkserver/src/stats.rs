@@ -1,0 +1,99 @@
+//! Per-device bandwidth over a sliding window.
+//!
+//! Each data dir counts bytes read and written into one-second buckets; the
+//! rate over the last 5, 10 or 20 seconds is what the master and the job
+//! controller use to tell a slow device from a slow task.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Longest window served.
+pub const MAX_WINDOW_SECS: u32 = 60;
+pub const DEFAULT_WINDOW_SECS: u32 = 10;
+
+#[derive(Debug)]
+pub struct RateWindow {
+    origin: Instant,
+    inner: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    /// The second (since origin) each slot counts; `u64::MAX` for unused slots.
+    seconds: [u64; MAX_WINDOW_SECS as usize + 1],
+    counts: [u64; MAX_WINDOW_SECS as usize + 1],
+}
+
+impl RateWindow {
+    pub fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            inner: Mutex::new(Buckets {
+                seconds: [u64::MAX; MAX_WINDOW_SECS as usize + 1],
+                counts: [0; MAX_WINDOW_SECS as usize + 1],
+            }),
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    pub fn record(&self, now: Instant, bytes: u64) {
+        let s = self.second(now);
+        let slot = (s % (MAX_WINDOW_SECS as u64 + 1)) as usize;
+        let mut b = self.inner.lock().unwrap();
+        if b.seconds[slot] != s {
+            b.seconds[slot] = s;
+            b.counts[slot] = 0;
+        }
+        b.counts[slot] += bytes;
+    }
+
+    /// Bytes per second over the `window` whole seconds before the current one.
+    pub fn rate(&self, now: Instant, window: u32) -> f64 {
+        let window = window.clamp(1, MAX_WINDOW_SECS) as u64;
+        let s = self.second(now);
+        let from = s.saturating_sub(window);
+        let b = self.inner.lock().unwrap();
+        let total: u64 = b
+            .seconds
+            .iter()
+            .zip(b.counts.iter())
+            .filter(|(sec, _)| **sec != u64::MAX && **sec >= from && **sec < s)
+            .map(|(_, c)| *c)
+            .sum();
+        total as f64 / window as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_averages_the_last_whole_seconds() {
+        let t0 = Instant::now();
+        let w = RateWindow::new(t0);
+        for s in 0..10 {
+            w.record(t0 + Duration::from_secs(s), 1000);
+        }
+        // The current (partial) second is not counted.
+        w.record(t0 + Duration::from_secs(10), 1_000_000);
+        let now = t0 + Duration::from_millis(10_500);
+        assert_eq!(w.rate(now, 5), 1000.0);
+        assert_eq!(w.rate(now, 10), 1000.0);
+        assert_eq!(w.rate(now, 20), 500.0);
+    }
+
+    #[test]
+    fn old_buckets_do_not_leak_into_new_windows() {
+        let t0 = Instant::now();
+        let w = RateWindow::new(t0);
+        w.record(t0, 5000);
+        let later = t0 + Duration::from_secs(u64::from(MAX_WINDOW_SECS) + 1);
+        w.record(later, 10);
+        assert_eq!(w.rate(later + Duration::from_secs(1), 5), 2.0);
+    }
+}
