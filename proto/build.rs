@@ -5,10 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY (not unsafe code): build scripts are single-threaded; prost-build
     // reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    tonic_prost_build::configure().bytes(".").compile_protos(
-        &["proto/tessera/chunkserver/v1/chunkserver.proto"],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&["proto/tessera/chunkserver/v1/chunkserver.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

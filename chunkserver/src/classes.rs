@@ -21,12 +21,8 @@ pub enum RequestClass {
 }
 
 impl RequestClass {
-    pub const ALL: [RequestClass; 4] = [
-        RequestClass::Serving,
-        RequestClass::Job,
-        RequestClass::Repair,
-        RequestClass::Distribution,
-    ];
+    pub const ALL: [RequestClass; 4] =
+        [RequestClass::Serving, RequestClass::Job, RequestClass::Repair, RequestClass::Distribution];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -72,12 +68,7 @@ pub struct ClassLimits {
 
 impl Default for ClassLimits {
     fn default() -> Self {
-        Self {
-            serving: 64,
-            job: 32,
-            repair: 4,
-            distribution: 8,
-        }
+        Self { serving: 64, job: 32, repair: 4, distribution: 8 }
     }
 }
 
@@ -160,19 +151,11 @@ impl Admission {
             }
         }
         let unqueue = Unqueue(&gate.queued);
-        let permit = gate
-            .semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("admission semaphores are never closed");
+        let permit = gate.semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed");
         drop(unqueue);
         gate.in_flight.fetch_add(1, Ordering::Relaxed);
         gate.served.fetch_add(1, Ordering::Relaxed);
-        Permit {
-            _permit: permit,
-            in_flight: gate.in_flight.clone(),
-        }
+        Permit { _permit: permit, in_flight: gate.in_flight.clone() }
     }
 
     pub fn queues(&self) -> Vec<ClassQueue> {
@@ -198,12 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_class_does_not_block_another() {
-        let a = Arc::new(Admission::new(ClassLimits {
-            serving: 2,
-            job: 1,
-            repair: 1,
-            distribution: 1,
-        }));
+        let a = Arc::new(Admission::new(ClassLimits { serving: 2, job: 1, repair: 1, distribution: 1 }));
         let r1 = a.admit(RequestClass::Repair).await;
         // A second repair request waits...
         let waiting = tokio::spawn({
@@ -230,16 +208,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_wait_is_not_counted() {
-        let a = Admission::new(ClassLimits {
-            serving: 1,
-            ..Default::default()
-        });
+        let a = Admission::new(ClassLimits { serving: 1, ..Default::default() });
         let _held = a.admit(RequestClass::Serving).await;
-        let timed_out = tokio::time::timeout(
-            std::time::Duration::from_millis(1),
-            a.admit(RequestClass::Serving),
-        )
-        .await;
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(1), a.admit(RequestClass::Serving)).await;
         assert!(timed_out.is_err());
         assert_eq!(a.queues()[0].queued, 0);
     }

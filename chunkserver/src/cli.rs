@@ -57,12 +57,8 @@ struct Ready<'a> {
 
 impl ChunkserverArgs {
     pub fn config(&self) -> Config {
-        let node_id = self.node_id.clone().unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        });
+        let node_id =
+            self.node_id.clone().unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
         Config {
             node_id,
             listen: self.listen,
@@ -83,12 +79,8 @@ impl ChunkserverArgs {
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.config();
         let running = server::start(config.clone()).await?;
-        let ready = Ready {
-            event: "ready",
-            node_id: &config.node_id,
-            grpc: running.grpc_addr,
-            metrics: running.metrics_addr,
-        };
+        let ready =
+            Ready { event: "ready", node_id: &config.node_id, grpc: running.grpc_addr, metrics: running.metrics_addr };
         println!("{}", serde_json::to_string(&ready)?);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -31,10 +31,7 @@ pub enum FaultError {
 
 impl Faults {
     pub fn from_wire(f: &cs::Faults) -> Result<Self, FaultError> {
-        for (field, value) in [
-            ("error_rate", f.error_rate),
-            ("corrupt_rate", f.corrupt_rate),
-        ] {
+        for (field, value) in [("error_rate", f.error_rate), ("corrupt_rate", f.corrupt_rate)] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(FaultError::Rate { field, value });
             }
@@ -77,10 +74,7 @@ pub struct FaultInjector {
 
 impl Default for FaultInjector {
     fn default() -> Self {
-        Self {
-            tx: watch::channel(Faults::default()).0,
-            pace: std::sync::Mutex::new(Instant::now()),
-        }
+        Self { tx: watch::channel(Faults::default()).0, pace: std::sync::Mutex::new(Instant::now()) }
     }
 }
 
@@ -98,10 +92,7 @@ impl FaultInjector {
     /// rolls for an injected error.
     pub async fn on_entry(&self) -> Entry {
         let mut rx = self.tx.subscribe();
-        let f = *rx
-            .wait_for(|f| !f.hang)
-            .await
-            .expect("the sender lives as long as self");
+        let f = *rx.wait_for(|f| !f.hang).await.expect("the sender lives as long as self");
         if !f.latency.is_zero() {
             tokio::time::sleep(f.latency).await;
         }
@@ -149,10 +140,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hang_lasts_until_cleared() {
         let f = std::sync::Arc::new(FaultInjector::default());
-        f.set(Faults {
-            hang: true,
-            ..Default::default()
-        });
+        f.set(Faults { hang: true, ..Default::default() });
         let entry = tokio::spawn({
             let f = f.clone();
             async move { f.on_entry().await }
@@ -166,11 +154,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn latency_is_added_and_errors_are_injected() {
         let f = FaultInjector::default();
-        f.set(Faults {
-            latency: Duration::from_millis(50),
-            error_rate: 1.0,
-            ..Default::default()
-        });
+        f.set(Faults { latency: Duration::from_millis(50), error_rate: 1.0, ..Default::default() });
         let t0 = Instant::now();
         assert_eq!(f.on_entry().await, Entry::Fail);
         assert_eq!(t0.elapsed(), Duration::from_millis(50));
@@ -179,10 +163,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_bandwidth_cap_spaces_out_bytes() {
         let f = FaultInjector::default();
-        f.set(Faults {
-            bandwidth_bytes_per_sec: 1000,
-            ..Default::default()
-        });
+        f.set(Faults { bandwidth_bytes_per_sec: 1000, ..Default::default() });
         let t0 = Instant::now();
         f.pace(500).await;
         f.pace(1500).await;
@@ -192,31 +173,16 @@ mod tests {
     #[test]
     fn corruption_flips_exactly_one_byte() {
         let f = FaultInjector::default();
-        f.set(Faults {
-            corrupt_rate: 1.0,
-            ..Default::default()
-        });
+        f.set(Faults { corrupt_rate: 1.0, ..Default::default() });
         let data = Bytes::from(vec![7u8; 4096]);
         let (out, hit) = f.maybe_corrupt(data.clone());
         assert!(hit);
-        assert_eq!(
-            out.iter().zip(data.iter()).filter(|(a, b)| a != b).count(),
-            1
-        );
+        assert_eq!(out.iter().zip(data.iter()).filter(|(a, b)| a != b).count(), 1);
     }
 
     #[test]
     fn rates_outside_zero_to_one_are_rejected() {
-        let bad = cs::Faults {
-            error_rate: 1.5,
-            ..Default::default()
-        };
-        assert_eq!(
-            Faults::from_wire(&bad),
-            Err(FaultError::Rate {
-                field: "error_rate",
-                value: 1.5
-            })
-        );
+        let bad = cs::Faults { error_rate: 1.5, ..Default::default() };
+        assert_eq!(Faults::from_wire(&bad), Err(FaultError::Rate { field: "error_rate", value: 1.5 }));
     }
 }

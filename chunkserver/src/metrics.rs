@@ -78,57 +78,21 @@ impl Default for Metrics {
             read_bandwidth: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "requests",
-            "Data requests by operation, class and gRPC code",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_seconds",
-            "Time to serve a data request",
-            m.request_seconds.clone(),
-        );
-        registry.register(
-            "read_bytes",
-            "Bytes read from a data dir",
-            m.read_bytes.clone(),
-        );
-        registry.register(
-            "written_bytes",
-            "Bytes written to a data dir",
-            m.written_bytes.clone(),
-        );
+        registry.register("requests", "Data requests by operation, class and gRPC code", m.requests.clone());
+        registry.register("request_seconds", "Time to serve a data request", m.request_seconds.clone());
+        registry.register("read_bytes", "Bytes read from a data dir", m.read_bytes.clone());
+        registry.register("written_bytes", "Bytes written to a data dir", m.written_bytes.clone());
         registry.register(
             "checksum_failures",
             "Blocks whose bytes on disk did not match their checksum",
             m.checksum_failures.clone(),
         );
-        registry.register(
-            "faults_injected",
-            "Faults injected into requests, by kind",
-            m.faults_injected.clone(),
-        );
-        registry.register(
-            "queued_requests",
-            "Requests waiting for a slot of their class",
-            m.queued.clone(),
-        );
-        registry.register(
-            "in_flight_requests",
-            "Requests running, by class",
-            m.in_flight.clone(),
-        );
+        registry.register("faults_injected", "Faults injected into requests, by kind", m.faults_injected.clone());
+        registry.register("queued_requests", "Requests waiting for a slot of their class", m.queued.clone());
+        registry.register("in_flight_requests", "Requests running, by class", m.in_flight.clone());
         registry.register("stripes", "Stripes stored per data dir", m.stripes.clone());
-        registry.register(
-            "stored_bytes",
-            "Stripe bytes stored per data dir",
-            m.stored_bytes.clone(),
-        );
-        registry.register(
-            "free_bytes",
-            "Free bytes of the filesystem of each data dir",
-            m.free_bytes.clone(),
-        );
+        registry.register("stored_bytes", "Stripe bytes stored per data dir", m.stored_bytes.clone());
+        registry.register("free_bytes", "Free bytes of the filesystem of each data dir", m.free_bytes.clone());
         registry.register(
             "read_bandwidth_bytes_per_second",
             "Read bandwidth of each data dir over the last 10 seconds",

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::routing::get;
-use tessera_proto::cs::{
-    chunkserver_server::ChunkserverServer, fault_injection_server::FaultInjectionServer,
-};
+use tessera_proto::cs::{chunkserver_server::ChunkserverServer, fault_injection_server::FaultInjectionServer};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -64,49 +62,29 @@ impl Running {
 
 /// Opens the store and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    anyhow::ensure!(
-        !config.data_dirs.is_empty(),
-        "at least one --data-dir is required"
-    );
+    anyhow::ensure!(!config.data_dirs.is_empty(), "at least one --data-dir is required");
     let dirs = config.data_dirs.clone();
     let store = tokio::task::spawn_blocking(move || StripeStore::open(&dirs)).await??;
-    let shared = Arc::new(Shared::new(
-        config.node_id.clone(),
-        store,
-        Admission::new(config.limits),
-    ));
+    let shared = Arc::new(Shared::new(config.node_id.clone(), store, Admission::new(config.limits)));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let grpc_addr = listener.local_addr()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tasks.push(tokio::spawn(serve(
-        router(&shared, config.enable_fault_injection),
-        incoming,
-        stop_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(serve(router(&shared, config.enable_fault_injection), incoming, stop_rx.clone())));
 
     if let Some(path) = &config.unix_socket {
         // A socket left by a previous run would make bind fail.
         let _ = std::fs::remove_file(path);
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        tasks.push(tokio::spawn(serve(
-            router(&shared, config.enable_fault_injection),
-            incoming,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(serve(router(&shared, config.enable_fault_injection), incoming, stop_rx.clone())));
     }
 
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         metrics_addr = Some(listener.local_addr()?);
         let app = axum::Router::new()
             .route("/metrics", get(metrics))
@@ -123,14 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }));
     }
     info!(node = %config.node_id, grpc = %grpc_addr, metrics = ?metrics_addr, fault_injection = config.enable_fault_injection, "chunkserver started");
-    Ok(Running {
-        grpc_addr,
-        metrics_addr,
-        unix_socket: config.unix_socket,
-        shared,
-        stop,
-        tasks,
-    })
+    Ok(Running { grpc_addr, metrics_addr, unix_socket: config.unix_socket, shared, stop, tasks })
 }
 
 fn router(shared: &Arc<Shared>, faults: bool) -> tonic::transport::server::Router {
@@ -154,12 +125,7 @@ async fn serve<I, IO, IE>(
 ) -> anyhow::Result<()>
 where
     I: futures::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -171,18 +137,13 @@ where
         .context("gRPC server")
 }
 
-async fn metrics(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-) -> impl axum::response::IntoResponse {
+async fn metrics(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> impl axum::response::IntoResponse {
     shared.refresh_gauges();
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &shared.metrics.registry) {
         Ok(()) => (
             axum::http::StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             out,
         ),
         Err(e) => (

@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use futures::Stream;
 use tessera_core::ids::{ItemId, StripeId};
-use tessera_proto::cs::{
-    self, chunkserver_server::Chunkserver, fault_injection_server::FaultInjection,
-};
+use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_server::FaultInjection};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -30,12 +28,10 @@ impl From<StoreError> for Status {
             StoreError::NotFound(_) => Code::NotFound,
             StoreError::Conflict { .. } => Code::AlreadyExists,
             StoreError::WriteInProgress(_) => Code::Aborted,
-            StoreError::InvalidHeader { .. }
-            | StoreError::SizeMismatch { .. }
-            | StoreError::WriteChecksum { .. } => Code::InvalidArgument,
-            StoreError::BadRange { reason, .. } if reason.contains("past the end") => {
-                Code::OutOfRange
+            StoreError::InvalidHeader { .. } | StoreError::SizeMismatch { .. } | StoreError::WriteChecksum { .. } => {
+                Code::InvalidArgument
             }
+            StoreError::BadRange { reason, .. } if reason.contains("past the end") => Code::OutOfRange,
             StoreError::BadRange { .. } => Code::InvalidArgument,
             StoreError::NoSpace { .. } => Code::ResourceExhausted,
             StoreError::Corrupt { .. } => Code::DataLoss,
@@ -75,51 +71,27 @@ impl Shared {
     }
 
     fn dir_label(&self, dir: usize) -> DirLabels {
-        DirLabels {
-            data_dir: self.store.dirs()[dir].path.display().to_string(),
-        }
+        DirLabels { data_dir: self.store.dirs()[dir].path.display().to_string() }
     }
 
     fn observe(&self, op: &'static str, class: RequestClass, started: Instant, code: Code) {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                op,
-                class: class.as_str(),
-                code: code_name(code),
-            })
-            .inc();
-        self.metrics
-            .request_seconds
-            .get_or_create(&OpLabels { op })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.requests.get_or_create(&RequestLabels { op, class: class.as_str(), code: code_name(code) }).inc();
+        self.metrics.request_seconds.get_or_create(&OpLabels { op }).observe(started.elapsed().as_secs_f64());
     }
 
     async fn enter(&self) -> Result<(), Status> {
         let f = self.faults.get();
         if f.hang {
-            self.metrics
-                .faults_injected
-                .get_or_create(&FaultLabels { kind: "hang" })
-                .inc();
+            self.metrics.faults_injected.get_or_create(&FaultLabels { kind: "hang" }).inc();
         }
         if !f.latency.is_zero() {
-            self.metrics
-                .faults_injected
-                .get_or_create(&FaultLabels { kind: "latency" })
-                .inc();
+            self.metrics.faults_injected.get_or_create(&FaultLabels { kind: "latency" }).inc();
         }
         match self.faults.on_entry().await {
             Entry::Proceed => Ok(()),
             Entry::Fail => {
-                self.metrics
-                    .faults_injected
-                    .get_or_create(&FaultLabels { kind: "error" })
-                    .inc();
-                Err(Status::unavailable(format!(
-                    "injected fault on {}",
-                    self.node_id
-                )))
+                self.metrics.faults_injected.get_or_create(&FaultLabels { kind: "error" }).inc();
+                Err(Status::unavailable(format!("injected fault on {}", self.node_id)))
             }
         }
     }
@@ -128,29 +100,18 @@ impl Shared {
     pub fn refresh_gauges(&self) {
         let now = Instant::now();
         for q in self.admission.queues() {
-            let l = ClassLabels {
-                class: q.class.as_str(),
-            };
+            let l = ClassLabels { class: q.class.as_str() };
             self.metrics.queued.get_or_create(&l).set(q.queued as i64);
-            self.metrics
-                .in_flight
-                .get_or_create(&l)
-                .set(q.in_flight as i64);
+            self.metrics.in_flight.get_or_create(&l).set(q.in_flight as i64);
         }
         for (i, (count, bytes)) in self.store.usage().into_iter().enumerate() {
             let l = self.dir_label(i);
             self.metrics.stripes.get_or_create(&l).set(count as i64);
-            self.metrics
-                .stored_bytes
-                .get_or_create(&l)
-                .set(bytes as i64);
+            self.metrics.stored_bytes.get_or_create(&l).set(bytes as i64);
             if let Ok((free, _)) = self.store.dirs()[i].space() {
                 self.metrics.free_bytes.get_or_create(&l).set(free as i64);
             }
-            self.metrics
-                .read_bandwidth
-                .get_or_create(&l)
-                .set(self.reads[i].rate(now, DEFAULT_WINDOW_SECS));
+            self.metrics.read_bandwidth.get_or_create(&l).set(self.reads[i].rate(now, DEFAULT_WINDOW_SECS));
         }
     }
 }
@@ -174,11 +135,9 @@ fn code_name(c: Code) -> &'static str {
 
 pub(crate) fn parse_stripe(r: Option<&cs::StripeRef>, field: &str) -> Result<StripeId, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))?;
-    let item = ItemId::from_bytes(&r.item)
-        .map_err(|e| Status::invalid_argument(format!("{field}.item: {e}")))?;
-    let index = u16::try_from(r.index).map_err(|_| {
-        Status::invalid_argument(format!("{field}.index {} is out of range", r.index))
-    })?;
+    let item = ItemId::from_bytes(&r.item).map_err(|e| Status::invalid_argument(format!("{field}.item: {e}")))?;
+    let index = u16::try_from(r.index)
+        .map_err(|_| Status::invalid_argument(format!("{field}.index {} is out of range", r.index)))?;
     Ok(StripeId::new(item, index))
 }
 
@@ -204,21 +163,11 @@ impl ChunkserverService {
     ) -> Result<cs::WriteStripeResponse, Status> {
         let s = &self.shared;
         let stripe = parse_stripe(header.stripe.as_ref(), "header.stripe")?;
-        let h = StripeHeader {
-            stripe,
-            length: header.length,
-            block_size: header.block_size,
-            crcs: header.block_crcs,
-        };
-        let _permit = s
-            .admission
-            .admit(RequestClass::from_wire(header.class))
-            .await;
+        let h = StripeHeader { stripe, length: header.length, block_size: header.block_size, crcs: header.block_crcs };
+        let _permit = s.admission.admit(RequestClass::from_wire(header.class)).await;
         s.enter().await?;
         let store = s.store.clone();
-        let start = tokio::task::spawn_blocking(move || store.begin_write(h))
-            .await
-            .map_err(join_error)??;
+        let start = tokio::task::spawn_blocking(move || store.begin_write(h)).await.map_err(join_error)??;
         let mut writer = match start {
             WriteStart::AlreadyPresent { dir } => {
                 return Ok(cs::WriteStripeResponse {
@@ -232,35 +181,22 @@ impl ChunkserverService {
             match msg.part {
                 Some(cs::write_stripe_request::Part::Data(bytes)) => {
                     let n = bytes.len() as u64;
-                    writer =
-                        tokio::task::spawn_blocking(move || writer.append(&bytes).map(|()| writer))
-                            .await
-                            .map_err(join_error)??;
+                    writer = tokio::task::spawn_blocking(move || writer.append(&bytes).map(|()| writer))
+                        .await
+                        .map_err(join_error)??;
                     s.writes[writer.dir()].record(Instant::now(), n);
                 }
                 Some(cs::write_stripe_request::Part::Header(_)) => {
-                    return Err(Status::invalid_argument(format!(
-                        "stripe {stripe}: a second header in one write"
-                    )));
+                    return Err(Status::invalid_argument(format!("stripe {stripe}: a second header in one write")));
                 }
                 None => {
-                    return Err(Status::invalid_argument(format!(
-                        "stripe {stripe}: empty message"
-                    )));
+                    return Err(Status::invalid_argument(format!("stripe {stripe}: empty message")));
                 }
             }
         }
-        let dir = tokio::task::spawn_blocking(move || writer.finish())
-            .await
-            .map_err(join_error)??;
-        s.metrics
-            .written_bytes
-            .get_or_create(&s.dir_label(dir))
-            .inc_by(header.length);
-        Ok(cs::WriteStripeResponse {
-            already_present: false,
-            data_dir: s.store.dirs()[dir].path.display().to_string(),
-        })
+        let dir = tokio::task::spawn_blocking(move || writer.finish()).await.map_err(join_error)??;
+        s.metrics.written_bytes.get_or_create(&s.dir_label(dir)).inc_by(header.length);
+        Ok(cs::WriteStripeResponse { already_present: false, data_dir: s.store.dirs()[dir].path.display().to_string() })
     }
 }
 
@@ -275,23 +211,15 @@ impl Chunkserver for ChunkserverService {
     ) -> Result<Response<cs::WriteStripeResponse>, Status> {
         let started = Instant::now();
         let mut stream = request.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty write stream"))?;
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty write stream"))?;
         let Some(cs::write_stripe_request::Part::Header(header)) = first.part else {
-            return Err(Status::invalid_argument(
-                "the first message of a write must be the header",
-            ));
+            return Err(Status::invalid_argument("the first message of a write must be the header"));
         };
         let class = RequestClass::from_wire(header.class);
         let stripe_text = parse_stripe(header.stripe.as_ref(), "header.stripe")?.to_string();
         let span = info_span!("write_stripe", stripe = %stripe_text, class = class.as_str());
         let result = self.write(stream, header).instrument(span).await;
-        let code = result
-            .as_ref()
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|e| e.code());
+        let code = result.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code());
         if let Err(e) = &result {
             warn!(stripe = %stripe_text, code = ?e.code(), error = e.message(), "write failed");
         }
@@ -301,10 +229,7 @@ impl Chunkserver for ChunkserverService {
 
     type ReadStripeStream = ReadStream;
 
-    async fn read_stripe(
-        &self,
-        request: Request<cs::ReadStripeRequest>,
-    ) -> Result<Response<ReadStream>, Status> {
+    async fn read_stripe(&self, request: Request<cs::ReadStripeRequest>) -> Result<Response<ReadStream>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
         let stripe = parse_stripe(req.stripe.as_ref(), "stripe")?;
@@ -332,17 +257,13 @@ impl Chunkserver for ChunkserverService {
                     while off < range.end {
                         let len = chunk.min(range.end - off);
                         let store = s.store.clone();
-                        let read =
-                            tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
-                                .await
-                                .map_err(join_error)?;
+                        let read = tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
+                            .await
+                            .map_err(join_error)?;
                         let (data, meta) = match read {
                             Ok(x) => x,
                             Err(e @ StoreError::Corrupt { .. }) => {
-                                s.metrics
-                                    .checksum_failures
-                                    .get_or_create(&s.dir_label(meta.dir))
-                                    .inc();
+                                s.metrics.checksum_failures.get_or_create(&s.dir_label(meta.dir)).inc();
                                 error!(%stripe, error = %e, "corrupt block on disk");
                                 return Err(Status::from(e));
                             }
@@ -350,17 +271,11 @@ impl Chunkserver for ChunkserverService {
                         };
                         let n = data.len();
                         s.reads[meta.dir].record(Instant::now(), n as u64);
-                        s.metrics
-                            .read_bytes
-                            .get_or_create(&s.dir_label(meta.dir))
-                            .inc_by(n as u64);
+                        s.metrics.read_bytes.get_or_create(&s.dir_label(meta.dir)).inc_by(n as u64);
                         s.faults.pace(n).await;
                         let (data, corrupted) = s.faults.maybe_corrupt(data);
                         if corrupted {
-                            s.metrics
-                                .faults_injected
-                                .get_or_create(&FaultLabels { kind: "corrupt" })
-                                .inc();
+                            s.metrics.faults_injected.get_or_create(&FaultLabels { kind: "corrupt" }).inc();
                         }
                         let first = (off / bs) as usize;
                         let last = ((off + n as u64).div_ceil(bs)) as usize;
@@ -405,28 +320,20 @@ impl Chunkserver for ChunkserverService {
         let started = Instant::now();
         let stripe = parse_stripe(request.get_ref().stripe.as_ref(), "stripe")?;
         let store = self.shared.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.delete(&stripe))
-            .await
-            .map_err(join_error)?
-            .map_err(Status::from);
+        let result =
+            tokio::task::spawn_blocking(move || store.delete(&stripe)).await.map_err(join_error)?.map_err(Status::from);
         self.shared.observe(
             "delete",
             RequestClass::Serving,
             started,
-            result
-                .as_ref()
-                .map(|_| Code::Ok)
-                .unwrap_or_else(|e| e.code()),
+            result.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code()),
         );
         result.map(|existed| Response::new(cs::DeleteStripeResponse { existed }))
     }
 
     type InventoryStream = InventoryStream;
 
-    async fn inventory(
-        &self,
-        _request: Request<cs::InventoryRequest>,
-    ) -> Result<Response<InventoryStream>, Status> {
+    async fn inventory(&self, _request: Request<cs::InventoryRequest>) -> Result<Response<InventoryStream>, Status> {
         let s = self.shared.clone();
         let all = s.store.inventory();
         let batches: Vec<Result<cs::InventoryBatch, Status>> = all
@@ -450,18 +357,13 @@ impl Chunkserver for ChunkserverService {
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
     }
 
-    async fn stats(
-        &self,
-        request: Request<cs::StatsRequest>,
-    ) -> Result<Response<cs::StatsResponse>, Status> {
+    async fn stats(&self, request: Request<cs::StatsRequest>) -> Result<Response<cs::StatsResponse>, Status> {
         let s = &self.shared;
         let window = match request.get_ref().window_secs {
             0 => DEFAULT_WINDOW_SECS,
             w @ (5 | 10 | 20) => w,
             w => {
-                return Err(Status::invalid_argument(format!(
-                    "window_secs must be 5, 10 or 20, got {w}"
-                )));
+                return Err(Status::invalid_argument(format!("window_secs must be 5, 10 or 20, got {w}")));
             }
         };
         let now = Instant::now();
@@ -496,12 +398,7 @@ impl Chunkserver for ChunkserverService {
                 served: q.served,
             })
             .collect();
-        Ok(Response::new(cs::StatsResponse {
-            window_secs: window,
-            devices,
-            classes,
-            node_id: s.node_id.clone(),
-        }))
+        Ok(Response::new(cs::StatsResponse { window_secs: window, devices, classes, node_id: s.node_id.clone() }))
     }
 }
 
@@ -519,21 +416,14 @@ impl FaultService {
 
 #[tonic::async_trait]
 impl FaultInjection for FaultService {
-    async fn set_faults(
-        &self,
-        request: Request<cs::Faults>,
-    ) -> Result<Response<cs::Faults>, Status> {
-        let f = Faults::from_wire(request.get_ref())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn set_faults(&self, request: Request<cs::Faults>) -> Result<Response<cs::Faults>, Status> {
+        let f = Faults::from_wire(request.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         warn!(node = %self.shared.node_id, faults = ?f, "fault injection changed");
         self.shared.faults.set(f);
         Ok(Response::new(f.to_wire()))
     }
 
-    async fn get_faults(
-        &self,
-        _request: Request<cs::GetFaultsRequest>,
-    ) -> Result<Response<cs::Faults>, Status> {
+    async fn get_faults(&self, _request: Request<cs::GetFaultsRequest>) -> Result<Response<cs::Faults>, Status> {
         Ok(Response::new(self.shared.faults.get().to_wire()))
     }
 }

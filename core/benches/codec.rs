@@ -35,39 +35,29 @@ fn codec(c: &mut Criterion) {
 
             let src: Vec<u8> = d.concat();
             let mut dst = vec![0u8; k * unit];
-            g.bench_function("memcpy", |b| {
-                b.iter(|| dst.copy_from_slice(black_box(&src)))
-            });
+            g.bench_function("memcpy", |b| b.iter(|| dst.copy_from_slice(black_box(&src))));
 
             for kernel in Kernel::available() {
                 let rs = ReedSolomon::with_kernel(k, m, kernel).unwrap();
                 let mut parity = vec![vec![0u8; unit]; m];
                 g.bench_function(BenchmarkId::new("encode", kernel.name()), |b| {
                     b.iter(|| {
-                        let mut outs: Vec<&mut [u8]> =
-                            parity.iter_mut().map(|v| v.as_mut_slice()).collect();
+                        let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|v| v.as_mut_slice()).collect();
                         rs.encode(black_box(&refs), &mut outs).unwrap();
                     })
                 });
-                let mut outs: Vec<&mut [u8]> =
-                    parity.iter_mut().map(|v| v.as_mut_slice()).collect();
+                let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|v| v.as_mut_slice()).collect();
                 rs.encode(&refs, &mut outs).unwrap();
                 // Decode with m data stripes lost: the worst case.
                 let present: Vec<(usize, &[u8])> = (m..k)
                     .map(|i| (i, d[i].as_slice()))
-                    .chain(
-                        parity
-                            .iter()
-                            .enumerate()
-                            .map(|(i, p)| (k + i, p.as_slice())),
-                    )
+                    .chain(parity.iter().enumerate().map(|(i, p)| (k + i, p.as_slice())))
                     .collect();
                 let mut rebuilt = vec![vec![0u8; unit]; m];
                 g.bench_function(BenchmarkId::new("decode", kernel.name()), |b| {
                     b.iter(|| {
-                        let mut wanted: Vec<(usize, &mut [u8])> = (0..m)
-                            .zip(rebuilt.iter_mut().map(|v| v.as_mut_slice()))
-                            .collect();
+                        let mut wanted: Vec<(usize, &mut [u8])> =
+                            (0..m).zip(rebuilt.iter_mut().map(|v| v.as_mut_slice())).collect();
                         rs.reconstruct(black_box(&present), &mut wanted).unwrap();
                     })
                 });

@@ -37,11 +37,7 @@ pub fn verify_blocks(
         let actual = crc32c(chunk);
         let want = expected.get(i).copied();
         if want != Some(actual) {
-            return Err(ChecksumMismatch {
-                block: first_block + i,
-                expected: want.unwrap_or(0),
-                actual,
-            });
+            return Err(ChecksumMismatch { block: first_block + i, expected: want.unwrap_or(0), actual });
         }
     }
     Ok(())

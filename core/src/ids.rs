@@ -69,16 +69,9 @@ impl fmt::Debug for StripeId {
 impl FromStr for StripeId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (item, index) = s
-            .split_once('.')
-            .ok_or_else(|| IdError::StripeText(s.to_string()))?;
-        let index = index
-            .parse()
-            .map_err(|_| IdError::StripeText(s.to_string()))?;
-        Ok(Self {
-            item: item.parse()?,
-            index,
-        })
+        let (item, index) = s.split_once('.').ok_or_else(|| IdError::StripeText(s.to_string()))?;
+        let index = index.parse().map_err(|_| IdError::StripeText(s.to_string()))?;
+        Ok(Self { item: item.parse()?, index })
     }
 }
 
@@ -106,21 +99,9 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected_with_the_text() {
-        assert_eq!(
-            "xyz".parse::<ItemId>().unwrap_err(),
-            IdError::ItemText("xyz".into())
-        );
-        assert!(matches!(
-            "ab.1".parse::<StripeId>(),
-            Err(IdError::ItemText(_))
-        ));
-        assert!(matches!(
-            "nodot".parse::<StripeId>(),
-            Err(IdError::StripeText(_))
-        ));
-        assert_eq!(
-            ItemId::from_bytes(&[1, 2]).unwrap_err(),
-            IdError::ItemLength(2)
-        );
+        assert_eq!("xyz".parse::<ItemId>().unwrap_err(), IdError::ItemText("xyz".into()));
+        assert!(matches!("ab.1".parse::<StripeId>(), Err(IdError::ItemText(_))));
+        assert!(matches!("nodot".parse::<StripeId>(), Err(IdError::StripeText(_))));
+        assert_eq!(ItemId::from_bytes(&[1, 2]).unwrap_err(), IdError::ItemLength(2));
     }
 }

@@ -32,12 +32,7 @@ pub struct HedgePolicy {
 
 impl Default for HedgePolicy {
     fn default() -> Self {
-        Self {
-            floor: Duration::from_millis(2),
-            ceiling: Duration::from_millis(200),
-            quantile: 0.95,
-            extra_stripes: 0,
-        }
+        Self { floor: Duration::from_millis(2), ceiling: Duration::from_millis(200), quantile: 0.95, extra_stripes: 0 }
     }
 }
 
@@ -55,11 +50,7 @@ impl Sample {
     /// transfer rate.
     fn predict(&self, bytes: u64) -> Duration {
         let transfer = self.total.saturating_sub(self.first_byte);
-        let scale = if self.bytes == 0 {
-            1.0
-        } else {
-            bytes as f64 / self.bytes as f64
-        };
+        let scale = if self.bytes == 0 { 1.0 } else { bytes as f64 / self.bytes as f64 };
         self.first_byte + transfer.mul_f64(scale)
     }
 }
@@ -85,20 +76,13 @@ impl ServerLatency {
     pub fn record_outcome(&mut self, now: Instant, late: bool) {
         self.forget_stale_outcomes(now);
         let x = if late { 1.0 } else { 0.0 };
-        self.late_score = if self.outcomes == 0 {
-            x
-        } else {
-            self.late_score * (1.0 - LATE_ALPHA) + x * LATE_ALPHA
-        };
+        self.late_score = if self.outcomes == 0 { x } else { self.late_score * (1.0 - LATE_ALPHA) + x * LATE_ALPHA };
         self.outcomes = self.outcomes.saturating_add(1);
         self.last_outcome = Some(now);
     }
 
     fn forget_stale_outcomes(&mut self, now: Instant) {
-        if self
-            .last_outcome
-            .is_some_and(|t| now.saturating_duration_since(t) > SAMPLE_TTL)
-        {
+        if self.last_outcome.is_some_and(|t| now.saturating_duration_since(t) > SAMPLE_TTL) {
             self.late_score = 0.0;
             self.outcomes = 0;
         }
@@ -106,16 +90,12 @@ impl ServerLatency {
 
     /// Late more often than not, recently: expect this server to miss the deadline.
     pub fn is_slow(&self, now: Instant) -> bool {
-        let fresh = self
-            .last_outcome
-            .is_some_and(|t| now.saturating_duration_since(t) <= SAMPLE_TTL);
+        let fresh = self.last_outcome.is_some_and(|t| now.saturating_duration_since(t) <= SAMPLE_TTL);
         fresh && self.outcomes >= MIN_OUTCOMES && self.late_score > 0.5
     }
 
     fn fresh(&self, now: Instant) -> impl Iterator<Item = &Sample> {
-        self.samples
-            .iter()
-            .filter(move |s| now.saturating_duration_since(s.at) <= SAMPLE_TTL)
+        self.samples.iter().filter(move |s| now.saturating_duration_since(s.at) <= SAMPLE_TTL)
     }
 
     /// The `q` quantile of this server's fetch time for `bytes`, if it has
@@ -133,9 +113,7 @@ impl ServerLatency {
 
     /// Observed bytes per second over fresh samples.
     pub fn bandwidth(&self, now: Instant) -> Option<f64> {
-        let (bytes, secs) = self.fresh(now).fold((0u64, 0f64), |(b, t), s| {
-            (b + s.bytes, t + s.total.as_secs_f64())
-        });
+        let (bytes, secs) = self.fresh(now).fold((0u64, 0f64), |(b, t), s| (b + s.bytes, t + s.total.as_secs_f64()));
         (secs > 0.0).then(|| bytes as f64 / secs)
     }
 
@@ -153,21 +131,15 @@ fn quantile(v: &mut [Duration], q: f64) -> Option<Duration> {
     Some(v[idx])
 }
 
-/// How long to wait for direct fetches of `bytes` each before hedging: the
-/// median over servers of each server's `policy.quantile` fetch time, within
-/// the policy's bounds. The median keeps a minority of slow servers from
-/// inflating the delay; with no samples at all it is the ceiling.
-pub fn hedge_delay<'a>(
-    servers: impl IntoIterator<Item = &'a ServerLatency>,
-    now: Instant,
-    bytes: u64,
-    policy: &HedgePolicy,
-) -> Duration {
-    let mut per_server: Vec<Duration> = servers
-        .into_iter()
-        .filter_map(|s| s.expected(now, bytes, policy.quantile))
-        .collect();
-    match quantile(&mut per_server, 0.5) {
+/// How long to wait for direct fetches before hedging, from each server's
+/// `policy.quantile` fetch time for the request size (see
+/// [`ServerLatency::expected`]): their median, within the policy's bounds.
+/// The median keeps a minority of slow servers from inflating the delay; with
+/// no samples at all it is the ceiling, so a cold client does not hedge
+/// everything.
+pub fn hedge_delay(per_server: impl IntoIterator<Item = Duration>, policy: &HedgePolicy) -> Duration {
+    let mut v: Vec<Duration> = per_server.into_iter().collect();
+    match quantile(&mut v, 0.5) {
         Some(d) => d.clamp(policy.floor, policy.ceiling),
         None => policy.ceiling,
     }
@@ -185,12 +157,7 @@ mod tests {
     fn predictions_scale_the_transfer_not_the_wait() {
         let t0 = Instant::now();
         let mut s = ServerLatency::default();
-        s.record(Sample {
-            at: t0,
-            first_byte: ms(2),
-            total: ms(12),
-            bytes: 1000,
-        });
+        s.record(Sample { at: t0, first_byte: ms(2), total: ms(12), bytes: 1000 });
         assert_eq!(s.expected(t0, 2000, 0.5), Some(ms(22)));
         assert_eq!(s.expected(t0, 0, 0.5), Some(ms(2)));
         assert_eq!(s.bandwidth(t0).map(|b| b.round()), Some(83333.0));
@@ -199,34 +166,19 @@ mod tests {
     #[test]
     fn hedge_delay_ignores_a_slow_minority() {
         let t0 = Instant::now();
-        let policy = HedgePolicy {
-            floor: ms(1),
-            ceiling: ms(500),
-            ..Default::default()
-        };
+        let policy = HedgePolicy { floor: ms(1), ceiling: ms(500), ..Default::default() };
         let mut servers = vec![ServerLatency::default(); 9];
         for (i, s) in servers.iter_mut().enumerate() {
             let wait = if i == 0 { ms(50) } else { ms(3) };
             for _ in 0..20 {
-                s.record(Sample {
-                    at: t0,
-                    first_byte: wait,
-                    total: wait + ms(1),
-                    bytes: 100,
-                });
+                s.record(Sample { at: t0, first_byte: wait, total: wait + ms(1), bytes: 100 });
             }
         }
         assert_eq!(hedge_delay(&servers, t0, 100, &policy), ms(4));
         // No samples: the ceiling, so a cold client does not hedge everything.
-        assert_eq!(
-            hedge_delay(&vec![ServerLatency::default(); 3], t0, 100, &policy),
-            ms(500)
-        );
+        assert_eq!(hedge_delay(&vec![ServerLatency::default(); 3], t0, 100, &policy), ms(500));
         // Clamped to the floor.
-        let fast = HedgePolicy {
-            floor: ms(10),
-            ..policy
-        };
+        let fast = HedgePolicy { floor: ms(10), ..policy };
         assert_eq!(hedge_delay(&servers, t0, 100, &fast), ms(10));
     }
 
@@ -234,12 +186,7 @@ mod tests {
     fn samples_age_out() {
         let t0 = Instant::now();
         let mut s = ServerLatency::default();
-        s.record(Sample {
-            at: t0,
-            first_byte: ms(1),
-            total: ms(1),
-            bytes: 1,
-        });
+        s.record(Sample { at: t0, first_byte: ms(1), total: ms(1), bytes: 1 });
         assert!(s.expected(t0 + SAMPLE_TTL, 1, 0.5).is_some());
         assert!(s.expected(t0 + SAMPLE_TTL + ms(1), 1, 0.5).is_none());
     }
@@ -256,11 +203,7 @@ mod tests {
         for _ in 0..3 {
             s.record_outcome(t0, false);
         }
-        assert!(
-            !s.is_slow(t0),
-            "score {} after three on-time fetches",
-            s.late_score()
-        );
+        assert!(!s.is_slow(t0), "score {} after three on-time fetches", s.late_score());
         // Lateness long ago says nothing about now.
         for _ in 0..5 {
             s.record_outcome(t0, true);

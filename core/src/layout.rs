@@ -56,12 +56,7 @@ pub struct DataExtent {
 }
 
 impl Layout {
-    pub fn new(
-        k: usize,
-        m: usize,
-        stripe_unit: usize,
-        block_size: usize,
-    ) -> Result<Self, LayoutError> {
+    pub fn new(k: usize, m: usize, stripe_unit: usize, block_size: usize) -> Result<Self, LayoutError> {
         if k == 0 {
             return Err(LayoutError::ZeroDataStripes);
         }
@@ -77,12 +72,7 @@ impl Layout {
         if block_size == 0 || !block_size.is_multiple_of(STRIPE_ALIGN) {
             return Err(LayoutError::BlockSize(block_size));
         }
-        Ok(Self {
-            k,
-            m,
-            stripe_unit,
-            block_size,
-        })
+        Ok(Self { k, m, stripe_unit, block_size })
     }
 
     pub fn k(&self) -> usize {
@@ -127,45 +117,28 @@ impl Layout {
     pub fn items_of(&self, range: Range<u64>) -> impl Iterator<Item = (u64, Range<u64>)> + '_ {
         let cap = self.item_capacity();
         let first = range.start / cap;
-        let last = if range.end > range.start {
-            (range.end - 1) / cap
-        } else {
-            first.wrapping_sub(1)
-        };
-        (first..=last)
-            .filter(move |_| range.end > range.start)
-            .map(move |i| {
-                let base = i * cap;
-                let s = range.start.max(base) - base;
-                let e = range.end.min(base + cap) - base;
-                (i, s..e)
-            })
+        let last = if range.end > range.start { (range.end - 1) / cap } else { first.wrapping_sub(1) };
+        (first..=last).filter(move |_| range.end > range.start).map(move |i| {
+            let base = i * cap;
+            let s = range.start.max(base) - base;
+            let e = range.end.min(base + cap) - base;
+            (i, s..e)
+        })
     }
 
     /// Bytes per stripe of an item of `item_len` bytes.
     pub fn stripe_len(&self, item_len: u64) -> Result<usize, LayoutError> {
         if item_len > self.item_capacity() {
-            return Err(LayoutError::ItemTooLong {
-                len: item_len,
-                capacity: self.item_capacity(),
-            });
+            return Err(LayoutError::ItemTooLong { len: item_len, capacity: self.item_capacity() });
         }
         let per = (item_len as usize).div_ceil(self.k);
         Ok(per.div_ceil(STRIPE_ALIGN) * STRIPE_ALIGN)
     }
 
     /// The data stripes holding `range` of an item of `item_len` bytes, in item order.
-    pub fn data_extents(
-        &self,
-        item_len: u64,
-        range: Range<u64>,
-    ) -> Result<Vec<DataExtent>, LayoutError> {
+    pub fn data_extents(&self, item_len: u64, range: Range<u64>) -> Result<Vec<DataExtent>, LayoutError> {
         if range.start > range.end || range.end > item_len {
-            return Err(LayoutError::RangeOutOfItem {
-                start: range.start,
-                end: range.end,
-                len: item_len,
-            });
+            return Err(LayoutError::RangeOutOfItem { start: range.start, end: range.end, len: item_len });
         }
         let s = self.stripe_len(item_len)? as u64;
         let mut out = Vec::new();
@@ -174,11 +147,7 @@ impl Layout {
             let stripe = (pos / s) as usize;
             let within = pos % s;
             let take = (s - within).min(range.end - pos);
-            out.push(DataExtent {
-                stripe,
-                stripe_range: within as usize..(within + take) as usize,
-                item_offset: pos,
-            });
+            out.push(DataExtent { stripe, stripe_range: within as usize..(within + take) as usize, item_offset: pos });
             pos += take;
         }
         Ok(out)
@@ -223,19 +192,10 @@ mod tests {
     #[test]
     fn bad_layouts_name_the_parameter() {
         assert_eq!(Layout::new(0, 3, 64, 64), Err(LayoutError::ZeroDataStripes));
-        assert_eq!(
-            Layout::new(6, 0, 64, 64),
-            Err(LayoutError::ZeroParityStripes)
-        );
-        assert_eq!(
-            Layout::new(6, 3, 100, 64),
-            Err(LayoutError::StripeUnit(100))
-        );
+        assert_eq!(Layout::new(6, 0, 64, 64), Err(LayoutError::ZeroParityStripes));
+        assert_eq!(Layout::new(6, 3, 100, 64), Err(LayoutError::StripeUnit(100)));
         assert_eq!(Layout::new(6, 3, 64, 0), Err(LayoutError::BlockSize(0)));
-        assert_eq!(
-            Layout::new(250, 7, 64, 64),
-            Err(LayoutError::TooManyStripes(257))
-        );
+        assert_eq!(Layout::new(250, 7, 64, 64), Err(LayoutError::TooManyStripes(257)));
     }
 
     #[test]
@@ -244,11 +204,7 @@ mod tests {
         assert_eq!(l.stripe_len(6 << 20).unwrap(), 1 << 20);
         let ext = l.data_extents(6 << 20, 0..6 << 20).unwrap();
         assert_eq!(ext.len(), 6);
-        assert!(
-            ext.iter()
-                .enumerate()
-                .all(|(i, e)| e.stripe == i && e.stripe_range == (0..1 << 20))
-        );
+        assert!(ext.iter().enumerate().all(|(i, e)| e.stripe == i && e.stripe_range == (0..1 << 20)));
     }
 
     #[test]
@@ -260,19 +216,13 @@ mod tests {
         assert_eq!(l.item_count(total), 3);
         assert_eq!(l.item_len(total, 2), 1000);
         assert_eq!(l.item_len(total, 3), 0);
-        assert!(matches!(
-            l.stripe_len((6 << 20) + 1),
-            Err(LayoutError::ItemTooLong { .. })
-        ));
+        assert!(matches!(l.stripe_len((6 << 20) + 1), Err(LayoutError::ItemTooLong { .. })));
     }
 
     #[test]
     fn ranges_outside_the_item_are_rejected() {
         let l = rs63();
-        assert!(matches!(
-            l.data_extents(100, 50..101),
-            Err(LayoutError::RangeOutOfItem { .. })
-        ));
+        assert!(matches!(l.data_extents(100, 50..101), Err(LayoutError::RangeOutOfItem { .. })));
     }
 
     #[test]

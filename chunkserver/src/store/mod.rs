@@ -39,57 +39,27 @@ pub enum StoreError {
     #[error("stripe {0} not found")]
     NotFound(StripeId),
     #[error("stripe {stripe} already exists with different {what}")]
-    Conflict {
-        stripe: StripeId,
-        what: &'static str,
-    },
+    Conflict { stripe: StripeId, what: &'static str },
     #[error("stripe {0} is being written by another request")]
     WriteInProgress(StripeId),
     #[error("stripe {stripe}: invalid header: {reason}")]
     InvalidHeader { stripe: StripeId, reason: String },
     #[error("stripe {stripe}: received {got} bytes, the header announced {expected}")]
-    SizeMismatch {
-        stripe: StripeId,
-        expected: u64,
-        got: u64,
-    },
-    #[error(
-        "stripe {stripe}: block {block} does not match the checksum in the header (stored nothing)"
-    )]
+    SizeMismatch { stripe: StripeId, expected: u64, got: u64 },
+    #[error("stripe {stripe}: block {block} does not match the checksum in the header (stored nothing)")]
     WriteChecksum { stripe: StripeId, block: usize },
     #[error("stripe {stripe}: no space for {needed} bytes in data dir {dir}")]
-    NoSpace {
-        stripe: StripeId,
-        dir: PathBuf,
-        needed: u64,
-    },
+    NoSpace { stripe: StripeId, dir: PathBuf, needed: u64 },
     #[error("stripe {stripe}: block {} checksum mismatch in {path} (stored {:08x}, read {:08x})", .mismatch.block, .mismatch.expected, .mismatch.actual)]
-    Corrupt {
-        stripe: StripeId,
-        path: PathBuf,
-        mismatch: ChecksumMismatch,
-    },
+    Corrupt { stripe: StripeId, path: PathBuf, mismatch: ChecksumMismatch },
     #[error("stripe {stripe}: range {offset}+{length} is invalid: {reason}")]
-    BadRange {
-        stripe: StripeId,
-        offset: u64,
-        length: u64,
-        reason: &'static str,
-    },
+    BadRange { stripe: StripeId, offset: u64, length: u64, reason: &'static str },
     #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// What the store knows of one stored stripe.
@@ -113,34 +83,19 @@ pub struct StripeHeader {
 
 impl StripeHeader {
     fn validate(&self) -> Result<(), StoreError> {
-        let bad = |reason: String| StoreError::InvalidHeader {
-            stripe: self.stripe,
-            reason,
-        };
+        let bad = |reason: String| StoreError::InvalidHeader { stripe: self.stripe, reason };
         if self.block_size == 0 || !(self.block_size as usize).is_multiple_of(STRIPE_ALIGN) {
-            return Err(bad(format!(
-                "block_size {} is not a positive multiple of {STRIPE_ALIGN}",
-                self.block_size
-            )));
+            return Err(bad(format!("block_size {} is not a positive multiple of {STRIPE_ALIGN}", self.block_size)));
         }
         if self.block_size > MAX_BLOCK_SIZE {
-            return Err(bad(format!(
-                "block_size {} exceeds {MAX_BLOCK_SIZE}",
-                self.block_size
-            )));
+            return Err(bad(format!("block_size {} exceeds {MAX_BLOCK_SIZE}", self.block_size)));
         }
         if self.length > MAX_STRIPE_LEN {
-            return Err(bad(format!(
-                "length {} exceeds {MAX_STRIPE_LEN}",
-                self.length
-            )));
+            return Err(bad(format!("length {} exceeds {MAX_STRIPE_LEN}", self.length)));
         }
         let blocks = self.length.div_ceil(self.block_size as u64) as usize;
         if self.crcs.len() != blocks {
-            return Err(bad(format!(
-                "{} block checksums for {blocks} blocks",
-                self.crcs.len()
-            )));
+            return Err(bad(format!("{} block checksums for {blocks} blocks", self.crcs.len())));
         }
         Ok(())
     }
@@ -174,8 +129,7 @@ impl StripeHeader {
     /// Parses and checks a stripe file's header.
     fn decode(file: &File, path: &Path) -> Result<Self, String> {
         let mut fixed = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut fixed, 0)
-            .map_err(|e| format!("reading header: {e}"))?;
+        file.read_exact_at(&mut fixed, 0).map_err(|e| format!("reading header: {e}"))?;
         if &fixed[0..8] != MAGIC {
             return Err("not a stripe file (bad magic)".into());
         }
@@ -194,23 +148,14 @@ impl StripeHeader {
             return Err(format!("implausible block count {blocks}"));
         }
         let mut table = vec![0u8; 4 * blocks];
-        file.read_exact_at(&mut table, HEADER_LEN as u64)
-            .map_err(|e| format!("reading checksums: {e}"))?;
+        file.read_exact_at(&mut table, HEADER_LEN as u64).map_err(|e| format!("reading checksums: {e}"))?;
         fixed[48..52].fill(0);
         let sum = crc32c::crc32c_append(checksum::crc32c(&fixed), &table);
         if sum != stored_sum {
             return Err(format!("header checksum mismatch in {}", path.display()));
         }
-        let crcs = table
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let h = Self {
-            stripe: StripeId::new(item, index),
-            length,
-            block_size,
-            crcs,
-        };
+        let crcs = table.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let h = Self { stripe: StripeId::new(item, index), length, block_size, crcs };
         h.validate().map_err(|e| e.to_string())?;
         Ok(h)
     }
@@ -283,11 +228,7 @@ impl StripeStore {
             let found = scan(dir, di, &mut index)?;
             info!(data_dir = %dir.path.display(), stripes = found, "indexed data dir");
         }
-        Ok(Arc::new(Self {
-            dirs,
-            index: RwLock::new(index),
-            writing: Mutex::new(HashSet::new()),
-        }))
+        Ok(Arc::new(Self { dirs, index: RwLock::new(index), writing: Mutex::new(HashSet::new()) }))
     }
 
     pub fn dirs(&self) -> &[DataDir] {
@@ -301,11 +242,7 @@ impl StripeStore {
     /// Every stored stripe with its length and data dir.
     pub fn inventory(&self) -> Vec<(StripeId, u64, usize)> {
         let idx = self.index.read().unwrap();
-        let mut v: Vec<_> = idx
-            .stripes
-            .iter()
-            .map(|(id, m)| (*id, m.length, m.dir))
-            .collect();
+        let mut v: Vec<_> = idx.stripes.iter().map(|(id, m)| (*id, m.length, m.dir)).collect();
         v.sort_by_key(|x| x.0);
         v
     }
@@ -327,16 +264,10 @@ impl StripeStore {
         let id = header.stripe;
         if let Some(existing) = self.get(&id) {
             if existing.length != header.length || existing.block_size != header.block_size {
-                return Err(StoreError::Conflict {
-                    stripe: id,
-                    what: "length or block size",
-                });
+                return Err(StoreError::Conflict { stripe: id, what: "length or block size" });
             }
             if existing.crcs[..] != header.crcs[..] {
-                return Err(StoreError::Conflict {
-                    stripe: id,
-                    what: "contents",
-                });
+                return Err(StoreError::Conflict { stripe: id, what: "contents" });
             }
             return Ok(WriteStart::AlreadyPresent { dir: existing.dir });
         }
@@ -349,16 +280,8 @@ impl StripeStore {
             Some(d) => d,
             None => {
                 self.writing.lock().unwrap().remove(&id);
-                let dir = self
-                    .dirs
-                    .first()
-                    .map(|d| d.path.clone())
-                    .unwrap_or_default();
-                return Err(StoreError::NoSpace {
-                    stripe: id,
-                    dir,
-                    needed: total,
-                });
+                let dir = self.dirs.first().map(|d| d.path.clone()).unwrap_or_default();
+                return Err(StoreError::NoSpace { stripe: id, dir, needed: total });
             }
         };
         StripeWriter::create(self.clone(), dir, header).map(WriteStart::New)
@@ -379,21 +302,12 @@ impl StripeStore {
     /// block-aligned or the stripe's end; length 0 reads to the end) and checks
     /// every block against its stored checksum. Returns the bytes and the
     /// checksums of the blocks they span.
-    pub fn read(
-        &self,
-        id: &StripeId,
-        offset: u64,
-        length: u64,
-    ) -> Result<(Bytes, StripeMeta), StoreError> {
+    pub fn read(&self, id: &StripeId, offset: u64, length: u64) -> Result<(Bytes, StripeMeta), StoreError> {
         let (meta, range) = self.resolve(id, offset, length)?;
         let path = self.dirs[meta.dir].stripe_path(id);
         let file = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound(*id),
-            _ => StoreError::Io {
-                op: "open",
-                path: path.clone(),
-                source: e,
-            },
+            _ => StoreError::Io { op: "open", path: path.clone(), source: e },
         })?;
         let len = (range.end - range.start) as usize;
         let mut buf = Vec::with_capacity(len);
@@ -406,19 +320,12 @@ impl StripeStore {
                 &mut buf.spare_capacity_mut()[..len - filled],
                 meta.data_offset + range.start + filled as u64,
             )
-            .map_err(|e| StoreError::Io {
-                op: "read",
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            .map_err(|e| StoreError::Io { op: "read", path: path.clone(), source: e.into() })?;
             if done.is_empty() {
                 return Err(StoreError::Io {
                     op: "read",
                     path: path.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "stripe file is shorter than its header says",
-                    ),
+                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "stripe file is shorter than its header says"),
                 });
             }
             filled += done.len();
@@ -429,12 +336,10 @@ impl StripeStore {
         let bs = meta.block_size as usize;
         let first = (range.start / bs as u64) as usize;
         let last = (range.end as usize).div_ceil(bs);
-        checksum::verify_blocks(&buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| {
-            StoreError::Corrupt {
-                stripe: *id,
-                path: path.clone(),
-                mismatch,
-            }
+        checksum::verify_blocks(&buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| StoreError::Corrupt {
+            stripe: *id,
+            path: path.clone(),
+            mismatch,
         })?;
         Ok((Bytes::from(buf), meta))
     }
@@ -462,11 +367,7 @@ impl StripeStore {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(StoreError::Io {
-                    op: "remove",
-                    path,
-                    source: e,
-                });
+                return Err(StoreError::Io { op: "remove", path, source: e });
             }
         }
         if let Some(parent) = path.parent() {
@@ -496,27 +397,13 @@ impl StripeStore {
     }
 }
 
-fn check_range(
-    id: &StripeId,
-    meta: &StripeMeta,
-    offset: u64,
-    length: u64,
-) -> Result<std::ops::Range<u64>, StoreError> {
-    let bad = |reason| StoreError::BadRange {
-        stripe: *id,
-        offset,
-        length,
-        reason,
-    };
+fn check_range(id: &StripeId, meta: &StripeMeta, offset: u64, length: u64) -> Result<std::ops::Range<u64>, StoreError> {
+    let bad = |reason| StoreError::BadRange { stripe: *id, offset, length, reason };
     let bs = meta.block_size as u64;
     if offset > meta.length {
         return Err(bad("starts past the end of the stripe"));
     }
-    let end = if length == 0 {
-        meta.length
-    } else {
-        offset.checked_add(length).ok_or_else(|| bad("overflows"))?
-    };
+    let end = if length == 0 { meta.length } else { offset.checked_add(length).ok_or_else(|| bad("overflows"))? };
     if end > meta.length {
         return Err(bad("ends past the end of the stripe"));
     }
@@ -541,19 +428,13 @@ fn scan(dir: &DataDir, di: usize, index: &mut Index) -> Result<usize, StoreError
         for entry in fs::read_dir(&shard).map_err(io_err("list", &shard))? {
             let path = entry.map_err(io_err("list", &shard))?.path();
             let file = File::open(&path).map_err(io_err("open", &path))?;
-            let named: Option<StripeId> = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse().ok());
+            let named: Option<StripeId> = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok());
             let checked = StripeHeader::decode(&file, &path).and_then(|h| {
                 let size = file.metadata().map_err(|e| e.to_string())?.len();
                 if Some(h.stripe) != named {
                     Err("file name does not match the header".to_string())
                 } else if size != h.data_offset() + h.length {
-                    Err(format!(
-                        "file holds {size} bytes, the header says {}",
-                        h.data_offset() + h.length
-                    ))
+                    Err(format!("file holds {size} bytes, the header says {}", h.data_offset() + h.length))
                 } else {
                     Ok(h)
                 }
@@ -586,9 +467,7 @@ fn scan(dir: &DataDir, di: usize, index: &mut Index) -> Result<usize, StoreError
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", path))
+    File::open(path).and_then(|d| d.sync_all()).map_err(io_err("fsync", path))
 }
 
 /// A stripe being written. Dropping it before [`StripeWriter::finish`]
@@ -607,31 +486,10 @@ pub struct StripeWriter {
 }
 
 impl StripeWriter {
-    fn create(
-        store: Arc<StripeStore>,
-        dir: usize,
-        header: StripeHeader,
-    ) -> Result<Self, StoreError> {
-        let tmp =
-            store.dirs[dir]
-                .tmp()
-                .join(format!("{}.{:016x}", header.stripe, rand::random::<u64>()));
-        let mut w = Self {
-            store,
-            dir,
-            header,
-            tmp,
-            file: None,
-            received: 0,
-            block_crc: 0,
-            block_fill: 0,
-            block: 0,
-        };
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&w.tmp)
-            .map_err(|e| w.classify("create", e))?;
+    fn create(store: Arc<StripeStore>, dir: usize, header: StripeHeader) -> Result<Self, StoreError> {
+        let tmp = store.dirs[dir].tmp().join(format!("{}.{:016x}", header.stripe, rand::random::<u64>()));
+        let mut w = Self { store, dir, header, tmp, file: None, received: 0, block_crc: 0, block_fill: 0, block: 0 };
+        let file = OpenOptions::new().write(true).create_new(true).open(&w.tmp).map_err(|e| w.classify("create", e))?;
         let total = w.header.data_offset() + w.header.length;
         // Reserve the space up front so a full disk fails here, before any
         // bytes move, rather than halfway through the stream.
@@ -663,20 +521,12 @@ impl StripeWriter {
                 needed: self.header.data_offset() + self.header.length,
             }
         } else {
-            StoreError::Io {
-                op,
-                path: self.tmp.clone(),
-                source: e,
-            }
+            StoreError::Io { op, path: self.tmp.clone(), source: e }
         }
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let res = self
-            .file
-            .as_mut()
-            .expect("file is open while writing")
-            .write_all(bytes);
+        let res = self.file.as_mut().expect("file is open while writing").write_all(bytes);
         res.map_err(|e| self.classify("write", e))
     }
 
@@ -707,10 +557,7 @@ impl StripeWriter {
 
     fn close_block(&mut self) -> Result<(), StoreError> {
         if self.header.crcs.get(self.block) != Some(&self.block_crc) {
-            return Err(StoreError::WriteChecksum {
-                stripe: self.header.stripe,
-                block: self.block,
-            });
+            return Err(StoreError::WriteChecksum { stripe: self.header.stripe, block: self.block });
         }
         self.block += 1;
         self.block_crc = 0;
@@ -722,11 +569,7 @@ impl StripeWriter {
     pub fn finish(mut self) -> Result<usize, StoreError> {
         let id = self.header.stripe;
         if self.received != self.header.length {
-            return Err(StoreError::SizeMismatch {
-                stripe: id,
-                expected: self.header.length,
-                got: self.received,
-            });
+            return Err(StoreError::SizeMismatch { stripe: id, expected: self.header.length, got: self.received });
         }
         if self.block_fill > 0 {
             self.close_block()?;
@@ -767,11 +610,7 @@ impl Drop for StripeWriter {
         {
             warn!(path = %self.tmp.display(), error = %e, "could not remove an abandoned write");
         }
-        self.store
-            .writing
-            .lock()
-            .unwrap()
-            .remove(&self.header.stripe);
+        self.store.writing.lock().unwrap().remove(&self.header.stripe);
     }
 }
 

@@ -6,26 +6,14 @@ fn id(n: u8, index: u16) -> StripeId {
 }
 
 fn header_for(stripe: StripeId, data: &[u8], bs: u32) -> StripeHeader {
-    StripeHeader {
-        stripe,
-        length: data.len() as u64,
-        block_size: bs,
-        crcs: block_checksums(data, bs as usize),
-    }
+    StripeHeader { stripe, length: data.len() as u64, block_size: bs, crcs: block_checksums(data, bs as usize) }
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-fn write(
-    store: &Arc<StripeStore>,
-    stripe: StripeId,
-    data: &[u8],
-    bs: u32,
-) -> Result<WriteStart, StoreError> {
+fn write(store: &Arc<StripeStore>, stripe: StripeId, data: &[u8], bs: u32) -> Result<WriteStart, StoreError> {
     match store.begin_write(header_for(stripe, data, bs))? {
         WriteStart::New(mut w) => {
             for chunk in data.chunks(1000) {
@@ -73,10 +61,7 @@ fn misaligned_and_out_of_bounds_ranges_are_rejected() {
             other => panic!("{off}+{len}: {other:?}"),
         }
     }
-    assert!(matches!(
-        store.read(&id(9, 0), 0, 0),
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.read(&id(9, 0), 0, 0), Err(StoreError::NotFound(_))));
 }
 
 #[test]
@@ -85,24 +70,15 @@ fn a_retried_write_is_a_no_op_and_a_different_one_conflicts() {
     let store = StripeStore::open(&[d.path().to_path_buf()]).unwrap();
     let data = bytes(5000, 1);
     write(&store, id(1, 0), &data, 4096).unwrap();
-    assert!(matches!(
-        store.begin_write(header_for(id(1, 0), &data, 4096)),
-        Ok(WriteStart::AlreadyPresent { dir: 0 })
-    ));
+    assert!(matches!(store.begin_write(header_for(id(1, 0), &data, 4096)), Ok(WriteStart::AlreadyPresent { dir: 0 })));
     let other = bytes(5000, 2);
     assert!(matches!(
         store.begin_write(header_for(id(1, 0), &other, 4096)),
-        Err(StoreError::Conflict {
-            what: "contents",
-            ..
-        })
+        Err(StoreError::Conflict { what: "contents", .. })
     ));
     assert!(matches!(
         store.begin_write(header_for(id(1, 0), &data[..4000], 4096)),
-        Err(StoreError::Conflict {
-            what: "length or block size",
-            ..
-        })
+        Err(StoreError::Conflict { what: "length or block size", .. })
     ));
 }
 
@@ -111,18 +87,10 @@ fn concurrent_writes_of_one_stripe_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let store = StripeStore::open(&[d.path().to_path_buf()]).unwrap();
     let data = bytes(5000, 1);
-    let first = store
-        .begin_write(header_for(id(1, 0), &data, 4096))
-        .unwrap();
-    assert!(matches!(
-        store.begin_write(header_for(id(1, 0), &data, 4096)),
-        Err(StoreError::WriteInProgress(_))
-    ));
+    let first = store.begin_write(header_for(id(1, 0), &data, 4096)).unwrap();
+    assert!(matches!(store.begin_write(header_for(id(1, 0), &data, 4096)), Err(StoreError::WriteInProgress(_))));
     drop(first);
-    assert!(matches!(
-        store.begin_write(header_for(id(1, 0), &data, 4096)),
-        Ok(WriteStart::New(_))
-    ));
+    assert!(matches!(store.begin_write(header_for(id(1, 0), &data, 4096)), Ok(WriteStart::New(_))));
 }
 
 #[test]
@@ -132,61 +100,28 @@ fn bad_data_or_size_stores_nothing() {
     let data = bytes(10_000, 1);
 
     // Data that does not match the header's checksums.
-    let WriteStart::New(mut w) = store
-        .begin_write(header_for(id(1, 0), &data, 4096))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let WriteStart::New(mut w) = store.begin_write(header_for(id(1, 0), &data, 4096)).unwrap() else { panic!() };
     let mut bad = data.clone();
     bad[5000] ^= 0xff;
     w.append(&bad[..4096]).unwrap();
-    assert!(matches!(
-        w.append(&bad[4096..]),
-        Err(StoreError::WriteChecksum { block: 1, .. })
-    ));
+    assert!(matches!(w.append(&bad[4096..]), Err(StoreError::WriteChecksum { block: 1, .. })));
     drop(w);
 
     // Too few bytes.
-    let WriteStart::New(mut w) = store
-        .begin_write(header_for(id(1, 1), &data, 4096))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let WriteStart::New(mut w) = store.begin_write(header_for(id(1, 1), &data, 4096)).unwrap() else { panic!() };
     w.append(&data[..9999]).unwrap();
-    assert!(matches!(
-        w.finish(),
-        Err(StoreError::SizeMismatch {
-            expected: 10_000,
-            got: 9999,
-            ..
-        })
-    ));
+    assert!(matches!(w.finish(), Err(StoreError::SizeMismatch { expected: 10_000, got: 9999, .. })));
 
     // Too many bytes.
-    let WriteStart::New(mut w) = store
-        .begin_write(header_for(id(1, 2), &data, 4096))
-        .unwrap()
-    else {
-        panic!()
-    };
-    assert!(matches!(
-        w.append(&bytes(10_001, 1)),
-        Err(StoreError::SizeMismatch { got: 10_001, .. })
-    ));
+    let WriteStart::New(mut w) = store.begin_write(header_for(id(1, 2), &data, 4096)).unwrap() else { panic!() };
+    assert!(matches!(w.append(&bytes(10_001, 1)), Err(StoreError::SizeMismatch { got: 10_001, .. })));
     drop(w);
 
     assert!(store.inventory().is_empty());
     assert!(tmp_is_empty(d.path()), "no temporary file is left behind");
     // And nothing reappears after a restart.
     drop(store);
-    assert!(
-        StripeStore::open(&[d.path().to_path_buf()])
-            .unwrap()
-            .inventory()
-            .is_empty()
-    );
+    assert!(StripeStore::open(&[d.path().to_path_buf()]).unwrap().inventory().is_empty());
 }
 
 #[test]
@@ -214,22 +149,14 @@ fn a_restart_serves_what_was_stored_and_drops_interrupted_writes() {
             write(&store, id(i, i as u16), &data, 65536).unwrap();
         }
         // A write cut off by a crash: the process dies with the temp file there.
-        let WriteStart::New(mut w) = store
-            .begin_write(header_for(id(7, 0), &data, 65536))
-            .unwrap()
-        else {
-            panic!()
-        };
+        let WriteStart::New(mut w) = store.begin_write(header_for(id(7, 0), &data, 65536)).unwrap() else { panic!() };
         w.append(&data[..1000]).unwrap();
         std::mem::forget(w);
     }
     let store = StripeStore::open(&dirs).unwrap();
     assert_eq!(store.inventory().len(), 6);
     for i in 0..6 {
-        assert_eq!(
-            &store.read(&id(i, i as u16), 0, 0).unwrap().0[..],
-            &data[..]
-        );
+        assert_eq!(&store.read(&id(i, i as u16), 0, 0).unwrap().0[..], &data[..]);
     }
     assert!(store.get(&id(7, 0)).is_none());
     assert!(dirs.iter().all(|p| tmp_is_empty(p)));
@@ -242,34 +169,22 @@ fn a_flipped_byte_on_disk_is_reported_with_its_block() {
     let data = bytes(3 * 4096, 1);
     write(&store, id(1, 4), &data, 4096).unwrap();
     let path = store.dirs()[0].stripe_path(&id(1, 4));
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let mut b = [0u8; 1];
     let at = 4096 + 4096 + 10; // data offset + block 1
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 1], at).unwrap();
     match store.read(&id(1, 4), 0, 0) {
-        Err(StoreError::Corrupt {
-            stripe, mismatch, ..
-        }) => {
+        Err(StoreError::Corrupt { stripe, mismatch, .. }) => {
             assert_eq!(stripe, id(1, 4));
             assert_eq!(mismatch.block, 1);
         }
         other => panic!("{other:?}"),
     }
     // Blocks outside the damage still read.
-    assert_eq!(
-        &store.read(&id(1, 4), 8192, 0).unwrap().0[..],
-        &data[8192..]
-    );
+    assert_eq!(&store.read(&id(1, 4), 8192, 0).unwrap().0[..], &data[8192..]);
     store.quarantine(&id(1, 4)).unwrap();
-    assert!(matches!(
-        store.read(&id(1, 4), 0, 0),
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.read(&id(1, 4), 0, 0), Err(StoreError::NotFound(_))));
 }
 
 #[test]
@@ -284,16 +199,8 @@ fn a_damaged_header_is_quarantined_at_start_up() {
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&[0xff], 70).unwrap(); // inside the checksum table
     let store = StripeStore::open(&[d.path().to_path_buf()]).unwrap();
-    assert_eq!(
-        store.inventory().iter().map(|x| x.0).collect::<Vec<_>>(),
-        vec![id(2, 0)]
-    );
-    assert!(
-        d.path()
-            .join("quarantine")
-            .join(id(1, 0).to_string())
-            .exists()
-    );
+    assert_eq!(store.inventory().iter().map(|x| x.0).collect::<Vec<_>>(), vec![id(2, 0)]);
+    assert!(d.path().join("quarantine").join(id(1, 0).to_string()).exists());
 }
 
 #[test]

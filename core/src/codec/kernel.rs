@@ -72,12 +72,7 @@ impl Coefficients {
                 t
             })
             .collect();
-        Self {
-            outputs,
-            inputs,
-            coef,
-            tables,
-        }
+        Self { outputs, inputs, coef, tables }
     }
 
     pub fn outputs(&self) -> usize {
@@ -97,23 +92,11 @@ impl Coefficients {
 /// guarantees `inputs.len() == coefs.inputs()`, `outputs.len() ==
 /// coefs.outputs()` and that every slice holds at least `len` bytes; these are
 /// asserted because a kernel reading past a slice would be unsound.
-pub fn dot_products(
-    kernel: Kernel,
-    coefs: &Coefficients,
-    inputs: &[&[u8]],
-    outputs: &mut [&mut [u8]],
-    len: usize,
-) {
+pub fn dot_products(kernel: Kernel, coefs: &Coefficients, inputs: &[&[u8]], outputs: &mut [&mut [u8]], len: usize) {
     assert_eq!(inputs.len(), coefs.inputs);
     assert_eq!(outputs.len(), coefs.outputs);
-    assert!(
-        inputs.iter().all(|s| s.len() >= len),
-        "an input is shorter than {len} bytes"
-    );
-    assert!(
-        outputs.iter().all(|s| s.len() >= len),
-        "an output is shorter than {len} bytes"
-    );
+    assert!(inputs.iter().all(|s| s.len() >= len), "an input is shorter than {len} bytes");
+    assert!(outputs.iter().all(|s| s.len() >= len), "an output is shorter than {len} bytes");
     let done = match kernel {
         Kernel::Portable => 0,
         #[cfg(target_arch = "x86_64")]
@@ -128,13 +111,7 @@ pub fn dot_products(
 /// stays in L1 while every input streams through it.
 const PORTABLE_COLUMN: usize = 8 * 1024;
 
-fn portable(
-    coefs: &Coefficients,
-    inputs: &[&[u8]],
-    outputs: &mut [&mut [u8]],
-    from: usize,
-    to: usize,
-) {
+fn portable(coefs: &Coefficients, inputs: &[&[u8]], outputs: &mut [&mut [u8]], from: usize, to: usize) {
     let mut start = from;
     while start < to {
         let end = (start + PORTABLE_COLUMN).min(to);
@@ -148,9 +125,7 @@ fn portable(
                     1 => out.iter_mut().zip(input).for_each(|(d, s)| *d ^= s),
                     _ => {
                         let table = &gf::MUL_TABLE[c as usize];
-                        out.iter_mut()
-                            .zip(input)
-                            .for_each(|(d, &s)| *d ^= table[s as usize]);
+                        out.iter_mut().zip(input).for_each(|(d, &s)| *d ^= table[s as usize]);
                     }
                 }
             }
@@ -198,10 +173,7 @@ pub mod x86 {
         while o < coefs.outputs {
             let g = (coefs.outputs - o).min(GROUP);
             let tables = &coefs.tables[o * n_in..(o + g) * n_in];
-            let out_ptrs: Vec<*mut u8> = outputs[o..o + g]
-                .iter_mut()
-                .map(|s| s.as_mut_ptr())
-                .collect();
+            let out_ptrs: Vec<*mut u8> = outputs[o..o + g].iter_mut().map(|s| s.as_mut_ptr()).collect();
             // SAFETY: `token` proves AVX2 is available. Every input pointer
             // addresses at least `len >= cols` readable bytes and every output
             // pointer at least `cols` writable bytes (asserted by the caller,
@@ -228,12 +200,7 @@ pub mod x86 {
     /// reads and each output pointer for `cols` writes, without overlap
     /// between outputs and inputs.
     #[target_feature(enable = "avx2")]
-    unsafe fn group<const G: usize>(
-        tables: &[[u8; 64]],
-        inputs: &[*const u8],
-        outputs: &[*mut u8],
-        cols: usize,
-    ) {
+    unsafe fn group<const G: usize>(tables: &[[u8; 64]], inputs: &[*const u8], outputs: &[*mut u8], cols: usize) {
         let n_in = inputs.len();
         debug_assert_eq!(tables.len(), G * n_in);
         debug_assert_eq!(outputs.len(), G);
@@ -258,19 +225,10 @@ pub mod x86 {
                     let t = tables[g * n_in + i].as_ptr();
                     // SAFETY: each table is 64 bytes: two 32-byte loads.
                     let (tlo, thi) = unsafe {
-                        (
-                            _mm256_loadu_si256(t as *const __m256i),
-                            _mm256_loadu_si256(t.add(32) as *const __m256i),
-                        )
+                        (_mm256_loadu_si256(t as *const __m256i), _mm256_loadu_si256(t.add(32) as *const __m256i))
                     };
-                    let p0 = _mm256_xor_si256(
-                        _mm256_shuffle_epi8(tlo, lo0),
-                        _mm256_shuffle_epi8(thi, hi0),
-                    );
-                    let p1 = _mm256_xor_si256(
-                        _mm256_shuffle_epi8(tlo, lo1),
-                        _mm256_shuffle_epi8(thi, hi1),
-                    );
+                    let p0 = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, lo0), _mm256_shuffle_epi8(thi, hi0));
+                    let p1 = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, lo1), _mm256_shuffle_epi8(thi, hi1));
                     acc0[g] = _mm256_xor_si256(acc0[g], p0);
                     acc1[g] = _mm256_xor_si256(acc1[g], p1);
                 }

@@ -19,11 +19,7 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn zero(rows: usize, cols: usize) -> Self {
-        Self {
-            rows,
-            cols,
-            cells: vec![0; rows * cols],
-        }
+        Self { rows, cols, cells: vec![0; rows * cols] }
     }
 
     pub fn identity(n: usize) -> Self {
@@ -171,9 +167,7 @@ mod tests {
             let mut subset: Vec<usize> = (0..k).collect();
             loop {
                 let s = g.select_rows(&subset);
-                let inv = s
-                    .inverse()
-                    .unwrap_or_else(|| panic!("rows {subset:?} of RS({k},{m}) are singular"));
+                let inv = s.inverse().unwrap_or_else(|| panic!("rows {subset:?} of RS({k},{m}) are singular"));
                 assert_eq!(product(&s, &inv), Matrix::identity(k));
                 // Next combination in lexicographic order.
                 let mut i = k;

@@ -23,23 +23,11 @@ pub const MAX_STRIPES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     #[error("invalid erasure code RS({k},{m}): {reason}")]
-    InvalidShape {
-        k: usize,
-        m: usize,
-        reason: &'static str,
-    },
+    InvalidShape { k: usize, m: usize, reason: &'static str },
     #[error("expected {expected} {role} stripes, got {got}")]
-    StripeCount {
-        role: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    StripeCount { role: &'static str, expected: usize, got: usize },
     #[error("stripe {index} holds {len} bytes but the others hold {expected}")]
-    StripeLength {
-        index: usize,
-        len: usize,
-        expected: usize,
-    },
+    StripeLength { index: usize, len: usize, expected: usize },
     #[error("stripe index {index} is out of range for {n} stripes")]
     IndexOutOfRange { index: usize, n: usize },
     #[error("stripe {index} is listed twice")]
@@ -64,11 +52,7 @@ pub trait ErasureCoder: Send + Sync + std::fmt::Debug {
     /// `present` ones (index, bytes). At least k distinct stripes must be
     /// present; extras are ignored. Indices are 0..k for data and k..n for
     /// parity.
-    fn reconstruct(
-        &self,
-        present: &[(usize, &[u8])],
-        wanted: &mut [(usize, &mut [u8])],
-    ) -> Result<(), CodecError>;
+    fn reconstruct(&self, present: &[(usize, &[u8])], wanted: &mut [(usize, &mut [u8])]) -> Result<(), CodecError>;
 }
 
 /// Systematic Cauchy Reed-Solomon with Tessera's own region kernels.
@@ -90,54 +74,28 @@ impl ReedSolomon {
     /// RS(k, m) with a given kernel (tests compare kernels with this).
     pub fn with_kernel(k: usize, m: usize, kernel: Kernel) -> Result<Self, CodecError> {
         if k == 0 {
-            return Err(CodecError::InvalidShape {
-                k,
-                m,
-                reason: "k must be at least 1",
-            });
+            return Err(CodecError::InvalidShape { k, m, reason: "k must be at least 1" });
         }
         if m == 0 {
-            return Err(CodecError::InvalidShape {
-                k,
-                m,
-                reason: "m must be at least 1",
-            });
+            return Err(CodecError::InvalidShape { k, m, reason: "m must be at least 1" });
         }
         if k + m > MAX_STRIPES {
-            return Err(CodecError::InvalidShape {
-                k,
-                m,
-                reason: "k + m must be at most 256 in GF(2^8)",
-            });
+            return Err(CodecError::InvalidShape { k, m, reason: "k + m must be at most 256 in GF(2^8)" });
         }
         let generator = Matrix::generator(k, m);
         let parity_rows: Vec<u8> = (k..k + m).flat_map(|r| generator.row(r).to_vec()).collect();
         let encode_coefs = Coefficients::new(m, k, parity_rows);
-        Ok(Self {
-            k,
-            m,
-            generator,
-            encode_coefs,
-            kernel,
-        })
+        Ok(Self { k, m, generator, encode_coefs, kernel })
     }
 
     pub fn kernel(&self) -> Kernel {
         self.kernel
     }
 
-    fn check_lengths(
-        &self,
-        slices: impl Iterator<Item = (usize, usize)>,
-        len: usize,
-    ) -> Result<(), CodecError> {
+    fn check_lengths(&self, slices: impl Iterator<Item = (usize, usize)>, len: usize) -> Result<(), CodecError> {
         for (index, l) in slices {
             if l != len {
-                return Err(CodecError::StripeLength {
-                    index,
-                    len: l,
-                    expected: len,
-                });
+                return Err(CodecError::StripeLength { index, len: l, expected: len });
             }
         }
         Ok(())
@@ -163,38 +121,19 @@ impl ErasureCoder for ReedSolomon {
 
     fn encode(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) -> Result<(), CodecError> {
         if data.len() != self.k {
-            return Err(CodecError::StripeCount {
-                role: "data",
-                expected: self.k,
-                got: data.len(),
-            });
+            return Err(CodecError::StripeCount { role: "data", expected: self.k, got: data.len() });
         }
         if parity.len() != self.m {
-            return Err(CodecError::StripeCount {
-                role: "parity",
-                expected: self.m,
-                got: parity.len(),
-            });
+            return Err(CodecError::StripeCount { role: "parity", expected: self.m, got: parity.len() });
         }
         let len = data[0].len();
         self.check_lengths(data.iter().map(|s| s.len()).enumerate(), len)?;
-        self.check_lengths(
-            parity
-                .iter()
-                .map(|s| s.len())
-                .enumerate()
-                .map(|(i, l)| (self.k + i, l)),
-            len,
-        )?;
+        self.check_lengths(parity.iter().map(|s| s.len()).enumerate().map(|(i, l)| (self.k + i, l)), len)?;
         kernel::dot_products(self.kernel, &self.encode_coefs, data, parity, len);
         Ok(())
     }
 
-    fn reconstruct(
-        &self,
-        present: &[(usize, &[u8])],
-        wanted: &mut [(usize, &mut [u8])],
-    ) -> Result<(), CodecError> {
+    fn reconstruct(&self, present: &[(usize, &[u8])], wanted: &mut [(usize, &mut [u8])]) -> Result<(), CodecError> {
         let n = self.k + self.m;
         if wanted.is_empty() {
             return Ok(());
@@ -218,10 +157,7 @@ impl ErasureCoder for ReedSolomon {
             }
         }
         if chosen.len() < self.k {
-            return Err(CodecError::NotEnoughStripes {
-                have: chosen.len(),
-                k: self.k,
-            });
+            return Err(CodecError::NotEnoughStripes { have: chosen.len(), k: self.k });
         }
         let len = chosen[0].1.len();
         self.check_lengths(chosen.iter().map(|(i, s)| (*i, s.len())), len)?;
@@ -235,11 +171,7 @@ impl ErasureCoder for ReedSolomon {
             }
             wanted_seen[*index] = true;
             if out.len() != len {
-                return Err(CodecError::StripeLength {
-                    index: *index,
-                    len: out.len(),
-                    expected: len,
-                });
+                return Err(CodecError::StripeLength { index: *index, len: out.len(), expected: len });
             }
         }
 

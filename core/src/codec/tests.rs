@@ -60,23 +60,14 @@ fn every_kernel_rebuilds_every_erasure_pattern() {
             let rs = ReedSolomon::with_kernel(k, m, kernel).unwrap();
             let stripes = encode_all(&rs, &random_stripes(k, 192 + 17, 42));
             for keep in subsets(k + m, k) {
-                let present: Vec<(usize, &[u8])> =
-                    keep.iter().map(|&i| (i, stripes[i].as_slice())).collect();
+                let present: Vec<(usize, &[u8])> = keep.iter().map(|&i| (i, stripes[i].as_slice())).collect();
                 let lost: Vec<usize> = (0..k + m).filter(|i| !keep.contains(i)).collect();
                 let mut bufs = vec![vec![0u8; stripes[0].len()]; lost.len()];
-                let mut wanted: Vec<(usize, &mut [u8])> = lost
-                    .iter()
-                    .copied()
-                    .zip(bufs.iter_mut().map(|b| b.as_mut_slice()))
-                    .collect();
+                let mut wanted: Vec<(usize, &mut [u8])> =
+                    lost.iter().copied().zip(bufs.iter_mut().map(|b| b.as_mut_slice())).collect();
                 rs.reconstruct(&present, &mut wanted).unwrap();
                 for (i, b) in lost.iter().zip(&bufs) {
-                    assert_eq!(
-                        b,
-                        &stripes[*i],
-                        "{} RS({k},{m}) kept {keep:?}, stripe {i}",
-                        kernel.name()
-                    );
+                    assert_eq!(b, &stripes[*i], "{} RS({k},{m}) kept {keep:?}, stripe {i}", kernel.name());
                 }
             }
         }
@@ -90,9 +81,7 @@ fn the_largest_code_round_trips() {
     // Lose the first 56 data stripes: only parity can bring them back.
     let present: Vec<(usize, &[u8])> = (56..256).map(|i| (i, stripes[i].as_slice())).collect();
     let mut bufs = vec![vec![0u8; 128]; 56];
-    let mut wanted: Vec<(usize, &mut [u8])> = (0..56)
-        .zip(bufs.iter_mut().map(|b| b.as_mut_slice()))
-        .collect();
+    let mut wanted: Vec<(usize, &mut [u8])> = (0..56).zip(bufs.iter_mut().map(|b| b.as_mut_slice())).collect();
     rs.reconstruct(&present, &mut wanted).unwrap();
     for i in 0..56 {
         assert_eq!(bufs[i], stripes[i]);
@@ -101,18 +90,9 @@ fn the_largest_code_round_trips() {
 
 #[test]
 fn shapes_outside_the_field_are_rejected() {
-    assert!(matches!(
-        ReedSolomon::new(0, 3),
-        Err(CodecError::InvalidShape { .. })
-    ));
-    assert!(matches!(
-        ReedSolomon::new(6, 0),
-        Err(CodecError::InvalidShape { .. })
-    ));
-    assert!(matches!(
-        ReedSolomon::new(200, 57),
-        Err(CodecError::InvalidShape { .. })
-    ));
+    assert!(matches!(ReedSolomon::new(0, 3), Err(CodecError::InvalidShape { .. })));
+    assert!(matches!(ReedSolomon::new(6, 0), Err(CodecError::InvalidShape { .. })));
+    assert!(matches!(ReedSolomon::new(200, 57), Err(CodecError::InvalidShape { .. })));
     assert!(ReedSolomon::new(16, 16).is_ok());
 }
 
@@ -121,14 +101,9 @@ fn too_few_stripes_is_an_error_not_garbage() {
     let rs = ReedSolomon::new(6, 3).unwrap();
     let stripes = encode_all(&rs, &random_stripes(6, 64, 3));
     // Five distinct stripes, one of them listed twice: still only five.
-    let present: Vec<(usize, &[u8])> = [0, 1, 2, 3, 8, 8]
-        .iter()
-        .map(|&i| (i, stripes[i].as_slice()))
-        .collect();
+    let present: Vec<(usize, &[u8])> = [0, 1, 2, 3, 8, 8].iter().map(|&i| (i, stripes[i].as_slice())).collect();
     let mut out = vec![0u8; 64];
-    let err = rs
-        .reconstruct(&present, &mut [(4, out.as_mut_slice())])
-        .unwrap_err();
+    let err = rs.reconstruct(&present, &mut [(4, out.as_mut_slice())]).unwrap_err();
     assert_eq!(err, CodecError::NotEnoughStripes { have: 5, k: 6 });
 }
 
@@ -139,23 +114,9 @@ fn mismatched_lengths_name_the_stripe() {
     let b = vec![0u8; 63];
     let mut p = vec![0u8; 64];
     let err = rs.encode(&[&a, &b], &mut [&mut p]).unwrap_err();
-    assert_eq!(
-        err,
-        CodecError::StripeLength {
-            index: 1,
-            len: 63,
-            expected: 64
-        }
-    );
+    assert_eq!(err, CodecError::StripeLength { index: 1, len: 63, expected: 64 });
     let err = rs.encode(&[&a], &mut [&mut p]).unwrap_err();
-    assert!(matches!(
-        err,
-        CodecError::StripeCount {
-            role: "data",
-            expected: 2,
-            got: 1
-        }
-    ));
+    assert!(matches!(err, CodecError::StripeCount { role: "data", expected: 2, got: 1 }));
 }
 
 proptest! {

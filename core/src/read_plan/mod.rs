@@ -81,11 +81,7 @@ pub struct StripeSource {
 
 impl Default for StripeSource {
     fn default() -> Self {
-        Self {
-            available: true,
-            slow: false,
-            rank: 0,
-        }
+        Self { available: true, slow: false, rank: 0 }
     }
 }
 
@@ -101,11 +97,7 @@ pub struct SessionPolicy {
 
 impl SessionPolicy {
     pub fn new(mode: ReadMode) -> Self {
-        Self {
-            mode,
-            extra_stripes: 0,
-            accelerated_stripes: usize::MAX,
-        }
+        Self { mode, extra_stripes: 0, accelerated_stripes: usize::MAX }
     }
 }
 
@@ -131,10 +123,7 @@ pub enum Completion {
     Direct,
     /// Decode `outputs` (the wants that did not arrive) from `inputs` (k
     /// arrived stripes).
-    Rebuild {
-        inputs: Vec<usize>,
-        outputs: Vec<usize>,
-    },
+    Rebuild { inputs: Vec<usize>, outputs: Vec<usize> },
 }
 
 /// Why a read cannot finish.
@@ -187,10 +176,7 @@ impl ReadSession {
     ) -> Self {
         let n = sources.len();
         assert!(k >= 1 && k < n, "a session needs 1 <= k < n");
-        assert!(
-            !wants.is_empty() && wants.iter().all(|&w| w < k),
-            "wants must be data stripes"
-        );
+        assert!(!wants.is_empty() && wants.iter().all(|&w| w < k), "wants must be data stripes");
         let mut preference: Vec<usize> = (0..n).filter(|i| !wants.contains(i)).collect();
         preference.sort_by_key(|&i| (sources[i].slow, sources[i].rank, i));
         Self {
@@ -231,9 +217,7 @@ impl ReadSession {
     /// Stripes requested but not yet arrived or failed: the losers to cancel
     /// once the session is finished.
     pub fn in_flight(&self) -> Vec<usize> {
-        (0..self.state.len())
-            .filter(|&i| matches!(self.state[i], FetchState::InFlight { .. }))
-            .collect()
+        (0..self.state.len()).filter(|&i| matches!(self.state[i], FetchState::InFlight { .. })).collect()
     }
 
     /// The initial fetches.
@@ -325,10 +309,7 @@ impl ReadSession {
     }
 
     fn fetch(&self, stripe: usize) -> Fetch {
-        Fetch {
-            stripe,
-            range: self.range.clone(),
-        }
+        Fetch { stripe, range: self.range.clone() }
     }
 
     fn request(&mut self, stripe: usize) -> Fetch {
@@ -337,10 +318,7 @@ impl ReadSession {
     }
 
     fn next_candidate(&self) -> Option<usize> {
-        self.preference
-            .iter()
-            .copied()
-            .find(|&s| self.state[s] == FetchState::Idle && self.sources[s].available)
+        self.preference.iter().copied().find(|&s| self.state[s] == FetchState::Idle && self.sources[s].available)
     }
 
     fn count(&self, pred: impl Fn(FetchState) -> bool) -> usize {
@@ -350,25 +328,15 @@ impl ReadSession {
     /// Decides what follows from the current state; `out` holds fetches
     /// already chosen by the caller of this function.
     fn advance(&mut self, mut out: Vec<Fetch>) -> Step {
-        if self
-            .wants
-            .iter()
-            .all(|&w| self.state[w] == FetchState::Arrived)
-        {
+        if self.wants.iter().all(|&w| self.state[w] == FetchState::Arrived) {
             return self.finish(Step::Complete(Completion::Direct));
         }
         let arrived = self.count(|s| s == FetchState::Arrived);
         if arrived >= self.k {
-            let inputs: Vec<usize> = (0..self.state.len())
-                .filter(|&i| self.state[i] == FetchState::Arrived)
-                .take(self.k)
-                .collect();
-            let outputs: Vec<usize> = self
-                .wants
-                .iter()
-                .copied()
-                .filter(|&w| self.state[w] != FetchState::Arrived)
-                .collect();
+            let inputs: Vec<usize> =
+                (0..self.state.len()).filter(|&i| self.state[i] == FetchState::Arrived).take(self.k).collect();
+            let outputs: Vec<usize> =
+                self.wants.iter().copied().filter(|&w| self.state[w] != FetchState::Arrived).collect();
             return self.finish(Step::Complete(Completion::Rebuild { inputs, outputs }));
         }
         let rebuild_needed = self.wants.iter().any(|&w| match self.state[w] {
@@ -378,12 +346,7 @@ impl ReadSession {
         });
         if rebuild_needed {
             // Enough stripes that are neither failed nor late must be on their way.
-            let mut on_time = self.count(|s| {
-                matches!(
-                    s,
-                    FetchState::Arrived | FetchState::InFlight { late: false }
-                )
-            });
+            let mut on_time = self.count(|s| matches!(s, FetchState::Arrived | FetchState::InFlight { late: false }));
             while on_time < self.k {
                 match self.next_candidate() {
                     Some(s) => {
@@ -394,21 +357,13 @@ impl ReadSession {
                 }
             }
         }
-        let reachable =
-            self.count(|s| matches!(s, FetchState::Arrived | FetchState::InFlight { .. }));
-        let wants_failed = self
-            .wants
-            .iter()
-            .any(|&w| self.state[w] == FetchState::Failed);
+        let reachable = self.count(|s| matches!(s, FetchState::Arrived | FetchState::InFlight { .. }));
+        let wants_failed = self.wants.iter().any(|&w| self.state[w] == FetchState::Failed);
         if wants_failed && reachable < self.k {
             let missing: Vec<usize> = (0..self.state.len())
                 .filter(|&i| self.state[i] == FetchState::Failed || !self.sources[i].available)
                 .collect();
-            return self.finish(Step::Fail(Unreadable {
-                missing,
-                reachable,
-                k: self.k,
-            }));
+            return self.finish(Step::Fail(Unreadable { missing, reachable, k: self.k }));
         }
         Step::Fetch(out)
     }

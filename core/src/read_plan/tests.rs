@@ -2,12 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn sources(n: usize) -> Vec<StripeSource> {
-    (0..n)
-        .map(|i| StripeSource {
-            rank: i as u32,
-            ..Default::default()
-        })
-        .collect()
+    (0..n).map(|i| StripeSource { rank: i as u32, ..Default::default() }).collect()
 }
 
 fn stripes(step: &Step) -> Vec<usize> {
@@ -19,13 +14,7 @@ fn stripes(step: &Step) -> Vec<usize> {
 
 #[test]
 fn normal_read_fetches_only_the_wants() {
-    let mut s = ReadSession::new(
-        6,
-        0..4096,
-        vec![0, 1, 2, 3, 4, 5],
-        SessionPolicy::new(ReadMode::Normal),
-        sources(9),
-    );
+    let mut s = ReadSession::new(6, 0..4096, vec![0, 1, 2, 3, 4, 5], SessionPolicy::new(ReadMode::Normal), sources(9));
     let first = s.start();
     assert_eq!(stripes(&first), vec![0, 1, 2, 3, 4, 5]);
     assert!(matches!(&first, Step::Fetch(f) if f.iter().all(|f| f.range == (0..4096))));
@@ -38,13 +27,7 @@ fn normal_read_fetches_only_the_wants() {
 
 #[test]
 fn normal_read_degrades_to_a_rebuild_on_failure() {
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![2],
-        SessionPolicy::new(ReadMode::Normal),
-        sources(9),
-    );
+    let mut s = ReadSession::new(6, 0..64, vec![2], SessionPolicy::new(ReadMode::Normal), sources(9));
     assert_eq!(stripes(&s.start()), vec![2]);
     // Rebuilding stripe 2 needs k = 6 other stripes of the same range.
     let more = stripes(&s.on_failure(2));
@@ -54,22 +37,13 @@ fn normal_read_degrades_to_a_rebuild_on_failure() {
     }
     assert_eq!(
         s.on_arrival(more[5]),
-        Step::Complete(Completion::Rebuild {
-            inputs: vec![0, 1, 3, 4, 5, 6],
-            outputs: vec![2]
-        })
+        Step::Complete(Completion::Rebuild { inputs: vec![0, 1, 3, 4, 5, 6], outputs: vec![2] })
     );
 }
 
 #[test]
 fn losing_more_than_m_stripes_fails_and_names_them() {
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![0, 1, 2, 3, 4, 5],
-        SessionPolicy::new(ReadMode::Normal),
-        sources(9),
-    );
+    let mut s = ReadSession::new(6, 0..64, vec![0, 1, 2, 3, 4, 5], SessionPolicy::new(ReadMode::Normal), sources(9));
     s.start();
     assert_eq!(stripes(&s.on_failure(0)), vec![6]);
     assert_eq!(stripes(&s.on_failure(1)), vec![7]);
@@ -88,30 +62,14 @@ fn losing_more_than_m_stripes_fails_and_names_them() {
 fn unavailable_wants_start_as_a_degraded_read() {
     let mut src = sources(9);
     src[1].available = false;
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![0, 1],
-        SessionPolicy::new(ReadMode::Normal),
-        src,
-    );
+    let mut s = ReadSession::new(6, 0..64, vec![0, 1], SessionPolicy::new(ReadMode::Normal), src);
     let first = stripes(&s.start());
-    assert_eq!(
-        first,
-        vec![0, 2, 3, 4, 5, 6],
-        "1 is unreachable, so k on-time stripes are asked for at once"
-    );
+    assert_eq!(first, vec![0, 2, 3, 4, 5, 6], "1 is unreachable, so k on-time stripes are asked for at once");
 }
 
 #[test]
 fn hedge_timer_adds_reconstruction_fetches_and_late_data_is_ignored() {
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![0, 1, 2, 3, 4, 5],
-        SessionPolicy::new(ReadMode::Hedged),
-        sources(9),
-    );
+    let mut s = ReadSession::new(6, 0..64, vec![0, 1, 2, 3, 4, 5], SessionPolicy::new(ReadMode::Hedged), sources(9));
     assert_eq!(stripes(&s.start()), vec![0, 1, 2, 3, 4, 5]);
     assert!(s.wants_hedge_timer());
     for i in [0, 1, 2, 4, 5] {
@@ -122,10 +80,7 @@ fn hedge_timer_adds_reconstruction_fetches_and_late_data_is_ignored() {
     assert!(!s.wants_hedge_timer());
     assert_eq!(
         s.on_arrival(6),
-        Step::Complete(Completion::Rebuild {
-            inputs: vec![0, 1, 2, 4, 5, 6],
-            outputs: vec![3]
-        })
+        Step::Complete(Completion::Rebuild { inputs: vec![0, 1, 2, 4, 5, 6], outputs: vec![3] })
     );
     assert_eq!(s.in_flight(), vec![3], "the loser to cancel");
     assert_eq!(s.on_arrival(3), Step::Ignored, "late data is never merged");
@@ -133,13 +88,7 @@ fn hedge_timer_adds_reconstruction_fetches_and_late_data_is_ignored() {
 
 #[test]
 fn the_late_want_may_still_win() {
-    let mut s = ReadSession::new(
-        2,
-        0..64,
-        vec![0, 1],
-        SessionPolicy::new(ReadMode::Hedged),
-        sources(4),
-    );
+    let mut s = ReadSession::new(2, 0..64, vec![0, 1], SessionPolicy::new(ReadMode::Hedged), sources(4));
     s.start();
     s.on_arrival(0);
     assert_eq!(stripes(&s.on_hedge_timer()), vec![2]);
@@ -151,13 +100,7 @@ fn the_late_want_may_still_win() {
 fn hedged_read_routes_around_a_known_slow_server_at_once() {
     let mut src = sources(9);
     src[4].slow = true;
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![0, 1, 2, 3, 4, 5],
-        SessionPolicy::new(ReadMode::Hedged),
-        src,
-    );
+    let mut s = ReadSession::new(6, 0..64, vec![0, 1, 2, 3, 4, 5], SessionPolicy::new(ReadMode::Hedged), src);
     assert_eq!(stripes(&s.start()), vec![0, 1, 2, 3, 4, 5, 6]);
 }
 
@@ -165,23 +108,15 @@ fn hedged_read_routes_around_a_known_slow_server_at_once() {
 fn hedged_extra_stripes_go_out_with_the_wants() {
     let mut src = sources(9);
     src[6].rank = 10; // the slowest parity source is asked last
-    let policy = SessionPolicy {
-        extra_stripes: 2,
-        ..SessionPolicy::new(ReadMode::Hedged)
-    };
+    let policy = SessionPolicy { extra_stripes: 2, ..SessionPolicy::new(ReadMode::Hedged) };
     let mut s = ReadSession::new(6, 0..64, vec![0, 1, 2, 3, 4, 5], policy, src);
     assert_eq!(stripes(&s.start()), vec![0, 1, 2, 3, 4, 5, 7, 8]);
 }
 
 #[test]
 fn accelerated_read_asks_all_and_takes_the_first_k_distinct() {
-    let mut s = ReadSession::new(
-        6,
-        0..64,
-        vec![0, 1, 2, 3, 4, 5],
-        SessionPolicy::new(ReadMode::Accelerated),
-        sources(9),
-    );
+    let mut s =
+        ReadSession::new(6, 0..64, vec![0, 1, 2, 3, 4, 5], SessionPolicy::new(ReadMode::Accelerated), sources(9));
     assert_eq!(stripes(&s.start()), (0..9).collect::<Vec<_>>());
     for i in [8, 7, 0, 1, 2] {
         assert_eq!(s.on_arrival(i), Step::Fetch(vec![]));
@@ -190,26 +125,17 @@ fn accelerated_read_asks_all_and_takes_the_first_k_distinct() {
     assert_eq!(s.on_arrival(8), Step::Fetch(vec![]));
     assert_eq!(
         s.on_arrival(3),
-        Step::Complete(Completion::Rebuild {
-            inputs: vec![0, 1, 2, 3, 7, 8],
-            outputs: vec![4, 5]
-        })
+        Step::Complete(Completion::Rebuild { inputs: vec![0, 1, 2, 3, 7, 8], outputs: vec![4, 5] })
     );
     assert_eq!(s.in_flight(), vec![4, 5, 6]);
 }
 
 #[test]
 fn accelerated_stripe_count_is_clamped_to_k_and_n() {
-    let policy = SessionPolicy {
-        accelerated_stripes: 7,
-        ..SessionPolicy::new(ReadMode::Accelerated)
-    };
+    let policy = SessionPolicy { accelerated_stripes: 7, ..SessionPolicy::new(ReadMode::Accelerated) };
     let mut s = ReadSession::new(6, 0..64, vec![0], policy, sources(9));
     assert_eq!(stripes(&s.start()).len(), 7);
-    let policy = SessionPolicy {
-        accelerated_stripes: 1,
-        ..SessionPolicy::new(ReadMode::Accelerated)
-    };
+    let policy = SessionPolicy { accelerated_stripes: 1, ..SessionPolicy::new(ReadMode::Accelerated) };
     let mut s = ReadSession::new(6, 0..64, vec![0], policy, sources(9));
     assert_eq!(stripes(&s.start()).len(), 6);
 }
@@ -219,10 +145,7 @@ fn read_modes_parse_and_print() {
     for m in ReadMode::ALL {
         assert_eq!(m.to_string().parse::<ReadMode>().unwrap(), m);
     }
-    assert_eq!(
-        "fast".parse::<ReadMode>().unwrap_err(),
-        UnknownReadMode("fast".into())
-    );
+    assert_eq!("fast".parse::<ReadMode>().unwrap_err(), UnknownReadMode("fast".into()));
 }
 
 /// What a simulated cluster does with each stripe.

@@ -1,0 +1,192 @@
+//! The stripe client: writes items to chunkservers and reads any byte range of
+//! an item back, bit-exact, in one of three read modes.
+//!
+//! Used by the CLI, the CSI node plugin, the operator (repair) and jobs. It
+//! keeps one HTTP/2 connection per chunkserver, what it has seen of each
+//! server's latency and bandwidth, and counters of what hedging did. Which
+//! stripes to fetch and when is decided by [`tessera_core::read_plan`]; this
+//! crate performs the fetches, verifies every block's CRC32C, cancels losers
+//! and decodes.
+
+mod connect;
+mod fetch;
+mod read;
+mod stats;
+mod write;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_core::codec::{CodecError, ReedSolomon};
+use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::latency::HedgePolicy;
+use tessera_core::layout::{Layout, LayoutError};
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::cs;
+
+pub use connect::ServerHandle;
+pub use read::ItemData;
+pub use stats::{ClientStats, ReadReport, ServerStats};
+
+/// Request class of this client's reads and writes, as the chunkserver sees it.
+pub type RequestClass = cs::RequestClass;
+
+/// Tunables of a stripe client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Give up on one stripe fetch after this long and treat it as failed
+    /// (normal reads fall back to a degraded read after it).
+    pub fetch_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub hedge: HedgePolicy,
+    /// Stripes an accelerated read asks for at once; `None` means all n.
+    pub accelerated_stripes: Option<usize>,
+    pub class: RequestClass,
+    /// Bytes per write message.
+    pub write_chunk: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            fetch_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            hedge: HedgePolicy::default(),
+            accelerated_stripes: None,
+            class: RequestClass::Serving,
+            write_chunk: 1 << 20,
+        }
+    }
+}
+
+/// Where an item's stripes live: the server address of each stripe index
+/// (`None` when a stripe has no reachable copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemLocation {
+    pub item: ItemId,
+    pub layout: Layout,
+    pub item_len: u64,
+    pub servers: Vec<Option<String>>,
+}
+
+impl ItemLocation {
+    pub fn stripe(&self, index: usize) -> StripeId {
+        StripeId::new(self.item, index as u16)
+    }
+}
+
+/// Why one stripe could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("no location")]
+    NoLocation,
+    #[error("{server}: {code:?}: {message}")]
+    Status { server: String, code: tonic::Code, message: String },
+    #[error("{server}: block {block} failed its checksum in transit")]
+    Checksum { server: String, block: usize },
+    #[error("{server}: protocol violation: {detail}")]
+    Protocol { server: String, detail: String },
+    #[error("{server}: no answer within {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("item {item} is unreadable: {reachable} of the {needed} stripes needed are reachable; missing: {}", format_missing(.missing))]
+    Unreadable { item: ItemId, needed: usize, reachable: usize, missing: Vec<(StripeId, FetchError)> },
+    #[error("writing stripe {stripe} to {server}: {code:?}: {message}")]
+    Write { stripe: StripeId, server: String, code: tonic::Code, message: String },
+    #[error("item {item} needs {expected} stripe locations, got {got}")]
+    Locations { item: ItemId, expected: usize, got: usize },
+    #[error("invalid chunkserver address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("range {start}..{end} is outside item {item} of {len} bytes")]
+    Range { item: ItemId, start: u64, end: u64, len: u64 },
+}
+
+fn format_missing(m: &[(StripeId, FetchError)]) -> String {
+    m.iter().map(|(s, e)| format!("stripe {s} ({e})")).collect::<Vec<_>>().join(", ")
+}
+
+/// A client of a set of chunkservers.
+#[derive(Debug)]
+pub struct StripeClient {
+    config: ClientConfig,
+    servers: RwLock<HashMap<String, Arc<ServerHandle>>>,
+    codecs: RwLock<HashMap<(usize, usize), Arc<ReedSolomon>>>,
+    counters: stats::Counters,
+}
+
+impl StripeClient {
+    pub fn new(config: ClientConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            servers: RwLock::new(HashMap::new()),
+            codecs: RwLock::new(HashMap::new()),
+            counters: stats::Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The handle of the chunkserver at `addr` (`host:port` or
+    /// `unix:///path`), connecting lazily on first use.
+    pub fn server(&self, addr: &str) -> Result<Arc<ServerHandle>, ClientError> {
+        if let Some(s) = self.servers.read().unwrap().get(addr) {
+            return Ok(s.clone());
+        }
+        let handle = Arc::new(ServerHandle::connect(addr, &self.config)?);
+        Ok(self.servers.write().unwrap().entry(addr.to_string()).or_insert(handle).clone())
+    }
+
+    /// The codec for RS(k, m), built once per shape.
+    pub(crate) fn codec(&self, k: usize, m: usize) -> Arc<ReedSolomon> {
+        if let Some(c) = self.codecs.read().unwrap().get(&(k, m)) {
+            return c.clone();
+        }
+        // Layouts were validated, so the shape is within the codec's limits.
+        let c = Arc::new(ReedSolomon::new(k, m).expect("a valid layout has a valid code"));
+        self.codecs.write().unwrap().entry((k, m)).or_insert(c).clone()
+    }
+
+    /// Encodes `data` (at most one item's capacity) and writes its n stripes
+    /// to `servers` (one per stripe, in stripe order) in parallel. Returns
+    /// when every stripe is durable.
+    pub async fn write_item(
+        &self,
+        item: ItemId,
+        layout: Layout,
+        data: Bytes,
+        servers: &[String],
+    ) -> Result<ItemLocation, ClientError> {
+        write::write_item(self, item, layout, data, servers).await
+    }
+
+    /// Reads `range` of an item in `mode`, returning the bytes and what the
+    /// read did.
+    pub async fn read(
+        &self,
+        loc: &ItemLocation,
+        range: Range<u64>,
+        mode: ReadMode,
+    ) -> Result<(ItemData, ReadReport), ClientError> {
+        read::read(self, loc, range, mode).await
+    }
+
+    /// Counters and per-server latency seen so far.
+    pub fn stats(&self) -> ClientStats {
+        let servers = self.servers.read().unwrap();
+        let mut per: Vec<ServerStats> = servers.values().map(|s| s.stats()).collect();
+        per.sort_by(|a, b| a.addr.cmp(&b.addr));
+        self.counters.snapshot(per)
+    }
+}

@@ -1,0 +1,106 @@
+//! Writing an item: encode, checksum, and stream the n stripes to their
+//! chunkservers in parallel. Done only when every stripe is durable.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tessera_core::checksum::block_checksums;
+use tessera_core::codec::ErasureCoder;
+use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::layout::Layout;
+use tessera_proto::cs;
+use tracing::debug;
+
+use crate::connect::ServerHandle;
+use crate::{ClientError, ItemLocation, RequestClass, StripeClient};
+
+/// Attempts per stripe when the server is momentarily unavailable.
+const ATTEMPTS: u32 = 3;
+
+pub(crate) async fn write_item(
+    client: &StripeClient,
+    item: ItemId,
+    layout: Layout,
+    data: Bytes,
+    servers: &[String],
+) -> Result<ItemLocation, ClientError> {
+    let (k, m, n) = (layout.k(), layout.m(), layout.n());
+    if servers.len() != n {
+        return Err(ClientError::Locations { item, expected: n, got: servers.len() });
+    }
+    let len = data.len() as u64;
+    if len == 0 || len > layout.item_capacity() {
+        return Err(ClientError::Range { item, start: 0, end: len, len: layout.item_capacity() });
+    }
+    let s = layout.stripe_len(len)?;
+    // Full items are cut without copying; a short item is zero-padded.
+    let padded = if data.len() == k * s {
+        data
+    } else {
+        let mut b = BytesMut::zeroed(k * s);
+        b[..data.len()].copy_from_slice(&data);
+        b.freeze()
+    };
+    let mut stripes: Vec<Bytes> = (0..k).map(|i| padded.slice(i * s..(i + 1) * s)).collect();
+    let mut parity: Vec<BytesMut> = (0..m).map(|_| BytesMut::zeroed(s)).collect();
+    {
+        let refs: Vec<&[u8]> = stripes.iter().map(|b| &b[..]).collect();
+        let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|b| &mut b[..]).collect();
+        client.codec(k, m).encode(&refs, &mut outs)?;
+    }
+    stripes.extend(parity.into_iter().map(BytesMut::freeze));
+
+    let handles: Vec<_> = servers.iter().map(|a| client.server(a)).collect::<Result<_, _>>()?;
+    let cfg = client.config();
+    futures::future::try_join_all(stripes.into_iter().enumerate().map(|(i, bytes)| {
+        let id = StripeId::new(item, i as u16);
+        write_stripe(&handles[i], id, bytes, layout.block_size(), cfg.class, cfg.write_chunk)
+    }))
+    .await?;
+    Ok(ItemLocation { item, layout, item_len: len, servers: servers.iter().cloned().map(Some).collect() })
+}
+
+async fn write_stripe(
+    server: &ServerHandle,
+    id: StripeId,
+    bytes: Bytes,
+    block_size: usize,
+    class: RequestClass,
+    chunk: usize,
+) -> Result<(), ClientError> {
+    let header = cs::StripeHeader {
+        stripe: Some(cs::StripeRef { item: id.item.as_bytes().to_vec().into(), index: id.index as u32 }),
+        length: bytes.len() as u64,
+        block_size: block_size as u32,
+        block_crcs: block_checksums(&bytes, block_size),
+        class: class as i32,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = cs::WriteStripeRequest { part: Some(cs::write_stripe_request::Part::Header(header.clone())) };
+        let chunks = (0..bytes.len()).step_by(chunk.max(1)).map({
+            let bytes = bytes.clone();
+            move |at| cs::WriteStripeRequest {
+                part: Some(cs::write_stripe_request::Part::Data(bytes.slice(at..(at + chunk).min(bytes.len())))),
+            }
+        });
+        let messages = futures::stream::iter(std::iter::once(first).chain(chunks)).boxed();
+        match server.client().write_stripe(messages).await {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
+                debug!(stripe = %id, server = %server.addr, attempt, "chunkserver unavailable; retrying the write");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            Err(s) => {
+                return Err(ClientError::Write {
+                    stripe: id,
+                    server: server.addr.clone(),
+                    code: s.code(),
+                    message: s.message().to_string(),
+                });
+            }
+        }
+    }
+}
