@@ -11,7 +11,7 @@ use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_s
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{Instrument, error, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
@@ -418,7 +418,7 @@ impl FaultService {
 impl FaultInjection for FaultService {
     async fn set_faults(&self, request: Request<cs::Faults>) -> Result<Response<cs::Faults>, Status> {
         let f = Faults::from_wire(request.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        warn!(node = %self.shared.node_id, faults = ?f, "fault injection changed");
+        info!(node = %self.shared.node_id, faults = ?f, "fault injection changed");
         self.shared.faults.set(f);
         Ok(Response::new(f.to_wire()))
     }

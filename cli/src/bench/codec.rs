@@ -1,0 +1,147 @@
+//! `tessera bench codec`: encode and decode throughput of the codec beside
+//! single-core memcpy of the same bytes, measured in the same run.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tessera_core::codec::{ErasureCoder, ReedSolomon};
+
+use crate::units::ByteSize;
+
+/// Measure the erasure codec against memcpy on this CPU.
+#[derive(Debug, Clone, Args)]
+pub struct CodecArgs {
+    /// Data stripes.
+    #[arg(long, default_value_t = 6)]
+    pub k: usize,
+    /// Parity stripes.
+    #[arg(long, default_value_t = 3)]
+    pub m: usize,
+    /// Stripe unit (bytes per stripe); a multiple of 64.
+    #[arg(long, default_value = "1MiB")]
+    pub unit: ByteSize,
+    /// Seconds to spend on each measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CodecReport {
+    pub backend: &'static str,
+    pub k: usize,
+    pub m: usize,
+    pub unit: u64,
+    /// GB/s (10^9 bytes) of item data (k x unit) encoded.
+    pub encode_gbps: f64,
+    /// GB/s of item data for rebuilding m lost data stripes.
+    pub decode_gbps: f64,
+    /// GB/s of single-core memcpy of the same k x unit bytes.
+    pub memcpy_gbps: f64,
+    pub encode_vs_memcpy: f64,
+    pub decode_vs_memcpy: f64,
+}
+
+/// Best throughput of `f` (bytes per call) over repeated timed batches.
+fn measure(bytes: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
+    // Warm up caches, page tables and the CPU's clock.
+    let warm = Instant::now();
+    while warm.elapsed() < budget / 4 {
+        f();
+    }
+    let mut best = 0f64;
+    let end = Instant::now() + budget;
+    while Instant::now() < end {
+        let t = Instant::now();
+        let mut calls = 0u64;
+        while t.elapsed() < Duration::from_millis(50) {
+            f();
+            calls += 1;
+        }
+        best = best.max((calls as f64 * bytes as f64) / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn run(args: &CodecArgs) -> anyhow::Result<CodecReport> {
+    let (k, m, unit) = (args.k, args.m, args.unit.0 as usize);
+    anyhow::ensure!(unit > 0 && unit.is_multiple_of(64), "--unit must be a positive multiple of 64 bytes");
+    let rs = ReedSolomon::new(k, m)?;
+    let budget = Duration::from_secs_f64(args.seconds);
+    let data: Vec<Vec<u8>> = (0..k).map(|i| pattern(unit, i as u64 + 1)).collect();
+    let refs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+    let mut parity = vec![vec![0u8; unit]; m];
+
+    let src = data.concat();
+    let mut dst = vec![0u8; k * unit];
+    let memcpy_gbps = measure(k * unit, budget, || {
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+    });
+    let encode_gbps = measure(k * unit, budget, || {
+        let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|v| v.as_mut_slice()).collect();
+        rs.encode(black_box(&refs), &mut outs).expect("shapes match");
+    });
+    // The worst case: m data stripes lost, rebuilt from the rest.
+    let present: Vec<(usize, &[u8])> = (m.min(k)..k)
+        .map(|i| (i, refs[i]))
+        .chain(parity.iter().enumerate().map(|(i, p)| (k + i, p.as_slice())))
+        .collect();
+    let lost = m.min(k);
+    let mut rebuilt = vec![vec![0u8; unit]; lost];
+    let decode_gbps = measure(k * unit, budget, || {
+        let mut wanted: Vec<(usize, &mut [u8])> = (0..lost).zip(rebuilt.iter_mut().map(|v| v.as_mut_slice())).collect();
+        rs.reconstruct(black_box(&present), &mut wanted).expect("k stripes are present");
+    });
+    for (i, r) in rebuilt.iter().enumerate() {
+        anyhow::ensure!(r == &data[i], "decode produced wrong bytes for stripe {i}");
+    }
+    Ok(CodecReport {
+        backend: rs.backend(),
+        k,
+        m,
+        unit: unit as u64,
+        encode_gbps,
+        decode_gbps,
+        memcpy_gbps,
+        encode_vs_memcpy: encode_gbps / memcpy_gbps,
+        decode_vs_memcpy: decode_gbps / memcpy_gbps,
+    })
+}
+
+pub fn print(r: &CodecReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    println!("codec {} RS({},{}) unit {}", r.backend, r.k, r.m, ByteSize(r.unit));
+    println!(
+        "  memcpy  {:6.2} GB/s  (baseline, same {} bytes, one core)",
+        r.memcpy_gbps,
+        ByteSize(r.k as u64 * r.unit)
+    );
+    println!("  encode  {:6.2} GB/s  {:.2}x memcpy", r.encode_gbps, r.encode_vs_memcpy);
+    println!(
+        "  decode  {:6.2} GB/s  {:.2}x memcpy  ({} data stripes lost)",
+        r.decode_gbps,
+        r.decode_vs_memcpy,
+        r.m.min(r.k)
+    );
+    Ok(())
+}

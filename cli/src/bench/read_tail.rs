@@ -1,0 +1,287 @@
+//! `tessera bench read-tail`: read latency percentiles of every read mode on
+//! real chunkserver processes, healthy and with injected slow or hung servers.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use serde::Serialize;
+use tessera_client::{ClientConfig, ItemLocation, StripeClient};
+use tessera_core::ids::ItemId;
+use tessera_core::latency::HedgePolicy;
+use tessera_core::layout::Layout;
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::cs;
+
+use crate::local::{Launcher, LocalCluster};
+use crate::units::ByteSize;
+
+/// Measure read latency of every read mode, healthy and under injected faults.
+#[derive(Debug, Clone, Args)]
+pub struct ReadTailArgs {
+    /// Chunkserver processes to start.
+    #[arg(long, default_value_t = 9)]
+    pub servers: usize,
+    #[arg(long, default_value_t = 6)]
+    pub k: usize,
+    #[arg(long, default_value_t = 3)]
+    pub m: usize,
+    /// Stripe unit; each read is one whole item of k x unit bytes.
+    #[arg(long, default_value = "1MiB")]
+    pub unit: ByteSize,
+    /// Checksum block size.
+    #[arg(long, default_value = "64KiB")]
+    pub block: ByteSize,
+    /// Items written before reading.
+    #[arg(long, default_value_t = 18)]
+    pub items: usize,
+    /// Reads measured per scenario and mode.
+    #[arg(long, default_value_t = 2000)]
+    pub reads: usize,
+    /// Unmeasured reads per run first, so the client knows the servers.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Slow down this many chunkservers...
+    #[arg(long, default_value_t = 0, conflicts_with = "hang")]
+    pub slow: usize,
+    /// ...by this much per request.
+    #[arg(long, default_value_t = 50)]
+    pub slow_latency_ms: u64,
+    /// Hang this many chunkservers (they accept requests and never answer).
+    #[arg(long, default_value_t = 0)]
+    pub hang: usize,
+    /// A stripe fetch that takes longer fails (normal reads then rebuild).
+    #[arg(long, default_value_t = 200)]
+    pub timeout_ms: u64,
+    /// Stop a run early after this many seconds (its reads count is reported).
+    #[arg(long, default_value_t = 60)]
+    pub max_seconds: u64,
+    /// Read modes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "normal,hedged,accelerated")]
+    pub modes: Vec<ReadMode>,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One (scenario, mode) run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TailResult {
+    pub scenario: &'static str,
+    pub mode: String,
+    pub reads: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mb_per_s: f64,
+    /// Bytes fetched from chunkservers / bytes returned.
+    pub amplification: f64,
+    pub hedges: u64,
+    pub hedges_won: u64,
+    pub rebuilt: u64,
+    pub k: usize,
+    pub m: usize,
+    pub unit: u64,
+    pub servers: usize,
+}
+
+/// The items a run reads, with their bytes for verification.
+pub struct Dataset {
+    pub locations: Vec<ItemLocation>,
+    pub contents: Vec<Bytes>,
+}
+
+/// Writes `items` full items, stripe i of item j on server (i + j) mod S so
+/// every server holds data and parity stripes.
+pub async fn write_dataset(
+    addrs: &[String],
+    layout: Layout,
+    items: usize,
+    seed: u64,
+    mut progress: impl FnMut(),
+) -> anyhow::Result<Dataset> {
+    let client = StripeClient::new(ClientConfig::default());
+    let n = layout.n();
+    anyhow::ensure!(
+        addrs.len() >= n,
+        "RS({},{}) needs at least {n} chunkservers, have {}",
+        layout.k(),
+        layout.m(),
+        addrs.len()
+    );
+    let mut locations = Vec::new();
+    let mut contents = Vec::new();
+    let len = layout.item_capacity() as usize;
+    for j in 0..items {
+        let data = Bytes::from(pattern(len, seed ^ (j as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let servers: Vec<String> = (0..n).map(|i| addrs[(i + j) % addrs.len()].clone()).collect();
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&seed.to_le_bytes());
+        id[8..].copy_from_slice(&(j as u64).to_le_bytes());
+        locations.push(client.write_item(ItemId(id), layout, data.clone(), &servers).await?);
+        contents.push(data);
+        progress();
+    }
+    Ok(Dataset { locations, contents })
+}
+
+/// Deterministic pseudo-random bytes, fast enough for gigabytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Client settings of the benchmarks: fetches time out after `timeout`, and
+/// hedges wait at least 1 ms and at most `timeout` / 2.
+pub fn bench_client_config(timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        fetch_timeout: timeout,
+        hedge: HedgePolicy { floor: Duration::from_millis(1), ceiling: timeout / 2, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// Reads whole items round-robin in `mode` with a fresh client; the first
+/// `warmup` reads are not measured. Every read is checked against the
+/// dataset.
+pub async fn measure(
+    scenario: &'static str,
+    ds: &Dataset,
+    mode: ReadMode,
+    config: ClientConfig,
+    warmup: usize,
+    reads: usize,
+    budget: Duration,
+) -> anyhow::Result<TailResult> {
+    let client = StripeClient::new(config);
+    let layout = ds.locations[0].layout;
+    let mut lat = Vec::with_capacity(reads);
+    let mut fetched = 0u64;
+    let mut returned = 0u64;
+    let (mut hedges, mut won, mut rebuilt) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut busy = Duration::ZERO;
+    for i in 0..warmup + reads {
+        let j = i % ds.locations.len();
+        let loc = &ds.locations[j];
+        let t = Instant::now();
+        let (data, report) = client.read(loc, 0..loc.item_len, mode).await?;
+        let took = t.elapsed();
+        let mut at = 0;
+        for p in data.parts() {
+            anyhow::ensure!(
+                p[..] == ds.contents[j][at..at + p.len()],
+                "read of item {j} in {mode} returned wrong bytes"
+            );
+            at += p.len();
+        }
+        anyhow::ensure!(at == ds.contents[j].len(), "read of item {j} returned {at} bytes");
+        if i >= warmup {
+            lat.push(took);
+            busy += took;
+            fetched += report.bytes_fetched;
+            returned += report.bytes_returned;
+            hedges += report.hedges as u64;
+            won += report.hedges_won as u64;
+            rebuilt += report.rebuilt as u64;
+            if started.elapsed() > budget && lat.len() >= 100 {
+                break;
+            }
+        }
+    }
+    lat.sort_unstable();
+    let q = |p: f64| ms(lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]);
+    Ok(TailResult {
+        scenario,
+        mode: mode.to_string(),
+        reads: lat.len(),
+        p50_ms: q(0.50),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        max_ms: ms(*lat.last().unwrap()),
+        mb_per_s: returned as f64 / busy.as_secs_f64() / 1e6,
+        amplification: fetched as f64 / returned as f64,
+        hedges,
+        hedges_won: won,
+        rebuilt,
+        k: layout.k(),
+        m: layout.m(),
+        unit: layout.stripe_unit() as u64,
+        servers: 0,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub async fn run(
+    args: &ReadTailArgs,
+    launcher: Launcher,
+    mut out: impl FnMut(&TailResult),
+) -> anyhow::Result<Vec<TailResult>> {
+    let layout = Layout::new(args.k, args.m, args.unit.0 as usize, args.block.0 as usize)?;
+    anyhow::ensure!(args.slow + args.hang <= args.servers, "cannot fault more servers than are started");
+    let cluster = LocalCluster::start(launcher, args.servers, None).await?;
+    let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
+    let config = bench_client_config(Duration::from_millis(args.timeout_ms));
+    let budget = Duration::from_secs(args.max_seconds);
+    let mut results = Vec::new();
+    let mut scenarios: Vec<(&'static str, cs::Faults, usize)> = vec![("healthy", cs::Faults::default(), 0)];
+    if args.slow > 0 {
+        scenarios.push(("slow", cs::Faults { latency_ms: args.slow_latency_ms, ..Default::default() }, args.slow));
+    }
+    if args.hang > 0 {
+        scenarios.push(("hang", cs::Faults { hang: true, ..Default::default() }, args.hang));
+    }
+    for (scenario, faults, count) in scenarios {
+        for s in &cluster.servers[..count] {
+            s.set_faults(faults).await?;
+        }
+        for &mode in &args.modes {
+            let mut r = measure(scenario, &ds, mode, config.clone(), args.warmup, args.reads, budget).await?;
+            r.servers = args.servers;
+            out(&r);
+            results.push(r);
+        }
+        for s in &cluster.servers[..count] {
+            s.clear_faults().await?;
+        }
+    }
+    Ok(results)
+}
+
+pub fn print_header() {
+    println!(
+        "{:<9} {:<12} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7} {:>12}",
+        "scenario", "mode", "reads", "p50 ms", "p99 ms", "p99.9 ms", "MB/s", "amplif", "hedges (won)"
+    );
+}
+
+pub fn print_row(r: &TailResult, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("results serialize"));
+    } else {
+        println!(
+            "{:<9} {:<12} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>8.0} {:>7.3} {:>12}",
+            r.scenario,
+            r.mode,
+            r.reads,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.mb_per_s,
+            r.amplification,
+            format!("{} ({})", r.hedges, r.hedges_won)
+        );
+    }
+}
