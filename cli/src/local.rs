@@ -3,8 +3,9 @@
 //!
 //! Each chunkserver is `tessera chunkserver` (or the binary named by
 //! `TESSERA_CHUNKSERVER_BIN`) with its own data dir, port 0 and fault
-//! injection on. It reports its addresses on its first stdout line; the
-//! processes are killed when the cluster is dropped.
+//! injection on. It reports its addresses on its first stdout line and logs
+//! to `<node>.log` beside its data dir; the processes are killed when the
+//! cluster is dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ struct Ready {
 pub struct LocalServer {
     pub node_id: String,
     pub data_dir: PathBuf,
+    /// The process's stderr (its log).
+    pub log: PathBuf,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
     child: Option<Child>,
@@ -148,6 +151,8 @@ async fn spawn(
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<LocalServer> {
     std::fs::create_dir_all(&dir)?;
+    let log_path = dir.with_extension("log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let listen_arg = listen.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
     let mut cmd = Command::new(&launcher.program);
     cmd.args(&launcher.prefix)
@@ -155,23 +160,31 @@ async fn spawn(
         .arg("--data-dir")
         .arg(&dir)
         .arg("--enable-fault-injection")
-        .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::from(log))
         .kill_on_drop(true);
     let mut child = cmd.spawn().with_context(|| format!("starting {}", launcher.program.display()))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
-        .with_context(|| format!("{node_id} did not report ready within 30 s"))??;
+        .with_context(|| format!("{node_id} did not report ready within 30 s; see {}", log_path.display()))??;
     let Some(line) = line else {
         let status = child.wait().await?;
-        bail!("{node_id} exited before it was ready ({status})");
+        bail!("{node_id} exited before it was ready ({status}); see {}", log_path.display());
     };
     let ready: Ready = serde_json::from_str(&line).with_context(|| format!("{node_id} printed {line:?}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(LocalServer { node_id, data_dir: dir, grpc: ready.grpc, metrics: ready.metrics, child: Some(child), listen })
+    Ok(LocalServer {
+        node_id,
+        data_dir: dir,
+        log: log_path,
+        grpc: ready.grpc,
+        metrics: ready.metrics,
+        child: Some(child),
+        listen,
+    })
 }

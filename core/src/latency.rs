@@ -174,12 +174,14 @@ mod tests {
                 s.record(Sample { at: t0, first_byte: wait, total: wait + ms(1), bytes: 100 });
             }
         }
-        assert_eq!(hedge_delay(&servers, t0, 100, &policy), ms(4));
+        let expected =
+            |p: &HedgePolicy| servers.iter().filter_map(|s| s.expected(t0, 100, p.quantile)).collect::<Vec<_>>();
+        assert_eq!(hedge_delay(expected(&policy), &policy), ms(4));
         // No samples: the ceiling, so a cold client does not hedge everything.
-        assert_eq!(hedge_delay(&vec![ServerLatency::default(); 3], t0, 100, &policy), ms(500));
+        assert_eq!(hedge_delay([], &policy), ms(500));
         // Clamped to the floor.
         let fast = HedgePolicy { floor: ms(10), ..policy };
-        assert_eq!(hedge_delay(&servers, t0, 100, &fast), ms(10));
+        assert_eq!(hedge_delay(expected(&fast), &fast), ms(10));
     }
 
     #[test]
