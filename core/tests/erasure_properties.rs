@@ -54,7 +54,7 @@ fn item_of(layout: &Layout, len: usize, data: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn check_every_erasure_pattern(k: usize, m: usize, unit: usize, len: usize, seed: u64) -> Result<(), TestCaseError> {
-    let layout = Layout::new(k, m, unit, 64).unwrap();
+    let layout = Layout::new(k, m, unit, 512).unwrap();
     let mut x = seed | 1;
     let item: Vec<u8> = (0..len)
         .map(|_| {
