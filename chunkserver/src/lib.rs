@@ -4,9 +4,11 @@
 //! Rooms: [`store`] (the on-disk format and the index), [`classes`]
 //! (admission per request class), [`faults`] (run-time fault injection),
 //! [`stats`] (per-device bandwidth windows), [`metrics`] (Prometheus),
-//! [`service`] (gRPC handlers and status codes) and [`server`] (wiring).
+//! [`service`] (gRPC handlers and status codes), [`fast_read`] (ReadStripe
+//! without copies) and [`server`] (wiring).
 
 pub mod classes;
+pub mod fast_read;
 pub mod faults;
 pub mod metrics;
 pub mod server;

@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::classes::{Admission, ClassLimits};
+use crate::fast_read::FastReads;
 use crate::service::{ChunkserverService, FaultService, Shared};
 use crate::store::StripeStore;
 
@@ -108,6 +109,7 @@ fn router(shared: &Arc<Shared>, faults: bool) -> tonic::transport::server::Route
     let cs = ChunkserverServer::new(ChunkserverService::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let cs = FastReads::new(cs, shared.clone());
     let fi = faults.then(|| FaultInjectionServer::new(FaultService::new(shared.clone())));
     Server::builder()
         .tcp_nodelay(true)

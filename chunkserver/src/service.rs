@@ -11,7 +11,7 @@ use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_s
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug_span, error, info, warn};
 
 use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
@@ -52,6 +52,8 @@ pub struct Shared {
     pub origin: Instant,
     pub reads: Vec<RateWindow>,
     pub writes: Vec<RateWindow>,
+    /// Metric labels of each data dir, built once rather than per request.
+    dir_labels: Vec<DirLabels>,
 }
 
 impl Shared {
@@ -66,12 +68,13 @@ impl Shared {
             origin,
             reads: (0..n).map(|_| RateWindow::new(origin)).collect(),
             writes: (0..n).map(|_| RateWindow::new(origin)).collect(),
+            dir_labels: store.dirs().iter().map(|d| DirLabels { data_dir: d.path.display().to_string() }).collect(),
             store,
         }
     }
 
-    fn dir_label(&self, dir: usize) -> DirLabels {
-        DirLabels { data_dir: self.store.dirs()[dir].path.display().to_string() }
+    fn dir_label(&self, dir: usize) -> &DirLabels {
+        &self.dir_labels[dir]
     }
 
     fn observe(&self, op: &'static str, class: RequestClass, started: Instant, code: Code) {
@@ -96,6 +99,96 @@ impl Shared {
         }
     }
 
+    /// Starts serving a range read: validates it, then streams whole blocks,
+    /// each chunk checked against its stored checksums, through a channel the
+    /// caller turns into a response body. The producer stops as soon as the
+    /// receiver is dropped (the reader cancelled). Unknown stripes and bad
+    /// ranges are refused at once, before any stream exists.
+    pub fn start_read(
+        self: Arc<Self>,
+        req: cs::ReadStripeRequest,
+    ) -> Result<mpsc::Receiver<Result<cs::ReadStripeResponse, Status>>, Status> {
+        let started = Instant::now();
+        let stripe = parse_stripe(req.stripe.as_ref(), "stripe")?;
+        let class = RequestClass::from_wire(req.class);
+        let s = self;
+        let (meta, range) = match s.store.resolve(&stripe, req.offset, req.length) {
+            Ok(x) => x,
+            Err(e) => {
+                let st = Status::from(e);
+                s.observe("read", class, started, st.code());
+                return Err(st);
+            }
+        };
+        let (tx, rx) = mpsc::channel(2);
+        let span = debug_span!("read_stripe", %stripe, offset = range.start, len = range.end - range.start, class = class.as_str());
+        tokio::spawn(
+            async move {
+                let produce = async {
+                    let _permit = s.admission.admit(class).await;
+                    s.enter().await?;
+                    let bs = meta.block_size as u64;
+                    let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
+                    let mut off = range.start;
+                    while off < range.end {
+                        let len = chunk.min(range.end - off);
+                        let store = s.store.clone();
+                        let read = tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
+                            .await
+                            .map_err(join_error)?;
+                        let (data, meta) = match read {
+                            Ok(x) => x,
+                            Err(e @ StoreError::Corrupt { .. }) => {
+                                s.metrics.checksum_failures.get_or_create(s.dir_label(meta.dir)).inc();
+                                error!(%stripe, error = %e, "corrupt block on disk");
+                                return Err(Status::from(e));
+                            }
+                            Err(e) => return Err(Status::from(e)),
+                        };
+                        let n = data.len();
+                        s.reads[meta.dir].record(Instant::now(), n as u64);
+                        s.metrics.read_bytes.get_or_create(s.dir_label(meta.dir)).inc_by(n as u64);
+                        s.faults.pace(n).await;
+                        let (data, corrupted) = s.faults.maybe_corrupt(data);
+                        if corrupted {
+                            s.metrics.faults_injected.get_or_create(&FaultLabels { kind: "corrupt" }).inc();
+                        }
+                        let first = (off / bs) as usize;
+                        let last = ((off + n as u64).div_ceil(bs)) as usize;
+                        let msg = cs::ReadStripeResponse {
+                            offset: off,
+                            data,
+                            block_crcs: meta.crcs[first..last].to_vec(),
+                            block_size: meta.block_size,
+                            stripe_length: meta.length,
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return Err(Status::cancelled("reader went away"));
+                        }
+                        off += n as u64;
+                    }
+                    Ok::<(), Status>(())
+                };
+                let code = tokio::select! {
+                    r = produce => match r {
+                        Ok(()) => Code::Ok,
+                        Err(st) => {
+                            let code = st.code();
+                            let _ = tx.send(Err(st)).await;
+                            code
+                        }
+                    },
+                    // The reader cancelled (a hedge or accelerated read that
+                    // finished without us): stop reading at once.
+                    _ = tx.closed() => Code::Cancelled,
+                };
+                s.observe("read", class, started, code);
+            }
+            .instrument(span),
+        );
+        Ok(rx)
+    }
+
     /// Refreshes the gauges before a scrape.
     pub fn refresh_gauges(&self) {
         let now = Instant::now();
@@ -105,7 +198,7 @@ impl Shared {
             self.metrics.in_flight.get_or_create(&l).set(q.in_flight as i64);
         }
         for (i, (count, bytes)) in self.store.usage().into_iter().enumerate() {
-            let l = self.dir_label(i);
+            let l = self.dir_label(i).clone();
             self.metrics.stripes.get_or_create(&l).set(count as i64);
             self.metrics.stored_bytes.get_or_create(&l).set(bytes as i64);
             if let Ok((free, _)) = self.store.dirs()[i].space() {
@@ -195,7 +288,7 @@ impl ChunkserverService {
             }
         }
         let dir = tokio::task::spawn_blocking(move || writer.finish()).await.map_err(join_error)??;
-        s.metrics.written_bytes.get_or_create(&s.dir_label(dir)).inc_by(header.length);
+        s.metrics.written_bytes.get_or_create(s.dir_label(dir)).inc_by(header.length);
         Ok(cs::WriteStripeResponse { already_present: false, data_dir: s.store.dirs()[dir].path.display().to_string() })
     }
 }
@@ -217,7 +310,7 @@ impl Chunkserver for ChunkserverService {
         };
         let class = RequestClass::from_wire(header.class);
         let stripe_text = parse_stripe(header.stripe.as_ref(), "header.stripe")?.to_string();
-        let span = info_span!("write_stripe", stripe = %stripe_text, class = class.as_str());
+        let span = debug_span!("write_stripe", stripe = %stripe_text, class = class.as_str());
         let result = self.write(stream, header).instrument(span).await;
         let code = result.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code());
         if let Err(e) = &result {
@@ -230,86 +323,7 @@ impl Chunkserver for ChunkserverService {
     type ReadStripeStream = ReadStream;
 
     async fn read_stripe(&self, request: Request<cs::ReadStripeRequest>) -> Result<Response<ReadStream>, Status> {
-        let started = Instant::now();
-        let req = request.into_inner();
-        let stripe = parse_stripe(req.stripe.as_ref(), "stripe")?;
-        let class = RequestClass::from_wire(req.class);
-        let s = self.shared.clone();
-        // Unknown stripes and bad ranges are answered at once, before any stream.
-        let (meta, range) = match s.store.resolve(&stripe, req.offset, req.length) {
-            Ok(x) => x,
-            Err(e) => {
-                let st = Status::from(e);
-                s.observe("read", class, started, st.code());
-                return Err(st);
-            }
-        };
-        let (tx, rx) = mpsc::channel(2);
-        let span = info_span!("read_stripe", %stripe, offset = range.start, len = range.end - range.start, class = class.as_str());
-        tokio::spawn(
-            async move {
-                let produce = async {
-                    let _permit = s.admission.admit(class).await;
-                    s.enter().await?;
-                    let bs = meta.block_size as u64;
-                    let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
-                    let mut off = range.start;
-                    while off < range.end {
-                        let len = chunk.min(range.end - off);
-                        let store = s.store.clone();
-                        let read = tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
-                            .await
-                            .map_err(join_error)?;
-                        let (data, meta) = match read {
-                            Ok(x) => x,
-                            Err(e @ StoreError::Corrupt { .. }) => {
-                                s.metrics.checksum_failures.get_or_create(&s.dir_label(meta.dir)).inc();
-                                error!(%stripe, error = %e, "corrupt block on disk");
-                                return Err(Status::from(e));
-                            }
-                            Err(e) => return Err(Status::from(e)),
-                        };
-                        let n = data.len();
-                        s.reads[meta.dir].record(Instant::now(), n as u64);
-                        s.metrics.read_bytes.get_or_create(&s.dir_label(meta.dir)).inc_by(n as u64);
-                        s.faults.pace(n).await;
-                        let (data, corrupted) = s.faults.maybe_corrupt(data);
-                        if corrupted {
-                            s.metrics.faults_injected.get_or_create(&FaultLabels { kind: "corrupt" }).inc();
-                        }
-                        let first = (off / bs) as usize;
-                        let last = ((off + n as u64).div_ceil(bs)) as usize;
-                        let msg = cs::ReadStripeResponse {
-                            offset: off,
-                            data,
-                            block_crcs: meta.crcs[first..last].to_vec(),
-                            block_size: meta.block_size,
-                            stripe_length: meta.length,
-                        };
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return Err(Status::cancelled("reader went away"));
-                        }
-                        off += n as u64;
-                    }
-                    Ok::<(), Status>(())
-                };
-                let code = tokio::select! {
-                    r = produce => match r {
-                        Ok(()) => Code::Ok,
-                        Err(st) => {
-                            let code = st.code();
-                            let _ = tx.send(Err(st)).await;
-                            code
-                        }
-                    },
-                    // The reader cancelled (a hedge or accelerated read that
-                    // finished without us): stop reading at once.
-                    _ = tx.closed() => Code::Cancelled,
-                };
-                s.observe("read", class, started, code);
-            }
-            .instrument(span),
-        );
+        let rx = self.shared.clone().start_read(request.into_inner())?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -160,6 +160,7 @@ async fn spawn(
         .arg("--data-dir")
         .arg(&dir)
         .arg("--enable-fault-injection")
+        .env("TOKIO_WORKER_THREADS", std::env::var("TESSERA_CHUNKSERVER_THREADS").unwrap_or_else(|_| "2".into()))
         .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

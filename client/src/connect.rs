@@ -14,7 +14,7 @@ use crate::stats::ServerStats;
 use crate::{ClientConfig, ClientError};
 
 /// Largest message accepted from a chunkserver.
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 /// Flow-control windows and frame size: a 1 MiB read chunk flows without
 /// waiting for window updates, in few frames.
 const STREAM_WINDOW: u32 = 16 << 20;
@@ -25,6 +25,7 @@ const MAX_FRAME: u32 = 1 << 20;
 #[derive(Debug)]
 pub struct ServerHandle {
     pub addr: String,
+    channel: Channel,
     client: ChunkserverClient<Channel>,
     latency: Mutex<ServerLatency>,
     fetches: AtomicU64,
@@ -50,11 +51,12 @@ impl ServerHandle {
             }
             endpoint(&format!("http://{addr}"), config).map_err(|e| bad(e.to_string()))?.connect_lazy()
         };
-        let client = ChunkserverClient::new(channel)
+        let client = ChunkserverClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
+            channel,
             client,
             latency: Mutex::new(ServerLatency::default()),
             fetches: AtomicU64::new(0),
@@ -66,6 +68,11 @@ impl ServerHandle {
     /// A gRPC client over this server's shared channel.
     pub fn client(&self) -> ChunkserverClient<Channel> {
         self.client.clone()
+    }
+
+    /// The raw HTTP/2 channel, for the zero-copy ReadStripe.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub(crate) fn record_sample(&self, s: Sample) {
@@ -86,13 +93,13 @@ impl ServerHandle {
         self.latency.lock().unwrap().record_outcome(Instant::now(), late);
     }
 
-    pub(crate) fn with_latency<T>(&self, f: impl FnOnce(&ServerLatency) -> T) -> T {
-        f(&self.latency.lock().unwrap())
+    pub(crate) fn with_latency<T>(&self, f: impl FnOnce(&mut ServerLatency) -> T) -> T {
+        f(&mut self.latency.lock().unwrap())
     }
 
     pub fn stats(&self) -> ServerStats {
         let now = Instant::now();
-        let l = self.latency.lock().unwrap();
+        let mut l = self.latency.lock().unwrap();
         ServerStats {
             addr: self.addr.clone(),
             fetches: self.fetches.load(Ordering::Relaxed),

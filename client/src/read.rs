@@ -152,10 +152,15 @@ async fn run_session(
     let now = Instant::now();
     let std_now = std::time::Instant::now();
     let bytes = range.len() as u64;
+    // Which servers are slow and how fast the rest are matters only when the
+    // plan may pick among stripes or hedge; a healthy normal read skips it.
+    let informed = mode != ReadMode::Normal;
     let sources: Vec<StripeSource> = handles
         .iter()
-        .map(|h| match h {
+        .enumerate()
+        .map(|(i, h)| match h {
             None => StripeSource { available: false, ..Default::default() },
+            Some(_) if !informed => StripeSource { rank: i as u32, ..Default::default() },
             Some(h) => h.with_latency(|l| StripeSource {
                 available: true,
                 slow: l.is_slow(std_now),
@@ -163,10 +168,14 @@ async fn run_session(
             }),
         })
         .collect();
-    let delay = hedge_delay(
-        handles.iter().flatten().filter_map(|h| h.with_latency(|l| l.expected(std_now, bytes, cfg.hedge.quantile))),
-        &cfg.hedge,
-    );
+    let delay = if mode == ReadMode::Hedged {
+        hedge_delay(
+            handles.iter().flatten().filter_map(|h| h.with_latency(|l| l.expected(std_now, bytes, cfg.hedge.quantile))),
+            &cfg.hedge,
+        )
+    } else {
+        cfg.fetch_timeout
+    };
     let deadline = now + delay;
     let policy = SessionPolicy {
         mode,

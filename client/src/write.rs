@@ -53,11 +53,14 @@ pub(crate) async fn write_item(
 
     let handles: Vec<_> = servers.iter().map(|a| client.server(a)).collect::<Result<_, _>>()?;
     let cfg = client.config();
-    futures::future::try_join_all(stripes.into_iter().enumerate().map(|(i, bytes)| {
+    // Wait for every stripe even when one fails, so no write is left running
+    // on a server after this returns.
+    let results = futures::future::join_all(stripes.into_iter().enumerate().map(|(i, bytes)| {
         let id = StripeId::new(item, i as u16);
         write_stripe(&handles[i], id, bytes, layout.block_size(), cfg.class, cfg.write_chunk)
     }))
-    .await?;
+    .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(ItemLocation { item, layout, item_len: len, servers: servers.iter().cloned().map(Some).collect() })
 }
 

@@ -45,23 +45,32 @@ pub struct Sample {
     pub bytes: u64,
 }
 
-impl Sample {
-    /// This fetch's time scaled to `bytes`: same wait for the first byte, same
-    /// transfer rate.
-    fn predict(&self, bytes: u64) -> Duration {
-        let transfer = self.total.saturating_sub(self.first_byte);
-        let scale = if self.bytes == 0 { 1.0 } else { bytes as f64 / self.bytes as f64 };
-        self.first_byte + transfer.mul_f64(scale)
-    }
-}
-
 /// What one client knows of one chunkserver's recent speed.
 #[derive(Debug, Clone, Default)]
 pub struct ServerLatency {
     samples: VecDeque<Sample>,
+    /// Sorted views of the fresh samples, rebuilt lazily (see [`SUMMARY_EVERY`]).
+    summary: Option<Summary>,
+    since_summary: u32,
     late_score: f64,
     outcomes: u32,
     last_outcome: Option<Instant>,
+}
+
+/// Rebuild the summary after this many new samples (or [`SUMMARY_MAX_AGE`]):
+/// reads ask for estimates far more often than servers' speeds change.
+pub const SUMMARY_EVERY: u32 = 16;
+pub const SUMMARY_MAX_AGE: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+struct Summary {
+    at: Instant,
+    /// Fresh samples' times to first byte, sorted.
+    first_byte: Vec<Duration>,
+    /// Fresh samples' transfer rates (bytes per second after the first byte), sorted.
+    rates: Vec<f64>,
+    bytes: u64,
+    total: Duration,
 }
 
 impl ServerLatency {
@@ -70,6 +79,7 @@ impl ServerLatency {
             self.samples.pop_front();
         }
         self.samples.push_back(s);
+        self.since_summary += 1;
     }
 
     /// Records whether a fetch finished before its hedge deadline.
@@ -94,27 +104,53 @@ impl ServerLatency {
         fresh && self.outcomes >= MIN_OUTCOMES && self.late_score > 0.5
     }
 
-    fn fresh(&self, now: Instant) -> impl Iterator<Item = &Sample> {
-        self.samples.iter().filter(move |s| now.saturating_duration_since(s.at) <= SAMPLE_TTL)
+    fn summary(&mut self, now: Instant) -> &Summary {
+        let stale = match &self.summary {
+            None => true,
+            Some(s) => self.since_summary >= SUMMARY_EVERY || now.saturating_duration_since(s.at) > SUMMARY_MAX_AGE,
+        };
+        if stale {
+            let fresh: Vec<&Sample> =
+                self.samples.iter().filter(|s| now.saturating_duration_since(s.at) <= SAMPLE_TTL).collect();
+            let mut first_byte: Vec<Duration> = fresh.iter().map(|s| s.first_byte).collect();
+            first_byte.sort_unstable();
+            let mut rates: Vec<f64> = fresh
+                .iter()
+                .filter_map(|s| {
+                    let t = s.total.saturating_sub(s.first_byte).as_secs_f64();
+                    (t > 0.0 && s.bytes > 0).then(|| s.bytes as f64 / t)
+                })
+                .collect();
+            rates.sort_unstable_by(f64::total_cmp);
+            let (bytes, total) = fresh.iter().fold((0, Duration::ZERO), |(b, t), s| (b + s.bytes, t + s.total));
+            self.summary = Some(Summary { at: now, first_byte, rates, bytes, total });
+            self.since_summary = 0;
+        }
+        self.summary.as_ref().expect("just built")
     }
 
-    /// The `q` quantile of this server's fetch time for `bytes`, if it has
-    /// fresh samples.
-    pub fn expected(&self, now: Instant, bytes: u64, q: f64) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.fresh(now).map(|s| s.predict(bytes)).collect();
-        quantile(&mut v, q)
+    /// The `q` quantile of this server's fetch time for `bytes`: that
+    /// quantile of its time to first byte plus `bytes` at its median transfer
+    /// rate. `None` without fresh samples.
+    pub fn expected(&mut self, now: Instant, bytes: u64, q: f64) -> Option<Duration> {
+        let s = self.summary(now);
+        let wait = pick(&s.first_byte, q)?;
+        let transfer = match pick(&s.rates, 0.5) {
+            Some(rate) if bytes > 0 => Duration::from_secs_f64(bytes as f64 / rate),
+            _ => Duration::ZERO,
+        };
+        Some(wait + transfer)
     }
 
     /// The `q` quantile of time to first byte.
-    pub fn first_byte(&self, now: Instant, q: f64) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.fresh(now).map(|s| s.first_byte).collect();
-        quantile(&mut v, q)
+    pub fn first_byte(&mut self, now: Instant, q: f64) -> Option<Duration> {
+        pick(&self.summary(now).first_byte, q)
     }
 
     /// Observed bytes per second over fresh samples.
-    pub fn bandwidth(&self, now: Instant) -> Option<f64> {
-        let (bytes, secs) = self.fresh(now).fold((0u64, 0f64), |(b, t), s| (b + s.bytes, t + s.total.as_secs_f64()));
-        (secs > 0.0).then(|| bytes as f64 / secs)
+    pub fn bandwidth(&mut self, now: Instant) -> Option<f64> {
+        let s = self.summary(now);
+        (s.total > Duration::ZERO).then(|| s.bytes as f64 / s.total.as_secs_f64())
     }
 
     pub fn late_score(&self) -> f64 {
@@ -122,13 +158,18 @@ impl ServerLatency {
     }
 }
 
-fn quantile(v: &mut [Duration], q: f64) -> Option<Duration> {
-    if v.is_empty() {
+/// The `q` quantile of sorted values.
+fn pick<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
         return None;
     }
+    let idx = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    Some(sorted[idx])
+}
+
+fn quantile(v: &mut [Duration], q: f64) -> Option<Duration> {
     v.sort_unstable();
-    let idx = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-    Some(v[idx])
+    pick(v, q)
 }
 
 /// How long to wait for direct fetches before hedging, from each server's
@@ -164,6 +205,21 @@ mod tests {
     }
 
     #[test]
+    fn estimates_follow_new_samples() {
+        let t0 = Instant::now();
+        let mut s = ServerLatency::default();
+        s.record(Sample { at: t0, first_byte: ms(1), total: ms(1), bytes: 0 });
+        assert_eq!(s.first_byte(t0, 0.5), Some(ms(1)));
+        for _ in 0..SUMMARY_EVERY * 2 {
+            s.record(Sample { at: t0, first_byte: ms(9), total: ms(9), bytes: 0 });
+        }
+        assert_eq!(s.first_byte(t0, 0.5), Some(ms(9)), "a burst of new samples is seen at once");
+        s.record(Sample { at: t0, first_byte: ms(50), total: ms(50), bytes: 0 });
+        assert_eq!(s.first_byte(t0, 1.0), Some(ms(9)), "one sample waits for the next rebuild");
+        assert_eq!(s.first_byte(t0 + SUMMARY_MAX_AGE + ms(1), 1.0), Some(ms(50)), "or for the summary to age");
+    }
+
+    #[test]
     fn hedge_delay_ignores_a_slow_minority() {
         let t0 = Instant::now();
         let policy = HedgePolicy { floor: ms(1), ceiling: ms(500), ..Default::default() };
@@ -174,8 +230,8 @@ mod tests {
                 s.record(Sample { at: t0, first_byte: wait, total: wait + ms(1), bytes: 100 });
             }
         }
-        let expected =
-            |p: &HedgePolicy| servers.iter().filter_map(|s| s.expected(t0, 100, p.quantile)).collect::<Vec<_>>();
+        let mut expected =
+            |p: &HedgePolicy| servers.iter_mut().filter_map(|s| s.expected(t0, 100, p.quantile)).collect::<Vec<_>>();
         assert_eq!(hedge_delay(expected(&policy), &policy), ms(4));
         // No samples: the ceiling, so a cold client does not hedge everything.
         assert_eq!(hedge_delay([], &policy), ms(500));
@@ -190,7 +246,7 @@ mod tests {
         let mut s = ServerLatency::default();
         s.record(Sample { at: t0, first_byte: ms(1), total: ms(1), bytes: 1 });
         assert!(s.expected(t0 + SAMPLE_TTL, 1, 0.5).is_some());
-        assert!(s.expected(t0 + SAMPLE_TTL + ms(1), 1, 0.5).is_none());
+        assert!(s.expected(t0 + SAMPLE_TTL + SUMMARY_MAX_AGE + ms(1), 1, 0.5).is_none());
     }
 
     #[test]

@@ -7,3 +7,5 @@ pub mod chunkserver {
 }
 
 pub use chunkserver::v1 as cs;
+
+pub mod read_frames;

@@ -92,6 +92,12 @@ pub async fn run(args: &SeqReadArgs, launcher: Launcher) -> anyhow::Result<SeqRe
     let cluster = LocalCluster::start(launcher, args.servers, None).await?;
     let ds = write_dataset(&cluster.addrs(), layout, items, 7, || {}).await?;
     let total: u64 = ds.locations.iter().map(|l| l.item_len).sum();
+    // The baseline is noisy on a shared machine (which cores the two threads
+    // land on matters): take its best of several runs, before and after.
+    let mut tcp = 0f64;
+    for _ in 0..args.passes.max(1) {
+        tcp = tcp.max(loopback_tcp_gbps(total)?);
+    }
     let mut best = 0f64;
     for pass in 0..args.passes.max(1) {
         let client = StripeClient::new(bench_client_config(Duration::from_secs(5)));
@@ -112,8 +118,9 @@ pub async fn run(args: &SeqReadArgs, launcher: Launcher) -> anyhow::Result<SeqRe
         }
         best = best.max(got as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    // The baseline runs after the cluster is idle, on the same machine.
-    let tcp = (0..args.passes.max(1)).map(|_| loopback_tcp_gbps(total)).try_fold(0f64, |b, r| r.map(|x| b.max(x)))?;
+    for _ in 0..args.passes.max(1) {
+        tcp = tcp.max(loopback_tcp_gbps(total)?);
+    }
     drop(cluster);
     Ok(SeqReadReport {
         mode: args.mode.to_string(),
@@ -130,7 +137,7 @@ pub fn print(r: &SeqReadReport, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(r)?);
     } else {
         println!("sequential read of {} ({} mode, {} items in flight)", crate::units::human(r.bytes), r.mode, r.depth);
-        println!("  raw loopback TCP  {:6.2} GB/s  (baseline, one connection)", r.tcp_gbps);
+        println!("  raw loopback TCP  {:6.2} GB/s  (baseline: one connection, best of the runs)", r.tcp_gbps);
         println!("  tessera client    {:6.2} GB/s  {:.2}x loopback TCP", r.read_gbps, r.ratio);
     }
     Ok(())
