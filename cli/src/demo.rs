@@ -20,8 +20,10 @@ pub struct DemoArgs {
     /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
+    /// Data stripes per item (k).
     #[arg(long, default_value_t = 6)]
     pub k: usize,
+    /// Parity stripes per item (m).
     #[arg(long, default_value_t = 3)]
     pub m: usize,
     /// Stripe unit.

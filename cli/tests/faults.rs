@@ -299,3 +299,31 @@ impl Drop for TmpfsMount {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losers_are_cancelled_and_the_server_stops_sending() {
+    let cluster = LocalCluster::start(launcher(), 9, None).await.unwrap();
+    let writer = StripeClient::new(config(Duration::from_secs(2)));
+    // One item of 6 x 1 MiB stripes.
+    let big = Layout::new(6, 3, 1 << 20, 64 << 10).unwrap();
+    let data = Bytes::from(pattern(6 << 20, 77));
+    let loc = writer.write_item(ItemId([0x42; 16]), big, data.clone(), &cluster.addrs()).await.unwrap();
+    // Stripe 2's server trickles at 64 KiB/s: its 1 MiB would take 16 s.
+    cluster.servers[2]
+        .set_faults(cs::Faults { bandwidth_bytes_per_sec: 64 << 10, ..Default::default() })
+        .await
+        .unwrap();
+
+    let client = StripeClient::new(config(Duration::from_secs(3600)));
+    let (got, report) = client.read(&loc, 0..loc.item_len, ReadMode::Accelerated).await.unwrap();
+    assert_eq!(got.to_vec(), &data[..]);
+    assert_eq!(report.rebuilt, 1, "stripe 2 was rebuilt, not waited for");
+    assert!(report.bytes_fetched < 9 << 20, "losers did not send everything: {} bytes", report.bytes_fetched);
+
+    // The slow server saw the cancellation: its read ended as cancelled
+    // (within moments, not the 16 s its bandwidth cap would take).
+    let metrics = cluster.servers[2].metrics.unwrap();
+    while !reqwest_lite(metrics, "/metrics").await.contains("op=\"read\",class=\"serving\",code=\"cancelled\"} 1") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -22,8 +22,10 @@ pub struct ReadTailArgs {
     /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
+    /// Data stripes per item (k).
     #[arg(long, default_value_t = 6)]
     pub k: usize,
+    /// Parity stripes per item (m).
     #[arg(long, default_value_t = 3)]
     pub m: usize,
     /// Stripe unit; each read is one whole item of k x unit bytes.

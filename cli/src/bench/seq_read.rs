@@ -20,14 +20,19 @@ use crate::units::ByteSize;
 /// Measure one client's sequential read throughput against raw loopback TCP.
 #[derive(Debug, Clone, Args)]
 pub struct SeqReadArgs {
+    /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
+    /// Data stripes per item (k).
     #[arg(long, default_value_t = 6)]
     pub k: usize,
+    /// Parity stripes per item (m).
     #[arg(long, default_value_t = 3)]
     pub m: usize,
+    /// Stripe unit (bytes per stripe per item).
     #[arg(long, default_value = "1MiB")]
     pub unit: ByteSize,
+    /// Checksum block size.
     #[arg(long, default_value = "64KiB")]
     pub block: ByteSize,
     /// Bytes stored and then read back.
@@ -39,8 +44,10 @@ pub struct SeqReadArgs {
     /// Passes over the data; the best is reported.
     #[arg(long, default_value_t = 3)]
     pub passes: usize,
+    /// Read mode: normal, hedged or accelerated.
     #[arg(long, default_value = "normal")]
     pub mode: ReadMode,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
