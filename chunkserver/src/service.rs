@@ -31,7 +31,7 @@ impl From<StoreError> for Status {
             StoreError::InvalidHeader { .. } | StoreError::SizeMismatch { .. } | StoreError::WriteChecksum { .. } => {
                 Code::InvalidArgument
             }
-            StoreError::BadRange { reason, .. } if reason.contains("past the end") => Code::OutOfRange,
+            StoreError::BadRange { reason, .. } if reason.is_out_of_range() => Code::OutOfRange,
             StoreError::BadRange { .. } => Code::InvalidArgument,
             StoreError::NoSpace { .. } => Code::ResourceExhausted,
             StoreError::Corrupt { .. } => Code::DataLoss,

@@ -57,8 +57,6 @@ pub(crate) struct FetchSpec {
     pub timeout: Duration,
     /// Hedge deadline: whether the fetch beat it is recorded for the server.
     pub deadline: Option<Instant>,
-    /// Give up at the deadline (a probe of a server believed slow).
-    pub stop_at_deadline: bool,
 }
 
 /// Runs a fetch with its deadline and timeout. Bytes are added to `fetched`
@@ -69,10 +67,7 @@ pub(crate) async fn fetch(
     fetched: Arc<AtomicU64>,
 ) -> Result<Pieces, FetchError> {
     let started = Instant::now();
-    let timeout = match (spec.stop_at_deadline, spec.deadline) {
-        (true, Some(d)) => d.saturating_duration_since(started).min(spec.timeout),
-        _ => spec.timeout,
-    };
+    let timeout = spec.timeout;
     let run = tokio::time::timeout(timeout, stream(&server, &spec, &fetched, started));
     tokio::pin!(run);
     let result = match spec.deadline {
@@ -80,7 +75,7 @@ pub(crate) async fn fetch(
         Some(deadline) => {
             tokio::select! {
                 r = &mut run => {
-                    server.record_outcome(false);
+                    server.record_outcome(Instant::now() >= deadline);
                     r
                 }
                 _ = tokio::time::sleep_until(deadline) => {

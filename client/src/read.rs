@@ -57,6 +57,10 @@ impl ItemData {
     }
 }
 
+/// How long past its deadline an abandoned probe may run: enough for the fetch
+/// to record that it was late before it is aborted.
+const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One session's result: the pieces of every want, arrived or rebuilt.
 type Delivered = HashMap<usize, Pieces>;
 
@@ -164,7 +168,11 @@ async fn run_session(
             Some(h) => h.with_latency(|l| StripeSource {
                 available: true,
                 slow: l.is_slow(std_now),
-                rank: l.expected(std_now, bytes, 0.5).map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
+                // Whole milliseconds: servers within a millisecond of each
+                // other tie, and ties go to the lower stripe index, so the
+                // first (XOR) parity is preferred and a single rebuild is
+                // XORs only.
+                rank: l.expected(std_now, bytes, 0.5).map(|d| d.as_millis().min(u32::MAX as u128) as u32).unwrap_or(0),
             }),
         })
         .collect();
@@ -214,7 +222,6 @@ async fn run_session(
                         class: cfg.class,
                         timeout: cfg.fetch_timeout,
                         deadline: (mode == ReadMode::Hedged && is_want).then_some(deadline),
-                        stop_at_deadline: probe,
                     };
                     let tx = tx.clone();
                     let fetched = fetched.clone();
@@ -255,12 +262,17 @@ async fn run_session(
         };
     };
     // Cancel the losers: dropping a fetch resets its stream, and the
-    // chunkserver stops reading. Probes of slow servers run on to their
-    // deadline so the client learns whether the server recovered.
+    // chunkserver stops reading. A probe of a server believed slow runs on
+    // until just past its deadline, so whether it made it is recorded and the
+    // client notices when the server recovers.
     for stripe in session.in_flight() {
-        if !probes.contains(&stripe)
-            && let Some(t) = tasks.get(&stripe)
-        {
+        let Some(t) = tasks.remove(&stripe) else { continue };
+        if probes.contains(&stripe) && Instant::now() < deadline {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline + PROBE_GRACE).await;
+                t.abort();
+            });
+        } else {
             t.abort();
         }
     }

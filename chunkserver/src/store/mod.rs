@@ -53,9 +53,38 @@ pub enum StoreError {
     #[error("stripe {stripe}: block {} checksum mismatch in {path} (stored {:08x}, read {:08x})", .mismatch.block, .mismatch.expected, .mismatch.actual)]
     Corrupt { stripe: StripeId, path: PathBuf, mismatch: ChecksumMismatch },
     #[error("stripe {stripe}: range {offset}+{length} is invalid: {reason}")]
-    BadRange { stripe: StripeId, offset: u64, length: u64, reason: &'static str },
+    BadRange { stripe: StripeId, offset: u64, length: u64, reason: RangeProblem },
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// What is wrong with a requested range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeProblem {
+    StartsPastEnd,
+    EndsPastEnd,
+    Overflows,
+    UnalignedStart,
+    UnalignedEnd,
+}
+
+impl RangeProblem {
+    /// Whether the range is well-formed but outside the stripe.
+    pub fn is_out_of_range(self) -> bool {
+        matches!(self, RangeProblem::StartsPastEnd | RangeProblem::EndsPastEnd | RangeProblem::Overflows)
+    }
+}
+
+impl std::fmt::Display for RangeProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RangeProblem::StartsPastEnd => "starts past the end of the stripe",
+            RangeProblem::EndsPastEnd => "ends past the end of the stripe",
+            RangeProblem::Overflows => "overflows",
+            RangeProblem::UnalignedStart => "offset is not block-aligned",
+            RangeProblem::UnalignedEnd => "end is neither block-aligned nor the stripe's end",
+        })
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -401,17 +430,21 @@ fn check_range(id: &StripeId, meta: &StripeMeta, offset: u64, length: u64) -> Re
     let bad = |reason| StoreError::BadRange { stripe: *id, offset, length, reason };
     let bs = meta.block_size as u64;
     if offset > meta.length {
-        return Err(bad("starts past the end of the stripe"));
+        return Err(bad(RangeProblem::StartsPastEnd));
     }
-    let end = if length == 0 { meta.length } else { offset.checked_add(length).ok_or_else(|| bad("overflows"))? };
+    let end = if length == 0 {
+        meta.length
+    } else {
+        offset.checked_add(length).ok_or_else(|| bad(RangeProblem::Overflows))?
+    };
     if end > meta.length {
-        return Err(bad("ends past the end of the stripe"));
+        return Err(bad(RangeProblem::EndsPastEnd));
     }
     if !offset.is_multiple_of(bs) {
-        return Err(bad("offset is not block-aligned"));
+        return Err(bad(RangeProblem::UnalignedStart));
     }
     if !end.is_multiple_of(bs) && end != meta.length {
-        return Err(bad("end is neither block-aligned nor the stripe's end"));
+        return Err(bad(RangeProblem::UnalignedEnd));
     }
     Ok(offset..end)
 }

@@ -51,10 +51,10 @@ fn misaligned_and_out_of_bounds_ranges_are_rejected() {
     let store = StripeStore::open(&[d.path().to_path_buf()]).unwrap();
     write(&store, id(1, 0), &bytes(10_000, 1), 4096).unwrap();
     for (off, len, why) in [
-        (100, 4096, "offset is not block-aligned"),
-        (0, 5000, "end is neither block-aligned nor the stripe's end"),
-        (8192, 4096, "ends past the end of the stripe"),
-        (12288, 0, "starts past the end of the stripe"),
+        (100, 4096, RangeProblem::UnalignedStart),
+        (0, 5000, RangeProblem::UnalignedEnd),
+        (8192, 4096, RangeProblem::EndsPastEnd),
+        (12288, 0, RangeProblem::StartsPastEnd),
     ] {
         match store.read(&id(1, 0), off, len) {
             Err(StoreError::BadRange { reason, .. }) => assert_eq!(reason, why),

@@ -55,6 +55,17 @@ pub struct Coefficients {
     /// For each coefficient: the low-nibble table twice, then the high-nibble
     /// table twice (one 16-byte copy per 128-bit lane of a 256-bit register).
     tables: Vec<[u8; 64]>,
+    /// For each coefficient, how the kernel applies it: zero is skipped, one
+    /// is a plain XOR, anything else a multiplication.
+    kinds: Vec<Kind>,
+}
+
+/// How a coefficient is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Zero,
+    One,
+    Multiply,
 }
 
 impl Coefficients {
@@ -72,7 +83,15 @@ impl Coefficients {
                 t
             })
             .collect();
-        Self { outputs, inputs, coef, tables }
+        let kinds = coef
+            .iter()
+            .map(|&c| match c {
+                0 => Kind::Zero,
+                1 => Kind::One,
+                _ => Kind::Multiply,
+            })
+            .collect();
+        Self { outputs, inputs, coef, tables, kinds }
     }
 
     pub fn outputs(&self) -> usize {
@@ -136,7 +155,7 @@ fn portable(coefs: &Coefficients, inputs: &[&[u8]], outputs: &mut [&mut [u8]], f
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    use super::Coefficients;
+    use super::{Coefficients, Kind};
     use std::arch::x86_64::*;
 
     /// Proof that this CPU executes AVX2 instructions: the only constructor is
@@ -176,6 +195,10 @@ pub mod x86 {
         while o < coefs.outputs {
             let g = (coefs.outputs - o).min(GROUP);
             let tables = &coefs.tables[o * n_in..(o + g) * n_in];
+            let kinds = &coefs.kinds[o * n_in..(o + g) * n_in];
+            // A group whose coefficients are all 0 or 1 is XORs only: a lost
+            // stripe rebuilt from the XOR parity, or the XOR parity itself.
+            let xor_only = kinds.iter().all(|k| *k != Kind::Multiply);
             let out_ptrs: Vec<*mut u8> = outputs[o..o + g].iter_mut().map(|s| s.as_mut_ptr()).collect();
             // SAFETY: `token` proves AVX2 is available. Every input pointer
             // addresses at least `len >= cols` readable bytes and every output
@@ -183,16 +206,59 @@ pub mod x86 {
             // `kernel::dot_products`); the outputs are distinct `&mut` slices so
             // they do not alias each other or the inputs.
             unsafe {
-                match g {
-                    1 => group::<1>(tables, &in_ptrs, &out_ptrs, cols),
-                    2 => group::<2>(tables, &in_ptrs, &out_ptrs, cols),
-                    3 => group::<3>(tables, &in_ptrs, &out_ptrs, cols),
-                    _ => group::<4>(tables, &in_ptrs, &out_ptrs, cols),
+                match (xor_only, g) {
+                    (true, 1) => xor_group::<1>(kinds, &in_ptrs, &out_ptrs, cols),
+                    (true, 2) => xor_group::<2>(kinds, &in_ptrs, &out_ptrs, cols),
+                    (true, 3) => xor_group::<3>(kinds, &in_ptrs, &out_ptrs, cols),
+                    (true, _) => xor_group::<4>(kinds, &in_ptrs, &out_ptrs, cols),
+                    (false, 1) => group::<1>(tables, &in_ptrs, &out_ptrs, cols),
+                    (false, 2) => group::<2>(tables, &in_ptrs, &out_ptrs, cols),
+                    (false, 3) => group::<3>(tables, &in_ptrs, &out_ptrs, cols),
+                    (false, _) => group::<4>(tables, &in_ptrs, &out_ptrs, cols),
                 }
             }
             o += g;
         }
         cols
+    }
+
+    /// G outputs whose coefficients are all 0 or 1 (`kinds[g * n_in + i]`):
+    /// XORs of the inputs, without table lookups.
+    ///
+    /// # Safety
+    /// As for [`group`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn xor_group<const G: usize>(kinds: &[Kind], inputs: &[*const u8], outputs: &[*mut u8], cols: usize) {
+        let n_in = inputs.len();
+        let mut off = 0;
+        while off < cols {
+            let mut acc0 = [_mm256_setzero_si256(); G];
+            let mut acc1 = [_mm256_setzero_si256(); G];
+            for (i, &p) in inputs.iter().enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + PREFETCH) as *const i8);
+                // SAFETY: off + 64 <= cols and p is valid for cols bytes.
+                let (x0, x1) = unsafe {
+                    (
+                        _mm256_loadu_si256(p.add(off) as *const __m256i),
+                        _mm256_loadu_si256(p.add(off + 32) as *const __m256i),
+                    )
+                };
+                for g in 0..G {
+                    if kinds[g * n_in + i] == Kind::One {
+                        acc0[g] = _mm256_xor_si256(acc0[g], x0);
+                        acc1[g] = _mm256_xor_si256(acc1[g], x1);
+                    }
+                }
+            }
+            for g in 0..G {
+                // SAFETY: off + 64 <= cols and outputs[g] is valid for cols bytes.
+                unsafe {
+                    _mm256_storeu_si256(outputs[g].add(off) as *mut __m256i, acc0[g]);
+                    _mm256_storeu_si256(outputs[g].add(off + 32) as *mut __m256i, acc1[g]);
+                }
+            }
+            off += STEP;
+        }
     }
 
     /// G outputs over `cols` bytes (a multiple of 64). `tables[g * n_in + i]`

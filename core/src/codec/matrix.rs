@@ -3,7 +3,8 @@
 //!
 //! The code is systematic: the first k rows of the n x k generator are the
 //! identity, so data stripes are the item's bytes unchanged. Parity row `k + i`
-//! is the Cauchy row `1 / ((k + i) xor j)`. Every square submatrix of a Cauchy
+//! is the Cauchy row `1 / ((k + i) xor j)`, with columns scaled so that the
+//! first parity row is all ones. Every square submatrix of a Cauchy
 //! matrix is invertible, so any k rows of [I; C] are too: the code is MDS and
 //! every erasure pattern of up to m stripes can be rebuilt.
 
@@ -43,6 +44,18 @@ impl Matrix {
             for c in 0..k {
                 // r >= k > c, so r ^ c != 0 and the inverse exists.
                 let v = gf::inv((r ^ c) as u8).expect("r xor c is nonzero");
+                g.set(r, c, v);
+            }
+        }
+        // Scale each column so the first parity row is all ones: that parity
+        // is the plain XOR of the data, which the kernels compute without
+        // multiplying, and rebuilding one lost data stripe from it is XORs
+        // too. Scaling columns by nonzero constants keeps every square
+        // submatrix of the parity rows invertible, so the code stays MDS.
+        for c in 0..k {
+            let s = gf::inv(g.get(k, c)).expect("Cauchy entries are nonzero");
+            for r in k..n {
+                let v = gf::mul(g.get(r, c), s);
                 g.set(r, c, v);
             }
         }
@@ -182,6 +195,14 @@ mod tests {
                     subset[j] = subset[j - 1] + 1;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_first_parity_is_the_xor_of_the_data() {
+        for (k, m) in [(6, 3), (10, 4), (1, 1)] {
+            let g = Matrix::generator(k, m);
+            assert!(g.row(k).iter().all(|&x| x == 1), "RS({k},{m})");
         }
     }
 
