@@ -64,7 +64,6 @@ pub struct LocalServer {
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
     child: Option<Child>,
-    listen: Option<SocketAddr>,
 }
 
 impl LocalServer {
@@ -133,12 +132,12 @@ impl LocalCluster {
         self.servers.iter().map(|s| s.addr()).collect()
     }
 
-    /// Restarts a killed server on its old port and data dir.
+    /// Restarts server `i` (killing it first if it runs) on its old port
+    /// and data dir.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let old = &mut self.servers[i];
         old.kill().await?;
-        let fresh =
-            spawn(&self.launcher, old.node_id.clone(), old.data_dir.clone(), old.listen.or(Some(old.grpc))).await?;
+        let fresh = spawn(&self.launcher, old.node_id.clone(), old.data_dir.clone(), Some(old.grpc)).await?;
         self.servers[i] = fresh;
         Ok(())
     }
@@ -186,6 +185,5 @@ async fn spawn(
         grpc: ready.grpc,
         metrics: ready.metrics,
         child: Some(child),
-        listen,
     })
 }

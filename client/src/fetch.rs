@@ -55,7 +55,8 @@ pub(crate) struct FetchSpec {
     pub block_size: usize,
     pub class: RequestClass,
     pub timeout: Duration,
-    /// Hedge deadline: whether the fetch beat it is recorded for the server.
+    /// For a probe of a server believed slow: the hedge deadline, and whether
+    /// the fetch beat it is recorded for the server.
     pub deadline: Option<Instant>,
 }
 

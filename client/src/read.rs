@@ -109,12 +109,7 @@ pub(crate) async fn read(
     let mut failure = None;
     for ((r, _), res) in sessions.iter().zip(results) {
         let (d, sr) = res;
-        report.fetches += sr.fetches;
-        report.hedges += sr.hedges;
-        report.hedges_won += sr.hedges_won;
-        report.rebuilt += sr.rebuilt;
-        report.failed_fetches += sr.failed_fetches;
-        report.checksum_failures += sr.checksum_failures;
+        report.absorb(&sr);
         match d {
             Ok(d) => delivered.push((r.clone(), d)),
             Err(e) => failure = failure.or(Some(e)),
@@ -198,6 +193,8 @@ async fn run_session(
     let mut arrived: HashMap<usize, Pieces> = HashMap::new();
     let mut errors: Vec<(usize, FetchError)> = Vec::new();
     let mut hedged = false;
+    // Whether this session's direct fetches were judged against the deadline.
+    let mut judged = false;
     let hedge_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(hedge_timer);
 
@@ -221,7 +218,7 @@ async fn run_session(
                         block_size: layout.block_size(),
                         class: cfg.class,
                         timeout: cfg.fetch_timeout,
-                        deadline: (mode == ReadMode::Hedged && is_want).then_some(deadline),
+                        deadline: probe.then_some(deadline),
                     };
                     let tx = tx.clone();
                     let fetched = fetched.clone();
@@ -258,9 +255,16 @@ async fn run_session(
                     session.on_failure(stripe)
                 }
             },
-            _ = &mut hedge_timer, if session.wants_hedge_timer() => session.on_hedge_timer(),
+            _ = &mut hedge_timer, if session.wants_hedge_timer() => {
+                record_outcomes(handles, &wants, &probes, &arrived, true);
+                judged = true;
+                session.on_hedge_timer()
+            }
         };
     };
+    if mode == ReadMode::Hedged && !judged {
+        record_outcomes(handles, &wants, &probes, &arrived, false);
+    }
     // Cancel the losers: dropping a fetch resets its stream, and the
     // chunkserver stops reading. A probe of a server believed slow runs on
     // until just past its deadline, so whether it made it is recorded and the
@@ -321,6 +325,30 @@ async fn run_session(
         }
     }
     (Ok(delivered), report)
+}
+
+/// Tells each want's server whether it beat the hedge deadline. At the
+/// deadline, a want still outstanding is late only if another want of the
+/// same read arrived in time: when all of them are late the whole machine or
+/// network stalled, which says nothing about any one server. Before the
+/// deadline, everything that arrived was on time. Probes of servers already
+/// believed slow judge themselves (see `fetch`).
+fn record_outcomes(
+    handles: &[Option<Arc<ServerHandle>>],
+    wants: &[usize],
+    probes: &[usize],
+    arrived: &HashMap<usize, Pieces>,
+    at_deadline: bool,
+) {
+    let peers_on_time = wants.iter().any(|w| arrived.contains_key(w));
+    for w in wants.iter().filter(|w| !probes.contains(w)) {
+        let Some(h) = &handles[*w] else { continue };
+        if arrived.contains_key(w) {
+            h.record_outcome(false);
+        } else if at_deadline && peers_on_time {
+            h.record_outcome(true);
+        }
+    }
 }
 
 /// Decodes `outputs` over `range` from the arrived `inputs`. Inputs may have

@@ -26,6 +26,18 @@ pub struct ReadReport {
     pub checksum_failures: u32,
 }
 
+impl ReadReport {
+    /// Adds one session's counts to a read's.
+    pub(crate) fn absorb(&mut self, s: &ReadReport) {
+        self.fetches += s.fetches;
+        self.hedges += s.hedges;
+        self.hedges_won += s.hedges_won;
+        self.rebuilt += s.rebuilt;
+        self.failed_fetches += s.failed_fetches;
+        self.checksum_failures += s.checksum_failures;
+    }
+}
+
 /// One chunkserver as seen from this client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerStats {
