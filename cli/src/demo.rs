@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_core::layout::Layout;
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::cs;
 
@@ -20,15 +19,8 @@ pub struct DemoArgs {
     /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
-    /// Data stripes per item (k).
-    #[arg(long, default_value_t = 6)]
-    pub k: usize,
-    /// Parity stripes per item (m).
-    #[arg(long, default_value_t = 3)]
-    pub m: usize,
-    /// Stripe unit.
-    #[arg(long, default_value = "1MiB")]
-    pub unit: ByteSize,
+    #[command(flatten)]
+    pub layout: crate::bench::LayoutArgs,
     /// Size of the sample stored (rounded up to whole items).
     #[arg(long, default_value = "96MiB")]
     pub size: ByteSize,
@@ -41,14 +33,14 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let layout = Layout::new(args.k, args.m, args.unit.0 as usize, 64 << 10)?;
+    let layout = args.layout.layout()?;
     let items = args.size.0.div_ceil(layout.item_capacity()).max(1) as usize;
     println!(
         "Tessera demo: {} chunkservers on loopback, RS({},{}) with {} stripe units.\n",
         args.servers,
-        args.k,
-        args.m,
-        ByteSize(args.unit.0)
+        layout.k(),
+        layout.m(),
+        ByteSize(layout.stripe_unit() as u64)
     );
 
     print!("[1/4] Starting {} chunkserver processes ... ", args.servers);
@@ -58,10 +50,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let bytes = items as u64 * layout.item_capacity();
     println!(
-        "[2/4] Storing a {} sample as {items} items of {} ({} stripes, each with a CRC32C per 64 KiB block)",
+        "[2/4] Storing a {} sample as {items} items of {} ({} stripes, each with a CRC32C per {} block)",
         human(bytes),
         human(layout.item_capacity()),
-        items * layout.n()
+        items * layout.n(),
+        human(layout.block_size() as u64)
     );
     let bar =
         ProgressBar::new(items as u64).with_style(ProgressStyle::with_template("      {bar:40} {pos}/{len} items")?);

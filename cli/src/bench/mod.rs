@@ -5,9 +5,34 @@ pub mod codec;
 pub mod read_tail;
 pub mod seq_read;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use tessera_core::layout::{Layout, LayoutError};
 
 use crate::local::Launcher;
+use crate::units::ByteSize;
+
+/// The erasure layout a command stores its data with.
+#[derive(Debug, Clone, Args)]
+pub struct LayoutArgs {
+    /// Data stripes per item (k).
+    #[arg(long, default_value_t = 6)]
+    pub k: usize,
+    /// Parity stripes per item (m).
+    #[arg(long, default_value_t = 3)]
+    pub m: usize,
+    /// Stripe unit (bytes per stripe per item).
+    #[arg(long, default_value = "1MiB")]
+    pub unit: ByteSize,
+    /// Checksum block size.
+    #[arg(long, default_value = "64KiB")]
+    pub block: ByteSize,
+}
+
+impl LayoutArgs {
+    pub fn layout(&self) -> Result<Layout, LayoutError> {
+        Layout::new(self.k, self.m, self.unit.0 as usize, self.block.0 as usize)
+    }
+}
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchCommand {

@@ -14,7 +14,6 @@ use tessera_core::read_plan::ReadMode;
 use tessera_proto::cs;
 
 use crate::local::{Launcher, LocalCluster};
-use crate::units::ByteSize;
 
 /// Measure read latency of every read mode, healthy and under injected faults.
 #[derive(Debug, Clone, Args)]
@@ -22,18 +21,9 @@ pub struct ReadTailArgs {
     /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
-    /// Data stripes per item (k).
-    #[arg(long, default_value_t = 6)]
-    pub k: usize,
-    /// Parity stripes per item (m).
-    #[arg(long, default_value_t = 3)]
-    pub m: usize,
-    /// Stripe unit; each read is one whole item of k x unit bytes.
-    #[arg(long, default_value = "1MiB")]
-    pub unit: ByteSize,
-    /// Checksum block size.
-    #[arg(long, default_value = "64KiB")]
-    pub block: ByteSize,
+    /// The layout; each read is one whole item of k x unit bytes.
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
     /// Items written before reading.
     #[arg(long, default_value_t = 18)]
     pub items: usize,
@@ -231,7 +221,7 @@ pub async fn run(
     launcher: Launcher,
     mut out: impl FnMut(&TailResult),
 ) -> anyhow::Result<Vec<TailResult>> {
-    let layout = Layout::new(args.k, args.m, args.unit.0 as usize, args.block.0 as usize)?;
+    let layout = args.layout.layout()?;
     anyhow::ensure!(args.slow + args.hang <= args.servers, "cannot fault more servers than are started");
     let cluster = LocalCluster::start(launcher, args.servers, None).await?;
     let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;

@@ -10,7 +10,6 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 use tessera_client::StripeClient;
-use tessera_core::layout::Layout;
 use tessera_core::read_plan::ReadMode;
 
 use super::read_tail::{bench_client_config, write_dataset};
@@ -23,18 +22,8 @@ pub struct SeqReadArgs {
     /// Chunkserver processes to start.
     #[arg(long, default_value_t = 9)]
     pub servers: usize,
-    /// Data stripes per item (k).
-    #[arg(long, default_value_t = 6)]
-    pub k: usize,
-    /// Parity stripes per item (m).
-    #[arg(long, default_value_t = 3)]
-    pub m: usize,
-    /// Stripe unit (bytes per stripe per item).
-    #[arg(long, default_value = "1MiB")]
-    pub unit: ByteSize,
-    /// Checksum block size.
-    #[arg(long, default_value = "64KiB")]
-    pub block: ByteSize,
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
     /// Bytes stored and then read back.
     #[arg(long, default_value = "768MiB")]
     pub size: ByteSize,
@@ -94,7 +83,7 @@ pub fn loopback_tcp_gbps(bytes: u64) -> anyhow::Result<f64> {
 }
 
 pub async fn run(args: &SeqReadArgs, launcher: Launcher) -> anyhow::Result<SeqReadReport> {
-    let layout = Layout::new(args.k, args.m, args.unit.0 as usize, args.block.0 as usize)?;
+    let layout = args.layout.layout()?;
     let items = (args.size.0.div_ceil(layout.item_capacity())).max(1) as usize;
     let cluster = LocalCluster::start(launcher, args.servers, None).await?;
     let ds = write_dataset(&cluster.addrs(), layout, items, 7, || {}).await?;

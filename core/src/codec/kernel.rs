@@ -222,6 +222,39 @@ pub mod x86 {
         cols
     }
 
+    /// The 64 bytes of an input at `off`, prefetching further ahead. The
+    /// prefetch keeps the k input streams ahead of the hardware prefetcher,
+    /// which loses track of them when they share cache sets (equal offsets);
+    /// a hint, so past the end is harmless.
+    ///
+    /// # Safety
+    /// AVX2 must be available and `p + off + 64` within the input.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const u8, off: usize) -> (__m256i, __m256i) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + PREFETCH) as *const i8);
+        // SAFETY: the caller guarantees 64 readable bytes at p + off.
+        unsafe {
+            (_mm256_loadu_si256(p.add(off) as *const __m256i), _mm256_loadu_si256(p.add(off + 32) as *const __m256i))
+        }
+    }
+
+    /// Stores G outputs' accumulators at `off`.
+    ///
+    /// # Safety
+    /// AVX2 must be available and each `outputs[g] + off + 64` within its output.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store<const G: usize>(outputs: &[*mut u8], off: usize, acc0: &[__m256i; G], acc1: &[__m256i; G]) {
+        for g in 0..G {
+            // SAFETY: the caller guarantees 64 writable bytes at outputs[g] + off.
+            unsafe {
+                _mm256_storeu_si256(outputs[g].add(off) as *mut __m256i, acc0[g]);
+                _mm256_storeu_si256(outputs[g].add(off + 32) as *mut __m256i, acc1[g]);
+            }
+        }
+    }
+
     /// G outputs whose coefficients are all 0 or 1 (`kinds[g * n_in + i]`):
     /// XORs of the inputs, without table lookups.
     ///
@@ -235,14 +268,8 @@ pub mod x86 {
             let mut acc0 = [_mm256_setzero_si256(); G];
             let mut acc1 = [_mm256_setzero_si256(); G];
             for (i, &p) in inputs.iter().enumerate() {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + PREFETCH) as *const i8);
                 // SAFETY: off + 64 <= cols and p is valid for cols bytes.
-                let (x0, x1) = unsafe {
-                    (
-                        _mm256_loadu_si256(p.add(off) as *const __m256i),
-                        _mm256_loadu_si256(p.add(off + 32) as *const __m256i),
-                    )
-                };
+                let (x0, x1) = unsafe { load(p, off) };
                 for g in 0..G {
                     if kinds[g * n_in + i] == Kind::One {
                         acc0[g] = _mm256_xor_si256(acc0[g], x0);
@@ -250,13 +277,8 @@ pub mod x86 {
                     }
                 }
             }
-            for g in 0..G {
-                // SAFETY: off + 64 <= cols and outputs[g] is valid for cols bytes.
-                unsafe {
-                    _mm256_storeu_si256(outputs[g].add(off) as *mut __m256i, acc0[g]);
-                    _mm256_storeu_si256(outputs[g].add(off + 32) as *mut __m256i, acc1[g]);
-                }
-            }
+            // SAFETY: off + 64 <= cols and every output is valid for cols bytes.
+            unsafe { store(outputs, off, &acc0, &acc1) };
             off += STEP;
         }
     }
@@ -279,17 +301,8 @@ pub mod x86 {
             let mut acc0 = [_mm256_setzero_si256(); G];
             let mut acc1 = [_mm256_setzero_si256(); G];
             for (i, &p) in inputs.iter().enumerate() {
-                // A hint, so past the end is harmless. It keeps the k input
-                // streams ahead of the hardware prefetcher, which loses
-                // track of them when they share cache sets (equal offsets).
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + PREFETCH) as *const i8);
                 // SAFETY: off + 64 <= cols and p is valid for cols bytes.
-                let (x0, x1) = unsafe {
-                    (
-                        _mm256_loadu_si256(p.add(off) as *const __m256i),
-                        _mm256_loadu_si256(p.add(off + 32) as *const __m256i),
-                    )
-                };
+                let (x0, x1) = unsafe { load(p, off) };
                 let lo0 = _mm256_and_si256(x0, mask);
                 let hi0 = _mm256_and_si256(_mm256_srli_epi64::<4>(x0), mask);
                 let lo1 = _mm256_and_si256(x1, mask);
@@ -306,13 +319,8 @@ pub mod x86 {
                     acc1[g] = _mm256_xor_si256(acc1[g], p1);
                 }
             }
-            for g in 0..G {
-                // SAFETY: off + 64 <= cols and outputs[g] is valid for cols bytes.
-                unsafe {
-                    _mm256_storeu_si256(outputs[g].add(off) as *mut __m256i, acc0[g]);
-                    _mm256_storeu_si256(outputs[g].add(off + 32) as *mut __m256i, acc1[g]);
-                }
-            }
+            // SAFETY: off + 64 <= cols and every output is valid for cols bytes.
+            unsafe { store(outputs, off, &acc0, &acc1) };
             off += STEP;
         }
     }
