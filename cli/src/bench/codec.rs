@@ -13,15 +13,8 @@ use crate::units::ByteSize;
 /// Measure the erasure codec against memcpy on this CPU.
 #[derive(Debug, Clone, Args)]
 pub struct CodecArgs {
-    /// Data stripes per item (k).
-    #[arg(long, default_value_t = 6)]
-    pub k: usize,
-    /// Parity stripes per item (m).
-    #[arg(long, default_value_t = 3)]
-    pub m: usize,
-    /// Stripe unit (bytes per stripe); a multiple of 64.
-    #[arg(long, default_value = "1MiB")]
-    pub unit: ByteSize,
+    #[command(flatten)]
+    pub code: super::CodeArgs,
     /// Seconds to spend on each measurement.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
@@ -94,7 +87,7 @@ impl PageAligned {
 }
 
 pub fn run(args: &CodecArgs) -> anyhow::Result<CodecReport> {
-    let (k, m, unit) = (args.k, args.m, args.unit.0 as usize);
+    let (k, m, unit) = (args.code.k, args.code.m, args.code.unit.0 as usize);
     anyhow::ensure!(unit > 0 && unit.is_multiple_of(64), "--unit must be a positive multiple of 64 bytes");
     let rs = ReedSolomon::new(k, m)?;
     let budget = Duration::from_secs_f64(args.seconds);

@@ -11,9 +11,9 @@ use tessera_core::layout::{Layout, LayoutError};
 use crate::local::Launcher;
 use crate::units::ByteSize;
 
-/// The erasure layout a command stores its data with.
+/// The erasure code's shape and stripe unit.
 #[derive(Debug, Clone, Args)]
-pub struct LayoutArgs {
+pub struct CodeArgs {
     /// Data stripes per item (k).
     #[arg(long, default_value_t = 6)]
     pub k: usize,
@@ -23,6 +23,13 @@ pub struct LayoutArgs {
     /// Stripe unit (bytes per stripe per item).
     #[arg(long, default_value = "1MiB")]
     pub unit: ByteSize,
+}
+
+/// The erasure layout a command stores its data with.
+#[derive(Debug, Clone, Args)]
+pub struct LayoutArgs {
+    #[command(flatten)]
+    pub code: CodeArgs,
     /// Checksum block size.
     #[arg(long, default_value = "64KiB")]
     pub block: ByteSize,
@@ -30,7 +37,7 @@ pub struct LayoutArgs {
 
 impl LayoutArgs {
     pub fn layout(&self) -> Result<Layout, LayoutError> {
-        Layout::new(self.k, self.m, self.unit.0 as usize, self.block.0 as usize)
+        Layout::new(self.code.k, self.code.m, self.code.unit.0 as usize, self.block.0 as usize)
     }
 }
 
