@@ -1,14 +1,20 @@
 //! Tessera's core: the domain logic every component shares, with no I/O.
 //!
 //! This crate owns the erasure codec, the arithmetic that maps bytes to items,
-//! stripes and blocks, block checksums, per-chunkserver latency tracking and the
-//! read planner. It never touches a disk, a socket or a clock: callers pass time
+//! stripes and blocks, block checksums, per-chunkserver latency tracking, the
+//! read planner, the manifest format, placement across failure domains,
+//! chunkserver health, repair decisions and retention. It never touches a disk, a socket or a clock: callers pass time
 //! and observations in, and the functions here decide. That keeps every rule
 //! unit- and property-testable without a network.
 
 pub mod checksum;
 pub mod codec;
+pub mod health;
 pub mod ids;
 pub mod latency;
 pub mod layout;
+pub mod manifest;
+pub mod placement;
 pub mod read_plan;
+pub mod repair;
+pub mod retention;

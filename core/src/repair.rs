@@ -1,0 +1,117 @@
+//! Repair decisions: how redundant each item still is, and when to rebuild.
+//!
+//! An item's effective redundancy is how many more of its stripes could be
+//! lost before it became unreadable: reachable stripes minus k (a stripe on a
+//! dead server, or in a domain taken down for maintenance, is not reachable).
+//! Items of high-availability filesets below the threshold are rebuilt at
+//! once; everything else waits out a grace period, so planned drains and
+//! restarts do not start repair storms.
+
+use std::time::{Duration, Instant};
+
+/// How urgently a fileset's items are repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Availability {
+    /// Rebuilt at once when below the threshold.
+    High,
+    /// Rebuilt after the grace period.
+    #[default]
+    Low,
+}
+
+impl Availability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Availability::High => "high",
+            Availability::Low => "low",
+        }
+    }
+}
+
+impl std::str::FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "high" => Ok(Availability::High),
+            "low" => Ok(Availability::Low),
+            _ => Err(format!("unknown availability {s:?}: expected high or low")),
+        }
+    }
+}
+
+/// What to do about an item now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairDecision {
+    /// Every stripe is reachable.
+    Healthy,
+    /// Rebuild the missing stripes now.
+    Now,
+    /// Rebuild at this instant unless the stripes come back first.
+    At(Instant),
+    /// Fewer than k stripes are reachable: nothing to rebuild from.
+    Unrecoverable,
+}
+
+/// When to repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairPolicy {
+    /// High-availability items with less effective redundancy than this are
+    /// rebuilt at once (m: any lost stripe).
+    pub threshold: usize,
+    /// How long everything else waits for lost stripes to come back.
+    pub grace: Duration,
+}
+
+/// Effective redundancy: reachable stripes minus k (negative when unreadable).
+pub fn effective_redundancy(reachable: usize, k: usize) -> i64 {
+    reachable as i64 - k as i64
+}
+
+/// Decides for an item with `reachable` of its `k + m` stripes reachable,
+/// missing since `since`.
+pub fn decide(
+    reachable: usize,
+    k: usize,
+    m: usize,
+    availability: Availability,
+    since: Instant,
+    now: Instant,
+    policy: &RepairPolicy,
+) -> RepairDecision {
+    let (threshold, grace) = (policy.threshold, policy.grace);
+    if reachable >= k + m {
+        return RepairDecision::Healthy;
+    }
+    if reachable < k {
+        return RepairDecision::Unrecoverable;
+    }
+    let er = effective_redundancy(reachable, k);
+    if availability == Availability::High && er < threshold as i64 {
+        return RepairDecision::Now;
+    }
+    let at = since + grace;
+    if now >= at { RepairDecision::Now } else { RepairDecision::At(at) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_availability_is_repaired_at_once_low_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(900);
+        let p = RepairPolicy { threshold: 3, grace };
+        let d = |reachable, av, now| decide(reachable, 6, 3, av, t0, now, &p);
+        assert_eq!(d(9, Availability::High, t0), RepairDecision::Healthy);
+        assert_eq!(d(8, Availability::High, t0), RepairDecision::Now);
+        assert_eq!(d(8, Availability::Low, t0), RepairDecision::At(t0 + grace));
+        assert_eq!(d(8, Availability::Low, t0 + grace), RepairDecision::Now);
+        assert_eq!(d(5, Availability::High, t0), RepairDecision::Unrecoverable);
+        // A lower threshold defers high-availability items that still have margin.
+        let lower = RepairPolicy { threshold: 2, grace };
+        assert_eq!(decide(8, 6, 3, Availability::High, t0, t0, &lower), RepairDecision::At(t0 + grace));
+        assert_eq!(decide(7, 6, 3, Availability::High, t0, t0, &lower), RepairDecision::Now);
+        assert_eq!(effective_redundancy(5, 6), -1);
+    }
+}
