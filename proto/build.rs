@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().bytes(".").compile_with_config(
         config,
-        &["proto/tessera/chunkserver/v1/chunkserver.proto"],
+        &["proto/tessera/chunkserver/v1/chunkserver.proto", "proto/tessera/master/v1/master.proto"],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

@@ -171,6 +171,12 @@ impl StripeClient {
         write::write_item(self, item, layout, data, servers).await
     }
 
+    /// Rebuilds the stripes `targets` names ((index, server address)) of an
+    /// item from its other stripes and writes them there.
+    pub async fn rebuild_stripes(&self, loc: &ItemLocation, targets: &[(usize, String)]) -> Result<(), ClientError> {
+        write::rebuild_stripes(self, loc, targets).await
+    }
+
     /// Reads `range` of an item in `mode`, returning the bytes and what the
     /// read did.
     pub async fn read(
@@ -189,4 +195,14 @@ impl StripeClient {
         per.sort_by(|a, b| a.addr.cmp(&b.addr));
         self.counters.snapshot(per)
     }
+}
+
+/// The client's futures must be `Send` to run on multi-threaded runtimes and
+/// in spawned tasks; this fails to compile if one stops being so.
+#[allow(dead_code)]
+fn futures_are_send(c: &StripeClient, loc: &ItemLocation) {
+    fn assert_send<T: Send>(_: T) {}
+    assert_send(c.read(loc, 0..1, ReadMode::Normal));
+    assert_send(c.rebuild_stripes(loc, &[]));
+    assert_send(c.write_item(loc.item, loc.layout, Bytes::new(), &[]));
 }

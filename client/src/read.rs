@@ -98,12 +98,13 @@ pub(crate) async fn read(
     let handles: Vec<Option<Arc<ServerHandle>>> =
         loc.servers.iter().map(|s| s.as_deref().map(|a| client.server(a)).transpose()).collect::<Result<_, _>>()?;
     let fetched = Arc::new(AtomicU64::new(0));
-    let results = futures::future::join_all(
-        sessions
-            .iter()
-            .map(|(r, wants)| run_session(client, loc, &handles, r.clone(), wants.clone(), mode, fetched.clone())),
-    )
-    .await;
+    // Collected first: a lazy map inside the awaited future would make it
+    // lose `Send` (a known limit of the compiler with higher-ranked lifetimes).
+    let runs: Vec<_> = sessions
+        .iter()
+        .map(|(r, wants)| run_session(client, loc, &handles, r.clone(), wants.clone(), mode, fetched.clone()))
+        .collect();
+    let results = futures::future::join_all(runs).await;
 
     let mut delivered: Vec<(Range<usize>, Delivered)> = Vec::new();
     let mut failure = None;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use tessera_core::checksum::block_checksums;
 use tessera_core::codec::ErasureCoder;
 use tessera_core::ids::{ItemId, StripeId};
@@ -25,16 +24,43 @@ pub(crate) async fn write_item(
     data: Bytes,
     servers: &[String],
 ) -> Result<ItemLocation, ClientError> {
-    let (k, m, n) = (layout.k(), layout.m(), layout.n());
+    let n = layout.n();
     if servers.len() != n {
         return Err(ClientError::Locations { item, expected: n, got: servers.len() });
     }
+    let len = data.len() as u64;
+    let stripes = encode(client, item, layout, data)?;
+    let targets: Vec<(usize, String)> = servers.iter().cloned().enumerate().collect();
+    write_stripes(client, item, layout, stripes, &targets).await?;
+    Ok(ItemLocation { item, layout, item_len: len, servers: servers.iter().cloned().map(Some).collect() })
+}
+
+/// Rebuilds the stripes `targets` names (index, server) of an item from the
+/// stripes that are left: reads the item (a degraded read if data stripes are
+/// missing), encodes it again and writes just those stripes. Repair uses it.
+pub(crate) async fn rebuild_stripes(
+    client: &StripeClient,
+    loc: &ItemLocation,
+    targets: &[(usize, String)],
+) -> Result<(), ClientError> {
+    let (data, _) = client.read(loc, 0..loc.item_len, tessera_core::read_plan::ReadMode::Normal).await?;
+    let bytes = match data.parts() {
+        [one] => one.clone(),
+        _ => Bytes::from(data.to_vec()),
+    };
+    let stripes = encode(client, loc.item, loc.layout, bytes)?;
+    write_stripes(client, loc.item, loc.layout, stripes, targets).await
+}
+
+/// All n stripes of an item: the data cut without copying (a short item is
+/// zero-padded), then the parity.
+fn encode(client: &StripeClient, item: ItemId, layout: Layout, data: Bytes) -> Result<Vec<Bytes>, ClientError> {
+    let (k, m) = (layout.k(), layout.m());
     let len = data.len() as u64;
     if len == 0 || len > layout.item_capacity() {
         return Err(ClientError::Range { item, start: 0, end: len, len: layout.item_capacity() });
     }
     let s = layout.stripe_len(len)?;
-    // Full items are cut without copying; a short item is zero-padded.
     let padded = if data.len() == k * s {
         data
     } else {
@@ -50,18 +76,32 @@ pub(crate) async fn write_item(
         client.codec(k, m).encode(&refs, &mut outs)?;
     }
     stripes.extend(parity.into_iter().map(BytesMut::freeze));
+    Ok(stripes)
+}
 
-    let handles: Vec<_> = servers.iter().map(|a| client.server(a)).collect::<Result<_, _>>()?;
+/// Writes the stripes `targets` names, in parallel. Waits for every one even
+/// when one fails, so no write is left running on a server after this
+/// returns.
+async fn write_stripes(
+    client: &StripeClient,
+    item: ItemId,
+    layout: Layout,
+    stripes: Vec<Bytes>,
+    targets: &[(usize, String)],
+) -> Result<(), ClientError> {
+    let handles: Vec<_> = targets.iter().map(|(_, a)| client.server(a)).collect::<Result<_, _>>()?;
     let cfg = client.config();
-    // Wait for every stripe even when one fails, so no write is left running
-    // on a server after this returns.
-    let results = futures::future::join_all(stripes.into_iter().enumerate().map(|(i, bytes)| {
-        let id = StripeId::new(item, i as u16);
-        write_stripe(&handles[i], id, bytes, layout.block_size(), cfg.class, cfg.write_chunk)
-    }))
-    .await;
+    let writes: Vec<_> = targets
+        .iter()
+        .zip(&handles)
+        .map(|((i, _), h)| {
+            let id = StripeId::new(item, *i as u16);
+            write_stripe(h, id, stripes[*i].clone(), layout.block_size(), cfg.class, cfg.write_chunk)
+        })
+        .collect();
+    let results = futures::future::join_all(writes).await;
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(ItemLocation { item, layout, item_len: len, servers: servers.iter().cloned().map(Some).collect() })
+    Ok(())
 }
 
 async fn write_stripe(
@@ -83,13 +123,13 @@ async fn write_stripe(
     loop {
         attempt += 1;
         let first = cs::WriteStripeRequest { part: Some(cs::write_stripe_request::Part::Header(header.clone())) };
-        let chunks = (0..bytes.len()).step_by(chunk.max(1)).map({
-            let bytes = bytes.clone();
-            move |at| cs::WriteStripeRequest {
-                part: Some(cs::write_stripe_request::Part::Data(bytes.slice(at..(at + chunk).min(bytes.len())))),
-            }
-        });
-        let messages = futures::stream::iter(std::iter::once(first).chain(chunks)).boxed();
+        // A plain Vec of messages (the data as zero-copy slices): an iterator
+        // adapter here would cost the future its `Send`.
+        let mut messages = vec![first];
+        messages.extend((0..bytes.len()).step_by(chunk.max(1)).map(|at| cs::WriteStripeRequest {
+            part: Some(cs::write_stripe_request::Part::Data(bytes.slice(at..(at + chunk).min(bytes.len())))),
+        }));
+        let messages = futures::stream::iter(messages);
         match server.client().write_stripe(messages).await {
             Ok(_) => return Ok(()),
             Err(s) if s.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
@@ -107,3 +147,4 @@ async fn write_stripe(
         }
     }
 }
+

@@ -1,4 +1,4 @@
-//! gRPC definitions shared by the chunkserver and the stripe client.
+//! gRPC definitions: the chunkserver API (`cs`) and the master API (`ms`).
 
 pub mod chunkserver {
     pub mod v1 {
@@ -6,6 +6,13 @@ pub mod chunkserver {
     }
 }
 
+pub mod master {
+    pub mod v1 {
+        tonic::include_proto!("tessera.master.v1");
+    }
+}
+
 pub use chunkserver::v1 as cs;
+pub use master::v1 as ms;
 
 pub mod read_frames;

@@ -1,0 +1,152 @@
+//! The master's background loop: notices chunkservers that stopped reporting
+//! and write sessions that expired, runs the repairs the model decides on
+//! (rate-limited, in the repair request class), and deletes stripes that
+//! deleted versions or crashed writers left behind.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_client::{ItemLocation, StripeClient};
+use tessera_proto::cs;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::Master;
+use super::state::{Deletion, RepairJob};
+
+/// Repairs running at once.
+const REPAIR_PARALLELISM: usize = 2;
+/// Deletions running at once.
+const DELETE_PARALLELISM: usize = 16;
+
+/// Queues stripe deletions for the loop to carry out.
+#[derive(Debug, Clone)]
+pub struct Deleter {
+    tx: mpsc::UnboundedSender<Vec<Deletion>>,
+}
+
+impl Deleter {
+    pub fn delete(&self, d: Vec<Deletion>) {
+        if !d.is_empty() {
+            let _ = self.tx.send(d);
+        }
+    }
+}
+
+pub fn deleter() -> (Deleter, mpsc::UnboundedReceiver<Vec<Deletion>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Deleter { tx }, rx)
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(
+    master: Arc<Master>,
+    client: Arc<StripeClient>,
+    mut deletions: mpsc::UnboundedReceiver<Vec<Deletion>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let repairs = Arc::new(Semaphore::new(REPAIR_PARALLELISM));
+    let deletes = Arc::new(Semaphore::new(DELETE_PARALLELISM));
+    let limiter = Arc::new(RateLimiter::new(master.config.repair_bytes_per_sec));
+    let mut tick = tokio::time::interval(master.config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => None,
+            d = deletions.recv() => d,
+        };
+        let now = Instant::now();
+        let mut work = batch.unwrap_or_default();
+        if work.is_empty() {
+            master.expire_servers(now);
+            let expired = master.expire_sessions(now);
+            if expired > 0 {
+                info!(sessions = expired, "write sessions expired; their stripes will be collected");
+            }
+            work = master.collect_orphans(now);
+            let free = repairs.available_permits();
+            if free > 0 {
+                let jobs = master.plan_repairs(now, free, &mut rand::rng());
+                for job in jobs {
+                    let permit = repairs.clone().acquire_owned().await.expect("never closed");
+                    let (master, client, limiter) = (master.clone(), client.clone(), limiter.clone());
+                    tokio::spawn(async move {
+                        let ok = repair(&client, &job, &limiter).await;
+                        master.repair_done(&job, ok);
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        for d in work {
+            let permit = deletes.clone().acquire_owned().await.expect("never closed");
+            let (master, client) = (master.clone(), client.clone());
+            tokio::spawn(async move {
+                if delete(&client, &d).await {
+                    master.deleted(&d);
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn repair(client: &StripeClient, job: &RepairJob, limiter: &RateLimiter) -> bool {
+    limiter.take(job.len).await;
+    let loc = ItemLocation {
+        item: job.item,
+        layout: job.layout,
+        item_len: job.len,
+        servers: job.sources.iter().map(|a| (!a.is_empty()).then(|| a.clone())).collect(),
+    };
+    let targets: Vec<(usize, String)> = job.targets.iter().map(|(i, _, addr)| (*i, addr.clone())).collect();
+    match client.rebuild_stripes(&loc, &targets).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(item = %job.item, error = %e, "repair failed; it will be retried");
+            false
+        }
+    }
+}
+
+async fn delete(client: &StripeClient, d: &Deletion) -> bool {
+    let Ok(server) = client.server(&d.address) else { return false };
+    let req = cs::DeleteStripeRequest {
+        stripe: Some(cs::StripeRef { item: d.stripe.item.as_bytes().to_vec().into(), index: d.stripe.index as u32 }),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), server.client().delete_stripe(req)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            debug!(stripe = %d.stripe, server = %d.address, error = %e, "delete failed");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// A token bucket over bytes, shared by all repairs.
+#[derive(Debug)]
+struct RateLimiter {
+    bytes_per_sec: u64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self { bytes_per_sec, next: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    async fn take(&self, bytes: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let at = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}

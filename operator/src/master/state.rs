@@ -1,0 +1,837 @@
+//! The master's model: records loaded from the store, registered chunkservers,
+//! the stripe index, write sessions, and the decisions made on them. Every
+//! method here runs under one lock and returns quickly; the only I/O is the
+//! metadata store, and the work decisions call for (deleting, rebuilding
+//! stripes) is handed back to the caller rather than done here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tessera_core::health::{FailureCounter, is_live};
+use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::layout::Layout;
+use tessera_core::placement::{self, Candidate, Level, Topology};
+use tessera_core::repair::{self, RepairDecision, RepairPolicy};
+use tessera_core::retention::{self, Retained};
+use tessera_proto::ms;
+use tracing::{info, warn};
+
+use super::records::{FilesetRecord, ItemRecord, VersionRecord};
+use super::store::MetaStore;
+use super::{MasterConfig, MasterError};
+
+/// A registered chunkserver.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub id: String,
+    pub address: String,
+    pub topology: Topology,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub read_bytes_per_sec: f64,
+    pub last_seen: Instant,
+    pub live: bool,
+    pub failures: FailureCounter,
+    pub stripes: HashSet<StripeId>,
+}
+
+/// An item a published version owns.
+#[derive(Debug, Clone)]
+pub struct ItemInfo {
+    pub fileset: String,
+    pub len: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    fileset: String,
+    expires: Instant,
+    /// Allocated items and the server of each stripe.
+    items: HashMap<ItemId, Vec<String>>,
+}
+
+/// A stripe to delete from a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub address: String,
+    pub stripe: StripeId,
+}
+
+/// An item to rebuild: which stripes, from where, to where.
+#[derive(Debug, Clone)]
+pub struct RepairJob {
+    pub item: ItemId,
+    pub layout: Layout,
+    pub len: u64,
+    /// Address of a reachable copy of each stripe ("" for lost ones).
+    pub sources: Vec<String>,
+    /// Lost stripe index and the server id chosen to hold it.
+    pub targets: Vec<(usize, String, String)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epoch: String,
+    filesets: BTreeMap<String, FilesetRecord>,
+    versions: BTreeMap<(String, u64), VersionRecord>,
+    items: HashMap<ItemId, ItemInfo>,
+    servers: BTreeMap<String, Server>,
+    /// Stripe index -> ids of servers holding a copy.
+    locations: HashMap<ItemId, Vec<(u16, String)>>,
+    sessions: HashMap<String, Session>,
+    missing_since: HashMap<ItemId, Instant>,
+    repairing: HashSet<ItemId>,
+    orphan_since: HashMap<ItemId, Instant>,
+    repaired_stripes: u64,
+    repaired_bytes: u64,
+    collected_stripes: u64,
+}
+
+/// The master.
+#[derive(Debug)]
+pub struct Master {
+    pub config: MasterConfig,
+    store: Arc<dyn MetaStore>,
+    state: Mutex<State>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn item_id(bytes: &[u8], field: &'static str) -> Result<ItemId, MasterError> {
+    ItemId::from_bytes(bytes).map_err(|e| MasterError::InvalidSpec { field, reason: e.to_string() })
+}
+
+pub(crate) fn stripe_from_wire(r: &tessera_proto::cs::StripeRef) -> Option<StripeId> {
+    Some(StripeId::new(ItemId::from_bytes(&r.item).ok()?, u16::try_from(r.index).ok()?))
+}
+
+impl Master {
+    /// Loads the records and starts with no chunkservers known: they register.
+    pub fn new(store: Arc<dyn MetaStore>, config: MasterConfig) -> Result<Arc<Self>, MasterError> {
+        let mut st = State { epoch: format!("{:016x}", rand::random::<u64>()), ..Default::default() };
+        for f in store.list_filesets()? {
+            st.filesets.insert(f.name.clone(), f);
+        }
+        for v in store.list_versions()? {
+            for i in v.all_items() {
+                st.items.insert(i.id, ItemInfo { fileset: v.fileset.clone(), len: i.len });
+            }
+            st.versions.insert((v.fileset.clone(), v.id), v);
+        }
+        info!(filesets = st.filesets.len(), versions = st.versions.len(), items = st.items.len(), "master loaded its records");
+        Ok(Arc::new(Self { config, store, state: Mutex::new(st) }))
+    }
+
+    pub fn epoch(&self) -> String {
+        self.state.lock().unwrap().epoch.clone()
+    }
+
+    // ---- Chunkservers ----
+
+    pub fn register(&self, req: &ms::RegisterRequest, now: Instant) -> String {
+        let mut st = self.state.lock().unwrap();
+        let t = req.topology.clone().unwrap_or_default();
+        let topology = Topology { region: t.region, zone: t.zone, rack: t.rack, node: t.node };
+        let policy = self.config.failure;
+        let epoch = st.epoch.clone();
+        let State { servers, locations, .. } = &mut *st;
+        match servers.get_mut(&req.server_id) {
+            Some(s) => {
+                // Coming back after being given up on counts against it: a
+                // server that keeps dropping out stops receiving stripes.
+                if !s.live {
+                    s.failures.record(now, &policy);
+                }
+                for stripe in s.stripes.drain() {
+                    forget_location(locations, &stripe, &req.server_id);
+                }
+                s.address = req.address.clone();
+                s.topology = topology;
+                s.free_bytes = req.free_bytes;
+                s.total_bytes = req.total_bytes;
+                s.last_seen = now;
+                s.live = true;
+            }
+            None => {
+                servers.insert(
+                    req.server_id.clone(),
+                    Server {
+                        id: req.server_id.clone(),
+                        address: req.address.clone(),
+                        topology,
+                        free_bytes: req.free_bytes,
+                        total_bytes: req.total_bytes,
+                        read_bytes_per_sec: 0.0,
+                        last_seen: now,
+                        live: true,
+                        failures: FailureCounter::default(),
+                        stripes: HashSet::new(),
+                    },
+                );
+            }
+        }
+        info!(server = %req.server_id, address = %req.address, "chunkserver registered");
+        epoch
+    }
+
+    /// Adds reported stripes to the index. `false` if the server must
+    /// register again first.
+    pub fn report_inventory(&self, server_id: &str, epoch: &str, stripes: &[StripeId], now: Instant) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.epoch != epoch {
+            return false;
+        }
+        let State { servers, locations, .. } = &mut *st;
+        let Some(s) = servers.get_mut(server_id) else { return false };
+        s.last_seen = now;
+        for stripe in stripes {
+            if s.stripes.insert(*stripe) {
+                add_location(locations, stripe, server_id);
+            }
+        }
+        true
+    }
+
+    /// A heartbeat; `false` asks the server to register again.
+    pub fn heartbeat(&self, req: &ms::HeartbeatRequest, now: Instant) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.epoch != req.master_epoch {
+            return false;
+        }
+        let policy = self.config.failure;
+        let State { servers, locations, .. } = &mut *st;
+        let Some(s) = servers.get_mut(&req.server_id) else { return false };
+        if !s.live {
+            s.failures.record(now, &policy);
+            s.live = true;
+        }
+        s.last_seen = now;
+        s.free_bytes = req.free_bytes;
+        s.total_bytes = req.total_bytes;
+        s.read_bytes_per_sec = req.read_bytes_per_sec;
+        for stripe in req.added.iter().filter_map(stripe_from_wire) {
+            if s.stripes.insert(stripe) {
+                add_location(locations, &stripe, &req.server_id);
+            }
+        }
+        for stripe in req.removed.iter().filter_map(stripe_from_wire) {
+            if s.stripes.remove(&stripe) {
+                forget_location(locations, &stripe, &req.server_id);
+            }
+        }
+        true
+    }
+
+    /// Marks servers not heard from in time as not live; returns their ids.
+    pub fn expire_servers(&self, now: Instant) -> Vec<String> {
+        let mut st = self.state.lock().unwrap();
+        let policy = self.config.failure;
+        let mut gone = Vec::new();
+        for s in st.servers.values_mut() {
+            if s.live && !is_live(s.last_seen, now, self.config.heartbeat_timeout) {
+                s.live = false;
+                s.failures.record(now, &policy);
+                warn!(server = %s.id, "chunkserver stopped reporting");
+                gone.push(s.id.clone());
+            }
+        }
+        gone
+    }
+
+    // ---- Filesets ----
+
+    pub fn create_fileset(&self, spec: &ms::FilesetSpec, if_absent: bool) -> Result<ms::Fileset, MasterError> {
+        let record = FilesetRecord::from_spec(spec, now_unix())?;
+        let mut st = self.state.lock().unwrap();
+        if let Some(existing) = st.filesets.get(&record.name) {
+            if if_absent && existing.same_as(&record) {
+                return Ok(fileset_to_wire(&st, existing));
+            }
+            return Err(MasterError::FilesetExists(record.name));
+        }
+        self.store.put_fileset(&record)?;
+        info!(fileset = %record.name, k = record.k, m = record.m, "fileset created");
+        st.filesets.insert(record.name.clone(), record.clone());
+        Ok(fileset_to_wire(&st, &record))
+    }
+
+    pub fn get_fileset(&self, name: &str) -> Result<ms::Fileset, MasterError> {
+        let st = self.state.lock().unwrap();
+        let f = st.filesets.get(name).ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
+        Ok(fileset_to_wire(&st, f))
+    }
+
+    pub fn list_filesets(&self) -> Vec<ms::Fileset> {
+        let st = self.state.lock().unwrap();
+        st.filesets.values().map(|f| fileset_to_wire(&st, f)).collect()
+    }
+
+    /// Deletes a fileset and its versions; returns the stripes to delete.
+    pub fn delete_fileset(&self, name: &str) -> Result<(u32, Vec<Deletion>), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        if !st.filesets.contains_key(name) {
+            return Err(MasterError::FilesetNotFound(name.into()));
+        }
+        let ids: Vec<u64> = st.versions.range((name.to_string(), 0)..=(name.to_string(), u64::MAX)).map(|(k, _)| k.1).collect();
+        for id in &ids {
+            let v = &st.versions[&(name.to_string(), *id)];
+            if !v.pins.is_empty() {
+                return Err(MasterError::Pinned { fileset: name.into(), version: *id, holders: v.pins.clone() });
+            }
+        }
+        self.store.delete_fileset(name)?;
+        st.filesets.remove(name);
+        let mut deletions = Vec::new();
+        for id in &ids {
+            let v = st.versions.remove(&(name.to_string(), *id)).expect("listed above");
+            deletions.extend(forget_version(&mut st, &v));
+        }
+        info!(fileset = %name, versions = ids.len(), "fileset deleted");
+        Ok((ids.len() as u32, deletions))
+    }
+
+    // ---- Writing versions ----
+
+    pub fn begin_version(&self, fileset: &str, now: Instant) -> Result<(String, Layout), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let f = st.filesets.get(fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.into()))?;
+        let layout = f.layout();
+        let id = format!("{:032x}", rand::random::<u128>());
+        st.sessions.insert(
+            id.clone(),
+            Session { fileset: fileset.into(), expires: now + self.config.session_lease, items: HashMap::new() },
+        );
+        Ok((id, layout))
+    }
+
+    /// Chooses servers for `count` new items of a write session.
+    pub fn allocate_items(
+        &self,
+        session: &str,
+        count: usize,
+        stripe_len: u64,
+        failed: &[String],
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<ms::ItemLocation>, MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let policy = self.config.failure;
+        for addr in failed {
+            if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || &s.id == addr) {
+                s.failures.record(now, &policy);
+            }
+        }
+        let fileset = {
+            let s = st.sessions.get_mut(session).ok_or_else(|| MasterError::SessionNotFound(session.into()))?;
+            s.expires = now + self.config.session_lease;
+            s.fileset.clone()
+        };
+        let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.clone()))?.clone();
+        let n = f.k + f.m;
+        // Eligible: live, in service, not just reported failing, with room.
+        let needed = stripe_len.saturating_add(64 << 10);
+        let mut ids = Vec::new();
+        let mut candidates = Vec::new();
+        let mut too_full = 0;
+        for s in st.servers.values_mut() {
+            if !s.live || s.failures.is_down(now, &policy) || failed.iter().any(|a| a == &s.address || a == &s.id) {
+                continue;
+            }
+            if s.free_bytes < needed {
+                too_full += 1;
+                continue;
+            }
+            ids.push(s.id.clone());
+            candidates.push(Candidate { topology: s.topology.clone(), free_bytes: s.free_bytes });
+        }
+        if candidates.is_empty() && too_full > 0 {
+            return Err(MasterError::NoSpace {
+                needed,
+                reason: format!("all {too_full} live chunkservers are full"),
+            });
+        }
+        let mut out = Vec::with_capacity(count);
+        let mut placed = Vec::with_capacity(count);
+        for _ in 0..count {
+            let chosen = placement::choose(&candidates, n, f.policy(), &HashMap::new(), &[], rng)?;
+            let item = ItemId(rng.random());
+            let servers: Vec<String> = chosen.iter().map(|&i| ids[i].clone()).collect();
+            // Account the space so a burst of allocations spreads out.
+            for &i in &chosen {
+                candidates[i].free_bytes = candidates[i].free_bytes.saturating_sub(stripe_len);
+            }
+            out.push(ms::ItemLocation {
+                item: item.as_bytes().to_vec().into(),
+                servers: servers.iter().map(|id| st.servers[id].address.clone()).collect(),
+            });
+            placed.push((item, servers));
+        }
+        let s = st.sessions.get_mut(session).expect("checked above");
+        s.items.extend(placed);
+        Ok(out)
+    }
+
+    /// Publishes a version: every item must have been allocated in the
+    /// session (whose writer saw every stripe durable). Returns the version
+    /// and the stripes of versions retention now collects.
+    pub fn commit_version(
+        &self,
+        req: &ms::CommitVersionRequest,
+        now: Instant,
+    ) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let session = st.sessions.get(&req.session).ok_or_else(|| MasterError::SessionNotFound(req.session.clone()))?;
+        let fileset = session.fileset.clone();
+        let parse = |refs: &[ms::ItemRef], field| -> Result<Vec<ItemRecord>, MasterError> {
+            refs.iter()
+                .map(|r| {
+                    let id = item_id(&r.item, field)?;
+                    if !session.items.contains_key(&id) {
+                        return Err(MasterError::ItemNotAllocated { session: req.session.clone(), item: id.to_string() });
+                    }
+                    Ok(ItemRecord { id, len: r.length })
+                })
+                .collect()
+        };
+        let items = parse(&req.items, "items")?;
+        let manifest = req.manifest.clone().ok_or(MasterError::InvalidSpec {
+            field: "manifest",
+            reason: "a version needs its manifest".into(),
+        })?;
+        let manifest_items = parse(&manifest.items, "manifest.items")?;
+        if manifest.sha256.len() != 32 {
+            return Err(MasterError::InvalidSpec { field: "manifest.sha256", reason: "must be 32 bytes".into() });
+        }
+        let id = st.versions.range((fileset.clone(), 0)..=(fileset.clone(), u64::MAX)).next_back().map_or(1, |(k, _)| k.1 + 1);
+        let record = VersionRecord {
+            fileset: fileset.clone(),
+            id,
+            created_unix: now_unix(),
+            files: req.files,
+            bytes: req.bytes,
+            items,
+            manifest_items,
+            manifest_len: manifest.length,
+            manifest_sha256: hex::encode(&manifest.sha256),
+            pins: vec![],
+        };
+        // The one durable write: after it the version exists, before it not.
+        self.store.put_version(&record)?;
+        let session = st.sessions.remove(&req.session).expect("checked above");
+        for (item, servers) in session.items {
+            if record.all_items().any(|i| i.id == item) {
+                for (index, sid) in servers.iter().enumerate() {
+                    let stripe = StripeId::new(item, index as u16);
+                    if let Some(s) = st.servers.get_mut(sid)
+                        && s.stripes.insert(stripe)
+                    {
+                        add_location(&mut st.locations, &stripe, sid);
+                    }
+                }
+            }
+        }
+        for i in record.all_items() {
+            st.items.insert(i.id, ItemInfo { fileset: fileset.clone(), len: i.len });
+        }
+        st.versions.insert((fileset.clone(), id), record.clone());
+        info!(fileset = %fileset, version = id, files = record.files, bytes = record.bytes, "version published");
+        let _ = now;
+        let deletions = self.apply_retention(&mut st, &fileset)?;
+        Ok((record, deletions))
+    }
+
+    fn apply_retention(&self, st: &mut State, fileset: &str) -> Result<Vec<Deletion>, MasterError> {
+        let keep = st.filesets.get(fileset).map_or(1, |f| f.keep_versions);
+        let versions: Vec<Retained> = st
+            .versions
+            .range((fileset.to_string(), 0)..=(fileset.to_string(), u64::MAX))
+            .map(|(k, v)| Retained { id: k.1, pinned: !v.pins.is_empty() })
+            .collect();
+        let mut deletions = Vec::new();
+        for id in retention::collectable(&versions, keep) {
+            self.store.delete_version(fileset, id)?;
+            let v = st.versions.remove(&(fileset.to_string(), id)).expect("listed above");
+            info!(fileset = %fileset, version = id, "version collected by retention");
+            deletions.extend(forget_version(st, &v));
+        }
+        Ok(deletions)
+    }
+
+    pub fn abort_version(&self, session: &str) {
+        self.state.lock().unwrap().sessions.remove(session);
+    }
+
+    /// Ends write sessions whose lease ran out; their items become orphans.
+    pub fn expire_sessions(&self, now: Instant) -> usize {
+        let mut st = self.state.lock().unwrap();
+        let before = st.sessions.len();
+        st.sessions.retain(|_, s| s.expires > now);
+        before - st.sessions.len()
+    }
+
+    // ---- Reading versions ----
+
+    pub fn list_versions(&self, fileset: &str) -> Result<Vec<VersionRecord>, MasterError> {
+        let st = self.state.lock().unwrap();
+        if !st.filesets.contains_key(fileset) {
+            return Err(MasterError::FilesetNotFound(fileset.into()));
+        }
+        Ok(st.versions.range((fileset.to_string(), 0)..=(fileset.to_string(), u64::MAX)).map(|(_, v)| v.clone()).collect())
+    }
+
+    /// A version (0: the latest) with its layout and the location of every
+    /// stripe of its manifest and data items.
+    pub fn get_version(&self, fileset: &str, version: u64) -> Result<ms::GetVersionResponse, MasterError> {
+        let st = self.state.lock().unwrap();
+        let f = st.filesets.get(fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.into()))?;
+        let v = find_version(&st, fileset, version)?;
+        let n = f.k + f.m;
+        let locations = v
+            .all_items()
+            .map(|i| ms::ItemLocation {
+                item: i.id.as_bytes().to_vec().into(),
+                servers: (0..n).map(|idx| reachable_address(&st, &i.id, idx).unwrap_or_default()).collect(),
+            })
+            .collect();
+        Ok(ms::GetVersionResponse {
+            version: Some(v.to_wire()),
+            layout: Some(super::records::layout_to_wire(&f.layout())),
+            locations,
+        })
+    }
+
+    pub fn delete_version(&self, fileset: &str, version: u64) -> Result<Vec<Deletion>, MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let v = find_version(&st, fileset, version)?.clone();
+        if !v.pins.is_empty() {
+            return Err(MasterError::Pinned { fileset: fileset.into(), version: v.id, holders: v.pins });
+        }
+        self.store.delete_version(fileset, v.id)?;
+        st.versions.remove(&(fileset.to_string(), v.id));
+        info!(fileset = %fileset, version = v.id, "version deleted");
+        Ok(forget_version(&mut st, &v))
+    }
+
+    pub fn pin(&self, fileset: &str, version: u64, holder: &str, pin: bool) -> Result<(), MasterError> {
+        if holder.is_empty() {
+            return Err(MasterError::InvalidSpec { field: "holder", reason: "a pin needs a holder".into() });
+        }
+        let mut st = self.state.lock().unwrap();
+        let mut v = find_version(&st, fileset, version)?.clone();
+        let had = v.pins.iter().any(|h| h == holder);
+        match (pin, had) {
+            (true, false) => v.pins.push(holder.to_string()),
+            (false, true) => v.pins.retain(|h| h != holder),
+            _ => return Ok(()),
+        }
+        self.store.put_version(&v)?;
+        st.versions.insert((fileset.to_string(), v.id), v);
+        Ok(())
+    }
+
+    // ---- Health, repair and collection ----
+
+    /// Decides, for every item of every published version, whether to
+    /// rebuild it now, and plans the repairs of those that are due (at most
+    /// `max` new jobs). Items being repaired already are skipped.
+    pub fn plan_repairs(&self, now: Instant, max: usize, rng: &mut impl Rng) -> Vec<RepairJob> {
+        let mut st = self.state.lock().unwrap();
+        let policy = self.config.failure;
+        let mut down = HashSet::new();
+        for s in st.servers.values_mut() {
+            if !s.live || s.failures.is_down(now, &policy) {
+                down.insert(s.id.clone());
+            }
+        }
+        let mut jobs = Vec::new();
+        let items: Vec<(ItemId, ItemInfo)> = st.items.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (item, info) in items {
+            let Some(f) = st.filesets.get(&info.fileset).cloned() else { continue };
+            let n = f.k + f.m;
+            let reachable = reachable_indices(&st, &item, &down, n);
+            let count = reachable.iter().filter(|r| r.is_some()).count();
+            if count == n {
+                st.missing_since.remove(&item);
+                continue;
+            }
+            let since = *st.missing_since.entry(item).or_insert(now);
+            let rp = RepairPolicy { threshold: f.m, grace: self.config.repair_grace };
+            let decision = repair::decide(count, f.k, f.m, f.availability(), since, now, &rp);
+            if decision != RepairDecision::Now || st.repairing.contains(&item) || jobs.len() >= max {
+                if decision == RepairDecision::Unrecoverable {
+                    warn!(%item, fileset = %info.fileset, reachable = count, k = f.k, "item has fewer than k stripes reachable");
+                }
+                continue;
+            }
+            // Place the lost stripes, counting the ones still in place.
+            let mut ids = Vec::new();
+            let mut candidates = Vec::new();
+            let mut exclude = Vec::new();
+            let holders: HashSet<&String> =
+                st.locations.get(&item).map(|v| v.iter().map(|(_, s)| s).collect()).unwrap_or_default();
+            for s in st.servers.values() {
+                if down.contains(&s.id) || s.free_bytes < info.len / f.k as u64 + (64 << 10) {
+                    continue;
+                }
+                if holders.contains(&s.id) {
+                    exclude.push(ids.len());
+                }
+                ids.push(s.id.clone());
+                candidates.push(Candidate { topology: s.topology.clone(), free_bytes: s.free_bytes });
+            }
+            let level: Level = f.policy().level;
+            let existing = placement::domain_counts(
+                reachable.iter().flatten().filter_map(|sid| st.servers.get(sid).map(|s| &s.topology)),
+                level,
+            );
+            let lost: Vec<usize> = (0..n).filter(|i| reachable[*i].is_none()).collect();
+            match placement::choose(&candidates, lost.len(), f.policy(), &existing, &exclude, rng) {
+                Ok(chosen) => {
+                    let sources =
+                        reachable.iter().map(|r| r.as_ref().map(|sid| st.servers[sid].address.clone()).unwrap_or_default()).collect();
+                    let targets = lost
+                        .iter()
+                        .zip(chosen)
+                        .map(|(&idx, c)| (idx, ids[c].clone(), st.servers[&ids[c]].address.clone()))
+                        .collect();
+                    st.repairing.insert(item);
+                    jobs.push(RepairJob { item, layout: f.layout(), len: info.len, sources, targets });
+                }
+                Err(e) => warn!(%item, error = %e, "cannot place replacement stripes"),
+            }
+        }
+        jobs
+    }
+
+    /// Records a finished repair: the new stripes are where the job put them.
+    pub fn repair_done(&self, job: &RepairJob, ok: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.repairing.remove(&job.item);
+        if !ok {
+            return;
+        }
+        let stripe_len = job.layout.stripe_len(job.len).unwrap_or(0) as u64;
+        for (idx, sid, _) in &job.targets {
+            let stripe = StripeId::new(job.item, *idx as u16);
+            if let Some(s) = st.servers.get_mut(sid)
+                && s.stripes.insert(stripe)
+            {
+                add_location(&mut st.locations, &stripe, sid);
+            }
+            st.repaired_stripes += 1;
+            st.repaired_bytes += stripe_len;
+        }
+        st.missing_since.remove(&job.item);
+        info!(item = %job.item, stripes = job.targets.len(), "item repaired");
+    }
+
+    /// Stripes nobody owns (no published version, no open session) for
+    /// longer than the grace: left by crashed writers or deleted versions
+    /// whose servers were away.
+    pub fn collect_orphans(&self, now: Instant) -> Vec<Deletion> {
+        let mut st = self.state.lock().unwrap();
+        let open: HashSet<ItemId> = st.sessions.values().flat_map(|s| s.items.keys().copied()).collect();
+        let orphans: Vec<ItemId> =
+            st.locations.keys().filter(|i| !st.items.contains_key(i) && !open.contains(i)).copied().collect();
+        let grace = self.config.orphan_grace;
+        st.orphan_since.retain(|i, _| orphans.contains(i));
+        let mut out = Vec::new();
+        for item in orphans {
+            let since = *st.orphan_since.entry(item).or_insert(now);
+            if now.saturating_duration_since(since) < grace {
+                continue;
+            }
+            for (idx, sid) in st.locations.get(&item).cloned().unwrap_or_default() {
+                if let Some(s) = st.servers.get(&sid)
+                    && s.live
+                {
+                    out.push(Deletion { address: s.address.clone(), stripe: StripeId::new(item, idx) });
+                }
+            }
+            st.orphan_since.remove(&item);
+        }
+        if !out.is_empty() {
+            info!(stripes = out.len(), "collecting orphan stripes");
+        }
+        out
+    }
+
+    /// A deleted stripe is gone from the index (its server also reports it).
+    pub fn deleted(&self, d: &Deletion) {
+        let mut st = self.state.lock().unwrap();
+        let State { servers, locations, collected_stripes, .. } = &mut *st;
+        if let Some(s) = servers.values_mut().find(|s| s.address == d.address)
+            && s.stripes.remove(&d.stripe)
+        {
+            let id = s.id.clone();
+            forget_location(locations, &d.stripe, &id);
+            *collected_stripes += 1;
+        }
+    }
+
+    // ---- Status ----
+
+    pub fn status(&self, fileset: &str, now: Instant) -> Result<ms::StatusResponse, MasterError> {
+        let mut st = self.state.lock().unwrap();
+        if !fileset.is_empty() && !st.filesets.contains_key(fileset) {
+            return Err(MasterError::FilesetNotFound(fileset.into()));
+        }
+        let policy = self.config.failure;
+        let mut servers = Vec::new();
+        for s in st.servers.values_mut() {
+            let down = s.failures.is_down(now, &policy);
+            servers.push(ms::ServerStatus {
+                server_id: s.id.clone(),
+                address: s.address.clone(),
+                topology: Some(ms::Topology {
+                    region: s.topology.region.clone(),
+                    zone: s.topology.zone.clone(),
+                    rack: s.topology.rack.clone(),
+                    node: s.topology.node.clone(),
+                }),
+                live: s.live,
+                down,
+                free_bytes: s.free_bytes,
+                total_bytes: s.total_bytes,
+                stripes: s.stripes.len() as u64,
+                failure_count: s.failures.count(),
+            });
+        }
+        let unreachable: HashSet<String> = st.servers.values().filter(|s| !s.live).map(|s| s.id.clone()).collect();
+        let mut filesets = Vec::new();
+        for f in st.filesets.values().filter(|f| fileset.is_empty() || f.name == fileset) {
+            let n = f.k + f.m;
+            let level = f.policy().level;
+            let mut by_redundancy = vec![0u64; f.m + 1];
+            let (mut items, mut degraded, mut unrecoverable, mut repairing) = (0, 0, 0, 0);
+            let mut per_domain: BTreeMap<String, u64> = BTreeMap::new();
+            for (item, _) in st.items.iter().filter(|(_, i)| i.fileset == f.name) {
+                items += 1;
+                let reachable = reachable_indices(&st, item, &unreachable, n);
+                let count = reachable.iter().filter(|r| r.is_some()).count();
+                if count < n {
+                    degraded += 1;
+                }
+                if count < f.k {
+                    unrecoverable += 1;
+                } else {
+                    by_redundancy[(count - f.k).min(f.m)] += 1;
+                }
+                if st.repairing.contains(item) {
+                    repairing += 1;
+                }
+                for sid in reachable.iter().flatten() {
+                    if let Some(s) = st.servers.get(sid) {
+                        *per_domain.entry(s.topology.domain(level)).or_default() += 1;
+                    }
+                }
+            }
+            filesets.push(ms::FilesetStatus {
+                name: f.name.clone(),
+                items,
+                items_by_redundancy: by_redundancy,
+                degraded,
+                unrecoverable,
+                repairing,
+                stripes_per_domain: per_domain
+                    .into_iter()
+                    .map(|(domain, stripes)| ms::DomainCount { domain, stripes })
+                    .collect(),
+                level: level.to_string(),
+            });
+        }
+        Ok(ms::StatusResponse {
+            servers,
+            filesets,
+            repaired_stripes: st.repaired_stripes,
+            repaired_bytes: st.repaired_bytes,
+            collected_stripes: st.collected_stripes,
+        })
+    }
+}
+
+fn fileset_to_wire(st: &State, f: &FilesetRecord) -> ms::Fileset {
+    let versions: Vec<u64> =
+        st.versions.range((f.name.clone(), 0)..=(f.name.clone(), u64::MAX)).map(|(k, _)| k.1).collect();
+    ms::Fileset {
+        spec: Some(f.spec()),
+        created_unix: f.created_unix,
+        latest_version: versions.last().copied().unwrap_or(0),
+        versions: versions.len() as u32,
+    }
+}
+
+fn find_version<'a>(st: &'a State, fileset: &str, version: u64) -> Result<&'a VersionRecord, MasterError> {
+    if !st.filesets.contains_key(fileset) {
+        return Err(MasterError::FilesetNotFound(fileset.into()));
+    }
+    let range = st.versions.range((fileset.to_string(), 0)..=(fileset.to_string(), u64::MAX));
+    if version == 0 {
+        range.map(|(_, v)| v).next_back().ok_or_else(|| MasterError::NoVersions(fileset.into()))
+    } else {
+        st.versions
+            .get(&(fileset.to_string(), version))
+            .ok_or_else(|| MasterError::VersionNotFound { fileset: fileset.into(), version })
+    }
+}
+
+/// Forgets a version's items; returns their stripes to delete.
+fn forget_version(st: &mut State, v: &VersionRecord) -> Vec<Deletion> {
+    let mut out = Vec::new();
+    for i in v.all_items() {
+        st.items.remove(&i.id);
+        st.missing_since.remove(&i.id);
+        for (idx, sid) in st.locations.get(&i.id).cloned().unwrap_or_default() {
+            if let Some(s) = st.servers.get(&sid) {
+                out.push(Deletion { address: s.address.clone(), stripe: StripeId::new(i.id, idx) });
+            }
+        }
+    }
+    out
+}
+
+fn add_location(locations: &mut HashMap<ItemId, Vec<(u16, String)>>, stripe: &StripeId, server: &str) {
+    let v = locations.entry(stripe.item).or_default();
+    if !v.iter().any(|(i, s)| *i == stripe.index && s == server) {
+        v.push((stripe.index, server.to_string()));
+    }
+}
+
+fn forget_location(locations: &mut HashMap<ItemId, Vec<(u16, String)>>, stripe: &StripeId, server: &str) {
+    if let Some(v) = locations.get_mut(&stripe.item) {
+        v.retain(|(i, s)| !(*i == stripe.index && s == server));
+        if v.is_empty() {
+            locations.remove(&stripe.item);
+        }
+    }
+}
+
+/// For each stripe index, a server holding it that is not in `unavailable`.
+fn reachable_indices(st: &State, item: &ItemId, unavailable: &HashSet<String>, n: usize) -> Vec<Option<String>> {
+    let mut out = vec![None; n];
+    for (idx, sid) in st.locations.get(item).into_iter().flatten() {
+        let idx = *idx as usize;
+        if idx < n && out[idx].is_none() && !unavailable.contains(sid) {
+            out[idx] = Some(sid.clone());
+        }
+    }
+    out
+}
+
+/// The address of a live copy of stripe `idx`, if any.
+fn reachable_address(st: &State, item: &ItemId, idx: usize) -> Option<String> {
+    st.locations
+        .get(item)?
+        .iter()
+        .filter(|(i, _)| *i as usize == idx)
+        .filter_map(|(_, sid)| st.servers.get(sid))
+        .find(|s| s.live)
+        .map(|s| s.address.clone())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+use super::*;
+use crate::master::store::MemStore;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::time::Duration;
+
+fn master() -> Arc<Master> {
+    master_with(Arc::new(MemStore::default()))
+}
+
+fn master_with(store: Arc<dyn MetaStore>) -> Arc<Master> {
+    let config = MasterConfig {
+        heartbeat_timeout: Duration::from_secs(3),
+        orphan_grace: Duration::from_secs(60),
+        repair_grace: Duration::from_secs(900),
+        ..Default::default()
+    };
+    Master::new(store, config).unwrap()
+}
+
+/// Nine servers, three per zone.
+fn register_nine(m: &Master, now: Instant) -> String {
+    register(m, 9, now)
+}
+
+/// `count` servers, cs{i} in zone z{i % 3}.
+fn register(m: &Master, count: usize, now: Instant) -> String {
+    let mut epoch = String::new();
+    for i in 0..count {
+        epoch = m.register(
+            &ms::RegisterRequest {
+                server_id: format!("cs{i}"),
+                address: format!("127.0.0.1:{}", 7000 + i),
+                topology: Some(ms::Topology {
+                    region: "r".into(),
+                    zone: format!("z{}", i % 3),
+                    rack: format!("k{i}"),
+                    node: format!("n{i}"),
+                }),
+                free_bytes: 1 << 40,
+                total_bytes: 1 << 41,
+            },
+            now,
+        );
+    }
+    epoch
+}
+
+fn create(m: &Master, name: &str, availability: &str, keep: u32) {
+    m.create_fileset(
+        &ms::FilesetSpec {
+            name: name.into(),
+            layout: Some(ms::Layout { k: 6, m: 3, stripe_unit: 4096, block_size: 4096 }),
+            availability: availability.into(),
+            keep_versions: keep,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+}
+
+/// Writes a version of `items` data items and one manifest item.
+fn write_version(m: &Master, fileset: &str, items: usize, now: Instant, rng: &mut StdRng) -> VersionRecord {
+    let (session, _) = m.begin_version(fileset, now).unwrap();
+    let alloc = m.allocate_items(&session, items + 1, 4096, &[], now, rng).unwrap();
+    let refs: Vec<ms::ItemRef> = alloc.iter().map(|a| ms::ItemRef { item: a.item.clone(), length: 6 * 4096 }).collect();
+    let (v, _) = m
+        .commit_version(
+            &ms::CommitVersionRequest {
+                session,
+                items: refs[1..].to_vec(),
+                manifest: Some(ms::ManifestRef { items: vec![refs[0].clone()], length: 100, sha256: vec![0; 32].into() }),
+                files: 3,
+                bytes: (items * 6 * 4096) as u64,
+            },
+            now,
+        )
+        .unwrap();
+    v
+}
+
+#[test]
+fn a_written_version_is_listed_with_every_stripe_located() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let mut rng = StdRng::seed_from_u64(1);
+    let v = write_version(&m, "data", 4, t0, &mut rng);
+    assert_eq!(v.id, 1);
+    let got = m.get_version("data", 0).unwrap();
+    assert_eq!(got.version.unwrap().id, 1);
+    assert_eq!(got.locations.len(), 5);
+    assert!(got.locations.iter().all(|l| l.servers.len() == 9 && l.servers.iter().all(|s| !s.is_empty())));
+    // Placement held: three stripes per zone.
+    let st = m.status("data", t0).unwrap();
+    let per: Vec<u64> = st.filesets[0].stripes_per_domain.iter().map(|d| d.stripes).collect();
+    assert_eq!(per, vec![15, 15, 15]);
+    assert_eq!(st.filesets[0].items_by_redundancy, vec![0, 0, 0, 5]);
+}
+
+#[test]
+fn uncommitted_sessions_publish_nothing_and_their_stripes_become_orphans() {
+    let m = master();
+    let t0 = Instant::now();
+    let epoch = register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let mut rng = StdRng::seed_from_u64(2);
+    let (session, _) = m.begin_version("data", t0).unwrap();
+    let alloc = m.allocate_items(&session, 1, 4096, &[], t0, &mut rng).unwrap();
+    // The writer stored its stripes, and the servers reported them, then it died.
+    let item = ItemId::from_bytes(&alloc[0].item).unwrap();
+    for i in 0..9u16 {
+        assert!(m.report_inventory(&format!("cs{i}"), &epoch, &[StripeId::new(item, i)], t0));
+    }
+    assert!(matches!(m.get_version("data", 0), Err(MasterError::NoVersions(_))));
+    // While the session lives, its stripes are not orphans.
+    assert!(m.collect_orphans(t0 + Duration::from_secs(100)).is_empty());
+    assert_eq!(m.expire_sessions(t0 + m.config.session_lease + Duration::from_secs(1)), 1);
+    let later = t0 + m.config.session_lease + Duration::from_secs(2);
+    assert!(m.collect_orphans(later).is_empty(), "first seen: the grace starts");
+    let gone = m.collect_orphans(later + Duration::from_secs(61));
+    assert_eq!(gone.len(), 9);
+    // A commit after expiry is refused with a clear message.
+    let err = m
+        .commit_version(
+            &ms::CommitVersionRequest {
+                session: session.clone(),
+                manifest: Some(ms::ManifestRef { sha256: vec![0; 32].into(), ..Default::default() }),
+                ..Default::default()
+            },
+            later,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown or expired"), "{err}");
+}
+
+#[test]
+fn commits_may_only_name_items_of_their_session() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let (session, _) = m.begin_version("data", t0).unwrap();
+    let err = m
+        .commit_version(
+            &ms::CommitVersionRequest {
+                session,
+                items: vec![ms::ItemRef { item: vec![9; 16].into(), length: 1 }],
+                manifest: Some(ms::ManifestRef { sha256: vec![0; 32].into(), ..Default::default() }),
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, MasterError::ItemNotAllocated { .. }));
+}
+
+#[test]
+fn retention_collects_old_versions_but_never_pinned_ones() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 2);
+    let mut rng = StdRng::seed_from_u64(3);
+    write_version(&m, "data", 1, t0, &mut rng);
+    m.pin("data", 1, "volume-a", true).unwrap();
+    write_version(&m, "data", 1, t0, &mut rng);
+    write_version(&m, "data", 1, t0, &mut rng);
+    let ids: Vec<u64> = m.list_versions("data").unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![1, 2, 3], "1 is pinned, 2 and 3 are the newest two");
+    assert!(matches!(m.delete_version("data", 1), Err(MasterError::Pinned { .. })));
+    m.pin("data", 1, "volume-a", false).unwrap();
+    let v4 = write_version(&m, "data", 1, t0, &mut rng);
+    let ids: Vec<u64> = m.list_versions("data").unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![3, v4.id]);
+}
+
+#[test]
+fn lost_servers_are_repaired_at_once_or_after_the_grace() {
+    let m = master();
+    let t0 = Instant::now();
+    // Twelve servers, so each zone has a spare for a lost stripe.
+    register(&m, 12, t0);
+    create(&m, "hot", "high", 1);
+    create(&m, "cold", "low", 1);
+    let mut rng = StdRng::seed_from_u64(4);
+    write_version(&m, "hot", 2, t0, &mut rng);
+    write_version(&m, "cold", 2, t0, &mut rng);
+    // Everyone but cs4 keeps reporting.
+    let t1 = t0 + Duration::from_secs(4);
+    for i in (0..12).filter(|i| *i != 4) {
+        assert!(m.heartbeat(
+            &ms::HeartbeatRequest {
+                server_id: format!("cs{i}"),
+                master_epoch: m.epoch(),
+                free_bytes: 1 << 40,
+                ..Default::default()
+            },
+            t1
+        ));
+    }
+    assert_eq!(m.expire_servers(t1), vec!["cs4".to_string()]);
+    let jobs = m.plan_repairs(t1, 100, &mut rng);
+    let hot_items = 3;
+    let on_cs4 = |j: &RepairJob| j.targets.len();
+    assert!(jobs.len() <= hot_items && jobs.iter().all(|j| on_cs4(j) == 1), "{jobs:?}");
+    let hot_degraded = m.status("hot", t1).unwrap().filesets[0].degraded;
+    assert!(hot_degraded > 0, "the test needs an item with a stripe on cs4");
+    assert_eq!(jobs.len() as u64, hot_degraded, "every degraded high-availability item, at once");
+    for j in &jobs {
+        let (idx, sid, _) = &j.targets[0];
+        assert_ne!(sid, "cs4");
+        assert!(j.sources[*idx].is_empty());
+        // cs4 was in z1; with three stripes per zone at most, the item's
+        // other zones are full, so the replacement goes to z1 too.
+        assert_eq!(m.state.lock().unwrap().servers[sid].topology.zone, "z1");
+    }
+    for j in &jobs {
+        m.repair_done(j, true);
+    }
+    let st = m.status("hot", t1).unwrap();
+    assert_eq!(st.filesets[0].degraded, 0, "back at full redundancy: {:?}", st.filesets[0]);
+    let cold_degraded = m.status("cold", t1).unwrap().filesets[0].degraded;
+    assert!(m.plan_repairs(t1, 100, &mut rng).is_empty(), "cold waits for the grace");
+    let late = t1 + m.config.repair_grace;
+    // Servers keep reporting meanwhile.
+    for i in (0..12).filter(|i| *i != 4) {
+        m.heartbeat(&ms::HeartbeatRequest { server_id: format!("cs{i}"), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, late);
+    }
+    assert!(cold_degraded > 0);
+    assert_eq!(m.plan_repairs(late, 100, &mut rng).len() as u64, cold_degraded, "cold after the grace");
+}
+
+#[test]
+fn a_restarted_master_knows_the_versions_and_relearns_the_locations() {
+    let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
+    let t0 = Instant::now();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (item, epoch_before) = {
+        let m = master_with(store.clone());
+        register_nine(&m, t0);
+        create(&m, "data", "low", 1);
+        let v = write_version(&m, "data", 1, t0, &mut rng);
+        (v.items[0].id, m.epoch())
+    };
+    let m = master_with(store);
+    assert_ne!(m.epoch(), epoch_before);
+    assert_eq!(m.list_versions("data").unwrap().len(), 1);
+    let loc = m.get_version("data", 0).unwrap();
+    assert!(loc.locations.iter().all(|l| l.servers.iter().all(|s| s.is_empty())), "nothing known yet");
+    // Old heartbeats are told to register again.
+    assert!(!m.heartbeat(&ms::HeartbeatRequest { server_id: "cs0".into(), master_epoch: epoch_before, ..Default::default() }, t0));
+    let epoch = register_nine(&m, t0);
+    for i in 0..9u16 {
+        m.report_inventory(&format!("cs{i}"), &epoch, &[StripeId::new(item, i)], t0);
+    }
+    let loc = m.get_version("data", 0).unwrap();
+    let data = loc.locations.iter().find(|l| l.item[..] == item.as_bytes()[..]).unwrap();
+    assert!(data.servers.iter().all(|s| !s.is_empty()));
+}
+
+#[test]
+fn placement_errors_and_full_disks_are_clear() {
+    let m = master();
+    let t0 = Instant::now();
+    // Two zones only: RS(6,3) with at most 3 per zone cannot be placed.
+    for i in 0..9 {
+        m.register(
+            &ms::RegisterRequest {
+                server_id: format!("cs{i}"),
+                address: format!("a{i}"),
+                topology: Some(ms::Topology { zone: format!("z{}", i % 2), ..Default::default() }),
+                free_bytes: 1 << 30,
+                total_bytes: 1 << 30,
+            },
+            t0,
+        );
+    }
+    create(&m, "data", "low", 1);
+    let (session, _) = m.begin_version("data", t0).unwrap();
+    let err = m.allocate_items(&session, 1, 4096, &[], t0, &mut StdRng::seed_from_u64(6)).unwrap_err();
+    assert!(err.to_string().contains("at most 3 per zone"), "{err}");
+    let err = m.allocate_items(&session, 1, 2 << 30, &[], t0, &mut StdRng::seed_from_u64(6)).unwrap_err();
+    assert!(matches!(err, MasterError::NoSpace { .. }), "{err}");
+}
+
+#[test]
+fn a_flapping_server_is_kept_out_of_placement() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let mut t = t0;
+    // cs0 drops out and comes back five times in a row.
+    for _ in 0..5 {
+        t += Duration::from_secs(4);
+        for i in 1..9 {
+            m.heartbeat(&ms::HeartbeatRequest { server_id: format!("cs{i}"), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, t);
+        }
+        m.expire_servers(t);
+        m.heartbeat(&ms::HeartbeatRequest { server_id: "cs0".into(), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, t);
+    }
+    let st = m.status("", t).unwrap();
+    let cs0 = st.servers.iter().find(|s| s.server_id == "cs0").unwrap();
+    assert!(cs0.live && cs0.down, "{cs0:?}");
+    // With cs0 out, z0 has two servers: RS(6,3) at three per zone cannot be placed.
+    let (session, _) = m.begin_version("data", t).unwrap();
+    assert!(m.allocate_items(&session, 1, 4096, &[], t, &mut StdRng::seed_from_u64(7)).is_err());
+}
