@@ -44,6 +44,22 @@ pub struct ChunkserverArgs {
     /// corruption). For tests, demos and benchmarks only.
     #[arg(long)]
     pub enable_fault_injection: bool,
+    /// Register with this master (host:port) and report stripes to it.
+    #[arg(long, env = "TESSERA_MASTER")]
+    pub master: Option<String>,
+    /// The address clients use to reach this server (default: the listen
+    /// address once bound; required in practice when listening on 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Region of this server's node (failure domain, outermost).
+    #[arg(long, default_value = "default")]
+    pub region: String,
+    /// Zone of this server's node (failure domain).
+    #[arg(long, default_value = "default")]
+    pub zone: String,
+    /// Rack of this server's node (failure domain; the node is --node-id).
+    #[arg(long, default_value = "default")]
+    pub rack: String,
 }
 
 /// The line printed on stdout once the server is ready, for whoever started it.
@@ -60,7 +76,7 @@ impl ChunkserverArgs {
         let node_id =
             self.node_id.clone().unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
         Config {
-            node_id,
+            node_id: node_id.clone(),
             listen: self.listen,
             unix_socket: self.unix_socket.clone(),
             metrics_listen: Some(self.metrics_listen),
@@ -72,6 +88,19 @@ impl ChunkserverArgs {
                 distribution: self.distribution_limit,
             },
             enable_fault_injection: self.enable_fault_injection,
+            master: self.master.clone().map(|m| {
+                let identity = crate::registrar::Identity {
+                    server_id: node_id.clone(),
+                    address: self.advertise.clone().unwrap_or_default(),
+                    topology: tessera_proto::ms::Topology {
+                        region: self.region.clone(),
+                        zone: self.zone.clone(),
+                        rack: self.rack.clone(),
+                        node: node_id.clone(),
+                    },
+                };
+                (m, identity)
+            }),
         }
     }
 

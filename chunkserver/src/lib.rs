@@ -4,6 +4,7 @@
 //! Rooms: [`store`] (the on-disk format and the index), [`classes`]
 //! (admission per request class), [`faults`] (run-time fault injection),
 //! [`stats`] (per-device bandwidth windows), [`metrics`] (Prometheus),
+//! [`registrar`] (reports to the master),
 //! [`service`] (gRPC handlers and status codes), [`fast_read`] (ReadStripe
 //! without copies) and [`server`] (wiring).
 
@@ -11,6 +12,7 @@ pub mod classes;
 pub mod fast_read;
 pub mod faults;
 pub mod metrics;
+pub mod registrar;
 pub mod server;
 pub mod service;
 pub mod stats;

@@ -17,6 +17,7 @@ use tracing::info;
 
 use crate::classes::{Admission, ClassLimits};
 use crate::fast_read::FastReads;
+use crate::registrar;
 use crate::service::{ChunkserverService, FaultService, Shared};
 use crate::store::StripeStore;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub data_dirs: Vec<PathBuf>,
     pub limits: ClassLimits,
     pub enable_fault_injection: bool,
+    /// Report to this master (host:port) as this identity.
+    pub master: Option<(String, registrar::Identity)>,
 }
 
 /// A started chunkserver.
@@ -99,6 +102,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 })
                 .await
                 .context("metrics endpoint")
+        }));
+    }
+    if let Some((master, mut identity)) = config.master.clone() {
+        if identity.address.is_empty() {
+            identity.address = grpc_addr.to_string();
+        }
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            registrar::run(shared, master, identity, stop).await;
+            Ok(())
         }));
     }
     info!(node = %config.node_id, grpc = %grpc_addr, metrics = ?metrics_addr, fault_injection = config.enable_fault_injection, "chunkserver started");

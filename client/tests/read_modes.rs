@@ -32,6 +32,7 @@ impl Cluster {
                 data_dirs: vec![d.path().to_path_buf()],
                 limits: Default::default(),
                 enable_fault_injection: true,
+                master: None,
             })
             .await
             .unwrap();

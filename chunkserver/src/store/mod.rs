@@ -228,6 +228,24 @@ pub enum WriteStart {
 #[derive(Debug, Default)]
 struct Index {
     stripes: HashMap<StripeId, StripeMeta>,
+    /// Stripes stored (true) or removed (false) since the last
+    /// [`StripeStore::take_changes`], for the master's heartbeats.
+    changes: Vec<(StripeId, bool)>,
+    /// The change log overflowed: only a full inventory is accurate now.
+    overflowed: bool,
+}
+
+/// Changes kept between two heartbeats before a full inventory is needed.
+const MAX_CHANGES: usize = 100_000;
+
+impl Index {
+    fn changed(&mut self, id: StripeId, present: bool) {
+        if self.changes.len() < MAX_CHANGES {
+            self.changes.push((id, present));
+        } else {
+            self.overflowed = true;
+        }
+    }
 }
 
 /// Stripes on a set of data directories.
@@ -388,8 +406,13 @@ impl StripeStore {
 
     /// Deletes a stripe; `false` if it was not stored.
     pub fn delete(&self, id: &StripeId) -> Result<bool, StoreError> {
-        let Some(meta) = self.index.write().unwrap().stripes.remove(id) else {
-            return Ok(false);
+        let meta = {
+            let mut idx = self.index.write().unwrap();
+            let Some(meta) = idx.stripes.remove(id) else {
+                return Ok(false);
+            };
+            idx.changed(*id, false);
+            meta
         };
         let path = self.dirs[meta.dir].stripe_path(id);
         match fs::remove_file(&path) {
@@ -408,8 +431,13 @@ impl StripeStore {
     /// Moves a stripe whose bytes fail their checksums out of service, so it
     /// is reported missing (and repaired) rather than served.
     pub fn quarantine(&self, id: &StripeId) -> Result<(), StoreError> {
-        let Some(meta) = self.index.write().unwrap().stripes.remove(id) else {
-            return Ok(());
+        let meta = {
+            let mut idx = self.index.write().unwrap();
+            let Some(meta) = idx.stripes.remove(id) else {
+                return Ok(());
+            };
+            idx.changed(*id, false);
+            meta
         };
         let dir = &self.dirs[meta.dir];
         let from = dir.stripe_path(id);
@@ -422,7 +450,17 @@ impl StripeStore {
     }
 
     fn publish(&self, id: StripeId, meta: StripeMeta) {
-        self.index.write().unwrap().stripes.insert(id, meta);
+        let mut idx = self.index.write().unwrap();
+        idx.stripes.insert(id, meta);
+        idx.changed(id, true);
+    }
+
+    /// The stripes stored and removed since the last call, or `None` when
+    /// too many changed to keep track (send a full inventory instead).
+    pub fn take_changes(&self) -> Option<Vec<(StripeId, bool)>> {
+        let mut idx = self.index.write().unwrap();
+        let changes = std::mem::take(&mut idx.changes);
+        if std::mem::take(&mut idx.overflowed) { None } else { Some(changes) }
     }
 }
 

@@ -1,0 +1,121 @@
+//! Reporting to the master: register with the server's address and topology,
+//! send the full inventory, then heartbeat every second with free space,
+//! read bandwidth and the stripes stored or removed since the last beat.
+//! When the master answers that it does not know the server (it restarted),
+//! everything starts over; the master rebuilds its index from these reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_proto::cs;
+use tessera_proto::ms;
+use tessera_proto::ms::registry_client::RegistryClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::service::Shared;
+use crate::stats::DEFAULT_WINDOW_SECS;
+
+/// Heartbeat period.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Stripes per inventory message.
+const BATCH: usize = 10_000;
+
+/// Who this server is, for the master.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub server_id: String,
+    pub address: String,
+    pub topology: ms::Topology,
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(shared: Arc<Shared>, master: String, id: Identity, mut stop: watch::Receiver<bool>) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{master}")) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)),
+        Err(e) => {
+            warn!(%master, error = %e, "invalid master address; not registering");
+            return;
+        }
+    };
+    let client = RegistryClient::new(endpoint.connect_lazy());
+    loop {
+        let session = session(&shared, client.clone(), &id);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = session => {
+                if let Err(e) = r {
+                    warn!(%master, error = %e, "lost the master; registering again");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+}
+
+/// One registration: returns when the master asks to register again, or on error.
+async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Identity) -> Result<(), tonic::Status> {
+    let (free, total) = space(shared);
+    let epoch = client
+        .register(ms::RegisterRequest {
+            server_id: id.server_id.clone(),
+            address: id.address.clone(),
+            topology: Some(id.topology.clone()),
+            free_bytes: free,
+            total_bytes: total,
+        })
+        .await?
+        .into_inner()
+        .master_epoch;
+    // Changes before the snapshot are in it; changes after go in heartbeats.
+    let _ = shared.store.take_changes();
+    let all: Vec<cs::StripeRef> = shared.store.inventory().into_iter().map(|(s, _, _)| wire(&s)).collect();
+    let count = all.len();
+    let mut batches: Vec<ms::InventoryReport> = all
+        .chunks(BATCH)
+        .map(|c| ms::InventoryReport {
+            server_id: id.server_id.clone(),
+            master_epoch: epoch.clone(),
+            stripes: c.to_vec(),
+            complete: false,
+        })
+        .collect();
+    if batches.is_empty() {
+        batches.push(ms::InventoryReport { server_id: id.server_id.clone(), master_epoch: epoch.clone(), ..Default::default() });
+    }
+    batches.last_mut().expect("at least one").complete = true;
+    client.report_inventory(futures::stream::iter(batches)).await?;
+    info!(server = %id.server_id, stripes = count, "registered with the master");
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(changes) = shared.store.take_changes() else { return Ok(()) };
+        let (free, total) = space(shared);
+        let read: f64 = shared.reads.iter().map(|w| w.rate(Instant::now(), DEFAULT_WINDOW_SECS)).sum();
+        let req = ms::HeartbeatRequest {
+            server_id: id.server_id.clone(),
+            master_epoch: epoch.clone(),
+            free_bytes: free,
+            total_bytes: total,
+            read_bytes_per_sec: read,
+            added: changes.iter().filter(|c| c.1).map(|c| wire(&c.0)).collect(),
+            removed: changes.iter().filter(|c| !c.1).map(|c| wire(&c.0)).collect(),
+        };
+        if client.heartbeat(req).await?.into_inner().reregister {
+            return Ok(());
+        }
+    }
+}
+
+fn wire(s: &tessera_core::ids::StripeId) -> cs::StripeRef {
+    cs::StripeRef { item: s.item.as_bytes().to_vec().into(), index: u32::from(s.index) }
+}
+
+fn space(shared: &Shared) -> (u64, u64) {
+    shared.store.dirs().iter().filter_map(|d| d.space().ok()).fold((0, 0), |(f, t), (df, dt)| (f + df, t + dt))
+}
