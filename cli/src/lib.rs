@@ -4,5 +4,8 @@
 pub mod bench;
 pub mod demo;
 pub mod fault;
+pub mod files;
 pub mod local;
+pub mod local_up;
+pub mod target;
 pub mod units;

@@ -1,11 +1,12 @@
-//! Local chunkservers as real processes on loopback, for the demo, the
+//! Local clusters as real processes on loopback: chunkservers, and optionally
+//! a master they register with. Used by `tessera local up`, the demo, the
 //! benchmarks and the integration tests.
 //!
-//! Each chunkserver is `tessera chunkserver` (or the binary named by
-//! `TESSERA_CHUNKSERVER_BIN`) with its own data dir, port 0 and fault
-//! injection on. It reports its addresses on its first stdout line and logs
-//! to `<node>.log` beside its data dir; the processes are killed when the
-//! cluster is dropped.
+//! Every process is this `tessera` executable (`tessera chunkserver`,
+//! `tessera master`) unless `TESSERA_CHUNKSERVER_BIN` names another
+//! chunkserver binary. Each reports its addresses on its first stdout line
+//! and logs to `<name>.log` beside its data dir. Processes are killed when the
+//! cluster is dropped; a stopped one restarts on its old port and data dir.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,32 +20,32 @@ use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// How a chunkserver process is started.
+/// How processes are started.
 #[derive(Debug, Clone)]
 pub struct Launcher {
-    program: PathBuf,
-    /// Arguments before the chunkserver's own (e.g. the `chunkserver` subcommand).
+    /// The `tessera` executable (for `tessera master`).
+    tessera: PathBuf,
+    /// The chunkserver program and the arguments before its own.
+    chunkserver: PathBuf,
     prefix: Vec<String>,
 }
 
 impl Launcher {
-    /// `TESSERA_CHUNKSERVER_BIN` if set, else this executable's `chunkserver`
-    /// subcommand.
+    /// This executable, or `TESSERA_CHUNKSERVER_BIN` for chunkservers.
     pub fn from_env() -> anyhow::Result<Self> {
+        let me = std::env::current_exe().context("locating the tessera executable")?;
+        let mut l = Self::tessera(me);
         if let Ok(p) = std::env::var("TESSERA_CHUNKSERVER_BIN") {
-            return Ok(Self { program: p.into(), prefix: vec![] });
+            l.chunkserver = p.into();
+            l.prefix.clear();
         }
-        Ok(Self::tessera(std::env::current_exe().context("locating the tessera executable")?))
+        Ok(l)
     }
 
-    /// A `tessera` executable's `chunkserver` subcommand.
+    /// A `tessera` executable for everything.
     pub fn tessera(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), prefix: vec!["chunkserver".into()] }
-    }
-
-    /// A `tessera-chunkserver` executable.
-    pub fn chunkserver(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), prefix: vec![] }
+        let p = program.into();
+        Self { tessera: p.clone(), chunkserver: p, prefix: vec!["chunkserver".into()] }
     }
 }
 
@@ -54,16 +55,77 @@ struct Ready {
     metrics: Option<SocketAddr>,
 }
 
-/// One running chunkserver process.
+/// A process and how to start it again.
+#[derive(Debug)]
+struct Proc {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    async fn spawn(program: &Path, args: Vec<String>, log: PathBuf, name: &str) -> anyhow::Result<(Self, Ready)> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = Command::new(program);
+        cmd.args(&args)
+            .env("TOKIO_WORKER_THREADS", std::env::var("TESSERA_CHUNKSERVER_THREADS").unwrap_or_else(|_| "2".into()))
+            .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .with_context(|| format!("{name} did not report ready within 30 s; see {}", log.display()))??;
+        let Some(line) = line else {
+            let status = child.wait().await?;
+            bail!("{name} exited before it was ready ({status}); see {}", log.display());
+        };
+        let ready: Ready = serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((Self { program: program.to_path_buf(), args, log, child: Some(child) }, ready))
+    }
+
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Starts the process again with `listen` pinned to its old address.
+    async fn restart(&mut self, listen: SocketAddr, name: &str) -> anyhow::Result<Ready> {
+        self.kill().await?;
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            args[i + 1] = listen.to_string();
+        }
+        let (fresh, ready) = Proc::spawn(&self.program, args, self.log.clone(), name).await?;
+        *self = fresh;
+        Ok(ready)
+    }
+}
+
+/// One chunkserver process.
 #[derive(Debug)]
 pub struct LocalServer {
     pub node_id: String,
+    pub zone: String,
     pub data_dir: PathBuf,
     /// The process's stderr (its log).
     pub log: PathBuf,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl LocalServer {
@@ -72,15 +134,16 @@ impl LocalServer {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.proc.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// Kills the process (SIGKILL: no chance to finish anything).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill().await?;
-        }
-        Ok(())
+        self.proc.kill().await
     }
 
     /// Sets this server's injected faults.
@@ -97,17 +160,66 @@ impl LocalServer {
     }
 }
 
-/// A set of local chunkserver processes.
+/// The master process of a local cluster.
+#[derive(Debug)]
+pub struct LocalMaster {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    proc: Proc,
+}
+
+impl LocalMaster {
+    pub fn is_running(&self) -> bool {
+        self.proc.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.proc.kill().await
+    }
+
+    /// Starts it again on the same address and data dir.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.restart(self.addr, "master").await?;
+        Ok(())
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub servers: usize,
+    /// Chunkserver i goes to zone `z{i % zones}`.
+    pub zones: usize,
+    /// Start a master and register the chunkservers with it.
+    pub master: bool,
+    /// Extra arguments for `tessera master` (timeouts, graces).
+    pub master_args: Vec<String>,
+}
+
+/// A set of local processes.
 #[derive(Debug)]
 pub struct LocalCluster {
     pub servers: Vec<LocalServer>,
+    pub master: Option<LocalMaster>,
+    pub root: PathBuf,
     launcher: Launcher,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl LocalCluster {
-    /// Starts `n` chunkservers under `root` (a temporary dir if `None`).
+    /// Starts `n` chunkservers without a master under `root` (a temporary
+    /// dir if `None`).
     pub async fn start(launcher: Launcher, n: usize, root: Option<&Path>) -> anyhow::Result<Self> {
+        let spec = ClusterSpec { servers: n, zones: 1, master: false, master_args: vec![] };
+        Self::start_spec(launcher, &spec, root).await
+    }
+
+    pub async fn start_spec(launcher: Launcher, spec: &ClusterSpec, root: Option<&Path>) -> anyhow::Result<Self> {
         let (tmp, root) = match root {
             Some(r) => (None, r.to_path_buf()),
             None => {
@@ -116,74 +228,81 @@ impl LocalCluster {
                 (Some(t), p)
             }
         };
-        let mut cluster = Self { servers: Vec::new(), launcher, _tmp: tmp };
-        let starts = (0..n).map(|i| {
-            let node_id = format!("cs{i}");
-            let dir = root.join(&node_id);
-            spawn(&cluster.launcher, node_id, dir, None)
-        });
-        for s in futures::future::join_all(starts).await {
-            cluster.servers.push(s?);
+        std::fs::create_dir_all(&root)?;
+        let mut master = None;
+        if spec.master {
+            let dir = root.join("master");
+            std::fs::create_dir_all(&dir)?;
+            let mut args: Vec<String> = vec!["master".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into()];
+            args.push(dir.display().to_string());
+            args.extend(spec.master_args.iter().cloned());
+            let log = root.join("master.log");
+            let (proc, ready) = Proc::spawn(&launcher.tessera, args, log.clone(), "master").await?;
+            master = Some(LocalMaster { addr: ready.grpc, data_dir: dir, log, proc });
         }
-        Ok(cluster)
+        let master_addr = master.as_ref().map(|m| m.addr.to_string());
+        let zones = spec.zones.max(1);
+        let starts: Vec<_> = (0..spec.servers)
+            .map(|i| {
+                let node_id = format!("cs{i}");
+                let zone = format!("z{}", i % zones);
+                let dir = root.join(&node_id);
+                let mut args = launcher.prefix.clone();
+                args.extend(
+                    ["--node-id", &node_id, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"].map(String::from),
+                );
+                args.extend(["--data-dir".to_string(), dir.display().to_string(), "--enable-fault-injection".into()]);
+                if let Some(m) = &master_addr {
+                    args.extend(["--master".to_string(), m.clone(), "--zone".into(), zone.clone()]);
+                    args.extend(["--rack".to_string(), format!("rack{i}")]);
+                }
+                let program = launcher.chunkserver.clone();
+                async move {
+                    std::fs::create_dir_all(&dir)?;
+                    let log = dir.with_extension("log");
+                    let (proc, ready) = Proc::spawn(&program, args, log.clone(), &node_id).await?;
+                    anyhow::Ok(LocalServer {
+                        node_id,
+                        zone,
+                        data_dir: dir,
+                        log,
+                        grpc: ready.grpc,
+                        metrics: ready.metrics,
+                        proc,
+                    })
+                }
+            })
+            .collect();
+        let mut servers = Vec::new();
+        for s in futures::future::join_all(starts).await {
+            servers.push(s?);
+        }
+        Ok(Self { servers, master, root, launcher, _tmp: tmp })
     }
 
     pub fn addrs(&self) -> Vec<String> {
         self.servers.iter().map(|s| s.addr()).collect()
     }
 
+    pub fn master_addr(&self) -> Option<String> {
+        self.master.as_ref().map(|m| m.addr.to_string())
+    }
+
     /// Restarts server `i` (killing it first if it runs) on its old port
     /// and data dir.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        let old = &mut self.servers[i];
-        old.kill().await?;
-        let fresh = spawn(&self.launcher, old.node_id.clone(), old.data_dir.clone(), Some(old.grpc)).await?;
-        self.servers[i] = fresh;
+        let s = &mut self.servers[i];
+        let ready = s.proc.restart(s.grpc, &s.node_id).await?;
+        s.metrics = ready.metrics;
         Ok(())
     }
-}
 
-async fn spawn(
-    launcher: &Launcher,
-    node_id: String,
-    dir: PathBuf,
-    listen: Option<SocketAddr>,
-) -> anyhow::Result<LocalServer> {
-    std::fs::create_dir_all(&dir)?;
-    let log_path = dir.with_extension("log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let listen_arg = listen.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
-    let mut cmd = Command::new(&launcher.program);
-    cmd.args(&launcher.prefix)
-        .args(["--node-id", &node_id, "--listen", &listen_arg, "--metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--enable-fault-injection")
-        .env("TOKIO_WORKER_THREADS", std::env::var("TESSERA_CHUNKSERVER_THREADS").unwrap_or_else(|_| "2".into()))
-        .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "info".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", launcher.program.display()))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .with_context(|| format!("{node_id} did not report ready within 30 s; see {}", log_path.display()))??;
-    let Some(line) = line else {
-        let status = child.wait().await?;
-        bail!("{node_id} exited before it was ready ({status}); see {}", log_path.display());
-    };
-    let ready: Ready = serde_json::from_str(&line).with_context(|| format!("{node_id} printed {line:?}"))?;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(LocalServer {
-        node_id,
-        data_dir: dir,
-        log: log_path,
-        grpc: ready.grpc,
-        metrics: ready.metrics,
-        child: Some(child),
-    })
+    /// The servers of a zone.
+    pub fn zone(&self, zone: &str) -> Vec<usize> {
+        (0..self.servers.len()).filter(|i| self.servers[*i].zone == zone).collect()
+    }
+
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
 }

@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use tessera_chunkserver::cli::ChunkserverArgs;
-use tessera_cli::{bench, demo, fault};
+use tessera_cli::{bench, demo, fault, files, local_up};
+use tessera_operator::master::cli::MasterArgs;
 
 /// Tessera stores immutable filesets erasure-coded across chunkservers and reads
 /// them back fast even when a server is slow, hung, dead or corrupt.
@@ -12,6 +13,9 @@ struct Cli {
     /// Log filter (also RUST_LOG), e.g. info or tessera_client=debug.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
+    /// The master (host:port); by default the local cluster's.
+    #[arg(long, global = true, env = "TESSERA_MASTER")]
+    master: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,13 +25,39 @@ enum Command {
     /// Start local chunkservers, store a sample, and read it back under an
     /// injected slow chunkserver, comparing the read modes.
     Demo(demo::DemoArgs),
+    /// A local cluster on this machine.
+    #[command(subcommand)]
+    Local(LocalCommand),
+    /// Upload a directory (or file) as a new version of a fileset.
+    Put(files::PutArgs),
+    /// List filesets, or the entries of a version (NAME[@VERSION][/PATH]).
+    Ls(files::LsArgs),
+    /// Print a file of a version (NAME[@VERSION]/PATH).
+    Cat(files::CatArgs),
+    /// Copy a version into a local directory, checking every file.
+    Get(files::GetArgs),
+    /// List the versions of a fileset.
+    Versions(files::VersionsArgs),
+    /// Chunkservers and the redundancy of the filesets.
+    Status(files::StatusArgs),
+    /// Delete a version (NAME@VERSION) or a fileset (NAME).
+    Rm(files::RmArgs),
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inject faults, or stop and start parts of the local cluster.
+    #[command(subcommand)]
+    Fault(fault::FaultCommand),
     /// Run a chunkserver (the same program as tessera-chunkserver).
     Chunkserver(ChunkserverArgs),
-    /// Set or show the injected faults of a chunkserver.
-    Fault(fault::FaultArgs),
+    /// Run the master.
+    Master(MasterArgs),
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Run a master and chunkservers on loopback in the foreground.
+    Up(local_up::UpArgs),
 }
 
 #[tokio::main]
@@ -38,10 +68,21 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let master = cli.master.as_deref();
+    let result = match cli.command {
         Command::Demo(a) => demo::run(&a).await,
+        Command::Local(LocalCommand::Up(a)) => local_up::up(&a).await,
+        Command::Put(a) => files::put(master, &a).await,
+        Command::Ls(a) => files::ls(master, &a).await,
+        Command::Cat(a) => files::cat(master, &a).await,
+        Command::Get(a) => files::get(master, &a).await,
+        Command::Versions(a) => files::versions(master, &a).await,
+        Command::Status(a) => files::status(master, &a).await,
+        Command::Rm(a) => files::rm(master, &a).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Fault(f) => fault::run(&f).await,
         Command::Chunkserver(a) => a.run().await,
-        Command::Fault(a) => fault::run(&a).await,
-    }
+        Command::Master(a) => a.run().await,
+    };
+    result.map_err(|e| files::explain(master, e))
 }

@@ -10,6 +10,7 @@
 
 mod connect;
 mod fetch;
+pub mod fileset;
 mod read;
 mod stats;
 mod write;

@@ -9,6 +9,7 @@
 //! [`server`] (wiring). `tessera local` runs it in its own process; the
 //! operator will embed it.
 
+pub mod cli;
 pub mod maintenance;
 pub mod records;
 pub mod server;

@@ -116,6 +116,11 @@ impl master_server::Master for MasterService {
 
     async fn get_version(&self, request: Request<ms::GetVersionRequest>) -> Result<Response<ms::GetVersionResponse>, Status> {
         let req = request.get_ref();
+        // Just after a restart the index fills from chunkserver reports:
+        // give them until the heartbeat timeout before answering with holes.
+        while self.master.warming_up(Instant::now()) && !self.master.readable(&req.fileset, req.version) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         Ok(Response::new(self.master.get_version(&req.fileset, req.version)?))
     }
 

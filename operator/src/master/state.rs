@@ -95,6 +95,7 @@ pub struct Master {
     pub config: MasterConfig,
     store: Arc<dyn MetaStore>,
     state: Mutex<State>,
+    started: Instant,
 }
 
 fn now_unix() -> u64 {
@@ -123,11 +124,25 @@ impl Master {
             st.versions.insert((v.fileset.clone(), v.id), v);
         }
         info!(filesets = st.filesets.len(), versions = st.versions.len(), items = st.items.len(), "master loaded its records");
-        Ok(Arc::new(Self { config, store, state: Mutex::new(st) }))
+        Ok(Arc::new(Self { config, store, state: Mutex::new(st), started: Instant::now() }))
     }
 
     pub fn epoch(&self) -> String {
         self.state.lock().unwrap().epoch.clone()
+    }
+
+    /// Whether the master may still be waiting for chunkservers to report
+    /// after it started: they all should within a heartbeat timeout.
+    pub fn warming_up(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) < self.config.heartbeat_timeout
+    }
+
+    /// Whether every item of a version has at least k stripes located.
+    pub fn readable(&self, fileset: &str, version: u64) -> bool {
+        let st = self.state.lock().unwrap();
+        let (Some(f), Ok(v)) = (st.filesets.get(fileset), find_version(&st, fileset, version)) else { return true };
+        let none = HashSet::new();
+        v.all_items().all(|i| reachable_indices(&st, &i.id, &none, f.k + f.m).iter().flatten().count() >= f.k)
     }
 
     // ---- Chunkservers ----
@@ -707,7 +722,7 @@ impl Master {
             let n = f.k + f.m;
             let level = f.policy().level;
             let mut by_redundancy = vec![0u64; f.m + 1];
-            let (mut items, mut degraded, mut unrecoverable, mut repairing) = (0, 0, 0, 0);
+            let (mut items, mut degraded, mut unrecoverable, mut repairing, mut violations) = (0, 0, 0, 0, 0);
             let mut per_domain: BTreeMap<String, u64> = BTreeMap::new();
             for (item, _) in st.items.iter().filter(|(_, i)| i.fileset == f.name) {
                 items += 1;
@@ -724,10 +739,16 @@ impl Master {
                 if st.repairing.contains(item) {
                     repairing += 1;
                 }
+                let mut item_domains: HashMap<String, usize> = HashMap::new();
                 for sid in reachable.iter().flatten() {
                     if let Some(s) = st.servers.get(sid) {
-                        *per_domain.entry(s.topology.domain(level)).or_default() += 1;
+                        let d = s.topology.domain(level);
+                        *item_domains.entry(d.clone()).or_default() += 1;
+                        *per_domain.entry(d).or_default() += 1;
                     }
+                }
+                if item_domains.values().any(|&c| c > f.max_per_domain) {
+                    violations += 1;
                 }
             }
             filesets.push(ms::FilesetStatus {
@@ -742,6 +763,7 @@ impl Master {
                     .map(|(domain, stripes)| ms::DomainCount { domain, stripes })
                     .collect(),
                 level: level.to_string(),
+                placement_violations: violations,
             });
         }
         Ok(ms::StatusResponse {

@@ -1,0 +1,446 @@
+//! The fileset commands: put, ls, cat, get, versions, status, rm.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_client::fileset::{FilesetClient, PutOptions, SourceKind, scan};
+use tessera_client::{ClientConfig, StripeClient};
+use tessera_core::manifest::{Entry, EntryKind};
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::ms;
+
+use crate::target::{Target, master_addr};
+use crate::units::{ByteSize, human};
+
+fn client(master: Option<&str>) -> anyhow::Result<FilesetClient> {
+    let addr = master_addr(master)?;
+    Ok(FilesetClient::new(&addr, StripeClient::new(ClientConfig::default()))?)
+}
+
+/// Says which master could not be reached, instead of a transport error.
+pub fn explain(master: Option<&str>, e: anyhow::Error) -> anyhow::Error {
+    let unreachable = e.downcast_ref::<tonic::Status>().map(|s| s.code())
+        == Some(tonic::Code::Unavailable)
+        || matches!(e.downcast_ref::<tessera_client::fileset::FilesetError>(), Some(tessera_client::fileset::FilesetError::Master(s)) if s.code() == tonic::Code::Unavailable && s.message().contains("connect"));
+    if unreachable {
+        let addr = master_addr(master).unwrap_or_default();
+        return anyhow::anyhow!("cannot reach the master at {addr}: is it running? ({e})");
+    }
+    e
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+    )) {
+        b.set_style(style);
+    }
+    b
+}
+
+/// How a new fileset is stored (ignored for an existing one unless it
+/// differs, which is an error).
+#[derive(Debug, Clone, Args, Default)]
+pub struct SpecArgs {
+    /// Data stripes per item (default 6).
+    #[arg(long)]
+    pub k: Option<u32>,
+    /// Parity stripes per item (default 3).
+    #[arg(long)]
+    pub m: Option<u32>,
+    /// Stripe unit (default 1MiB).
+    #[arg(long)]
+    pub unit: Option<ByteSize>,
+    /// Checksum block size (default 64KiB).
+    #[arg(long)]
+    pub block: Option<ByteSize>,
+    /// Failure-domain level the placement rule applies to: region, zone, rack or node (default zone).
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Most stripes of an item per domain (default m).
+    #[arg(long)]
+    pub max_per_domain: Option<u32>,
+    /// Repair urgency: high (at once) or low (after the grace period; the default).
+    #[arg(long)]
+    pub availability: Option<String>,
+    /// Versions kept (default 1).
+    #[arg(long)]
+    pub keep: Option<u32>,
+}
+
+impl SpecArgs {
+    fn any(&self) -> bool {
+        self.k.is_some()
+            || self.m.is_some()
+            || self.unit.is_some()
+            || self.block.is_some()
+            || self.level.is_some()
+            || self.max_per_domain.is_some()
+            || self.availability.is_some()
+            || self.keep.is_some()
+    }
+
+    fn apply(&self, name: &str, base: Option<ms::FilesetSpec>) -> ms::FilesetSpec {
+        let mut s = base.unwrap_or(ms::FilesetSpec { name: name.to_string(), ..Default::default() });
+        let mut l = s.layout.clone().unwrap_or_default();
+        if let Some(k) = self.k {
+            l.k = k;
+        }
+        if let Some(m) = self.m {
+            l.m = m;
+        }
+        if let Some(u) = self.unit {
+            l.stripe_unit = u.0;
+        }
+        if let Some(b) = self.block {
+            l.block_size = b.0;
+        }
+        s.layout = Some(l);
+        let mut p = s.placement.clone().unwrap_or_default();
+        if let Some(level) = &self.level {
+            p.level = level.clone();
+        }
+        if let Some(max) = self.max_per_domain {
+            p.max_per_domain = max;
+        }
+        s.placement = Some(p);
+        if let Some(a) = &self.availability {
+            s.availability = a.clone();
+        }
+        if let Some(k) = self.keep {
+            s.keep_versions = k;
+        }
+        s
+    }
+}
+
+/// Upload a directory (or one file) as a new version of a fileset.
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    /// The directory or file to upload.
+    pub path: PathBuf,
+    /// The fileset; created if it does not exist.
+    #[arg(long)]
+    pub fileset: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Items written at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Print the new version as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
+    let fc = client(master)?;
+    let mut mc = fc.master();
+    match mc.get_fileset(ms::GetFilesetRequest { name: a.fileset.clone() }).await {
+        Ok(existing) => {
+            if a.spec.any() {
+                let wanted = a.spec.apply(&a.fileset, existing.get_ref().spec.clone());
+                fc.create_fileset(wanted, true)
+                    .await
+                    .with_context(|| format!("fileset {:?} exists with other settings", a.fileset))?;
+            }
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            fc.create_fileset(a.spec.apply(&a.fileset, None), true).await?;
+        }
+        Err(s) => return Err(anyhow::anyhow!("master: {}", s.message())),
+    }
+    let root = a.path.clone();
+    let entries = tokio::task::spawn_blocking(move || scan(&root)).await??;
+    let total: u64 = entries.iter().filter(|e| e.kind == SourceKind::File).map(|e| e.size).sum();
+    let b = bar(total, "put");
+    let t = Instant::now();
+    let options = PutOptions { parallel_items: a.parallel, ..Default::default() };
+    let bb = b.clone();
+    let v = fc.put(&a.fileset, &a.path, &options, &move |n| bb.inc(n)).await;
+    b.finish_and_clear();
+    let v = v?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"fileset": v.fileset, "version": v.id, "files": v.files, "bytes": v.bytes, "items": v.items.len(), "seconds": t.elapsed().as_secs_f64()})
+        );
+    } else {
+        println!(
+            "{}@{}: {} files, {} in {} items ({:.1} s)",
+            v.fileset,
+            v.id,
+            v.files,
+            human(v.bytes),
+            v.items.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// List filesets, or the entries of a version.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// NAME[@VERSION][/PATH]; without it, every fileset.
+    pub target: Option<Target>,
+    /// List everything below the path, not just its children.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+}
+
+fn mode_string(e: &Entry) -> String {
+    let t = match e.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink { .. } => 'l',
+        EntryKind::File { .. } => '-',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let bits = (e.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn print_entry(e: &Entry) {
+    let when = UNIX_EPOCH + Duration::from_secs(e.mtime_secs.max(0) as u64);
+    let age = when.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    let link = match &e.kind {
+        EntryKind::Symlink { target } => format!(" -> {target}"),
+        _ => String::new(),
+    };
+    println!("{} {:>10} {:>8} {}{}", mode_string(e), e.size, format!("{}d ago", age / 86400), e.path, link);
+}
+
+pub async fn ls(master: Option<&str>, a: &LsArgs) -> anyhow::Result<()> {
+    let fc = client(master)?;
+    let Some(t) = &a.target else {
+        let list = fc.master().list_filesets(ms::ListFilesetsRequest {}).await?.into_inner().filesets;
+        println!("{:<24} {:>8} {:>8} {:>12} {:>6}", "FILESET", "LATEST", "VERSIONS", "LAYOUT", "AVAIL");
+        for f in list {
+            let spec = f.spec.unwrap_or_default();
+            let l = spec.layout.unwrap_or_default();
+            println!(
+                "{:<24} {:>8} {:>8} {:>12} {:>6}",
+                spec.name,
+                f.latest_version,
+                f.versions,
+                format!("RS({},{})", l.k, l.m),
+                spec.availability
+            );
+        }
+        return Ok(());
+    };
+    let v = fc.open(&t.fileset, t.version).await?;
+    if !t.path.is_empty() {
+        let e = v.entry(&t.path)?;
+        if !e.is_dir() {
+            print_entry(e);
+            return Ok(());
+        }
+    }
+    if a.recursive {
+        for e in v.manifest.subtree(&t.path).filter(|e| e.path != t.path) {
+            print_entry(e);
+        }
+    } else {
+        for e in v.manifest.children(&t.path) {
+            print_entry(e);
+        }
+    }
+    Ok(())
+}
+
+/// Print a file of a version.
+#[derive(Debug, Clone, Args)]
+pub struct CatArgs {
+    /// NAME[@VERSION]/PATH
+    pub target: Target,
+    /// Read mode: normal, hedged or accelerated.
+    #[arg(long, default_value = "hedged")]
+    pub mode: ReadMode,
+}
+
+pub async fn cat(master: Option<&str>, a: &CatArgs) -> anyhow::Result<()> {
+    if a.target.path.is_empty() {
+        bail!("cat needs a file: NAME[@VERSION]/PATH");
+    }
+    let fc = client(master)?;
+    let v = fc.open(&a.target.fileset, a.target.version).await?;
+    let parts = v.read_file(fc.stripes(), &a.target.path, a.mode).await?;
+    let mut out = std::io::stdout().lock();
+    for p in parts {
+        out.write_all(&p)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Copy a whole version into a local directory, checking every file's digest.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// NAME[@VERSION]
+    pub target: Target,
+    /// A new or empty directory.
+    pub dest: PathBuf,
+    /// Read mode: normal, hedged or accelerated.
+    #[arg(long, default_value = "hedged")]
+    pub mode: ReadMode,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn get(master: Option<&str>, a: &GetArgs) -> anyhow::Result<()> {
+    if !a.target.path.is_empty() {
+        bail!("get copies whole versions; use `tessera cat {}` for one file", a.target);
+    }
+    let fc = client(master)?;
+    let t = Instant::now();
+    let v = fc.open(&a.target.fileset, a.target.version).await?;
+    let b = bar(v.manifest.packed_len(), "get");
+    let bb = b.clone();
+    let stats = v.get(fc.stripes(), &a.dest, a.mode, &move |n| bb.inc(n)).await;
+    b.finish_and_clear();
+    let stats = stats?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"fileset": a.target.fileset, "version": v.id(), "files": stats.files, "dirs": stats.dirs, "symlinks": stats.symlinks, "bytes": stats.bytes, "seconds": t.elapsed().as_secs_f64()})
+        );
+    } else {
+        println!(
+            "{}@{} -> {}: {} files, {} directories, {} symlinks, {} verified ({:.1} s)",
+            a.target.fileset,
+            v.id(),
+            a.dest.display(),
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            human(stats.bytes),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// List the versions of a fileset.
+#[derive(Debug, Clone, Args)]
+pub struct VersionsArgs {
+    pub fileset: String,
+}
+
+pub async fn versions(master: Option<&str>, a: &VersionsArgs) -> anyhow::Result<()> {
+    let fc = client(master)?;
+    let list = fc.master().list_versions(ms::ListVersionsRequest { fileset: a.fileset.clone() }).await?.into_inner().versions;
+    println!("{:>8} {:>10} {:>10} {:>7} {:>20} PINS", "VERSION", "FILES", "SIZE", "ITEMS", "CREATED");
+    for v in list {
+        println!(
+            "{:>8} {:>10} {:>10} {:>7} {:>20} {}",
+            v.id,
+            v.files,
+            human(v.bytes),
+            v.items.len(),
+            format!("{}s ago", UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0).saturating_sub(v.created_unix)),
+            v.pins.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Chunkservers and the redundancy of every fileset.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// One fileset only.
+    pub fileset: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> {
+    let fc = client(master)?;
+    let s = fc
+        .master()
+        .status(ms::StatusRequest { fileset: a.fileset.clone().unwrap_or_default() })
+        .await?
+        .into_inner();
+    if a.json {
+        let fs: Vec<_> = s
+            .filesets
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name, "items": f.items, "items_by_redundancy": f.items_by_redundancy,
+                    "degraded": f.degraded, "unrecoverable": f.unrecoverable, "repairing": f.repairing,
+                    "level": f.level, "placement_violations": f.placement_violations,
+                    "stripes_per_domain": f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        let servers: Vec<_> = s
+            .servers
+            .iter()
+            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "zone": v.topology.clone().unwrap_or_default().zone}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"servers": servers, "filesets": fs, "repaired_stripes": s.repaired_stripes, "repaired_bytes": s.repaired_bytes, "collected_stripes": s.collected_stripes})
+        );
+        return Ok(());
+    }
+    println!("{:<8} {:<22} {:<8} {:>6} {:>8} {:>10}", "SERVER", "ADDRESS", "ZONE", "STATE", "STRIPES", "FREE");
+    for v in &s.servers {
+        let state = if !v.live {
+            "lost"
+        } else if v.down {
+            "out"
+        } else {
+            "up"
+        };
+        println!(
+            "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10}",
+            v.server_id,
+            v.address,
+            v.topology.clone().unwrap_or_default().zone,
+            state,
+            v.stripes,
+            human(v.free_bytes)
+        );
+    }
+    for f in &s.filesets {
+        println!(
+            "\n{}: {} items; by redundancy left (0..m): {:?}; degraded {}, unrecoverable {}, repairing {}",
+            f.name, f.items, f.items_by_redundancy, f.degraded, f.unrecoverable, f.repairing
+        );
+        let per: Vec<String> = f.stripes_per_domain.iter().map(|d| format!("{}={}", d.domain, d.stripes)).collect();
+        println!("  stripes per {}: {}", f.level, per.join(" "));
+    }
+    println!("\nrepaired {} stripes ({}); collected {} stripes", s.repaired_stripes, human(s.repaired_bytes), s.collected_stripes);
+    Ok(())
+}
+
+/// Delete a version, or a whole fileset.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// NAME@VERSION deletes one version; NAME deletes the fileset and all its versions.
+    pub target: Target,
+}
+
+pub async fn rm(master: Option<&str>, a: &RmArgs) -> anyhow::Result<()> {
+    let fc = client(master)?;
+    let mut mc = fc.master();
+    if a.target.version != 0 {
+        mc.delete_version(ms::DeleteVersionRequest { fileset: a.target.fileset.clone(), version: a.target.version }).await?;
+        println!("deleted {}@{}", a.target.fileset, a.target.version);
+    } else {
+        let r = mc.delete_fileset(ms::DeleteFilesetRequest { name: a.target.fileset.clone() }).await?.into_inner();
+        println!("deleted fileset {} ({} versions)", a.target.fileset, r.versions_deleted);
+    }
+    Ok(())
+}

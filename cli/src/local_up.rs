@@ -1,0 +1,144 @@
+//! `tessera local up`: a master and chunkservers on loopback, in the
+//! foreground, as real processes. It writes `local.json` in its data dir so
+//! the other commands find the master, and serves a small control API there
+//! so `tessera fault stop|start` can stop and start servers, zones or the
+//! master. Ctrl-C stops everything; starting again with the same data dir
+//! keeps every fileset.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use clap::Args;
+use tokio::sync::Mutex;
+
+use crate::local::{ClusterSpec, Launcher, LocalCluster};
+use crate::target::{LocalServerState, LocalState, default_local_dir};
+
+/// Run a local cluster (master and chunkservers) in the foreground.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where the cluster keeps its data (default ~/.tessera/local, or
+    /// $TESSERA_HOME/local). Restarting with the same dir keeps the data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Chunkserver processes.
+    #[arg(long, default_value_t = 9)]
+    pub servers: usize,
+    /// Zones the chunkservers are spread over (round robin).
+    #[arg(long, default_value_t = 3)]
+    pub zones: usize,
+    /// Extra master arguments, e.g. --master-arg=--repair-grace=30s.
+    #[arg(long = "master-arg", allow_hyphen_values = true)]
+    pub master_args: Vec<String>,
+}
+
+struct Control {
+    cluster: Mutex<LocalCluster>,
+    state_path: PathBuf,
+    control: SocketAddr,
+}
+
+impl Control {
+    async fn save(&self) -> anyhow::Result<()> {
+        let c = self.cluster.lock().await;
+        let state = LocalState {
+            master: c.master_addr().unwrap_or_default(),
+            control: self.control.to_string(),
+            servers: c
+                .servers
+                .iter()
+                .map(|s| LocalServerState { id: s.node_id.clone(), grpc: s.addr(), zone: s.zone.clone(), running: s.is_running() })
+                .collect(),
+        };
+        let tmp = self.state_path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
+        std::fs::rename(&tmp, &self.state_path)?;
+        Ok(())
+    }
+
+    /// Stops or starts `target`: `master`, a server id, or `zone:NAME`.
+    async fn act(&self, target: &str, start: bool) -> anyhow::Result<String> {
+        let mut c = self.cluster.lock().await;
+        let what = if target == "master" {
+            let m = c.master.as_mut().context("this cluster has no master")?;
+            if start {
+                if !m.is_running() {
+                    m.restart().await?;
+                }
+            } else {
+                m.kill().await?;
+            }
+            "master".to_string()
+        } else {
+            let ids: Vec<usize> = match target.strip_prefix("zone:") {
+                Some(z) => c.zone(z),
+                None => c.servers.iter().position(|s| s.node_id == target).into_iter().collect(),
+            };
+            anyhow::ensure!(!ids.is_empty(), "no server or zone {target:?}");
+            for &i in &ids {
+                if start {
+                    if !c.servers[i].is_running() {
+                        c.restart(i).await?;
+                    }
+                } else {
+                    c.servers[i].kill().await?;
+                }
+            }
+            ids.iter().map(|&i| c.servers[i].node_id.clone()).collect::<Vec<_>>().join(", ")
+        };
+        drop(c);
+        self.save().await?;
+        Ok(format!("{} {what}", if start { "started" } else { "stopped" }))
+    }
+}
+
+async fn handle(State(ctl): State<Arc<Control>>, Path((verb, target)): Path<(String, String)>) -> (axum::http::StatusCode, String) {
+    let start = match verb.as_str() {
+        "start" => true,
+        "stop" => false,
+        _ => return (axum::http::StatusCode::NOT_FOUND, format!("unknown action {verb:?}\n")),
+    };
+    match ctl.act(&target, start).await {
+        Ok(msg) => (axum::http::StatusCode::OK, msg + "\n"),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}\n")),
+    }
+}
+
+pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
+    let dir = a.data_dir.clone().unwrap_or_else(default_local_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = ClusterSpec { servers: a.servers, zones: a.zones, master: true, master_args: a.master_args.clone() };
+    let cluster = LocalCluster::start_spec(Launcher::from_env()?, &spec, Some(&dir)).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control = listener.local_addr()?;
+    let master = cluster.master_addr().unwrap_or_default();
+    let ctl = Arc::new(Control { cluster: Mutex::new(cluster), state_path: LocalState::path(&dir), control });
+    ctl.save().await?;
+    let app = axum::Router::new().route("/{verb}/{target}", post(handle)).with_state(ctl.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    println!("tessera local cluster: master {master}, {} chunkservers in {} zones, data in {}", a.servers, a.zones, dir.display());
+    if a.data_dir.is_some() {
+        println!("  other commands: export TESSERA_MASTER={master}");
+    }
+    println!("  Ctrl-C stops it; starting again with the same data dir keeps everything.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.abort();
+    let mut c = ctl.cluster.lock().await;
+    for s in c.servers.iter_mut() {
+        s.kill().await?;
+    }
+    if let Some(m) = c.master.as_mut() {
+        m.kill().await?;
+    }
+    let _ = std::fs::remove_file(LocalState::path(&dir));
+    println!("stopped");
+    Ok(())
+}

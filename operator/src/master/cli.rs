@@ -1,0 +1,94 @@
+//! Command-line arguments of the master (`tessera master`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::MasterConfig;
+use super::server::{self, Config};
+
+/// Run the master: fileset records, placement, stripe locations and repair.
+#[derive(Debug, Clone, Args)]
+pub struct MasterArgs {
+    /// gRPC address. Port 0 picks a free port, printed when ready.
+    #[arg(long, default_value = "0.0.0.0:7300")]
+    pub listen: SocketAddr,
+    /// Directory of the metadata store.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// A chunkserver not heard from for this long is not live (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// How long lost stripes of low-availability filesets may come back
+    /// before they are rebuilt.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub repair_grace: Duration,
+    /// How long stripes nobody owns are kept before they are deleted.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+    /// A write session not used for this long ends.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub session_lease: Duration,
+    /// Repair read bandwidth, in MiB/s (0: unlimited).
+    #[arg(long, default_value_t = 256)]
+    pub repair_mib_per_sec: u64,
+}
+
+/// Durations like `500ms`, `10s`, `15m`, `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 15m, 2h)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    })
+}
+
+impl MasterArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            master: MasterConfig {
+                heartbeat_timeout: self.heartbeat_timeout,
+                repair_grace: self.repair_grace,
+                orphan_grace: self.orphan_grace,
+                session_lease: self.session_lease,
+                repair_bytes_per_sec: self.repair_mib_per_sec << 20,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM. Prints one JSON line when ready.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let running = server::start(self.config()).await?;
+        println!("{}", serde_json::json!({ "event": "ready", "grpc": running.addr.to_string() }));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 days").is_err());
+    }
+}
