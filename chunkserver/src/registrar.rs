@@ -85,7 +85,11 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
         })
         .collect();
     if batches.is_empty() {
-        batches.push(ms::InventoryReport { server_id: id.server_id.clone(), master_epoch: epoch.clone(), ..Default::default() });
+        batches.push(ms::InventoryReport {
+            server_id: id.server_id.clone(),
+            master_epoch: epoch.clone(),
+            ..Default::default()
+        });
     }
     batches.last_mut().expect("at least one").complete = true;
     client.report_inventory(futures::stream::iter(batches)).await?;

@@ -91,7 +91,11 @@ async fn inject(a: &InjectArgs) -> anyhow::Result<()> {
         "{}: latency {} ms, bandwidth cap {}, hang {}, error rate {}, corrupt rate {}",
         a.server,
         now.latency_ms,
-        if now.bandwidth_bytes_per_sec == 0 { "none".to_string() } else { format!("{} B/s", now.bandwidth_bytes_per_sec) },
+        if now.bandwidth_bytes_per_sec == 0 {
+            "none".to_string()
+        } else {
+            format!("{} B/s", now.bandwidth_bytes_per_sec)
+        },
         now.hang,
         now.error_rate,
         now.corrupt_rate
@@ -105,8 +109,11 @@ async fn control(verb: &str, t: &TargetArgs) -> anyhow::Result<()> {
     // A tiny HTTP/1.1 POST: the control API lives on loopback.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(&state.control).await?;
-    s.write_all(format!("POST /{verb}/{target} HTTP/1.1\r\nHost: local\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("POST /{verb}/{target} HTTP/1.1\r\nHost: local\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).await?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));

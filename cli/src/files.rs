@@ -23,8 +23,7 @@ fn client(master: Option<&str>) -> anyhow::Result<FilesetClient> {
 
 /// Says which master could not be reached, instead of a transport error.
 pub fn explain(master: Option<&str>, e: anyhow::Error) -> anyhow::Error {
-    let unreachable = e.downcast_ref::<tonic::Status>().map(|s| s.code())
-        == Some(tonic::Code::Unavailable)
+    let unreachable = e.downcast_ref::<tonic::Status>().map(|s| s.code()) == Some(tonic::Code::Unavailable)
         || matches!(e.downcast_ref::<tessera_client::fileset::FilesetError>(), Some(tessera_client::fileset::FilesetError::Master(s)) if s.code() == tonic::Code::Unavailable && s.message().contains("connect"));
     if unreachable {
         let addr = master_addr(master).unwrap_or_default();
@@ -87,7 +86,7 @@ impl SpecArgs {
 
     fn apply(&self, name: &str, base: Option<ms::FilesetSpec>) -> ms::FilesetSpec {
         let mut s = base.unwrap_or(ms::FilesetSpec { name: name.to_string(), ..Default::default() });
-        let mut l = s.layout.clone().unwrap_or_default();
+        let mut l = s.layout.unwrap_or_default();
         if let Some(k) = self.k {
             l.k = k;
         }
@@ -338,7 +337,8 @@ pub struct VersionsArgs {
 
 pub async fn versions(master: Option<&str>, a: &VersionsArgs) -> anyhow::Result<()> {
     let fc = client(master)?;
-    let list = fc.master().list_versions(ms::ListVersionsRequest { fileset: a.fileset.clone() }).await?.into_inner().versions;
+    let list =
+        fc.master().list_versions(ms::ListVersionsRequest { fileset: a.fileset.clone() }).await?.into_inner().versions;
     println!("{:>8} {:>10} {:>10} {:>7} {:>20} PINS", "VERSION", "FILES", "SIZE", "ITEMS", "CREATED");
     for v in list {
         println!(
@@ -365,11 +365,8 @@ pub struct StatusArgs {
 
 pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> {
     let fc = client(master)?;
-    let s = fc
-        .master()
-        .status(ms::StatusRequest { fileset: a.fileset.clone().unwrap_or_default() })
-        .await?
-        .into_inner();
+    let s =
+        fc.master().status(ms::StatusRequest { fileset: a.fileset.clone().unwrap_or_default() }).await?.into_inner();
     if a.json {
         let fs: Vec<_> = s
             .filesets
@@ -421,7 +418,12 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
         let per: Vec<String> = f.stripes_per_domain.iter().map(|d| format!("{}={}", d.domain, d.stripes)).collect();
         println!("  stripes per {}: {}", f.level, per.join(" "));
     }
-    println!("\nrepaired {} stripes ({}); collected {} stripes", s.repaired_stripes, human(s.repaired_bytes), s.collected_stripes);
+    println!(
+        "\nrepaired {} stripes ({}); collected {} stripes",
+        s.repaired_stripes,
+        human(s.repaired_bytes),
+        s.collected_stripes
+    );
     Ok(())
 }
 
@@ -436,7 +438,8 @@ pub async fn rm(master: Option<&str>, a: &RmArgs) -> anyhow::Result<()> {
     let fc = client(master)?;
     let mut mc = fc.master();
     if a.target.version != 0 {
-        mc.delete_version(ms::DeleteVersionRequest { fileset: a.target.fileset.clone(), version: a.target.version }).await?;
+        mc.delete_version(ms::DeleteVersionRequest { fileset: a.target.fileset.clone(), version: a.target.version })
+            .await?;
         println!("deleted {}@{}", a.target.fileset, a.target.version);
     } else {
         let r = mc.delete_fileset(ms::DeleteFilesetRequest { name: a.target.fileset.clone() }).await?.into_inner();

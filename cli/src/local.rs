@@ -233,7 +233,8 @@ impl LocalCluster {
         if spec.master {
             let dir = root.join("master");
             std::fs::create_dir_all(&dir)?;
-            let mut args: Vec<String> = vec!["master".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into()];
+            let mut args: Vec<String> =
+                vec!["master".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into()];
             args.push(dir.display().to_string());
             args.extend(spec.master_args.iter().cloned());
             let log = root.join("master.log");
@@ -249,7 +250,8 @@ impl LocalCluster {
                 let dir = root.join(&node_id);
                 let mut args = launcher.prefix.clone();
                 args.extend(
-                    ["--node-id", &node_id, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"].map(String::from),
+                    ["--node-id", &node_id, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+                        .map(String::from),
                 );
                 args.extend(["--data-dir".to_string(), dir.display().to_string(), "--enable-fault-injection".into()]);
                 if let Some(m) = &master_addr {

@@ -51,7 +51,12 @@ impl Control {
             servers: c
                 .servers
                 .iter()
-                .map(|s| LocalServerState { id: s.node_id.clone(), grpc: s.addr(), zone: s.zone.clone(), running: s.is_running() })
+                .map(|s| LocalServerState {
+                    id: s.node_id.clone(),
+                    grpc: s.addr(),
+                    zone: s.zone.clone(),
+                    running: s.is_running(),
+                })
                 .collect(),
         };
         let tmp = self.state_path.with_extension("json.tmp");
@@ -96,7 +101,10 @@ impl Control {
     }
 }
 
-async fn handle(State(ctl): State<Arc<Control>>, Path((verb, target)): Path<(String, String)>) -> (axum::http::StatusCode, String) {
+async fn handle(
+    State(ctl): State<Arc<Control>>,
+    Path((verb, target)): Path<(String, String)>,
+) -> (axum::http::StatusCode, String) {
     let start = match verb.as_str() {
         "start" => true,
         "stop" => false,
@@ -120,7 +128,12 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
     ctl.save().await?;
     let app = axum::Router::new().route("/{verb}/{target}", post(handle)).with_state(ctl.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("tessera local cluster: master {master}, {} chunkservers in {} zones, data in {}", a.servers, a.zones, dir.display());
+    println!(
+        "tessera local cluster: master {master}, {} chunkservers in {} zones, data in {}",
+        a.servers,
+        a.zones,
+        dir.display()
+    );
     if a.data_dir.is_some() {
         println!("  other commands: export TESSERA_MASTER={master}");
     }

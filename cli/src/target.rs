@@ -77,7 +77,8 @@ impl std::str::FromStr for Target {
         let (fileset, version) = match head.split_once('@') {
             Some((f, "latest")) => (f, 0),
             Some((f, v)) => {
-                let n: u64 = v.parse().map_err(|_| format!("{v:?} in {s:?} is not a version number (or \"latest\")"))?;
+                let n: u64 =
+                    v.parse().map_err(|_| format!("{v:?} in {s:?} is not a version number (or \"latest\")"))?;
                 if n == 0 {
                     return Err(format!("versions count from 1 (in {s:?})"));
                 }

@@ -147,4 +147,3 @@ async fn write_stripe(
         }
     }
 }
-

@@ -28,9 +28,14 @@ pub const MAX_NAME: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     /// A regular file whose `size` bytes start at `offset` in the packed stream.
-    File { offset: u64, sha256: [u8; 32] },
+    File {
+        offset: u64,
+        sha256: [u8; 32],
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One file, directory or symlink of a version.
@@ -396,9 +401,15 @@ mod tests {
     fn inconsistent_manifests_are_refused() {
         assert_eq!(Manifest::new(vec![file("a", 0, 1), file("a", 1, 1)], 2), Err(ManifestError::Duplicate("a".into())));
         assert!(matches!(Manifest::new(vec![file("d/a", 0, 1)], 1), Err(ManifestError::ParentNotDir { .. })));
-        assert!(matches!(Manifest::new(vec![file("a", 0, 1), file("a/b", 0, 0)], 1), Err(ManifestError::ParentNotDir { .. })));
+        assert!(matches!(
+            Manifest::new(vec![file("a", 0, 1), file("a/b", 0, 0)], 1),
+            Err(ManifestError::ParentNotDir { .. })
+        ));
         assert!(matches!(Manifest::new(vec![file("a", 5, 10)], 12), Err(ManifestError::Extent { .. })));
-        assert!(matches!(Manifest::new(vec![file("../a", 0, 1)], 1), Err(ManifestError::Path(PathError::Traversal(..)))));
+        assert!(matches!(
+            Manifest::new(vec![file("../a", 0, 1)], 1),
+            Err(ManifestError::Path(PathError::Traversal(..)))
+        ));
     }
 
     #[test]

@@ -141,7 +141,11 @@ async fn write_version(
     Ok(ms::CommitVersionRequest {
         session: session.to_string(),
         items,
-        manifest: Some(ms::ManifestRef { items: manifest_items, length: encoded.len() as u64, sha256: sha.to_vec().into() }),
+        manifest: Some(ms::ManifestRef {
+            items: manifest_items,
+            length: encoded.len() as u64,
+            sha256: sha.to_vec().into(),
+        }),
         files,
         bytes: total,
     })
@@ -149,7 +153,11 @@ async fn write_version(
 
 /// Reads the files in order into buffers of `capacity` bytes (the last may
 /// be short) and returns each file's SHA-256.
-fn pack(files: &[SourceEntry], capacity: usize, tx: &tokio::sync::mpsc::Sender<Bytes>) -> Result<Vec<[u8; 32]>, FilesetError> {
+fn pack(
+    files: &[SourceEntry],
+    capacity: usize,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<Vec<[u8; 32]>, FilesetError> {
     let mut digests = Vec::with_capacity(files.len());
     let mut buf = BytesMut::with_capacity(capacity);
     let mut chunk = vec![0u8; 1 << 20];
@@ -193,6 +201,9 @@ fn pack(files: &[SourceEntry], capacity: usize, tx: &tokio::sync::mpsc::Sender<B
     Ok(digests)
 }
 
+/// One item being written: its index in the stream and its reference.
+type ItemWrite<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(usize, ms::ItemRef), FilesetError>> + Send + 'a>>;
+
 /// Places and writes items, a few at a time, retrying failed ones elsewhere.
 struct ItemWriter<'a> {
     fc: &'a FilesetClient,
@@ -200,7 +211,7 @@ struct ItemWriter<'a> {
     layout: Layout,
     options: &'a PutOptions,
     allocated: VecDeque<ms::ItemLocation>,
-    in_flight: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<(usize, ms::ItemRef), FilesetError>> + Send + 'a>>>,
+    in_flight: FuturesUnordered<ItemWrite<'a>>,
     done: Vec<(usize, ms::ItemRef)>,
 }
 
@@ -267,7 +278,8 @@ async fn write_one(
     let len = data.len() as u64;
     let mut attempt = 1;
     loop {
-        let item = ItemId::from_bytes(&at.item).map_err(|e| tonic::Status::internal(format!("the master sent a bad item id: {e}")))?;
+        let item = ItemId::from_bytes(&at.item)
+            .map_err(|e| tonic::Status::internal(format!("the master sent a bad item id: {e}")))?;
         match fc.stripes().write_item(item, layout, data.clone(), &at.servers).await {
             Ok(_) => return Ok((index, ms::ItemRef { item: at.item, length: len })),
             Err(ClientError::Write { server, code, message, .. }) if attempt < attempts => {
@@ -281,7 +293,12 @@ async fn write_one(
                         failed_servers: vec![server],
                     })
                     .await?;
-                at = resp.into_inner().items.into_iter().next().ok_or_else(|| tonic::Status::internal("no item allocated"))?;
+                at = resp
+                    .into_inner()
+                    .items
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| tonic::Status::internal("no item allocated"))?;
                 attempt += 1;
             }
             Err(e) => return Err(e.into()),

@@ -41,10 +41,10 @@ pub fn scan(root: &Path) -> Result<Vec<SourceEntry>, FilesetError> {
     if meta.is_dir() {
         walk(root, "", &mut out)?;
     } else {
-        let name = root
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| FilesetError::BadSource { path: root.to_path_buf(), reason: "the name is not UTF-8".into() })?;
+        let name = root.file_name().and_then(|n| n.to_str()).ok_or_else(|| FilesetError::BadSource {
+            path: root.to_path_buf(),
+            reason: "the name is not UTF-8".into(),
+        })?;
         out.push(entry(root, name.to_string(), &meta)?);
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -86,7 +86,10 @@ fn entry(source: &Path, path: String, meta: &fs::Metadata) -> Result<SourceEntry
         let target = fs::read_link(source).map_err(|e| FilesetError::Io { path: source.to_path_buf(), source: e })?;
         let target = target
             .to_str()
-            .ok_or_else(|| FilesetError::BadSource { path: source.to_path_buf(), reason: "the link target is not UTF-8".into() })?
+            .ok_or_else(|| FilesetError::BadSource {
+                path: source.to_path_buf(),
+                reason: "the link target is not UTF-8".into(),
+            })?
             .to_string();
         let len = target.len() as u64;
         (SourceKind::Symlink(target), len)

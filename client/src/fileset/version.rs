@@ -44,7 +44,11 @@ pub struct GetStats {
     pub bytes: u64,
 }
 
-fn locations(layout: Layout, refs: &[ms::ItemRef], found: &[ms::ItemLocation]) -> Result<Vec<ItemLocation>, FilesetError> {
+fn locations(
+    layout: Layout,
+    refs: &[ms::ItemRef],
+    found: &[ms::ItemLocation],
+) -> Result<Vec<ItemLocation>, FilesetError> {
     refs.iter()
         .map(|r| {
             let item = ItemId::from_bytes(&r.item).map_err(|e| tonic::Status::internal(format!("bad item id: {e}")))?;
@@ -59,7 +63,8 @@ fn locations(layout: Layout, refs: &[ms::ItemRef], found: &[ms::ItemLocation]) -
 }
 
 pub(super) async fn open(fc: &FilesetClient, fileset: &str, version: u64) -> Result<OpenVersion, FilesetError> {
-    let resp = fc.master().get_version(ms::GetVersionRequest { fileset: fileset.to_string(), version }).await?.into_inner();
+    let resp =
+        fc.master().get_version(ms::GetVersionRequest { fileset: fileset.to_string(), version }).await?.into_inner();
     let layout = layout_from_wire(resp.layout.as_ref())?;
     let v = resp.version.ok_or_else(|| tonic::Status::internal("the master sent no version"))?;
     let mref = v.manifest.clone().unwrap_or_default();
@@ -99,11 +104,18 @@ impl OpenVersion {
     }
 
     /// `range` of the packed stream, as slices in order.
-    pub async fn read(&self, client: &StripeClient, range: Range<u64>, mode: ReadMode) -> Result<Vec<Bytes>, FilesetError> {
+    pub async fn read(
+        &self,
+        client: &StripeClient,
+        range: Range<u64>,
+        mode: ReadMode,
+    ) -> Result<Vec<Bytes>, FilesetError> {
         let mut out = Vec::new();
         for (i, r) in self.layout.items_of(range) {
-            let loc = self.items.get(i as usize).ok_or_else(|| {
-                FilesetError::Manifest { fileset: self.version.fileset.clone(), version: self.id(), reason: format!("no item {i}") }
+            let loc = self.items.get(i as usize).ok_or_else(|| FilesetError::Manifest {
+                fileset: self.version.fileset.clone(),
+                version: self.id(),
+                reason: format!("no item {i}"),
             })?;
             let (data, _) = client.read(loc, r, mode).await?;
             out.extend(data.parts().iter().cloned());
@@ -117,7 +129,12 @@ impl OpenVersion {
     }
 
     /// A whole file, checked against its digest.
-    pub async fn read_file(&self, client: &StripeClient, path: &str, mode: ReadMode) -> Result<Vec<Bytes>, FilesetError> {
+    pub async fn read_file(
+        &self,
+        client: &StripeClient,
+        path: &str,
+        mode: ReadMode,
+    ) -> Result<Vec<Bytes>, FilesetError> {
         let e = self.entry(path)?;
         let (range, sha) = match &e.kind {
             EntryKind::File { sha256, .. } => (e.extent().expect("files have extents"), *sha256),
@@ -192,7 +209,11 @@ fn check(path: &str, expected: &[u8; 32], actual: &[u8; 32]) -> Result<(), Files
     if expected == actual {
         Ok(())
     } else {
-        Err(FilesetError::Digest { path: path.to_string(), expected: hex::encode(expected), actual: hex::encode(actual) })
+        Err(FilesetError::Digest {
+            path: path.to_string(),
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        })
     }
 }
 

@@ -42,7 +42,10 @@ fn too_few_zones_is_an_error_naming_the_constraint() {
     let c = grid(2, 1, 5);
     let p = PlacementPolicy { level: Level::Zone, max_per_domain: 3 };
     let err = choose(&c, 9, p, &HashMap::new(), &[], &mut StdRng::seed_from_u64(1)).unwrap_err();
-    assert_eq!(err, PlacementError::Unsatisfiable { wanted: 9, level: Level::Zone, max_per_domain: 3, domains: 2, capacity: 6 });
+    assert_eq!(
+        err,
+        PlacementError::Unsatisfiable { wanted: 9, level: Level::Zone, max_per_domain: 3, domains: 2, capacity: 6 }
+    );
     assert_eq!(
         err.to_string(),
         "cannot place 9 stripes with at most 3 per zone: the 2 zone(s) with eligible chunkservers can hold 6"
@@ -172,7 +175,7 @@ proptest! {
                 prop_assert_eq!(uniq.len(), n);
                 let counts = domain_counts(chosen.iter().map(|&i| &c[i].topology), level);
                 prop_assert!(counts.values().all(|&v| v <= max), "{:?}", counts);
-                for (_, lost) in &counts {
+                for lost in counts.values() {
                     prop_assert!(n - lost >= k, "losing a domain leaves {} of k = {}", n - lost, k);
                 }
             }

@@ -37,19 +37,22 @@ impl FilesetRecord {
     pub fn from_spec(spec: &ms::FilesetSpec, now_unix: u64) -> Result<Self, MasterError> {
         validate_name(&spec.name)?;
         let bad = |field: &'static str, reason: String| MasterError::InvalidSpec { field, reason };
-        let l = spec.layout.clone().unwrap_or_default();
+        let l = spec.layout.unwrap_or_default();
         let k = if l.k == 0 { 6 } else { l.k as usize };
         let m = if l.m == 0 { 3 } else { l.m as usize };
         let unit = if l.stripe_unit == 0 { tessera_core::layout::DEFAULT_STRIPE_UNIT } else { l.stripe_unit as usize };
         let block = if l.block_size == 0 { tessera_core::layout::DEFAULT_BLOCK_SIZE } else { l.block_size as usize };
         Layout::new(k, m, unit, block).map_err(|e| bad("layout", e.to_string()))?;
         let p = spec.placement.clone().unwrap_or_default();
-        let level = if p.level.is_empty() { Level::Zone } else { p.level.parse().map_err(|e| bad("placement.level", e))? };
+        let level =
+            if p.level.is_empty() { Level::Zone } else { p.level.parse().map_err(|e| bad("placement.level", e))? };
         let max_per_domain = if p.max_per_domain == 0 { m } else { p.max_per_domain as usize };
         if max_per_domain > m {
             return Err(bad(
                 "placement.max_per_domain",
-                format!("{max_per_domain} stripes per {level} would leave fewer than k readable when one {level} is down (m = {m})"),
+                format!(
+                    "{max_per_domain} stripes per {level} would leave fewer than k readable when one {level} is down (m = {m})"
+                ),
             ));
         }
         let availability = if spec.availability.is_empty() {
@@ -90,7 +93,10 @@ impl FilesetRecord {
         ms::FilesetSpec {
             name: self.name.clone(),
             layout: Some(layout_to_wire(&self.layout())),
-            placement: Some(ms::PlacementPolicy { level: self.level.clone(), max_per_domain: self.max_per_domain as u32 }),
+            placement: Some(ms::PlacementPolicy {
+                level: self.level.clone(),
+                max_per_domain: self.max_per_domain as u32,
+            }),
             availability: self.availability.clone(),
             keep_versions: self.keep_versions as u32,
         }

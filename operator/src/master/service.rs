@@ -34,18 +34,26 @@ impl registry_server::Registry for MasterService {
         Ok(Response::new(ms::RegisterResponse { master_epoch: epoch }))
     }
 
-    async fn report_inventory(&self, request: Request<Streaming<ms::InventoryReport>>) -> Result<Response<ms::InventoryAck>, Status> {
+    async fn report_inventory(
+        &self,
+        request: Request<Streaming<ms::InventoryReport>>,
+    ) -> Result<Response<ms::InventoryAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             let stripes: Vec<_> = batch.stripes.iter().filter_map(stripe_from_wire).collect();
             if !self.master.report_inventory(&batch.server_id, &batch.master_epoch, &stripes, Instant::now()) {
-                return Err(Status::failed_precondition("register again: the master does not know this server or epoch"));
+                return Err(Status::failed_precondition(
+                    "register again: the master does not know this server or epoch",
+                ));
             }
         }
         Ok(Response::new(ms::InventoryAck {}))
     }
 
-    async fn heartbeat(&self, request: Request<ms::HeartbeatRequest>) -> Result<Response<ms::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<ms::HeartbeatRequest>,
+    ) -> Result<Response<ms::HeartbeatResponse>, Status> {
         let known = self.master.heartbeat(request.get_ref(), Instant::now());
         Ok(Response::new(ms::HeartbeatResponse { reregister: !known }))
     }
@@ -53,7 +61,10 @@ impl registry_server::Registry for MasterService {
 
 #[tonic::async_trait]
 impl master_server::Master for MasterService {
-    async fn create_fileset(&self, request: Request<ms::CreateFilesetRequest>) -> Result<Response<ms::Fileset>, Status> {
+    async fn create_fileset(
+        &self,
+        request: Request<ms::CreateFilesetRequest>,
+    ) -> Result<Response<ms::Fileset>, Status> {
         let req = request.into_inner();
         let spec = req.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
         Ok(Response::new(self.master.create_fileset(&spec, req.if_absent)?))
@@ -63,17 +74,26 @@ impl master_server::Master for MasterService {
         Ok(Response::new(self.master.get_fileset(&request.get_ref().name)?))
     }
 
-    async fn list_filesets(&self, _request: Request<ms::ListFilesetsRequest>) -> Result<Response<ms::ListFilesetsResponse>, Status> {
+    async fn list_filesets(
+        &self,
+        _request: Request<ms::ListFilesetsRequest>,
+    ) -> Result<Response<ms::ListFilesetsResponse>, Status> {
         Ok(Response::new(ms::ListFilesetsResponse { filesets: self.master.list_filesets() }))
     }
 
-    async fn delete_fileset(&self, request: Request<ms::DeleteFilesetRequest>) -> Result<Response<ms::DeleteFilesetResponse>, Status> {
+    async fn delete_fileset(
+        &self,
+        request: Request<ms::DeleteFilesetRequest>,
+    ) -> Result<Response<ms::DeleteFilesetResponse>, Status> {
         let (count, deletions) = self.master.delete_fileset(&request.get_ref().name)?;
         self.deleter.delete(deletions);
         Ok(Response::new(ms::DeleteFilesetResponse { versions_deleted: count }))
     }
 
-    async fn begin_version(&self, request: Request<ms::BeginVersionRequest>) -> Result<Response<ms::BeginVersionResponse>, Status> {
+    async fn begin_version(
+        &self,
+        request: Request<ms::BeginVersionRequest>,
+    ) -> Result<Response<ms::BeginVersionResponse>, Status> {
         let (session, layout) = self.master.begin_version(&request.get_ref().fileset, Instant::now())?;
         Ok(Response::new(ms::BeginVersionResponse {
             session,
@@ -82,7 +102,10 @@ impl master_server::Master for MasterService {
         }))
     }
 
-    async fn allocate_items(&self, request: Request<ms::AllocateItemsRequest>) -> Result<Response<ms::AllocateItemsResponse>, Status> {
+    async fn allocate_items(
+        &self,
+        request: Request<ms::AllocateItemsRequest>,
+    ) -> Result<Response<ms::AllocateItemsResponse>, Status> {
         let req = request.into_inner();
         if req.count == 0 || req.count > 1024 {
             return Err(Status::invalid_argument("count must be between 1 and 1024"));
@@ -98,23 +121,35 @@ impl master_server::Master for MasterService {
         Ok(Response::new(ms::AllocateItemsResponse { items }))
     }
 
-    async fn commit_version(&self, request: Request<ms::CommitVersionRequest>) -> Result<Response<ms::Version>, Status> {
+    async fn commit_version(
+        &self,
+        request: Request<ms::CommitVersionRequest>,
+    ) -> Result<Response<ms::Version>, Status> {
         let (version, deletions) = self.master.commit_version(request.get_ref(), Instant::now())?;
         self.deleter.delete(deletions);
         Ok(Response::new(version.to_wire()))
     }
 
-    async fn abort_version(&self, request: Request<ms::AbortVersionRequest>) -> Result<Response<ms::AbortVersionResponse>, Status> {
+    async fn abort_version(
+        &self,
+        request: Request<ms::AbortVersionRequest>,
+    ) -> Result<Response<ms::AbortVersionResponse>, Status> {
         self.master.abort_version(&request.get_ref().session);
         Ok(Response::new(ms::AbortVersionResponse {}))
     }
 
-    async fn list_versions(&self, request: Request<ms::ListVersionsRequest>) -> Result<Response<ms::ListVersionsResponse>, Status> {
+    async fn list_versions(
+        &self,
+        request: Request<ms::ListVersionsRequest>,
+    ) -> Result<Response<ms::ListVersionsResponse>, Status> {
         let versions = self.master.list_versions(&request.get_ref().fileset)?;
         Ok(Response::new(ms::ListVersionsResponse { versions: versions.iter().map(|v| v.to_wire()).collect() }))
     }
 
-    async fn get_version(&self, request: Request<ms::GetVersionRequest>) -> Result<Response<ms::GetVersionResponse>, Status> {
+    async fn get_version(
+        &self,
+        request: Request<ms::GetVersionRequest>,
+    ) -> Result<Response<ms::GetVersionResponse>, Status> {
         let req = request.get_ref();
         // Just after a restart the index fills from chunkserver reports:
         // give them until the heartbeat timeout before answering with holes.
@@ -124,7 +159,10 @@ impl master_server::Master for MasterService {
         Ok(Response::new(self.master.get_version(&req.fileset, req.version)?))
     }
 
-    async fn delete_version(&self, request: Request<ms::DeleteVersionRequest>) -> Result<Response<ms::DeleteVersionResponse>, Status> {
+    async fn delete_version(
+        &self,
+        request: Request<ms::DeleteVersionRequest>,
+    ) -> Result<Response<ms::DeleteVersionResponse>, Status> {
         let req = request.get_ref();
         if req.version == 0 {
             return Err(Status::invalid_argument("version: name the version to delete"));

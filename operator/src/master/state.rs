@@ -123,7 +123,12 @@ impl Master {
             }
             st.versions.insert((v.fileset.clone(), v.id), v);
         }
-        info!(filesets = st.filesets.len(), versions = st.versions.len(), items = st.items.len(), "master loaded its records");
+        info!(
+            filesets = st.filesets.len(),
+            versions = st.versions.len(),
+            items = st.items.len(),
+            "master loaded its records"
+        );
         Ok(Arc::new(Self { config, store, state: Mutex::new(st), started: Instant::now() }))
     }
 
@@ -291,7 +296,8 @@ impl Master {
         if !st.filesets.contains_key(name) {
             return Err(MasterError::FilesetNotFound(name.into()));
         }
-        let ids: Vec<u64> = st.versions.range((name.to_string(), 0)..=(name.to_string(), u64::MAX)).map(|(k, _)| k.1).collect();
+        let ids: Vec<u64> =
+            st.versions.range((name.to_string(), 0)..=(name.to_string(), u64::MAX)).map(|(k, _)| k.1).collect();
         for id in &ids {
             let v = &st.versions[&(name.to_string(), *id)];
             if !v.pins.is_empty() {
@@ -364,10 +370,7 @@ impl Master {
             candidates.push(Candidate { topology: s.topology.clone(), free_bytes: s.free_bytes });
         }
         if candidates.is_empty() && too_full > 0 {
-            return Err(MasterError::NoSpace {
-                needed,
-                reason: format!("all {too_full} live chunkservers are full"),
-            });
+            return Err(MasterError::NoSpace { needed, reason: format!("all {too_full} live chunkservers are full") });
         }
         let mut out = Vec::with_capacity(count);
         let mut placed = Vec::with_capacity(count);
@@ -406,22 +409,29 @@ impl Master {
                 .map(|r| {
                     let id = item_id(&r.item, field)?;
                     if !session.items.contains_key(&id) {
-                        return Err(MasterError::ItemNotAllocated { session: req.session.clone(), item: id.to_string() });
+                        return Err(MasterError::ItemNotAllocated {
+                            session: req.session.clone(),
+                            item: id.to_string(),
+                        });
                     }
                     Ok(ItemRecord { id, len: r.length })
                 })
                 .collect()
         };
         let items = parse(&req.items, "items")?;
-        let manifest = req.manifest.clone().ok_or(MasterError::InvalidSpec {
-            field: "manifest",
-            reason: "a version needs its manifest".into(),
-        })?;
+        let manifest = req
+            .manifest
+            .clone()
+            .ok_or(MasterError::InvalidSpec { field: "manifest", reason: "a version needs its manifest".into() })?;
         let manifest_items = parse(&manifest.items, "manifest.items")?;
         if manifest.sha256.len() != 32 {
             return Err(MasterError::InvalidSpec { field: "manifest.sha256", reason: "must be 32 bytes".into() });
         }
-        let id = st.versions.range((fileset.clone(), 0)..=(fileset.clone(), u64::MAX)).next_back().map_or(1, |(k, _)| k.1 + 1);
+        let id = st
+            .versions
+            .range((fileset.clone(), 0)..=(fileset.clone(), u64::MAX))
+            .next_back()
+            .map_or(1, |(k, _)| k.1 + 1);
         let record = VersionRecord {
             fileset: fileset.clone(),
             id,
@@ -495,7 +505,11 @@ impl Master {
         if !st.filesets.contains_key(fileset) {
             return Err(MasterError::FilesetNotFound(fileset.into()));
         }
-        Ok(st.versions.range((fileset.to_string(), 0)..=(fileset.to_string(), u64::MAX)).map(|(_, v)| v.clone()).collect())
+        Ok(st
+            .versions
+            .range((fileset.to_string(), 0)..=(fileset.to_string(), u64::MAX))
+            .map(|(_, v)| v.clone())
+            .collect())
     }
 
     /// A version (0: the latest) with its layout and the location of every
@@ -606,8 +620,10 @@ impl Master {
             let lost: Vec<usize> = (0..n).filter(|i| reachable[*i].is_none()).collect();
             match placement::choose(&candidates, lost.len(), f.policy(), &existing, &exclude, rng) {
                 Ok(chosen) => {
-                    let sources =
-                        reachable.iter().map(|r| r.as_ref().map(|sid| st.servers[sid].address.clone()).unwrap_or_default()).collect();
+                    let sources = reachable
+                        .iter()
+                        .map(|r| r.as_ref().map(|sid| st.servers[sid].address.clone()).unwrap_or_default())
+                        .collect();
                     let targets = lost
                         .iter()
                         .zip(chosen)

@@ -169,7 +169,8 @@ mod tests {
     use tessera_core::ids::ItemId;
 
     fn fileset(name: &str) -> FilesetRecord {
-        FilesetRecord::from_spec(&tessera_proto::ms::FilesetSpec { name: name.into(), ..Default::default() }, 7).unwrap()
+        FilesetRecord::from_spec(&tessera_proto::ms::FilesetSpec { name: name.into(), ..Default::default() }, 7)
+            .unwrap()
     }
 
     fn version(f: &str, id: u64) -> VersionRecord {

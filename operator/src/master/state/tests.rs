@@ -70,7 +70,11 @@ fn write_version(m: &Master, fileset: &str, items: usize, now: Instant, rng: &mu
             &ms::CommitVersionRequest {
                 session,
                 items: refs[1..].to_vec(),
-                manifest: Some(ms::ManifestRef { items: vec![refs[0].clone()], length: 100, sha256: vec![0; 32].into() }),
+                manifest: Some(ms::ManifestRef {
+                    items: vec![refs[0].clone()],
+                    length: 100,
+                    sha256: vec![0; 32].into(),
+                }),
                 files: 3,
                 bytes: (items * 6 * 4096) as u64,
             },
@@ -227,7 +231,15 @@ fn lost_servers_are_repaired_at_once_or_after_the_grace() {
     let late = t1 + m.config.repair_grace;
     // Servers keep reporting meanwhile.
     for i in (0..12).filter(|i| *i != 4) {
-        m.heartbeat(&ms::HeartbeatRequest { server_id: format!("cs{i}"), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, late);
+        m.heartbeat(
+            &ms::HeartbeatRequest {
+                server_id: format!("cs{i}"),
+                master_epoch: m.epoch(),
+                free_bytes: 1 << 40,
+                ..Default::default()
+            },
+            late,
+        );
     }
     assert!(cold_degraded > 0);
     assert_eq!(m.plan_repairs(late, 100, &mut rng).len() as u64, cold_degraded, "cold after the grace");
@@ -251,7 +263,10 @@ fn a_restarted_master_knows_the_versions_and_relearns_the_locations() {
     let loc = m.get_version("data", 0).unwrap();
     assert!(loc.locations.iter().all(|l| l.servers.iter().all(|s| s.is_empty())), "nothing known yet");
     // Old heartbeats are told to register again.
-    assert!(!m.heartbeat(&ms::HeartbeatRequest { server_id: "cs0".into(), master_epoch: epoch_before, ..Default::default() }, t0));
+    assert!(!m.heartbeat(
+        &ms::HeartbeatRequest { server_id: "cs0".into(), master_epoch: epoch_before, ..Default::default() },
+        t0
+    ));
     let epoch = register_nine(&m, t0);
     for i in 0..9u16 {
         m.report_inventory(&format!("cs{i}"), &epoch, &[StripeId::new(item, i)], t0);
@@ -297,10 +312,26 @@ fn a_flapping_server_is_kept_out_of_placement() {
     for _ in 0..5 {
         t += Duration::from_secs(4);
         for i in 1..9 {
-            m.heartbeat(&ms::HeartbeatRequest { server_id: format!("cs{i}"), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, t);
+            m.heartbeat(
+                &ms::HeartbeatRequest {
+                    server_id: format!("cs{i}"),
+                    master_epoch: m.epoch(),
+                    free_bytes: 1 << 40,
+                    ..Default::default()
+                },
+                t,
+            );
         }
         m.expire_servers(t);
-        m.heartbeat(&ms::HeartbeatRequest { server_id: "cs0".into(), master_epoch: m.epoch(), free_bytes: 1 << 40, ..Default::default() }, t);
+        m.heartbeat(
+            &ms::HeartbeatRequest {
+                server_id: "cs0".into(),
+                master_epoch: m.epoch(),
+                free_bytes: 1 << 40,
+                ..Default::default()
+            },
+            t,
+        );
     }
     let st = m.status("", t).unwrap();
     let cs0 = st.servers.iter().find(|s| s.server_id == "cs0").unwrap();

@@ -1,0 +1,368 @@
+//! Filesets end to end: `tessera local up` (a master and chunkserver
+//! processes) driven by the `tessera` command, as a user would.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Clusters are heavy (a dozen processes): one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct LocalUp {
+    child: Child,
+    home: tempfile::TempDir,
+}
+
+impl LocalUp {
+    fn start(servers: usize, master_args: &[&str]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), servers, master_args)
+    }
+
+    fn start_in(home: tempfile::TempDir, servers: usize, master_args: &[&str]) -> Self {
+        let mut cmd = Command::new(TESSERA);
+        cmd.env("TESSERA_HOME", home.path())
+            .args(["local", "up", "--servers", &servers.to_string(), "--zones", "3"])
+            .args(master_args.iter().map(|a| format!("--master-arg={a}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        let up = Self { child, home };
+        // Ready when local.json is written and the master answers.
+        let state = up.home.path().join("local/local.json");
+        wait_for("the local cluster to start", Duration::from_secs(60), || {
+            state.exists() && up.run(&["ls"]).status.success()
+        });
+        // Every chunkserver registered.
+        wait_for("every chunkserver to register", Duration::from_secs(30), || {
+            up.status()["servers"].as_array().is_some_and(|s| s.len() == servers)
+        });
+        up
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(TESSERA);
+        c.env("TESSERA_HOME", self.home.path()).env("RUST_BACKTRACE", "0").args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "tessera {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must succeed; returns its stdout as bytes.
+    fn ok_bytes(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(out.status.success(), "tessera {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "tessera {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn fileset_status(&self, name: &str) -> serde_json::Value {
+        self.status()["filesets"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
+            .unwrap_or_default()
+    }
+
+    fn stripes(&self) -> u64 {
+        self.status()["servers"]
+            .as_array()
+            .map(|s| s.iter().map(|v| v["stripes"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.home.path().join("local")
+    }
+}
+
+impl Drop for LocalUp {
+    fn drop(&mut self) {
+        // SIGTERM: the supervisor stops its processes before it exits.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds (an event in another process) or the time is up.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tree of mixed content: thousands of small files, a few large ones,
+/// empty files and directories, nested directories and symlinks.
+fn mixed_tree(root: &Path, small: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..small {
+        let dir = root.join(format!("d{}/e{}", i % 17, i % 5));
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = rng.random_range(0..4096);
+        let mut data = vec![0u8; len];
+        rng.fill(&mut data[..]);
+        let p = dir.join(format!("small-{i}.bin"));
+        std::fs::write(&p, &data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(if i % 7 == 0 { 0o755 } else { 0o640 })).unwrap();
+    }
+    std::fs::create_dir_all(root.join("large")).unwrap();
+    for (i, len) in [(0, 13 << 20), (1, (7 << 20) + 12345), (2, 1)] {
+        let mut data = vec![0u8; len];
+        rng.fill(&mut data[..]);
+        std::fs::write(root.join(format!("large/blob-{i}")), data).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty/dir")).unwrap();
+    std::fs::write(root.join("empty/file"), b"").unwrap();
+    std::os::unix::fs::symlink("../large/blob-2", root.join("d0/link-up")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+}
+
+/// Everything a copy must preserve, per path.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let desc = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                format!("dir {:o}", m.mode() & 0o7777)
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                format!("file {:o} {} {:x} mtime {}", m.mode() & 0o7777, data.len(), crc(&data), m.mtime())
+            };
+            out.insert(rel, desc);
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn crc(d: &[u8]) -> u32 {
+    tessera_core::checksum::crc32c(d)
+}
+
+#[test]
+fn a_mixed_tree_round_trips_and_reads_with_a_zone_down() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &[]);
+    let src = tempfile::tempdir().unwrap();
+    mixed_tree(src.path(), 2500, 1);
+    let out = up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "mixed", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["files"], 2500 + 3 + 1);
+
+    let dst = tempfile::tempdir().unwrap();
+    let copy = dst.path().join("copy");
+    up.ok(&["get", "mixed", copy.to_str().unwrap()]);
+    assert_eq!(describe(&copy), describe(src.path()));
+    assert_eq!(up.ok_bytes(&["cat", "mixed/large/blob-2"]), std::fs::read(src.path().join("large/blob-2")).unwrap());
+    let listing = up.ok(&["ls", "mixed/d0"]);
+    assert!(listing.contains("link-up -> ../large/blob-2"), "{listing}");
+    let st = up.fileset_status("mixed");
+    assert_eq!(st["placement_violations"], 0);
+    assert!(
+        st["stripes_per_domain"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_u64() == st["stripes_per_domain"]["default/z0"].as_u64())
+    );
+
+    // A whole zone down: RS(6,3) with at most 3 stripes per zone still reads.
+    up.ok(&["fault", "stop", "zone:z1"]);
+    let again = dst.path().join("again");
+    up.ok(&["get", "mixed", again.to_str().unwrap(), "--mode", "normal"]);
+    assert_eq!(describe(&again), describe(src.path()));
+    let blob = up.ok_bytes(&["cat", "mixed/d3/e3/small-3.bin"]);
+    assert_eq!(blob, std::fs::read(src.path().join("d3/e3/small-3.bin")).unwrap());
+}
+
+#[test]
+fn a_restarted_master_serves_everything_once_chunkservers_report() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &[]);
+    let src = tempfile::tempdir().unwrap();
+    mixed_tree(src.path(), 200, 2);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "keep", "--keep", "2"]);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "keep"]);
+    up.ok(&["fault", "stop", "master"]);
+    assert!(up.fails(&["ls", "keep"]).contains("cannot reach the master"));
+    up.ok(&["fault", "start", "master"]);
+    let versions = up.ok(&["versions", "keep"]);
+    assert_eq!(versions.lines().count(), 3, "two versions and a header: {versions}");
+    let dst = tempfile::tempdir().unwrap();
+    let copy = dst.path().join("c");
+    up.ok(&["get", "keep@1", copy.to_str().unwrap()]);
+    assert_eq!(describe(&copy), describe(src.path()));
+}
+
+#[test]
+fn a_killed_put_leaves_no_version_and_its_stripes_are_collected() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &["--session-lease=3s", "--orphan-grace=2s"]);
+    let src = tempfile::tempdir().unwrap();
+    mixed_tree(src.path(), 10, 3);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "crash"]);
+    let before = up.stripes();
+    // A big upload, killed once some of its stripes are stored.
+    let big = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 64 << 20];
+    rand::rngs::StdRng::seed_from_u64(4).fill(&mut data[..]);
+    for i in 0..6 {
+        std::fs::write(big.path().join(format!("part-{i}")), &data).unwrap();
+    }
+    let mut put = up
+        .cmd(&["put", big.path().to_str().unwrap(), "--fileset", "crash"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the upload to store stripes", Duration::from_secs(60), || up.stripes() > before + 9);
+    put.kill().unwrap();
+    put.wait().unwrap();
+    let versions = up.ok(&["versions", "crash"]);
+    assert_eq!(versions.lines().count(), 2, "only version 1: {versions}");
+    // The session lapses, the orphans' grace passes, and they are deleted.
+    wait_for("orphan stripes to be collected", Duration::from_secs(60), || up.stripes() == before);
+    assert!(up.status()["collected_stripes"].as_u64().unwrap() > 0);
+    let tmp_files: usize = (0..9)
+        .map(|i| std::fs::read_dir(up.data_dir().join(format!("cs{i}/tmp"))).map(|d| d.count()).unwrap_or(0))
+        .sum();
+    assert_eq!(tmp_files, 0);
+}
+
+#[test]
+fn lost_servers_are_repaired_by_availability() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Twelve servers: each zone has spares to rebuild into.
+    let up = LocalUp::start(12, &["--heartbeat-timeout=2s", "--repair-grace=20s"]);
+    let src = tempfile::tempdir().unwrap();
+    mixed_tree(src.path(), 50, 5);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "hot", "--availability", "high", "--unit", "256KiB"]);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "cold", "--unit", "256KiB"]);
+    // Lose the server holding the most stripes, for good.
+    let status = up.status();
+    let victim = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|s| s["stripes"].as_u64())
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let lost_at = Instant::now();
+    up.ok(&["fault", "stop", &victim]);
+    wait_for("the loss to be noticed", Duration::from_secs(30), || {
+        up.fileset_status("hot")["degraded"].as_u64() > Some(0)
+            || up.fileset_status("cold")["degraded"].as_u64() > Some(0)
+    });
+    wait_for("high availability to be repaired", Duration::from_secs(60), || up.fileset_status("hot")["degraded"] == 0);
+    let cold = up.fileset_status("cold");
+    if lost_at.elapsed() < Duration::from_secs(18) {
+        assert!(cold["degraded"].as_u64().unwrap() > 0, "low availability waits for the grace: {cold}");
+    }
+    wait_for("low availability to be repaired after the grace", Duration::from_secs(90), || {
+        up.fileset_status("cold")["degraded"] == 0
+    });
+    assert!(lost_at.elapsed() >= Duration::from_secs(20), "cold was repaired before its grace");
+    for f in ["hot", "cold"] {
+        let st = up.fileset_status(f);
+        assert_eq!(st["placement_violations"], 0, "{st}");
+        let by = st["items_by_redundancy"].as_array().unwrap();
+        assert_eq!(
+            by.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            by[3].as_u64().unwrap(),
+            "all at full redundancy: {st}"
+        );
+        let dst = tempfile::tempdir().unwrap();
+        let copy = dst.path().join("c");
+        up.ok(&["get", f, copy.to_str().unwrap(), "--mode", "normal"]);
+        assert_eq!(describe(&copy), describe(src.path()));
+    }
+    assert!(up.status()["repaired_stripes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &["--session-lease=3s", "--orphan-grace=2s"]);
+    let src = tempfile::tempdir().unwrap();
+    mixed_tree(src.path(), 5, 6);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "ok"]);
+    assert!(up.fails(&["cat", "ok/../etc/passwd"]).contains("\"..\""));
+    assert!(up.fails(&["ls", "nope"]).contains("fileset \"nope\" not found"));
+    assert!(up.fails(&["get", "ok@9", "/tmp/never"]).contains("has no version 9"));
+    assert!(up.fails(&["cat", "ok/missing"]).contains("no \"missing\" in ok@1"));
+    assert!(
+        up.fails(&["put", src.path().to_str().unwrap(), "--fileset", "Bad_Name"]).contains("not a valid fileset name")
+    );
+    assert!(
+        up.fails(&["put", src.path().to_str().unwrap(), "--fileset", "x", "--unit", "100"]).contains("stripe unit 100")
+    );
+    let not_empty = tempfile::tempdir().unwrap();
+    std::fs::write(not_empty.path().join("f"), b"x").unwrap();
+    assert!(up.fails(&["get", "ok", not_empty.path().to_str().unwrap()]).contains("not empty"));
+    // A different layout for an existing fileset is refused, not applied.
+    assert!(up.fails(&["put", src.path().to_str().unwrap(), "--fileset", "ok", "--k", "4"]).contains("other settings"));
+    assert_eq!(up.ok(&["versions", "ok"]).lines().count(), 2);
+}
+
+#[test]
+fn every_disk_full_fails_the_put_cleanly() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let local = home.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(&local).status().unwrap();
+    assert!(st.success(), "mounting a tmpfs needs root (the test suite runs as root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(local.clone());
+    let up = LocalUp::start_in(home, 9, &["--session-lease=3s", "--orphan-grace=2s"]);
+    let big = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 80 << 20];
+    rand::rngs::StdRng::seed_from_u64(7).fill(&mut data[..]);
+    std::fs::write(big.path().join("too-big"), &data).unwrap();
+    let err = up.fails(&["put", big.path().to_str().unwrap(), "--fileset", "full"]);
+    assert!(err.contains("no space") || err.contains("full"), "{err}");
+    assert_eq!(up.ok(&["versions", "full"]).lines().count(), 1, "no version was published");
+    wait_for("the failed upload's stripes to be collected", Duration::from_secs(60), || up.stripes() == 0);
+    let tmp_files: usize =
+        (0..9).map(|i| std::fs::read_dir(local.join(format!("cs{i}/tmp"))).map(|d| d.count()).unwrap_or(0)).sum();
+    assert_eq!(tmp_files, 0, "no half-written stripe is left");
+}
