@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use crate::classes::ClassLimits;
+use crate::classes::{ClassLimits, RequestClass};
+use crate::quotas::QuotaConfig;
 use crate::server::{self, Config};
 
 /// Run a chunkserver: store stripes on local data directories and serve them over gRPC.
@@ -40,6 +41,15 @@ pub struct ChunkserverArgs {
     /// Concurrent requests of class distribution.
     #[arg(long, default_value_t = ClassLimits::default().distribution)]
     pub distribution_limit: u32,
+    /// Requests that may work on one stripe at once; more wait in its queue,
+    /// where usage quotas decide the order.
+    #[arg(long, default_value_t = QuotaConfig::default().per_stripe)]
+    pub per_stripe_limit: u32,
+    /// Usage quota of a request class, as CLASS=RATE (e.g. repair=200MiB/s).
+    /// While a class moves more than its quota, requests of other classes
+    /// waiting on the same stripe go first. Repeat for several classes.
+    #[arg(long = "quota", value_parser = parse_quota)]
+    pub quotas: Vec<(RequestClass, u64)>,
     /// Serve the FaultInjection API (latency, bandwidth cap, hang, errors,
     /// corruption). For tests, demos and benchmarks only.
     #[arg(long)]
@@ -87,6 +97,13 @@ impl ChunkserverArgs {
                 repair: self.repair_limit,
                 distribution: self.distribution_limit,
             },
+            quotas: {
+                let mut q = QuotaConfig { per_stripe: self.per_stripe_limit, ..Default::default() };
+                for (class, rate) in &self.quotas {
+                    q.set_quota(*class, Some(*rate));
+                }
+                q
+            },
             enable_fault_injection: self.enable_fault_injection,
             master: self.master.clone().map(|m| {
                 let identity = crate::registrar::Identity {
@@ -118,5 +135,47 @@ impl ChunkserverArgs {
         }
         tracing::info!("shutting down");
         running.shutdown().await
+    }
+}
+
+/// Parses CLASS=RATE, RATE in bytes per second with an optional binary or
+/// decimal unit and an optional "/s": `repair=200MiB/s`, `job=1G`.
+fn parse_quota(s: &str) -> Result<(RequestClass, u64), String> {
+    let (class, rate) = s.split_once('=').ok_or_else(|| format!("quota {s:?}: expected CLASS=RATE"))?;
+    let class = RequestClass::ALL.into_iter().find(|c| c.as_str() == class).ok_or_else(|| {
+        let names: Vec<_> = RequestClass::ALL.iter().map(|c| c.as_str()).collect();
+        format!("quota {s:?}: unknown class {class:?} (one of {})", names.join(", "))
+    })?;
+    let rate = rate.strip_suffix("/s").unwrap_or(rate);
+    let split = rate.find(|c: char| !c.is_ascii_digit()).unwrap_or(rate.len());
+    let (digits, unit) = rate.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("quota {s:?}: the rate must start with a whole number"))?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("quota {s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    let rate = n.checked_mul(scale).ok_or_else(|| format!("quota {s:?}: the rate is too large"))?;
+    Ok((class, rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_parse_with_units_and_name_what_is_wrong() {
+        assert_eq!(parse_quota("repair=200MiB/s"), Ok((RequestClass::Repair, 200 << 20)));
+        assert_eq!(parse_quota("job=3G"), Ok((RequestClass::Job, 3_000_000_000)));
+        assert_eq!(parse_quota("serving=10"), Ok((RequestClass::Serving, 10)));
+        assert!(parse_quota("repair").unwrap_err().contains("CLASS=RATE"));
+        assert!(parse_quota("scrub=1M").unwrap_err().contains("unknown class \"scrub\""));
+        assert!(parse_quota("repair=fast").unwrap_err().contains("whole number"));
+        assert!(parse_quota("repair=5PB").unwrap_err().contains("unknown unit \"PB\""));
     }
 }

@@ -2,7 +2,8 @@
 //! checksum-verified byte ranges of them over gRPC.
 //!
 //! Rooms: [`store`] (the on-disk format and the index), [`classes`]
-//! (admission per request class), [`faults`] (run-time fault injection),
+//! (admission per request class), [`quotas`] (usage quotas and per-stripe
+//! queues), [`faults`] (run-time fault injection),
 //! [`stats`] (per-device bandwidth windows), [`metrics`] (Prometheus),
 //! [`registrar`] (reports to the master),
 //! [`service`] (gRPC handlers and status codes), [`fast_read`] (ReadStripe
@@ -12,6 +13,7 @@ pub mod classes;
 pub mod fast_read;
 pub mod faults;
 pub mod metrics;
+pub mod quotas;
 pub mod registrar;
 pub mod server;
 pub mod service;

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub stored_bytes: Family<DirLabels, Gauge>,
     pub free_bytes: Family<DirLabels, Gauge>,
     pub read_bandwidth: Family<DirLabels, Gauge<f64, AtomicU64>>,
+    pub usage_rate: Family<ClassLabels, Gauge<f64, AtomicU64>>,
+    pub quota_exceeded: Family<ClassLabels, Gauge>,
+    /// A running total kept by the stripe queues, published at scrape time.
+    pub quota_bypassed: Family<ClassLabels, Gauge>,
+    pub stripe_waiting: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +81,10 @@ impl Default for Metrics {
             stored_bytes: Family::default(),
             free_bytes: Family::default(),
             read_bandwidth: Family::default(),
+            usage_rate: Family::default(),
+            quota_exceeded: Family::default(),
+            quota_bypassed: Family::default(),
+            stripe_waiting: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Data requests by operation, class and gRPC code", m.requests.clone());
@@ -97,6 +106,26 @@ impl Default for Metrics {
             "read_bandwidth_bytes_per_second",
             "Read bandwidth of each data dir over the last 10 seconds",
             m.read_bandwidth.clone(),
+        );
+        registry.register(
+            "usage_bytes_per_second",
+            "Bytes moved per request class over the quota window",
+            m.usage_rate.clone(),
+        );
+        registry.register(
+            "quota_exceeded",
+            "1 while a request class is above its usage quota",
+            m.quota_exceeded.clone(),
+        );
+        registry.register(
+            "quota_overtaken_requests",
+            "Requests that a request of another class overtook on a stripe while theirs was over quota",
+            m.quota_bypassed.clone(),
+        );
+        registry.register(
+            "stripe_waiting_requests",
+            "Requests waiting for a turn on a busy stripe",
+            m.stripe_waiting.clone(),
         );
         Self { registry, ..m }
     }

@@ -17,6 +17,7 @@ use tracing::info;
 
 use crate::classes::{Admission, ClassLimits};
 use crate::fast_read::FastReads;
+use crate::quotas::QuotaConfig;
 use crate::registrar;
 use crate::service::{ChunkserverService, FaultService, Shared};
 use crate::store::StripeStore;
@@ -37,6 +38,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub data_dirs: Vec<PathBuf>,
     pub limits: ClassLimits,
+    /// Usage quotas and the per-stripe queues.
+    pub quotas: QuotaConfig,
     pub enable_fault_injection: bool,
     /// Report to this master (host:port) as this identity.
     pub master: Option<(String, registrar::Identity)>,
@@ -69,7 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     anyhow::ensure!(!config.data_dirs.is_empty(), "at least one --data-dir is required");
     let dirs = config.data_dirs.clone();
     let store = tokio::task::spawn_blocking(move || StripeStore::open(&dirs)).await??;
-    let shared = Arc::new(Shared::new(config.node_id.clone(), store, Admission::new(config.limits)));
+    let shared = Arc::new(Shared::new(config.node_id.clone(), store, Admission::new(config.limits), config.quotas));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 

@@ -16,6 +16,7 @@ use tracing::{Instrument, debug_span, error, info, warn};
 use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
 use crate::metrics::{ClassLabels, DirLabels, FaultLabels, Metrics, OpLabels, RequestLabels};
+use crate::quotas::{QuotaConfig, StripeQueues};
 use crate::stats::{DEFAULT_WINDOW_SECS, RateWindow};
 use crate::store::{StoreError, StripeHeader, StripeStore, WriteStart};
 
@@ -47,6 +48,7 @@ pub struct Shared {
     pub node_id: String,
     pub store: Arc<StripeStore>,
     pub admission: Admission,
+    pub stripe_queues: Arc<StripeQueues>,
     pub faults: FaultInjector,
     pub metrics: Metrics,
     pub origin: Instant,
@@ -57,12 +59,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(node_id: String, store: Arc<StripeStore>, admission: Admission) -> Self {
+    pub fn new(node_id: String, store: Arc<StripeStore>, admission: Admission, quotas: QuotaConfig) -> Self {
         let origin = Instant::now();
         let n = store.dirs().len();
         Self {
             node_id,
             admission,
+            stripe_queues: Arc::new(StripeQueues::new(quotas)),
             faults: FaultInjector::default(),
             metrics: Metrics::default(),
             origin,
@@ -126,6 +129,7 @@ impl Shared {
             async move {
                 let produce = async {
                     let _permit = s.admission.admit(class).await;
+                    let turn = s.stripe_queues.enter(stripe, class).await;
                     s.enter().await?;
                     let bs = meta.block_size as u64;
                     let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
@@ -148,6 +152,7 @@ impl Shared {
                         let n = data.len();
                         s.reads[meta.dir].record(Instant::now(), n as u64);
                         s.metrics.read_bytes.get_or_create(s.dir_label(meta.dir)).inc_by(n as u64);
+                        turn.charge(n as u64);
                         s.faults.pace(n).await;
                         let (data, corrupted) = s.faults.maybe_corrupt(data);
                         if corrupted {
@@ -197,6 +202,13 @@ impl Shared {
             self.metrics.queued.get_or_create(&l).set(q.queued as i64);
             self.metrics.in_flight.get_or_create(&l).set(q.in_flight as i64);
         }
+        for u in self.stripe_queues.usage() {
+            let l = ClassLabels { class: u.class.as_str() };
+            self.metrics.usage_rate.get_or_create(&l).set(u.bytes_per_sec);
+            self.metrics.quota_exceeded.get_or_create(&l).set(u.exceeded as i64);
+            self.metrics.quota_bypassed.get_or_create(&l).set(u.bypassed as i64);
+        }
+        self.metrics.stripe_waiting.set(self.stripe_queues.waiting() as i64);
         for (i, (count, bytes)) in self.store.usage().into_iter().enumerate() {
             let l = self.dir_label(i).clone();
             self.metrics.stripes.get_or_create(&l).set(count as i64);
@@ -257,7 +269,9 @@ impl ChunkserverService {
         let s = &self.shared;
         let stripe = parse_stripe(header.stripe.as_ref(), "header.stripe")?;
         let h = StripeHeader { stripe, length: header.length, block_size: header.block_size, crcs: header.block_crcs };
-        let _permit = s.admission.admit(RequestClass::from_wire(header.class)).await;
+        let class = RequestClass::from_wire(header.class);
+        let _permit = s.admission.admit(class).await;
+        let turn = s.stripe_queues.enter(stripe, class).await;
         s.enter().await?;
         let store = s.store.clone();
         let start = tokio::task::spawn_blocking(move || store.begin_write(h)).await.map_err(join_error)??;
@@ -278,6 +292,7 @@ impl ChunkserverService {
                         .await
                         .map_err(join_error)??;
                     s.writes[writer.dir()].record(Instant::now(), n);
+                    turn.charge(n);
                 }
                 Some(cs::write_stripe_request::Part::Header(_)) => {
                     return Err(Status::invalid_argument(format!("stripe {stripe}: a second header in one write")));

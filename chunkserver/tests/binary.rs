@@ -173,3 +173,73 @@ async fn a_flipped_byte_on_disk_is_data_loss_naming_the_stripe_and_block() {
     let mut s = c.read_stripe(req).await.unwrap().into_inner();
     assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Unavailable);
 }
+
+/// Reads stripe `n` whole as `class`, reporting on `first` when its first bytes arrive.
+async fn read_as(
+    mut c: ChunkserverClient<tonic::transport::Channel>,
+    n: u8,
+    class: cs::RequestClass,
+    first: tokio::sync::mpsc::UnboundedSender<cs::RequestClass>,
+) -> usize {
+    let req = cs::ReadStripeRequest { stripe: stripe_ref(n, 0), offset: 0, length: 0, class: class as i32 };
+    let mut s = c.read_stripe(req).await.unwrap().into_inner();
+    let mut got = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        if got == 0 {
+            first.send(class).unwrap();
+        }
+        got += m.data.len();
+    }
+    got
+}
+
+async fn until_metric(server: &Server, line: &str) {
+    // The server publishes queue depths only through its metrics; poll them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = http_get(&server.metrics, "/metrics");
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {line:?} in\n{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_over_quota_class_yields_a_busy_stripe_to_another_class() {
+    let server = start(&["--enable-fault-injection", "--per-stripe-limit", "1", "--quota", "repair=1KiB/s"]);
+    let mut c = ChunkserverClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let data = vec![0x5au8; 64 << 10];
+    c.write_stripe(futures::stream::iter(write_messages(4, &data, 4096))).await.unwrap();
+    // 64 KiB of repair reads: far above 1 KiB/s over the quota window.
+    let (tx, mut first) = tokio::sync::mpsc::unbounded_channel();
+    assert_eq!(read_as(c.clone(), 4, cs::RequestClass::Repair, tx.clone()).await, data.len());
+    assert_eq!(first.recv().await, Some(cs::RequestClass::Repair));
+    until_metric(&server, "tessera_chunkserver_quota_exceeded{class=\"repair\"} 1").await;
+
+    // A repair read takes the stripe and hangs; another repair read, then a
+    // serving read, queue behind it.
+    let mut f = FaultInjectionClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    f.set_faults(cs::Faults { hang: true, ..Default::default() }).await.unwrap();
+    let holder = tokio::spawn(read_as(c.clone(), 4, cs::RequestClass::Repair, tx.clone()));
+    until_metric(&server, "tessera_chunkserver_in_flight_requests{class=\"repair\"} 1").await;
+    let repair = tokio::spawn(read_as(c.clone(), 4, cs::RequestClass::Repair, tx.clone()));
+    until_metric(&server, "tessera_chunkserver_stripe_waiting_requests 1").await;
+    let serving = tokio::spawn(read_as(c.clone(), 4, cs::RequestClass::Serving, tx.clone()));
+    until_metric(&server, "tessera_chunkserver_stripe_waiting_requests 2").await;
+    f.set_faults(cs::Faults::default()).await.unwrap();
+
+    for t in [holder, repair, serving] {
+        assert_eq!(t.await.unwrap(), data.len());
+    }
+    drop(tx);
+    let mut order = Vec::new();
+    while let Some(c) = first.recv().await {
+        order.push(c);
+    }
+    use cs::RequestClass::{Repair, Serving};
+    assert_eq!(order, [Repair, Serving, Repair], "the serving read overtakes the over-quota repair");
+    let metrics = http_get(&server.metrics, "/metrics");
+    assert!(metrics.contains("tessera_chunkserver_quota_overtaken_requests{class=\"repair\"} 1"), "{metrics}");
+}

@@ -31,6 +31,7 @@ impl Cluster {
                 metrics_listen: None,
                 data_dirs: vec![d.path().to_path_buf()],
                 limits: Default::default(),
+                quotas: Default::default(),
                 enable_fault_injection: true,
                 master: None,
             })
