@@ -2,6 +2,7 @@
 //! same run.
 
 pub mod codec;
+pub mod files;
 pub mod read_tail;
 pub mod seq_read;
 
@@ -49,6 +50,12 @@ pub enum BenchCommand {
     ReadTail(read_tail::ReadTailArgs),
     /// Sequential read throughput of one client, beside raw loopback TCP.
     SeqRead(seq_read::SeqReadArgs),
+    /// `put` of generated trees (small files, large files) beside `cp -r` to tmpfs.
+    Put(files::FilesArgs),
+    /// `get` of generated trees, every file verified, beside `cp -r` to tmpfs.
+    Get(files::FilesArgs),
+    /// Repair throughput after a chunkserver is lost for good.
+    Repair(files::RepairArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -62,6 +69,16 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             read_tail::run(&a, Launcher::from_env()?, |r| read_tail::print_row(r, json)).await?;
             Ok(())
         }
+        BenchCommand::Put(a) => bench_files(&a, false).await,
+        BenchCommand::Get(a) => bench_files(&a, true).await,
+        BenchCommand::Repair(a) => files::print_repair(&files::run_repair(&a).await?, a.json),
         BenchCommand::SeqRead(a) => seq_read::print(&seq_read::run(&a, Launcher::from_env()?).await?, a.json),
     }
+}
+
+async fn bench_files(a: &files::FilesArgs, get: bool) -> anyhow::Result<()> {
+    if !a.json {
+        files::print_files_header();
+    }
+    files::run_files(a, get, |r| files::print_files_row(r, a.json)).await
 }

@@ -34,6 +34,9 @@ pub struct MasterArgs {
     /// Repair read bandwidth, in MiB/s (0: unlimited).
     #[arg(long, default_value_t = 256)]
     pub repair_mib_per_sec: u64,
+    /// Items rebuilt at once.
+    #[arg(long, default_value_t = 4)]
+    pub repair_parallelism: usize,
 }
 
 /// Durations like `500ms`, `10s`, `15m`, `2h`.
@@ -61,6 +64,7 @@ impl MasterArgs {
                 orphan_grace: self.orphan_grace,
                 session_lease: self.session_lease,
                 repair_bytes_per_sec: self.repair_mib_per_sec << 20,
+                repair_parallelism: self.repair_parallelism,
                 ..Default::default()
             },
         }

@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 
 use tessera_client::{ItemLocation, StripeClient};
 use tessera_proto::cs;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::Master;
 use super::state::{Deletion, RepairJob};
 
-/// Repairs running at once.
-const REPAIR_PARALLELISM: usize = 2;
 /// Deletions running at once.
 const DELETE_PARALLELISM: usize = 16;
 
@@ -45,36 +43,54 @@ pub async fn run(
     mut deletions: mpsc::UnboundedReceiver<Vec<Deletion>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let repairs = Arc::new(Semaphore::new(REPAIR_PARALLELISM));
+    let repairs = Arc::new(Semaphore::new(master.config.repair_parallelism.max(1)));
     let deletes = Arc::new(Semaphore::new(DELETE_PARALLELISM));
     let limiter = Arc::new(RateLimiter::new(master.config.repair_bytes_per_sec));
+    // A finished repair frees a slot: plan the next one at once rather than
+    // at the next tick, so repair throughput is not bounded by the tick.
+    let repaired = Arc::new(Notify::new());
     let mut tick = tokio::time::interval(master.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let batch = tokio::select! {
+        enum Wake {
+            Tick,
+            Repaired,
+            Delete(Vec<Deletion>),
+        }
+        let wake = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => None,
-            d = deletions.recv() => d,
+            _ = tick.tick() => Wake::Tick,
+            _ = repaired.notified() => Wake::Repaired,
+            d = deletions.recv() => d.map_or(Wake::Tick, Wake::Delete),
         };
         let now = Instant::now();
-        let mut work = batch.unwrap_or_default();
-        if work.is_empty() {
-            master.expire_servers(now);
-            let expired = master.expire_sessions(now);
-            if expired > 0 {
-                info!(sessions = expired, "write sessions expired; their stripes will be collected");
+        let plan = !matches!(wake, Wake::Delete(_));
+        let work = match wake {
+            Wake::Delete(d) => d,
+            Wake::Repaired => Vec::new(),
+            Wake::Tick => {
+                master.expire_servers(now);
+                let expired = master.expire_sessions(now);
+                if expired > 0 {
+                    info!(sessions = expired, "write sessions expired; their stripes will be collected");
+                }
+                master.collect_orphans(now)
             }
-            work = master.collect_orphans(now);
+        };
+        if plan {
             let free = repairs.available_permits();
             if free > 0 {
-                let jobs = master.plan_repairs(now, free, &mut rand::rng());
-                for job in jobs {
-                    let permit = repairs.clone().acquire_owned().await.expect("never closed");
-                    let (master, client, limiter) = (master.clone(), client.clone(), limiter.clone());
+                for job in master.plan_repairs(now, free, &mut rand::rng()) {
+                    let permit = repairs.clone().try_acquire_owned().expect("planned within the free slots");
+                    let (master, client, limiter, repaired) =
+                        (master.clone(), client.clone(), limiter.clone(), repaired.clone());
                     tokio::spawn(async move {
                         let ok = repair(&client, &job, &limiter).await;
                         master.repair_done(&job, ok);
                         drop(permit);
+                        if ok {
+                            repaired.notify_one();
+                        }
                     });
                 }
             }

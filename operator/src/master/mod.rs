@@ -83,6 +83,8 @@ pub struct MasterConfig {
     pub repair_grace: Duration,
     /// Bytes per second repair may read, across all repairs.
     pub repair_bytes_per_sec: u64,
+    /// Items rebuilt at once.
+    pub repair_parallelism: usize,
     pub failure: FailurePolicy,
     /// How often the maintenance loop runs.
     pub tick: Duration,
@@ -96,6 +98,7 @@ impl Default for MasterConfig {
             orphan_grace: Duration::from_secs(600),
             repair_grace: Duration::from_secs(15 * 60),
             repair_bytes_per_sec: 256 << 20,
+            repair_parallelism: 4,
             failure: FailurePolicy::default(),
             tick: Duration::from_millis(500),
         }

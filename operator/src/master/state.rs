@@ -13,7 +13,7 @@ use tessera_core::health::{FailureCounter, is_live};
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::{self, Candidate, Level, Topology};
-use tessera_core::repair::{self, RepairDecision, RepairPolicy};
+use tessera_core::repair::{self, Availability, RepairDecision, RepairPolicy};
 use tessera_core::retention::{self, Retained};
 use tessera_proto::ms;
 use tracing::{info, warn};
@@ -576,7 +576,9 @@ impl Master {
                 down.insert(s.id.clone());
             }
         }
-        let mut jobs = Vec::new();
+        // First every item due for repair, then the most urgent placed first:
+        // fewest stripes left beyond k, high availability before low.
+        let mut due = Vec::new();
         let items: Vec<(ItemId, ItemInfo)> = st.items.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (item, info) in items {
             let Some(f) = st.filesets.get(&info.fileset).cloned() else { continue };
@@ -590,12 +592,20 @@ impl Master {
             let since = *st.missing_since.entry(item).or_insert(now);
             let rp = RepairPolicy { threshold: f.m, grace: self.config.repair_grace };
             let decision = repair::decide(count, f.k, f.m, f.availability(), since, now, &rp);
-            if decision != RepairDecision::Now || st.repairing.contains(&item) || jobs.len() >= max {
-                if decision == RepairDecision::Unrecoverable {
-                    warn!(%item, fileset = %info.fileset, reachable = count, k = f.k, "item has fewer than k stripes reachable");
-                }
-                continue;
+            if decision == RepairDecision::Unrecoverable {
+                warn!(%item, fileset = %info.fileset, reachable = count, k = f.k, "item has fewer than k stripes reachable");
             }
+            if decision == RepairDecision::Now && !st.repairing.contains(&item) {
+                due.push((count.saturating_sub(f.k), f.availability() != Availability::High, item, info, f, reachable));
+            }
+        }
+        due.sort_by_key(|d| (d.0, d.1));
+        let mut jobs = Vec::new();
+        for (_, _, item, info, f, reachable) in due {
+            if jobs.len() >= max {
+                break;
+            }
+            let n = f.k + f.m;
             // Place the lost stripes, counting the ones still in place.
             let mut ids = Vec::new();
             let mut candidates = Vec::new();

@@ -246,6 +246,40 @@ fn lost_servers_are_repaired_at_once_or_after_the_grace() {
 }
 
 #[test]
+fn the_items_closest_to_loss_are_repaired_first() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(9);
+    write_version(&m, "hot", 12, t0, &mut rng);
+    // cs4 (z1) and cs5 (z2) stop reporting.
+    let t1 = t0 + Duration::from_secs(4);
+    for i in (0..12).filter(|i| *i != 4 && *i != 5) {
+        m.heartbeat(
+            &ms::HeartbeatRequest {
+                server_id: format!("cs{i}"),
+                master_epoch: m.epoch(),
+                free_bytes: 1 << 40,
+                ..Default::default()
+            },
+            t1,
+        );
+    }
+    m.expire_servers(t1);
+    let all = m.plan_repairs(t1, usize::MAX, &mut rng);
+    let twice = all.iter().filter(|j| j.targets.len() == 2).count();
+    assert!(twice > 0 && twice < all.len(), "the test needs items that lost one and two stripes: {all:?}");
+    for j in &all {
+        m.repair_done(j, false);
+    }
+    // With room for only `twice` repairs, those are the items that lost two.
+    let first = m.plan_repairs(t1, twice, &mut rng);
+    assert_eq!(first.len(), twice);
+    assert!(first.iter().all(|j| j.targets.len() == 2), "{first:?}");
+}
+
+#[test]
 fn a_restarted_master_knows_the_versions_and_relearns_the_locations() {
     let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
     let t0 = Instant::now();
