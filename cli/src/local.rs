@@ -164,6 +164,8 @@ impl LocalServer {
 #[derive(Debug)]
 pub struct LocalMaster {
     pub addr: SocketAddr,
+    /// Its /metrics and /healthz endpoint.
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     proc: Proc,
@@ -184,7 +186,8 @@ impl LocalMaster {
 
     /// Starts it again on the same address and data dir.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc.restart(self.addr, "master").await?;
+        let ready = self.proc.restart(self.addr, "master").await?;
+        self.metrics = ready.metrics;
         Ok(())
     }
 }
@@ -233,13 +236,19 @@ impl LocalCluster {
         if spec.master {
             let dir = root.join("master");
             std::fs::create_dir_all(&dir)?;
-            let mut args: Vec<String> =
-                vec!["master".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into()];
+            let mut args: Vec<String> = vec![
+                "master".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+            ];
             args.push(dir.display().to_string());
             args.extend(spec.master_args.iter().cloned());
             let log = root.join("master.log");
             let (proc, ready) = Proc::spawn(&launcher.tessera, args, log.clone(), "master").await?;
-            master = Some(LocalMaster { addr: ready.grpc, data_dir: dir, log, proc });
+            master = Some(LocalMaster { addr: ready.grpc, metrics: ready.metrics, data_dir: dir, log, proc });
         }
         let master_addr = master.as_ref().map(|m| m.addr.to_string());
         let zones = spec.zones.max(1);

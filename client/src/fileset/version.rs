@@ -24,6 +24,8 @@ use crate::{ItemLocation, StripeClient};
 
 /// Items read ahead when copying a whole version.
 const READ_AHEAD: usize = 4;
+/// Bytes gathered before a write to a file being copied out.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// A version ready to read.
 #[derive(Debug, Clone)]
@@ -253,7 +255,11 @@ fn unpack(root: &Path, entries: &[Entry], rx: std::sync::mpsc::Receiver<Bytes>) 
             }
             EntryKind::File { sha256, .. } => {
                 // create_new: never follow or overwrite anything already there.
-                let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
+                let f = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
+                // Parts arrive in checksum blocks; small writes cost several
+                // times more per byte than 1 MiB ones (on tmpfs 64 KiB writes
+                // run at a quarter of the speed), so they are gathered first.
+                let mut f = std::io::BufWriter::with_capacity(WRITE_BUFFER, f);
                 let mut h = Sha256::new();
                 let mut left = e.size;
                 while left > 0 {
@@ -276,6 +282,7 @@ fn unpack(root: &Path, entries: &[Entry], rx: std::sync::mpsc::Receiver<Bytes>) 
                     left -= take as u64;
                 }
                 check(&e.path, sha256, &h.finalize().into())?;
+                let f = f.into_inner().map_err(|e| io(e.into_error()))?;
                 f.set_permissions(fs::Permissions::from_mode(e.mode)).map_err(io)?;
                 f.set_modified(mtime(e)).map_err(io)?;
                 stats.files += 1;

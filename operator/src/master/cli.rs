@@ -15,6 +15,9 @@ pub struct MasterArgs {
     /// gRPC address. Port 0 picks a free port, printed when ready.
     #[arg(long, default_value = "0.0.0.0:7300")]
     pub listen: SocketAddr,
+    /// Address of the HTTP endpoint with /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:7301")]
+    pub metrics_listen: SocketAddr,
     /// Directory of the metadata store.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -58,6 +61,7 @@ impl MasterArgs {
         Config {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
+            metrics_listen: Some(self.metrics_listen),
             master: MasterConfig {
                 heartbeat_timeout: self.heartbeat_timeout,
                 repair_grace: self.repair_grace,
@@ -73,7 +77,12 @@ impl MasterArgs {
     /// Runs until SIGINT or SIGTERM. Prints one JSON line when ready.
     pub async fn run(self) -> anyhow::Result<()> {
         let running = server::start(self.config()).await?;
-        println!("{}", serde_json::json!({ "event": "ready", "grpc": running.addr.to_string() }));
+        let ready = serde_json::json!({
+            "event": "ready",
+            "grpc": running.addr.to_string(),
+            "metrics": running.metrics_addr.map(|a| a.to_string()),
+        });
+        println!("{ready}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -5,12 +5,13 @@
 //! Rooms: [`records`] (the durable records), [`store`] (where they are kept),
 //! [`state`] (the in-memory model and every decision on it, no I/O),
 //! [`maintenance`] (the background loop that acts on those decisions:
-//! liveness, repair, deletion, orphan collection), [`service`] (gRPC) and
-//! [`server`] (wiring). `tessera local` runs it in its own process; the
+//! liveness, repair, deletion, orphan collection), [`service`] (gRPC),
+//! [`metrics`] (Prometheus) and [`server`] (wiring). `tessera local` runs it in its own process; the
 //! operator will embed it.
 
 pub mod cli;
 pub mod maintenance;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod service;

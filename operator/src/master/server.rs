@@ -14,6 +14,9 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+
 use super::maintenance;
 use super::service::MasterService;
 use super::store::RedbStore;
@@ -24,6 +27,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the metadata store lives.
     pub data_dir: PathBuf,
+    /// Address of the HTTP endpoint with /metrics and /healthz.
+    pub metrics_listen: Option<SocketAddr>,
     pub master: MasterConfig,
 }
 
@@ -31,6 +36,7 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub master: Arc<Master>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -68,11 +74,73 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .context("master gRPC server")
     })];
+    let mut metrics_addr = None;
+    if let Some(listen) = config.metrics_listen {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        let app = axum::Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(master.clone());
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .context("master metrics endpoint")
+        }));
+    }
     let m = master.clone();
     tasks.push(tokio::spawn(async move {
         maintenance::run(m, client, deletions, stop_rx).await;
         Ok(())
     }));
-    info!(%addr, data_dir = %config.data_dir.display(), "master started");
-    Ok(Running { addr, master, stop, tasks })
+    info!(%addr, metrics = ?metrics_addr, data_dir = %config.data_dir.display(), "master started");
+    Ok(Running { addr, metrics_addr, master, stop, tasks })
+}
+
+async fn metrics(axum::extract::State(master): axum::extract::State<Arc<Master>>) -> impl axum::response::IntoResponse {
+    match super::metrics::render(&master, std::time::Instant::now()) {
+        Ok(page) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            page,
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_master_serves_metrics_and_health_over_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            master: MasterConfig::default(),
+        })
+        .await
+        .unwrap();
+        let addr = running.metrics_addr.unwrap();
+        assert!(http_get(addr, "/healthz").await.ends_with("ok\n"));
+        let page = http_get(addr, "/metrics").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("tessera_master_repaired_stripes_total 0"), "{page}");
+        running.shutdown().await.unwrap();
+    }
 }
