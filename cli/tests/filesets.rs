@@ -366,3 +366,37 @@ fn every_disk_full_fails_the_put_cleanly() {
         (0..9).map(|i| std::fs::read_dir(local.join(format!("cs{i}/tmp"))).map(|d| d.count()).unwrap_or(0)).sum();
     assert_eq!(tmp_files, 0, "no half-written stripe is left");
 }
+
+#[test]
+fn the_fileset_benchmarks_run_and_report_against_cp() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = tempfile::tempdir().unwrap();
+    let bench = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(TESSERA)
+            .args(["bench"])
+            .args(args)
+            .args(["--json", "--large-files", "1", "--large-size", "8MiB", "--scratch"])
+            .arg(scratch.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    for op in ["put", "get"] {
+        let rows = bench(&[op, "--small-files", "200"]);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for (r, (mix, files)) in rows.iter().zip([("small", 200), ("large", 1)]) {
+            assert_eq!((r["op"].as_str(), r["mix"].as_str(), r["files"].as_u64()), (Some(op), Some(mix), Some(files)));
+            for k in ["mb_per_sec", "files_per_sec", "cp_mb_per_sec", "ratio"] {
+                assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
+            }
+        }
+    }
+    let repair = bench(&["repair"]);
+    let r = &repair[0];
+    assert!(r["repaired_stripes"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["repaired_stripes"], r["lost_stripes"], "every lost stripe rebuilt: {r}");
+    assert_eq!(r["placement_violations"], 0, "{r}");
+    // Nothing is left in the scratch dir.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
