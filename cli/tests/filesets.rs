@@ -96,6 +96,15 @@ impl LocalUp {
             .unwrap_or(0)
     }
 
+    /// Stops the cluster as Ctrl-C would and hands back its home.
+    fn stop(mut self) -> tempfile::TempDir {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "local up stopped with {exit}");
+        std::mem::replace(&mut self.home, tempfile::tempdir().unwrap())
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.home.path().join("local")
     }
@@ -226,6 +235,23 @@ fn a_restarted_master_serves_everything_once_chunkservers_report() {
     let copy = dst.path().join("c");
     up.ok(&["get", "keep@1", copy.to_str().unwrap()]);
     assert_eq!(describe(&copy), describe(src.path()));
+
+    // The whole cluster stopped cleanly and started again on the same data.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(up.data_dir().join("local.json")).unwrap()).unwrap();
+    let mut addrs: Vec<String> =
+        state["servers"].as_array().unwrap().iter().map(|s| s["grpc"].as_str().unwrap().to_string()).collect();
+    addrs.push(state["master"].as_str().unwrap().to_string());
+    assert_eq!(addrs.len(), 10);
+    let home = up.stop();
+    for a in &addrs {
+        assert!(std::net::TcpStream::connect(a).is_err(), "{a} still answers after local up stopped");
+    }
+    let up = LocalUp::start_in(home, 9, &[]);
+    let again = dst.path().join("again");
+    up.ok(&["get", "keep@2", again.to_str().unwrap()]);
+    assert_eq!(describe(&again), describe(src.path()));
+    assert_eq!(up.ok(&["versions", "keep"]).lines().count(), 3);
 }
 
 #[test]
