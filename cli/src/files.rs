@@ -383,7 +383,7 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
         let servers: Vec<_> = s
             .servers
             .iter()
-            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "zone": v.topology.clone().unwrap_or_default().zone}))
+            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "free_bytes": v.free_bytes, "read_bytes_per_sec": v.read_bytes_per_sec, "zone": v.topology.clone().unwrap_or_default().zone}))
             .collect();
         println!(
             "{}",
@@ -391,7 +391,10 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
         );
         return Ok(());
     }
-    println!("{:<8} {:<22} {:<8} {:>6} {:>8} {:>10}", "SERVER", "ADDRESS", "ZONE", "STATE", "STRIPES", "FREE");
+    println!(
+        "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
+        "SERVER", "ADDRESS", "ZONE", "STATE", "STRIPES", "FREE", "READ/S"
+    );
     for v in &s.servers {
         let state = if !v.live {
             "lost"
@@ -401,19 +404,20 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
             "up"
         };
         println!(
-            "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10}",
+            "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
             v.server_id,
             v.address,
             v.topology.clone().unwrap_or_default().zone,
             state,
             v.stripes,
-            human(v.free_bytes)
+            human(v.free_bytes),
+            human(v.read_bytes_per_sec as u64)
         );
     }
     for f in &s.filesets {
         println!(
-            "\n{}: {} items; by redundancy left (0..m): {:?}; degraded {}, unrecoverable {}, repairing {}",
-            f.name, f.items, f.items_by_redundancy, f.degraded, f.unrecoverable, f.repairing
+            "\n{}: {} items; by redundancy left (0..m): {:?}; degraded {}, unrecoverable {}, repairing {}, placement violations {}",
+            f.name, f.items, f.items_by_redundancy, f.degraded, f.unrecoverable, f.repairing, f.placement_violations
         );
         let per: Vec<String> = f.stripes_per_domain.iter().map(|d| format!("{}={}", d.domain, d.stripes)).collect();
         println!("  stripes per {}: {}", f.level, per.join(" "));

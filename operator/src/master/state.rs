@@ -738,6 +738,7 @@ impl Master {
                 down,
                 free_bytes: s.free_bytes,
                 total_bytes: s.total_bytes,
+                read_bytes_per_sec: s.read_bytes_per_sec,
                 stripes: s.stripes.len() as u64,
                 failure_count: s.failures.count(),
             });

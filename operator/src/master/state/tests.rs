@@ -374,3 +374,25 @@ fn a_flapping_server_is_kept_out_of_placement() {
     let (session, _) = m.begin_version("data", t).unwrap();
     assert!(m.allocate_items(&session, 1, 4096, &[], t, &mut StdRng::seed_from_u64(7)).is_err());
 }
+
+#[test]
+fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 3, t0);
+    assert!(m.heartbeat(
+        &ms::HeartbeatRequest {
+            server_id: "cs1".into(),
+            master_epoch: m.epoch(),
+            free_bytes: 5 << 30,
+            total_bytes: 8 << 30,
+            read_bytes_per_sec: 123.5e6,
+            ..Default::default()
+        },
+        t0 + Duration::from_secs(1),
+    ));
+    let st = m.status("", t0 + Duration::from_secs(1)).unwrap();
+    let s = st.servers.iter().find(|s| s.server_id == "cs1").unwrap();
+    assert_eq!((s.free_bytes, s.total_bytes, s.read_bytes_per_sec), (5 << 30, 8 << 30, 123.5e6));
+    assert_eq!(s.topology.as_ref().unwrap().zone, "z1");
+}
