@@ -82,6 +82,8 @@ struct State {
     locations: HashMap<ItemId, Vec<(u16, String)>>,
     sessions: HashMap<String, Session>,
     missing_since: HashMap<ItemId, Instant>,
+    /// Items whose lost stripes cannot be placed now; logged once, not every pass.
+    unplaceable: HashSet<ItemId>,
     repairing: HashSet<ItemId>,
     orphan_since: HashMap<ItemId, Instant>,
     repaired_stripes: u64,
@@ -587,6 +589,7 @@ impl Master {
             let count = reachable.iter().filter(|r| r.is_some()).count();
             if count == n {
                 st.missing_since.remove(&item);
+                st.unplaceable.remove(&item);
                 continue;
             }
             let since = *st.missing_since.entry(item).or_insert(now);
@@ -642,7 +645,11 @@ impl Master {
                     st.repairing.insert(item);
                     jobs.push(RepairJob { item, layout: f.layout(), len: info.len, sources, targets });
                 }
-                Err(e) => warn!(%item, error = %e, "cannot place replacement stripes"),
+                Err(e) => {
+                    if st.unplaceable.insert(item) {
+                        warn!(%item, error = %e, "cannot place replacement stripes; retrying as the topology changes");
+                    }
+                }
             }
         }
         jobs
@@ -667,6 +674,7 @@ impl Master {
             st.repaired_bytes += stripe_len;
         }
         st.missing_since.remove(&job.item);
+        st.unplaceable.remove(&job.item);
         info!(item = %job.item, stripes = job.targets.len(), "item repaired");
     }
 
@@ -834,6 +842,7 @@ fn forget_version(st: &mut State, v: &VersionRecord) -> Vec<Deletion> {
     for i in v.all_items() {
         st.items.remove(&i.id);
         st.missing_since.remove(&i.id);
+        st.unplaceable.remove(&i.id);
         for (idx, sid) in st.locations.get(&i.id).cloned().unwrap_or_default() {
             if let Some(s) = st.servers.get(&sid) {
                 out.push(Deletion { address: s.address.clone(), stripe: StripeId::new(i.id, idx) });

@@ -396,3 +396,84 @@ fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     assert_eq!((s.free_bytes, s.total_bytes, s.read_bytes_per_sec), (5 << 30, 8 << 30, 123.5e6));
     assert_eq!(s.topology.as_ref().unwrap().zone, "z1");
 }
+
+/// `count` servers spread over `zones` zones: cs{i} in z{i % zones}.
+fn register_in_zones(m: &Master, count: usize, zones: usize, now: Instant) {
+    for i in 0..count {
+        m.register(
+            &ms::RegisterRequest {
+                server_id: format!("cs{i}"),
+                address: format!("127.0.0.1:{}", 7000 + i),
+                topology: Some(ms::Topology {
+                    region: "r".into(),
+                    zone: format!("z{}", i % zones),
+                    rack: format!("k{i}"),
+                    node: format!("n{i}"),
+                }),
+                free_bytes: 1 << 40,
+                total_bytes: 1 << 41,
+            },
+            now,
+        );
+    }
+}
+
+fn beat_all_but(m: &Master, count: usize, lost: &[usize], now: Instant) {
+    for i in (0..count).filter(|i| !lost.contains(i)) {
+        m.heartbeat(
+            &ms::HeartbeatRequest {
+                server_id: format!("cs{i}"),
+                master_epoch: m.epoch(),
+                free_bytes: 1 << 40,
+                ..Default::default()
+            },
+            now,
+        );
+    }
+}
+
+#[test]
+fn a_lost_zone_is_rebuilt_into_the_others_within_the_policy() {
+    let m = master();
+    let t0 = Instant::now();
+    // Four zones of four: RS(6,3) at most 3 per zone fits in the three left.
+    register_in_zones(&m, 16, 4, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(11);
+    write_version(&m, "hot", 8, t0, &mut rng);
+    let z2: Vec<usize> = (0..16).filter(|i| i % 4 == 2).collect();
+    let t1 = t0 + Duration::from_secs(4);
+    beat_all_but(&m, 16, &z2, t1);
+    assert_eq!(m.expire_servers(t1).len(), 4);
+    let before = m.status("hot", t1).unwrap().filesets[0].clone();
+    assert!(before.degraded > 0, "{before:?}");
+    assert_eq!(before.unrecoverable, 0, "one zone holds at most m stripes of an item");
+    let jobs = m.plan_repairs(t1, usize::MAX, &mut rng);
+    assert_eq!(jobs.len() as u64, before.degraded);
+    for j in &jobs {
+        for (_, sid, _) in &j.targets {
+            assert_ne!(m.state.lock().unwrap().servers[sid].topology.zone, "z2", "rebuilt into the lost zone");
+        }
+        m.repair_done(j, true);
+    }
+    let after = m.status("hot", t1).unwrap().filesets[0].clone();
+    assert_eq!((after.degraded, after.placement_violations), (0, 0), "{after:?}");
+}
+
+#[test]
+fn with_too_few_domains_left_repair_waits_instead_of_breaking_the_policy() {
+    let m = master();
+    let t0 = Instant::now();
+    // Three zones: with one down, 9 stripes at 3 per zone do not fit.
+    register_in_zones(&m, 12, 3, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(12);
+    write_version(&m, "hot", 4, t0, &mut rng);
+    let z0: Vec<usize> = (0..12).filter(|i| i % 3 == 0).collect();
+    let t1 = t0 + Duration::from_secs(4);
+    beat_all_but(&m, 12, &z0, t1);
+    m.expire_servers(t1);
+    assert!(m.plan_repairs(t1, usize::MAX, &mut rng).is_empty(), "no job may break the per-zone bound");
+    let st = m.status("hot", t1).unwrap().filesets[0].clone();
+    assert_eq!((st.unrecoverable, st.placement_violations), (0, 0), "every item still readable: {st:?}");
+}
