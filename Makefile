@@ -1,13 +1,22 @@
-# The one command for tests: `make test`. It installs what it needs (nothing
-# beyond a Rust toolchain for now: protoc comes from a crate), checks
-# formatting and lints, and runs every test, the multi-process fault tests
-# (which mount a tmpfs, so run as root) included.
+# The one command for tests: `make test`. It builds the Kubernetes test tools
+# it needs (etcd, kube-apiserver, kubectl, kwok, helm) from the Go module
+# proxy once per version into ~/.cache/tessera/tools, checks formatting, lints
+# and that crds/ is current, and runs every test: unit and property tests, the
+# multi-process fault tests (which mount a tmpfs, so run as root) and the
+# end-to-end tests against a real etcd and kube-apiserver.
 
 CARGO ?= cargo
 
-.PHONY: test fmt lint unit demo bench-codec bench-read-tail bench-seq-read
+.PHONY: test tools crds fmt lint unit demo bench-codec bench-read-tail bench-seq-read
 
-test: fmt lint unit
+test: tools fmt lint unit
+
+tools:
+	./e2e/tools.sh >/dev/null
+
+# Regenerate crds/ from the Rust types (a test fails when it is stale).
+crds:
+	$(CARGO) run --locked --quiet --bin tessera-operator -- crds > crds/tessera.dev.yaml
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -1,4 +1,5 @@
-//! The Tessera operator. Today: the master, which `tessera local` runs in its
-//! own process; the Kubernetes controllers that embed it come next.
+//! The Tessera operator: the master (run in its own process by `tessera
+//! local`, embedded by the operator), and the custom resources users apply.
 
+pub mod crd;
 pub mod master;

@@ -1,0 +1,306 @@
+//! A real Kubernetes control plane for tests.
+//!
+//! [`ControlPlane::start`] runs etcd and kube-apiserver as processes on
+//! loopback ports, with certificates made for the run (a CA, the serving
+//! certificate for `localhost` and `127.0.0.1`, a client certificate in
+//! `system:masters`, and the service-account signing key), waits until the
+//! apiserver answers and the `default` namespace exists, and hands tests a
+//! `kube::Client` and a kubeconfig file that kubectl and helm can use too.
+//! Everything stops and is removed when it is dropped.
+//!
+//! With `KUBECONFIG` set the same tests run against that cluster instead.
+//!
+//! The binaries come from `e2e/tools.sh`, which builds them once per version
+//! from the Go module proxy into `~/.cache/tessera/tools/bin`
+//! (`TESSERA_TOOLS_BIN` overrides the directory).
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+
+/// How long the control plane may take to come up on a busy 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The directory holding etcd, kube-apiserver, kubectl, kwok and helm.
+pub fn tools_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TESSERA_TOOLS_BIN") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    Path::new(&home).join(".cache/tessera/tools/bin")
+}
+
+/// The path of a test tool, or an error saying how to build it.
+pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
+    let p = tools_bin().join(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!("{} not found; run e2e/tools.sh (or `make tools`) to build the test tools", p.display())
+    }
+}
+
+/// A process killed when dropped, with its log for error messages.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self { name, child, log })
+    }
+
+    /// Fails with the end of the log if the process has exited.
+    fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}:\n{}", self.name, tail(&self.log));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running control plane (or an external cluster).
+pub struct ControlPlane {
+    client: Client,
+    kubeconfig: PathBuf,
+    // Dropped in order: the apiserver before etcd, then the files.
+    procs: Vec<Proc>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    /// The cluster named by `KUBECONFIG`, or a fresh etcd and kube-apiserver.
+    pub async fn start() -> anyhow::Result<Self> {
+        if let Ok(path) = std::env::var("KUBECONFIG") {
+            let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading KUBECONFIG {path}"))?;
+            let client = Client::try_from(config)?;
+            return Ok(Self { client, kubeconfig: path.into(), procs: Vec::new(), _dir: None });
+        }
+        Self::start_local().await
+    }
+
+    async fn start_local() -> anyhow::Result<Self> {
+        let etcd_bin = tool("etcd")?;
+        let apiserver_bin = tool("kube-apiserver")?;
+        let dir = tempfile::Builder::new().prefix("tessera-k8s-").tempdir()?;
+        let d = dir.path();
+        let certs = Certs::generate(d)?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_args: Vec<String> = vec![
+            format!("--data-dir={}", d.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+            // Test data need not survive a power cut; fsync would dominate.
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ];
+        let mut procs = vec![Proc::spawn("etcd", &etcd_bin, &etcd_args, d)?];
+
+        let port = free_port()?;
+        let api_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--tls-cert-file={}", certs.serving_cert.display()),
+            format!("--tls-private-key-file={}", certs.serving_key.display()),
+            format!("--client-ca-file={}", certs.ca_cert.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            // No controller manager creates service accounts' tokens here.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{port}/"),
+            format!("--service-account-key-file={}", certs.sa_pub.display()),
+            format!("--service-account-signing-key-file={}", certs.sa_key.display()),
+            "--v=1".into(),
+        ];
+        procs.push(Proc::spawn("kube-apiserver", &apiserver_bin, &api_args, d)?);
+
+        let kubeconfig = d.join("kubeconfig");
+        fs::write(&kubeconfig, kubeconfig_yaml(port, &certs))?;
+        let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default())
+            .await
+            .context("loading the generated kubeconfig")?;
+        let client = Client::try_from(config)?;
+
+        let mut plane = Self { client, kubeconfig, procs, _dir: Some(dir) };
+        plane.wait_ready().await?;
+        Ok(plane)
+    }
+
+    /// Until the apiserver answers and has made the `default` namespace.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        loop {
+            for p in &mut self.procs {
+                p.check()?;
+            }
+            if let Ok(Some(_)) = namespaces.get_opt("default").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, tail(&p.log))).collect();
+                bail!("the control plane did not become ready in {START_TIMEOUT:?}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A kubeconfig file for kubectl, helm and the operator.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Whether this is the harness's own apiserver (not `KUBECONFIG`).
+    pub fn is_local(&self) -> bool {
+        !self.procs.is_empty()
+    }
+
+    /// Runs kubectl against this cluster; returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(tool("kubectl")?).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // The apiserver first, so it does not log etcd's departure at length.
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+    }
+}
+
+/// Files of the certificates made for one run.
+struct Certs {
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+}
+
+impl Certs {
+    fn generate(dir: &Path) -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "tessera-e2e-ca");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, &ca_key);
+
+        let serving_key = KeyPair::generate()?;
+        let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        serving.distinguished_name.push(DnType::CommonName, "localhost");
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+
+        let client_key = KeyPair::generate()?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client.distinguished_name.push(DnType::CommonName, "tessera-e2e-admin");
+        client.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client.signed_by(&client_key, &issuer)?;
+
+        let sa_key = KeyPair::generate()?;
+
+        let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            fs::write(&p, pem)?;
+            Ok(p)
+        };
+        Ok(Self {
+            ca_cert: write("ca.crt", ca_cert.pem())?,
+            serving_cert: write("apiserver.crt", serving_cert.pem())?,
+            serving_key: write("apiserver.key", serving_key.serialize_pem())?,
+            client_cert: write("admin.crt", client_cert.pem())?,
+            client_key: write("admin.key", client_key.serialize_pem())?,
+            sa_pub: write("sa.pub", sa_key.public_key_pem())?,
+            sa_key: write("sa.key", sa_key.serialize_pem())?,
+        })
+    }
+}
+
+fn kubeconfig_yaml(port: u16, c: &Certs) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: tessera-e2e
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: tessera-e2e
+  context:
+    cluster: tessera-e2e
+    user: admin
+current-context: tessera-e2e
+",
+        ca = c.ca_cert.display(),
+        cert = c.client_cert.display(),
+        key = c.client_key.display(),
+    )
+}

@@ -1,0 +1,114 @@
+//! The CRDs against a real apiserver: accepted as generated, and bad objects
+//! refused with messages that name the field.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+use tessera_e2e::ControlPlane;
+use tessera_operator::crd::{Fileset, Priority};
+
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+
+async fn established(cp: &ControlPlane, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
+    tokio::time::timeout(Duration::from_secs(60), await_condition(crds, name, conditions::is_crd_established()))
+        .await
+        .expect("the CRD is established within a minute")
+        .unwrap();
+}
+
+/// The apiserver's message for a refused create or update (422 Unprocessable).
+fn refused<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> String {
+    match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            s.message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_crds_are_accepted_and_bad_objects_refused_naming_the_field() {
+    let cp = ControlPlane::start().await.unwrap();
+    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", CRDS]).unwrap();
+    assert!(ok, "kubectl apply -f crds/ failed: {out}{err}");
+    established(&cp, "filesets.tessera.dev").await;
+    established(&cp, "priorities.tessera.dev").await;
+
+    let filesets: Api<Fileset> = Api::namespaced(cp.client(), "default");
+    let pp = PostParams::default();
+    let fileset = |name: &str, spec: serde_json::Value| -> Fileset {
+        serde_json::from_value(json!({
+            "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    // Bad objects go out untyped: the Rust types could not even hold some of them.
+    let raw: Api<DynamicObject> = Api::namespaced_with(cp.client(), "default", &ApiResource::erase::<Fileset>(&()));
+    let raw_fileset = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+
+    // A minimal fileset gets every default from the schema.
+    let made = filesets.create(&pp, &fileset("models", json!({"source": {"upload": {}}}))).await.unwrap();
+    let e = &made.spec.erasure;
+    assert_eq!((e.k, e.m, e.stripe_unit, e.block_size), (6, 3, 1 << 20, 64 << 10));
+    assert_eq!(made.spec.retention.keep_versions, 1);
+
+    // Bad objects, each refused with the field named.
+    let cases = [
+        (json!({"source": {"upload": {}}, "erasure": {"k": 0}}), "spec.erasure.k"),
+        (
+            json!({"source": {"upload": {}}, "erasure": {"stripeUnit": 100}}),
+            "spec.erasure.stripeUnit must be a multiple of 64",
+        ),
+        (json!({"source": {"upload": {}}, "erasure": {"k": 200, "m": 100}}), "k + m must be at most 256"),
+        (json!({"source": {"upload": {}, "http": {"url": "https://x/a.tar"}}}), "exactly one of upload, http or pvc"),
+        (json!({"source": {"http": {"url": "ftp://x/a.tar"}}}), "spec.source.http.url"),
+        (json!({"source": {"pvc": {"claimName": "data", "path": "a/../../etc"}}}), "spec.source.pvc.path"),
+        (json!({"source": {"upload": {}}, "placement": {"level": "planet"}}), "spec.placement.level"),
+    ];
+    for (i, (spec, field)) in cases.into_iter().enumerate() {
+        let msg = refused(raw.create(&pp, &raw_fileset(&format!("bad-{i}"), spec.clone())).await);
+        assert!(msg.contains(field), "case {spec}: {msg:?} does not name {field:?}");
+    }
+
+    // Immutable fields: a changed erasure code is refused, other changes pass.
+    let mut changed = made.clone();
+    changed.spec.erasure.k = 8;
+    let msg = refused(filesets.replace("models", &pp, &changed).await);
+    assert!(msg.contains("spec.erasure is immutable"), "{msg}");
+    let mut kept = made.clone();
+    kept.spec.retention.keep_versions = 3;
+    filesets.replace("models", &pp, &kept).await.unwrap();
+
+    // Priorities are cluster-scoped and check their hedge bounds.
+    let priorities: Api<Priority> = Api::all(cp.client());
+    let priority = |name: &str, spec: serde_json::Value| -> Priority {
+        serde_json::from_value(json!({
+            "apiVersion": "tessera.dev/v1alpha1", "kind": "Priority", "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let p =
+        priorities.create(&pp, &priority("interactive", json!({"value": 100, "repairClass": "high"}))).await.unwrap();
+    assert_eq!(p.spec.weight, 1);
+    assert_eq!(p.spec.read_policy.hedge_delay_max_ms, 200);
+    let bad = priorities
+        .create(
+            &pp,
+            &priority("bad", json!({"value": 1, "readPolicy": {"hedgeDelayMinMs": 500, "hedgeDelayMaxMs": 10}})),
+        )
+        .await;
+    let msg = refused(bad);
+    assert!(msg.contains("hedgeDelayMinMs"), "{msg}");
+}
