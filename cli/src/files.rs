@@ -138,6 +138,9 @@ pub struct PutArgs {
 
 pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
     let fc = client(master)?;
+    // Bad paths are refused before anything exists on the master.
+    let root = a.path.clone();
+    let entries = tokio::task::spawn_blocking(move || scan(&root)).await??;
     let mut mc = fc.master();
     match mc.get_fileset(ms::GetFilesetRequest { name: a.fileset.clone() }).await {
         Ok(existing) => {
@@ -153,8 +156,6 @@ pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
         }
         Err(s) => return Err(anyhow::anyhow!("master: {}", s.message())),
     }
-    let root = a.path.clone();
-    let entries = tokio::task::spawn_blocking(move || scan(&root)).await??;
     let total: u64 = entries.iter().filter(|e| e.kind == SourceKind::File).map(|e| e.size).sum();
     let b = bar(total, "put");
     let t = Instant::now();

@@ -102,6 +102,19 @@ impl Proc {
         self.child.as_ref().and_then(|c| c.id())
     }
 
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else { return Ok(()) };
+        if let Some(pid) = c.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            if tokio::time::timeout(grace, c.wait()).await.is_ok() {
+                return Ok(());
+            }
+        }
+        c.kill().await?;
+        Ok(())
+    }
+
     /// Starts the process again with `listen` pinned to its old address.
     async fn restart(&mut self, listen: SocketAddr, name: &str) -> anyhow::Result<Ready> {
         self.kill().await?;
@@ -146,6 +159,11 @@ impl LocalServer {
         self.proc.kill().await
     }
 
+    /// Asks the process to stop (SIGTERM) and waits; SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        self.proc.stop(grace).await
+    }
+
     /// Sets this server's injected faults.
     pub async fn set_faults(&self, faults: cs::Faults) -> anyhow::Result<()> {
         let mut c = FaultInjectionClient::connect(format!("http://{}", self.grpc))
@@ -182,6 +200,11 @@ impl LocalMaster {
 
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.proc.kill().await
+    }
+
+    /// Asks the master to stop (SIGTERM) and waits; SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        self.proc.stop(grace).await
     }
 
     /// Starts it again on the same address and data dir.

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Path, State};
@@ -144,12 +145,12 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     server.abort();
+    // Chunkservers finish what they are doing (all at once), then the master.
     let mut c = ctl.cluster.lock().await;
-    for s in c.servers.iter_mut() {
-        s.kill().await?;
-    }
+    let grace = Duration::from_secs(10);
+    futures::future::try_join_all(c.servers.iter_mut().map(|s| s.stop(grace))).await?;
     if let Some(m) = c.master.as_mut() {
-        m.kill().await?;
+        m.stop(grace).await?;
     }
     let _ = std::fs::remove_file(LocalState::path(&dir));
     println!("stopped");

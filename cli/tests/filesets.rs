@@ -96,9 +96,9 @@ impl LocalUp {
             .unwrap_or(0)
     }
 
-    /// Stops the cluster as Ctrl-C would and hands back its home.
+    /// Stops the cluster as Ctrl-C does (SIGINT) and hands back its home.
     fn stop(mut self) -> tempfile::TempDir {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "local up stopped with {exit}");
@@ -236,6 +236,20 @@ fn a_restarted_master_serves_everything_once_chunkservers_report() {
     up.ok(&["get", "keep@1", copy.to_str().unwrap()]);
     assert_eq!(describe(&copy), describe(src.path()));
 
+    // Retention: with --keep 2, a third version retires the first, and its
+    // stripes are deleted; `rm` of a version and of the fileset deletes theirs.
+    let stripes_before = up.stripes();
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "keep"]);
+    let listed = up.ok(&["versions", "keep"]);
+    assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some("1")), "version 1 retired: {listed}");
+    wait_for("the retired version's stripes to go", Duration::from_secs(30), || up.stripes() == stripes_before);
+    up.ok(&["rm", "keep@2"]);
+    assert!(up.fails(&["get", "keep@2", dst.path().join("x").to_str().unwrap()]).contains("no version 2"));
+    wait_for("the removed version's stripes to go", Duration::from_secs(30), || up.stripes() < stripes_before);
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "other"]);
+    up.ok(&["rm", "other"]);
+    assert!(up.fails(&["versions", "other"]).contains("not found"));
+
     // The whole cluster stopped cleanly and started again on the same data.
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(up.data_dir().join("local.json")).unwrap()).unwrap();
@@ -249,9 +263,9 @@ fn a_restarted_master_serves_everything_once_chunkservers_report() {
     }
     let up = LocalUp::start_in(home, 9, &[]);
     let again = dst.path().join("again");
-    up.ok(&["get", "keep@2", again.to_str().unwrap()]);
+    up.ok(&["get", "keep@3", again.to_str().unwrap()]);
     assert_eq!(describe(&again), describe(src.path()));
-    assert_eq!(up.ok(&["versions", "keep"]).lines().count(), 3);
+    assert_eq!(up.ok(&["versions", "keep"]).lines().count(), 2, "only version 3 is left");
 }
 
 #[test]
@@ -314,6 +328,10 @@ fn lost_servers_are_repaired_by_availability() {
             || up.fileset_status("cold")["degraded"].as_u64() > Some(0)
     });
     wait_for("high availability to be repaired", Duration::from_secs(60), || up.fileset_status("hot")["degraded"] == 0);
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(20),
+        "high availability was not repaired at once, but after the grace"
+    );
     let cold = up.fileset_status("cold");
     if lost_at.elapsed() < Duration::from_secs(18) {
         assert!(cold["degraded"].as_u64().unwrap() > 0, "low availability waits for the grace: {cold}");
@@ -359,6 +377,13 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
     let not_empty = tempfile::tempdir().unwrap();
     std::fs::write(not_empty.path().join("f"), b"x").unwrap();
     assert!(up.fails(&["get", "ok", not_empty.path().to_str().unwrap()]).contains("not empty"));
+    // A tree the scan refuses (a FIFO) leaves no fileset behind.
+    let special = tempfile::tempdir().unwrap();
+    std::fs::write(special.path().join("a"), b"x").unwrap();
+    assert!(Command::new("mkfifo").arg(special.path().join("p")).status().unwrap().success());
+    let err = up.fails(&["put", special.path().to_str().unwrap(), "--fileset", "pipey"]);
+    assert!(err.contains("not a regular file") && err.contains("/p:"), "{err}");
+    assert!(up.fails(&["versions", "pipey"]).contains("not found"), "no fileset left behind");
     // A different layout for an existing fileset is refused, not applied.
     assert!(up.fails(&["put", src.path().to_str().unwrap(), "--fileset", "ok", "--k", "4"]).contains("other settings"));
     assert_eq!(up.ok(&["versions", "ok"]).lines().count(), 2);

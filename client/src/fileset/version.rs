@@ -306,3 +306,67 @@ fn mtime(e: &Entry) -> std::time::SystemTime {
         UNIX_EPOCH - Duration::from_secs(e.mtime_secs.unsigned_abs()) + Duration::from_nanos(u64::from(e.mtime_nanos))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, offset: u64, data: &[u8], sha256: [u8; 32]) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File { offset, sha256 },
+            mode: 0o644,
+            size: data.len() as u64,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 0,
+        }
+    }
+
+    fn unpack_parts(root: &Path, entries: &[Entry], parts: &[&[u8]]) -> Result<GetStats, FilesetError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(parts.len().max(1));
+        for p in parts {
+            tx.send(Bytes::copy_from_slice(p)).unwrap();
+        }
+        drop(tx);
+        unpack(root, entries, rx)
+    }
+
+    #[test]
+    fn files_are_cut_from_the_stream_across_parts_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (b"hello ".as_slice(), b"world, and more".as_slice());
+        let entries = vec![file("a", 0, a, Sha256::digest(a).into()), file("b", 6, b, Sha256::digest(b).into())];
+        // Parts that do not line up with the files.
+        let stats = unpack_parts(dir.path(), &entries, &[b"hel", b"lo wor", b"ld, and more"]).unwrap();
+        assert_eq!((stats.files, stats.bytes), (2, 21));
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), a);
+        assert_eq!(fs::read(dir.path().join("b")).unwrap(), b);
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_the_manifest_digest_are_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = b"the weights";
+        let entries = vec![file("model/w.bin", 0, good, Sha256::digest(good).into())];
+        fs::create_dir(dir.path().join("model")).unwrap();
+        // Same length, one byte different: only the digest can tell.
+        let err = unpack_parts(dir.path(), &entries, &[b"the weighTs"]).unwrap_err();
+        match err {
+            FilesetError::Digest { path, expected, actual } => {
+                assert_eq!(path, "model/w.bin");
+                assert_eq!(expected, hex::encode(Sha256::digest(good)));
+                assert_ne!(expected, actual);
+            }
+            other => panic!("expected a digest error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_that_ends_inside_a_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"0123456789";
+        let entries = vec![file("f", 0, data, Sha256::digest(data).into())];
+        let err = unpack_parts(dir.path(), &entries, &[b"01234"]).unwrap_err();
+        assert!(err.to_string().contains("ended inside \"f\""), "{err}");
+    }
+}
