@@ -186,4 +186,53 @@ proptest! {
             Err(e) => prop_assert!(false, "{}", e),
         }
     }
+
+    /// Repair: after an item loses the stripes on some servers, placing the
+    /// replacements with the survivors counted keeps the bound for the whole
+    /// item, never picks a server already holding one of its stripes, and
+    /// fails only when the domains truly cannot take them.
+    #[test]
+    fn repairs_respect_the_bound_with_the_survivors_counted(
+        c in topology_strategy(),
+        k in 1usize..8,
+        m in 1usize..4,
+        level_i in 0usize..4,
+        lose_mask in any::<u16>(),
+        seed in any::<u64>(),
+    ) {
+        let n = k + m;
+        let level = Level::ALL[level_i];
+        let p = PlacementPolicy { level, max_per_domain: m };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let Ok(first) = choose(&c, n, p, &HashMap::new(), &[], &mut rng) else { return Ok(()) };
+        // Lose up to m stripes (those whose bit is set), keep the rest.
+        let lost: Vec<usize> = first.iter().enumerate().filter(|(i, _)| lose_mask >> i & 1 == 1).map(|(_, s)| *s).take(m).collect();
+        let kept: Vec<usize> = first.iter().copied().filter(|s| !lost.contains(s)).collect();
+        // The lost servers are gone; the survivors hold stripes already.
+        let alive: Vec<Candidate> = c.iter().enumerate().filter(|(i, _)| !lost.contains(i)).map(|(_, x)| x.clone()).collect();
+        let index_of = |orig: usize| orig - lost.iter().filter(|l| **l < orig).count();
+        let exclude: Vec<usize> = kept.iter().map(|&s| index_of(s)).collect();
+        let existing = domain_counts(kept.iter().map(|&s| &c[s].topology), level);
+        match choose(&alive, lost.len(), p, &existing, &exclude, &mut rng) {
+            Ok(new) => {
+                prop_assert!(new.iter().all(|i| !exclude.contains(i)), "a survivor was chosen again");
+                let all = kept.iter().map(|&s| &c[s].topology).chain(new.iter().map(|&i| &alive[i].topology));
+                let counts = domain_counts(all, level);
+                prop_assert!(counts.values().all(|&v| v <= m), "{:?}", counts);
+                prop_assert_eq!(counts.values().sum::<usize>(), n);
+            }
+            Err(PlacementError::Unsatisfiable { .. }) => {
+                // Room left in every domain, across servers not holding a stripe.
+                let mut room: HashMap<String, usize> = HashMap::new();
+                for (i, x) in alive.iter().enumerate() {
+                    if !exclude.contains(&i) {
+                        *room.entry(x.topology.domain(level)).or_insert(0) += 1;
+                    }
+                }
+                let capacity: usize = room.iter().map(|(d, free)| (*free).min(m.saturating_sub(*existing.get(d).unwrap_or(&0)))).sum();
+                prop_assert!(capacity < lost.len(), "a valid repair existed: capacity {} for {}", capacity, lost.len());
+            }
+            Err(e) => prop_assert!(false, "{}", e),
+        }
+    }
 }

@@ -166,3 +166,24 @@ impl RateLimiter {
         tokio::time::sleep_until(at).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_repair_limiter_spaces_reads_to_its_rate() {
+        let limiter = RateLimiter::new(10 << 20);
+        let start = tokio::time::Instant::now();
+        // The first take is free; each later one waits for the bytes before it.
+        for _ in 0..5 {
+            limiter.take(5 << 20).await;
+        }
+        let waited = start.elapsed();
+        assert_eq!(waited, Duration::from_secs(2), "4 x 5 MiB at 10 MiB/s");
+        let unlimited = RateLimiter::new(0);
+        let t = tokio::time::Instant::now();
+        unlimited.take(1 << 40).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+    }
+}
