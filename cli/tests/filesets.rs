@@ -377,6 +377,19 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
     let not_empty = tempfile::tempdir().unwrap();
     std::fs::write(not_empty.path().join("f"), b"x").unwrap();
     assert!(up.fails(&["get", "ok", not_empty.path().to_str().unwrap()]).contains("not empty"));
+    // The master named by flag or environment, instead of the local cluster's.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(up.data_dir().join("local.json")).unwrap()).unwrap();
+    let master = state["master"].as_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(TESSERA)
+        .env("TESSERA_HOME", elsewhere.path())
+        .env("TESSERA_MASTER", master)
+        .args(["ls"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"), "{out:?}");
+    assert!(up.fails(&["--master", "127.0.0.1:1", "ls"]).contains("cannot reach the master at 127.0.0.1:1"));
     // A tree the scan refuses (a FIFO) leaves no fileset behind.
     let special = tempfile::tempdir().unwrap();
     std::fs::write(special.path().join("a"), b"x").unwrap();
@@ -450,4 +463,22 @@ fn the_fileset_benchmarks_run_and_report_against_cp() {
     assert_eq!(r["placement_violations"], 0, "{r}");
     // Nothing is left in the scratch dir.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_demo_tells_the_whole_story() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(TESSERA)
+        .args(["demo", "--reads", "20", "--small-files", "100", "--large-size", "4MiB"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for step in
+        ["[1/6]", "[3/6] put demo@1: 101 files", "stripes per zone", "[5/6] Slowing cs0", "[6/6] Stopping zone z1"]
+    {
+        assert!(text.contains(step), "{step:?} missing from the demo:\n{text}");
+    }
+    assert!(text.contains("101 files") && text.contains("checked against its SHA-256"), "{text}");
+    assert!(text.contains("What hedging did"), "{text}");
 }

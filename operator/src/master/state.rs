@@ -706,6 +706,11 @@ impl Master {
         if !out.is_empty() {
             info!(stripes = out.len(), "collecting orphan stripes");
         }
+        let surplus = surplus_copies(&st);
+        if !surplus.is_empty() {
+            info!(stripes = surplus.len(), "deleting surplus copies of stripes (a lost server came back after repair)");
+        }
+        out.extend(surplus);
         out
     }
 
@@ -834,6 +839,50 @@ fn find_version<'a>(st: &'a State, fileset: &str, version: u64) -> Result<&'a Ve
             .get(&(fileset.to_string(), version))
             .ok_or_else(|| MasterError::VersionNotFound { fileset: fileset.into(), version })
     }
+}
+
+/// Second copies of a stripe, as when a server returns after its stripes were
+/// rebuilt elsewhere. Of an index held twice, the copy in the most crowded
+/// domain goes, so the survivors respect the placement bound where they can.
+/// Items being repaired are left alone until their repair lands.
+fn surplus_copies(st: &State) -> Vec<Deletion> {
+    let mut out = Vec::new();
+    for (item, locs) in &st.locations {
+        let Some(info) = st.items.get(item) else { continue };
+        if st.repairing.contains(item) {
+            continue;
+        }
+        let Some(f) = st.filesets.get(&info.fileset) else { continue };
+        let level = f.policy().level;
+        let live: Vec<(u16, &Server)> =
+            locs.iter().filter_map(|(idx, sid)| st.servers.get(sid).filter(|s| s.live).map(|s| (*idx, s))).collect();
+        let mut per_index: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
+        for (idx, s) in &live {
+            per_index.entry(*idx).or_default().push(s);
+        }
+        if per_index.values().all(|v| v.len() < 2) {
+            continue;
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (_, s) in &live {
+            *counts.entry(s.topology.domain(level)).or_insert(0) += 1;
+        }
+        for (idx, mut holders) in per_index {
+            while holders.len() > 1 {
+                // Most crowded domain first; the server id breaks ties so
+                // every pass picks the same copy.
+                let (at, _) = holders
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, s)| (counts[&s.topology.domain(level)], std::cmp::Reverse(s.id.clone())))
+                    .expect("at least two holders");
+                let gone = holders.swap_remove(at);
+                *counts.get_mut(&gone.topology.domain(level)).expect("counted above") -= 1;
+                out.push(Deletion { address: gone.address.clone(), stripe: StripeId::new(*item, idx) });
+            }
+        }
+    }
+    out
 }
 
 /// Forgets a version's items; returns their stripes to delete.

@@ -477,3 +477,60 @@ fn with_too_few_domains_left_repair_waits_instead_of_breaking_the_policy() {
     let st = m.status("hot", t1).unwrap().filesets[0].clone();
     assert_eq!((st.unrecoverable, st.placement_violations), (0, 0), "every item still readable: {st:?}");
 }
+
+#[test]
+fn a_server_back_after_its_stripes_were_rebuilt_loses_the_surplus_copies() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(21);
+    write_version(&m, "hot", 6, t0, &mut rng);
+    let held: Vec<StripeId> = m.state.lock().unwrap().servers["cs4"].stripes.iter().copied().collect();
+    assert!(!held.is_empty(), "the test needs stripes on cs4");
+    let t1 = t0 + Duration::from_secs(4);
+    beat_all_but(&m, 12, &[4], t1);
+    m.expire_servers(t1);
+    for j in m.plan_repairs(t1, usize::MAX, &mut rng) {
+        m.repair_done(&j, true);
+    }
+    assert!(m.collect_orphans(t1).is_empty(), "nothing surplus while cs4 is away");
+    // cs4 comes back with everything it had.
+    let epoch = register_one(&m, 4, t1);
+    assert!(m.report_inventory("cs4", &epoch, &held, t1));
+    let surplus = m.collect_orphans(t1);
+    assert_eq!(surplus.len(), held.len(), "one copy of each doubled stripe goes: {surplus:?}");
+    for d in &surplus {
+        m.deleted(d);
+    }
+    let st = m.state.lock().unwrap();
+    for (item, locs) in &st.locations {
+        let mut idx: Vec<u16> = locs.iter().map(|(i, _)| *i).collect();
+        idx.sort_unstable();
+        let before = idx.len();
+        idx.dedup();
+        assert_eq!(idx.len(), before, "item {item} still has a doubled stripe");
+    }
+    drop(st);
+    let status = m.status("hot", t1).unwrap().filesets[0].clone();
+    assert_eq!((status.degraded, status.placement_violations), (0, 0), "{status:?}");
+    assert!(m.collect_orphans(t1).is_empty(), "nothing left to delete");
+}
+
+fn register_one(m: &Master, i: usize, now: Instant) -> String {
+    m.register(
+        &ms::RegisterRequest {
+            server_id: format!("cs{i}"),
+            address: format!("127.0.0.1:{}", 7000 + i),
+            topology: Some(ms::Topology {
+                region: "r".into(),
+                zone: format!("z{}", i % 3),
+                rack: format!("k{i}"),
+                node: format!("n{i}"),
+            }),
+            free_bytes: 1 << 40,
+            total_bytes: 1 << 41,
+        },
+        now,
+    )
+}
