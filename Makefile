@@ -17,6 +17,7 @@ tools:
 # Regenerate crds/ from the Rust types (a test fails when it is stale).
 crds:
 	$(CARGO) run --locked --quiet --bin tessera-operator -- crds > crds/tessera.dev.yaml
+	cp crds/tessera.dev.yaml charts/tessera/crds/tessera.dev.yaml
 
 fmt:
 	$(CARGO) fmt --all -- --check

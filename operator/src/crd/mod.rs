@@ -36,10 +36,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_crds_in_the_repository_are_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/tessera.dev.yaml");
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
+    fn the_crds_in_the_repository_and_the_chart_are_current() {
         let generated = render_yaml().unwrap();
-        assert!(committed == generated, "crds/tessera.dev.yaml is stale: run `make crds`");
+        for path in ["crds/tessera.dev.yaml", "charts/tessera/crds/tessera.dev.yaml"] {
+            let committed =
+                std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap_or_default();
+            assert!(committed == generated, "{path} is stale: run `make crds`");
+        }
     }
 }
