@@ -3,3 +3,4 @@
 
 pub mod crd;
 pub mod master;
+pub mod reconcile;

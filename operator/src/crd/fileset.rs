@@ -227,6 +227,10 @@ pub struct FilesetStatus {
     /// Stripes held per failure domain at the placement level.
     #[serde(default)]
     pub stripes_per_domain: BTreeMap<String, u64>,
+    /// Key of the source the current version was made from; a spec whose
+    /// source has another key gets a new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingested_source: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

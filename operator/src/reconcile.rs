@@ -1,0 +1,448 @@
+//! What the Fileset controller should do, decided without a cluster.
+//!
+//! The controller gathers a [`Observed`] snapshot (the object, what the master
+//! knows of the fileset, the state of any ingest) and [`decide`] answers with
+//! the actions to take, in order, the status to write and the events to
+//! record. Nothing here talks to the apiserver or the master, so every rule
+//! (finalizers first, a changed source makes a new version, conditions keep
+//! their transition times, deletion removes the data before the finalizer) is
+//! a unit test.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{FilesetSpec, FilesetStatus, RedundancyStatus, Source, VersionStatus};
+
+/// The finalizer that keeps a Fileset until its data is deleted.
+pub const FINALIZER: &str = "tessera.dev/data";
+
+/// A version as the master reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterVersion {
+    pub id: u64,
+    pub created: Time,
+    pub files: u64,
+    pub bytes: u64,
+    pub items: u64,
+}
+
+/// The master's view of one fileset.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MasterFileset {
+    /// Kept versions, oldest first.
+    pub versions: Vec<MasterVersion>,
+    pub items_full: u64,
+    pub items_reduced: u64,
+    pub items_unrecoverable: u64,
+    pub repairing: u64,
+    pub stripes_per_domain: Vec<(String, u64)>,
+}
+
+/// Where an ingest of the current source stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingest {
+    /// None running.
+    Idle,
+    Running,
+    /// The last attempt failed; it is retried after a back-off.
+    Failed {
+        reason: String,
+    },
+}
+
+/// Everything the decision needs.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub generation: i64,
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    pub spec: FilesetSpec,
+    pub status: FilesetStatus,
+    /// `None` when the master has no such fileset (yet, or any more).
+    pub master: Option<MasterFileset>,
+    pub ingest: Ingest,
+    pub now: Time,
+}
+
+/// A step for the controller, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    AddFinalizer,
+    /// Create the fileset in the master with the spec's layout and policy.
+    CreateInMaster,
+    /// Fetch the source and put it as a new version.
+    StartIngest {
+        source_key: String,
+    },
+    /// Delete every version and the fileset in the master.
+    DeleteData,
+    RemoveFinalizer,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// `None` while deleting (the object is going away).
+    pub status: Option<FilesetStatus>,
+    pub events: Vec<EventNote>,
+}
+
+/// A stable key for a source: a new key means a new version is due.
+pub fn source_key(source: &Source) -> String {
+    let text = serde_json::to_string(source).expect("a source serializes");
+    hex::encode(&Sha256::digest(text.as_bytes())[..12])
+}
+
+pub fn decide(o: &Observed) -> Decision {
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+
+    if o.deleting {
+        if o.has_finalizer {
+            if o.master.is_some() {
+                actions.push(Action::DeleteData);
+                events.push(EventNote {
+                    warning: false,
+                    reason: "DeletingData",
+                    message: "deleting every version and its stripes".into(),
+                });
+            } else {
+                actions.push(Action::RemoveFinalizer);
+            }
+        }
+        return Decision { actions, status: None, events };
+    }
+    if !o.has_finalizer {
+        actions.push(Action::AddFinalizer);
+    }
+    if o.master.is_none() {
+        actions.push(Action::CreateInMaster);
+    }
+
+    let key = source_key(&o.spec.source);
+    let master = o.master.clone().unwrap_or_default();
+    let ingested = o.status.ingested_source.as_deref() == Some(key.as_str());
+    let pulls = o.spec.source.upload.is_none();
+    let mut status = o.status.clone();
+    status.observed_generation = Some(o.generation);
+
+    // A source the operator fetches is ingested once per change.
+    let progressing = if pulls && !ingested {
+        match &o.ingest {
+            Ingest::Idle => {
+                actions.push(Action::StartIngest { source_key: key.clone() });
+                events.push(EventNote {
+                    warning: false,
+                    reason: "IngestStarted",
+                    message: format!("fetching the source for version {}", next_version(&master)),
+                });
+                Some(("Ingesting", "fetching and storing the source".to_string()))
+            }
+            Ingest::Running => Some(("Ingesting", "fetching and storing the source".to_string())),
+            Ingest::Failed { reason } => {
+                events.push(EventNote { warning: true, reason: "IngestFailed", message: reason.clone() });
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let failed = match (&o.ingest, pulls && !ingested) {
+        (Ingest::Failed { reason }, true) => Some(reason.clone()),
+        _ => None,
+    };
+
+    // What the master holds.
+    let current = master.versions.last();
+    if let Some(v) = current
+        && status.current_version != Some(v.id)
+    {
+        events.push(EventNote {
+            warning: false,
+            reason: "VersionPublished",
+            message: format!("version {} is ready: {} files, {}", v.id, v.files, human(v.bytes)),
+        });
+    }
+    status.current_version = current.map(|v| v.id);
+    status.files = current.map(|v| v.files);
+    status.size = current.map(|v| human(v.bytes));
+    status.versions = master
+        .versions
+        .iter()
+        .map(|v| VersionStatus {
+            id: v.id,
+            created: v.created.0.to_string(),
+            files: v.files,
+            bytes: v.bytes,
+            items: v.items,
+        })
+        .collect();
+    let summary = if master.items_unrecoverable > 0 {
+        "lost"
+    } else if master.items_reduced > 0 {
+        "reduced"
+    } else {
+        "full"
+    };
+    status.redundancy = o.master.as_ref().map(|_| RedundancyStatus {
+        items_full: master.items_full,
+        items_reduced: master.items_reduced,
+        items_unrecoverable: master.items_unrecoverable,
+        summary: summary.into(),
+    });
+    status.stripes_per_domain = master.stripes_per_domain.iter().cloned().collect();
+
+    let ready = current.is_some() && master.items_unrecoverable == 0;
+    let (ready_reason, ready_message) = match (current, &failed) {
+        (_, _) if master.items_unrecoverable > 0 => {
+            ("DataLost", format!("{} items have fewer than k stripes", master.items_unrecoverable))
+        }
+        (Some(v), _) => ("VersionReady", format!("version {} can be read", v.id)),
+        (None, Some(reason)) => ("IngestFailed", reason.clone()),
+        (None, None) => ("NoVersion", "no version has been stored yet".to_string()),
+    };
+    let degraded = master.items_reduced > 0 || master.items_unrecoverable > 0;
+    let conditions = [
+        ("Ready", ready, ready_reason, ready_message),
+        (
+            "Progressing",
+            progressing.is_some(),
+            progressing.as_ref().map_or("Idle", |p| p.0),
+            progressing.map_or_else(String::new, |p| p.1),
+        ),
+        (
+            "Degraded",
+            degraded,
+            if degraded { "RedundancyReduced" } else { "FullRedundancy" },
+            format!("{} items at reduced redundancy", master.items_reduced),
+        ),
+        (
+            "Repairing",
+            master.repairing > 0,
+            if master.repairing > 0 { "Rebuilding" } else { "Idle" },
+            format!("{} items being rebuilt", master.repairing),
+        ),
+    ];
+    let previous = std::mem::take(&mut status.conditions);
+    for (kind, on, reason, message) in conditions {
+        let was = previous.iter().find(|c| c.type_ == kind);
+        if kind == "Degraded" && on && was.is_none_or(|c| c.status != "True") {
+            events.push(EventNote { warning: true, reason: "Degraded", message: message.clone() });
+        }
+        status.conditions.push(condition(was, kind, on, reason, message, o.generation, &o.now));
+    }
+    Decision { actions, status: Some(status), events }
+}
+
+fn next_version(m: &MasterFileset) -> u64 {
+    m.versions.last().map_or(1, |v| v.id + 1)
+}
+
+/// A condition that keeps its transition time while its status is unchanged.
+fn condition(
+    was: Option<&Condition>,
+    kind: &str,
+    on: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let last_transition_time = match was {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: kind.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time,
+    }
+}
+
+/// Sizes as kubectl users read them (binary units).
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{HttpSource, UploadSource};
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
+    }
+
+    fn spec(url: &str) -> FilesetSpec {
+        FilesetSpec {
+            source: Source { http: Some(HttpSource { url: url.into(), sha256: None }), ..Default::default() },
+            erasure: Default::default(),
+            placement: Default::default(),
+            priority: None,
+            retention: Default::default(),
+            distribution: None,
+        }
+    }
+
+    fn observed(spec: FilesetSpec) -> Observed {
+        Observed {
+            generation: 1,
+            deleting: false,
+            has_finalizer: true,
+            spec,
+            status: FilesetStatus::default(),
+            master: Some(MasterFileset::default()),
+            ingest: Ingest::Idle,
+            now: at(0),
+        }
+    }
+
+    fn version(id: u64) -> MasterVersion {
+        MasterVersion { id, created: at(id as i64), files: 10 * id, bytes: 1 << 30, items: 171 }
+    }
+
+    fn cond<'a>(d: &'a Decision, kind: &str) -> &'a Condition {
+        d.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn a_new_fileset_gets_its_finalizer_its_master_record_and_an_ingest() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.has_finalizer = false;
+        o.master = None;
+        let d = decide(&o);
+        let key = source_key(&o.spec.source);
+        assert_eq!(
+            d.actions,
+            vec![Action::AddFinalizer, Action::CreateInMaster, Action::StartIngest { source_key: key }]
+        );
+        assert_eq!(cond(&d, "Ready").status, "False");
+        assert_eq!(cond(&d, "Progressing").status, "True");
+        assert_eq!(d.status.as_ref().unwrap().observed_generation, Some(1));
+    }
+
+    #[test]
+    fn an_ingested_source_is_not_fetched_again_and_a_changed_one_is() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
+        let d = decide(&o);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(cond(&d, "Ready").status, "True");
+        assert_eq!(cond(&d, "Progressing").status, "False");
+        let st = d.status.unwrap();
+        assert_eq!((st.current_version, st.files, st.size.as_deref()), (Some(1), Some(10), Some("1.0GiB")));
+        assert_eq!(st.redundancy.unwrap().summary, "full");
+
+        o.spec = spec("https://x/b.tar");
+        o.generation = 2;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::StartIngest { source_key: source_key(&o.spec.source) }]);
+        // Version 1 stays readable while version 2 is made.
+        assert_eq!(cond(&d, "Ready").status, "True");
+        assert_eq!(cond(&d, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn uploads_are_never_fetched() {
+        let mut s = spec("https://unused");
+        s.source = Source { upload: Some(UploadSource {}), ..Default::default() };
+        let d = decide(&observed(s));
+        assert!(d.actions.is_empty());
+        assert_eq!(cond(&d, "Ready").reason, "NoVersion");
+    }
+
+    #[test]
+    fn a_failed_ingest_is_reported_and_not_progressing() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.ingest = Ingest::Failed { reason: "GET https://x/a.tar: 404 Not Found".into() };
+        let d = decide(&o);
+        assert!(d.actions.is_empty());
+        let ready = cond(&d, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "IngestFailed"));
+        assert!(ready.message.contains("404"));
+        assert!(d.events.iter().any(|e| e.warning && e.reason == "IngestFailed"));
+    }
+
+    #[test]
+    fn degraded_and_repairing_follow_the_master_and_keep_their_transition_times() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
+        let healthy = decide(&o);
+        o.status = healthy.status.unwrap();
+        o.now = at(100);
+        o.master = Some(MasterFileset {
+            versions: vec![version(1)],
+            items_full: 160,
+            items_reduced: 11,
+            repairing: 4,
+            ..Default::default()
+        });
+        let d = decide(&o);
+        let degraded = cond(&d, "Degraded");
+        assert_eq!((degraded.status.as_str(), &degraded.last_transition_time), ("True", &at(100)));
+        assert_eq!(cond(&d, "Repairing").status, "True");
+        // Ready did not change, so its transition time did not either.
+        assert_eq!(cond(&d, "Ready").last_transition_time, at(0));
+        assert!(d.events.iter().any(|e| e.reason == "Degraded"));
+        assert_eq!(d.status.as_ref().unwrap().redundancy.as_ref().unwrap().summary, "reduced");
+        // The same observation again: no second Degraded event.
+        o.status = d.status.unwrap();
+        o.now = at(200);
+        let again = decide(&o);
+        assert!(!again.events.iter().any(|e| e.reason == "Degraded"));
+        assert_eq!(cond(&again, "Degraded").last_transition_time, at(100));
+    }
+
+    #[test]
+    fn lost_items_make_the_fileset_not_ready() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.master = Some(MasterFileset { versions: vec![version(1)], items_unrecoverable: 2, ..Default::default() });
+        let d = decide(&o);
+        assert_eq!(cond(&d, "Ready").reason, "DataLost");
+        assert_eq!(d.status.unwrap().redundancy.unwrap().summary, "lost");
+    }
+
+    #[test]
+    fn deletion_removes_the_data_before_the_finalizer() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.deleting = true;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::DeleteData]);
+        assert_eq!(d.status, None);
+        o.master = None;
+        assert_eq!(decide(&o).actions, vec![Action::RemoveFinalizer]);
+        o.has_finalizer = false;
+        assert!(decide(&o).actions.is_empty());
+    }
+
+    #[test]
+    fn source_keys_change_with_the_source_only() {
+        let a = spec("https://x/a.tar");
+        let mut a2 = a.clone();
+        a2.retention.keep_versions = 5;
+        assert_eq!(source_key(&a.source), source_key(&a2.source));
+        assert_ne!(source_key(&a.source), source_key(&spec("https://x/b.tar").source));
+    }
+}
