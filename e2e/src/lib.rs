@@ -206,6 +206,24 @@ impl ControlPlane {
         !self.procs.is_empty()
     }
 
+    /// Starts kwok managing the nodes annotated `kwok.x-k8s.io/node: fake`:
+    /// it keeps them Ready and runs their pods without containers. Stops
+    /// with the returned handle.
+    pub fn start_kwok(&self) -> anyhow::Result<Kwok> {
+        let dir = tempfile::Builder::new().prefix("tessera-kwok-").tempdir()?;
+        let args: Vec<String> = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--manage-all-nodes=false".into(),
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+            "--cidr=10.0.0.0/24".into(),
+            "--node-ip=10.0.0.1".into(),
+            format!("--server-address=127.0.0.1:{}", free_port()?),
+            format!("--config={}", concat!(env!("CARGO_MANIFEST_DIR"), "/kwok-stages.yaml")),
+        ];
+        let proc = Proc::spawn("kwok", &tool("kwok")?, &args, dir.path())?;
+        Ok(Kwok { _proc: proc, _dir: dir })
+    }
+
     /// Runs kubectl against this cluster; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
         let out = Command::new(tool("kubectl")?).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output()?;
@@ -224,6 +242,40 @@ impl Drop for ControlPlane {
             drop(p);
         }
     }
+}
+
+/// A running kwok controller.
+pub struct Kwok {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Kwok {
+    /// The end of kwok's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self._proc.log)
+    }
+}
+
+/// A node for kwok to keep Ready, in the given zone and rack.
+pub fn fake_node(name: &str, zone: &str, rack: &str) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "topology.kubernetes.io/region": "test",
+                "topology.kubernetes.io/zone": zone,
+                "tessera.dev/rack": rack,
+                "type": "kwok",
+            },
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+    }))
+    .expect("a valid node")
 }
 
 /// Files of the certificates made for one run.

@@ -4,3 +4,4 @@
 pub mod crd;
 pub mod master;
 pub mod reconcile;
+pub mod topology;
