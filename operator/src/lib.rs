@@ -2,6 +2,7 @@
 //! local`, embedded by the operator), and the custom resources users apply.
 
 pub mod crd;
+pub mod kube_store;
 pub mod leader;
 pub mod master;
 pub mod reconcile;
