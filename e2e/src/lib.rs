@@ -98,6 +98,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// A running control plane (or an external cluster).
 pub struct ControlPlane {
     client: Client,
+    config: Config,
     kubeconfig: PathBuf,
     // Dropped in order: the apiserver before etcd, then the files.
     procs: Vec<Proc>,
@@ -111,8 +112,8 @@ impl ControlPlane {
             let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("loading KUBECONFIG {path}"))?;
-            let client = Client::try_from(config)?;
-            return Ok(Self { client, kubeconfig: path.into(), procs: Vec::new(), _dir: None });
+            let client = Client::try_from(config.clone())?;
+            return Ok(Self { client, config, kubeconfig: path.into(), procs: Vec::new(), _dir: None });
         }
         Self::start_local().await
     }
@@ -166,9 +167,9 @@ impl ControlPlane {
         let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default())
             .await
             .context("loading the generated kubeconfig")?;
-        let client = Client::try_from(config)?;
+        let client = Client::try_from(config.clone())?;
 
-        let mut plane = Self { client, kubeconfig, procs, _dir: Some(dir) };
+        let mut plane = Self { client, config, kubeconfig, procs, _dir: Some(dir) };
         plane.wait_ready().await?;
         Ok(plane)
     }
@@ -194,6 +195,11 @@ impl ControlPlane {
 
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The client configuration, for components that make their own clients.
+    pub fn config(&self) -> Config {
+        self.config.clone()
     }
 
     /// A kubeconfig file for kubectl, helm and the operator.

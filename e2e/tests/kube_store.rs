@@ -44,7 +44,7 @@ async fn records_round_trip_through_custom_resources_of_any_size() {
     let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
     namespaces.create(&PostParams::default(), &namespace).await.unwrap();
     // CRDs need a moment to serve; the first call retries until they do.
-    let store = Arc::new(KubeStore::new(cp.client(), &ns).unwrap());
+    let store = Arc::new(KubeStore::new(cp.config(), &ns).unwrap());
     let fileset =
         FilesetRecord::from_spec(&ms::FilesetSpec { name: "models".into(), ..Default::default() }, 7).unwrap();
     let s = store.clone();

@@ -44,16 +44,25 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl KubeStore {
-    /// A store in `namespace`, served by a thread of its own.
-    pub fn new(client: Client, namespace: &str) -> std::io::Result<Self> {
-        let api: Api<MasterRecord> = Api::namespaced(client, namespace);
+    /// A store in `namespace`, served by a thread of its own with its own
+    /// client: callers block on it while holding the master's lock, so it
+    /// must not need any task of their runtime to make progress.
+    pub fn new(config: kube::Config, namespace: &str) -> Result<Self, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("kube-store".into()).spawn(move || {
-            while let Ok(job) = rx.recv() {
-                runtime.block_on(job(api.clone()));
-            }
-        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(backend)?;
+        let client = {
+            let _guard = runtime.enter();
+            Client::try_from(config).map_err(backend)?
+        };
+        let api: Api<MasterRecord> = Api::namespaced(client, namespace);
+        std::thread::Builder::new()
+            .name("kube-store".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    runtime.block_on(job(api.clone()));
+                }
+            })
+            .map_err(backend)?;
         Ok(Self { jobs })
     }
 

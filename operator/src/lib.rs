@@ -1,6 +1,7 @@
 //! The Tessera operator: the master (run in its own process by `tessera
 //! local`, embedded by the operator), and the custom resources users apply.
 
+pub mod controller;
 pub mod crd;
 pub mod kube_store;
 pub mod leader;

@@ -19,7 +19,7 @@ use axum::routing::get;
 
 use super::maintenance;
 use super::service::MasterService;
-use super::store::RedbStore;
+use super::store::{MetaStore, RedbStore};
 use super::{Master, MasterConfig};
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub master: Arc<Master>,
+    /// Deletes stripes in the background (what the master's decisions release).
+    pub deleter: maintenance::Deleter,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -56,11 +58,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let path = config.data_dir.join("meta.redb");
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&path)).await??;
-    let master = Master::new(Arc::new(store), config.master.clone())?;
+    start_with_store(config, Arc::new(store)).await
+}
+
+/// Starts a master on `store` (the operator passes its Kubernetes store).
+pub async fn start_with_store(config: Config, store: Arc<dyn MetaStore>) -> anyhow::Result<Running> {
+    let master = tokio::task::spawn_blocking({
+        let c = config.master.clone();
+        move || Master::new(store, c)
+    })
+    .await??;
     let client = StripeClient::new(ClientConfig { class: RequestClass::Repair, ..Default::default() });
     let (deleter, deletions) = maintenance::deleter();
     let (stop, stop_rx) = watch::channel(false);
-    let svc = MasterService::new(master.clone(), deleter);
+    let svc = MasterService::new(master.clone(), deleter.clone());
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -98,7 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Ok(())
     }));
     info!(%addr, metrics = ?metrics_addr, data_dir = %config.data_dir.display(), "master started");
-    Ok(Running { addr, metrics_addr, master, stop, tasks })
+    Ok(Running { addr, metrics_addr, master, deleter, stop, tasks })
 }
 
 async fn metrics(axum::extract::State(master): axum::extract::State<Arc<Master>>) -> impl axum::response::IntoResponse {

@@ -1,0 +1,203 @@
+//! The operator against a real apiserver, with chunkservers on loopback:
+//! a Fileset gets its finalizer and master record, an upload becomes version
+//! 1 in the status, events are recorded, and deleting the Fileset deletes its
+//! data before the object goes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use tessera_chunkserver::registrar::Identity;
+use tessera_chunkserver::server::{self as cs_server, Config as CsConfig};
+use tessera_client::fileset::{FilesetClient, PutOptions};
+use tessera_client::{ClientConfig, StripeClient};
+use tessera_e2e::ControlPlane;
+use tessera_operator::controller::{self, OperatorConfig};
+use tessera_operator::crd::Fileset;
+use tessera_operator::master::MasterConfig;
+use tessera_proto::ms;
+
+const NS: &str = "tessera-system";
+
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition(f: &Fileset, kind: &str) -> Option<(String, String)> {
+    f.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let cp = ControlPlane::start().await.unwrap();
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();
+    assert!(ok, "{out}{err}");
+    let namespaces: Api<Namespace> = Api::all(cp.client());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
+    let _ = namespaces.create(&PostParams::default(), &ns).await;
+
+    let config = |identity: &str, listen: &str| OperatorConfig {
+        listen: listen.parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        namespace: NS.into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+        master: MasterConfig { heartbeat_timeout: Duration::from_secs(3), ..Default::default() },
+        resync: Duration::from_millis(500),
+    };
+    let op = controller::start(cp.config(), config("operator-0", "127.0.0.1:0")).await.unwrap();
+    let master_addr = until("the operator to lead", async || op.master_addr()).await;
+    let master = master_addr.to_string();
+    // A second replica stands by: no master, not ready.
+    let standby = controller::start(cp.config(), config("operator-1", "127.0.0.1:0")).await.unwrap();
+    let ready = |addr: std::net::SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.starts_with("HTTP/1.1 200")
+    };
+    assert!(ready(op.http_addr).await);
+    assert!(!ready(standby.http_addr).await, "the standby must not be ready");
+    assert!(standby.master_addr().is_none() && !*standby.leading.borrow());
+    standby.shutdown().await.unwrap();
+
+    // Nine chunkservers in three zones report to the operator's master.
+    let dirs = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for i in 0..9 {
+        let id = format!("cs{i}");
+        let config = CsConfig {
+            node_id: id.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            unix_socket: None,
+            metrics_listen: None,
+            data_dirs: vec![dirs.path().join(&id)],
+            limits: Default::default(),
+            quotas: Default::default(),
+            enable_fault_injection: false,
+            master: Some((
+                master.clone(),
+                Identity {
+                    server_id: id.clone(),
+                    address: String::new(),
+                    topology: ms::Topology {
+                        region: "r".into(),
+                        zone: format!("z{}", i % 3),
+                        rack: id.clone(),
+                        node: id.clone(),
+                    },
+                },
+            )),
+        };
+        servers.push(cs_server::start(config).await.unwrap());
+    }
+    let fc = FilesetClient::new(&master, StripeClient::new(ClientConfig::default())).unwrap();
+    until("every chunkserver to register", async || {
+        let st = fc.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();
+        (st.servers.iter().filter(|s| s.live).count() == 9).then_some(())
+    })
+    .await;
+
+    // A Fileset: finalizer, master record, not ready until a version exists.
+    let filesets: Api<Fileset> = Api::namespaced(cp.client(), "default");
+    let fs: Fileset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+        "metadata": {"name": "models"},
+        "spec": {"source": {"upload": {}}, "erasure": {"stripeUnit": 65536}},
+    }))
+    .unwrap();
+    filesets.create(&PostParams::default(), &fs).await.unwrap();
+    let f = until("the fileset to be reconciled", async || {
+        let f = filesets.get("models").await.ok()?;
+        (condition(&f, "Ready") == Some(("False".into(), "NoVersion".into()))).then_some(f)
+    })
+    .await;
+    assert!(f.metadata.finalizers.unwrap_or_default().contains(&"tessera.dev/data".to_string()));
+    let layout = fc.master().get_fileset(ms::GetFilesetRequest { name: "models".into() }).await.unwrap().into_inner();
+    assert_eq!(layout.spec.unwrap().layout.unwrap().stripe_unit, 65536);
+
+    // An upload becomes version 1, ready, at full redundancy.
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        std::fs::write(src.path().join(format!("f{i}.bin")), vec![i as u8; 1000 * (i + 1)]).unwrap();
+    }
+    let v = fc.put("models", src.path(), &PutOptions::default(), &|_| {}).await.unwrap();
+    assert_eq!(v.id, 1);
+    let f = until("version 1 in the status", async || {
+        let f = filesets.get("models").await.ok()?;
+        (condition(&f, "Ready") == Some(("True".into(), "VersionReady".into()))).then_some(f)
+    })
+    .await;
+    let st = f.status.unwrap();
+    assert_eq!((st.current_version, st.files), (Some(1), Some(20)));
+    assert_eq!(st.redundancy.unwrap().summary, "full");
+    assert_eq!(st.versions.len(), 1);
+    assert_eq!(st.stripes_per_domain.len(), 3, "{:?}", st.stripes_per_domain);
+    let events: Api<Event> = Api::namespaced(cp.client(), "default");
+    until("a VersionPublished event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("VersionPublished")).then_some(())
+    })
+    .await;
+
+    // The operator restarts (a new replica on the same address): the master
+    // comes back from its records and the chunkservers' reports.
+    op.shutdown().await.unwrap();
+    let op = controller::start(cp.config(), config("operator-2", &master)).await.unwrap();
+    until("the new replica to lead", async || op.master_addr()).await;
+    until("every chunkserver to report again", async || {
+        let st = fc.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();
+        (st.servers.iter().filter(|s| s.live).count() == 9).then_some(())
+    })
+    .await;
+    let open = until("version 1 to be readable", async || fc.open("models", 0).await.ok()).await;
+    let copy = tempfile::tempdir().unwrap();
+    let got = open
+        .get(fc.stripes(), &copy.path().join("c"), tessera_core::read_plan::ReadMode::Hedged, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(got.files, 20);
+    for i in 0..20 {
+        let name = format!("f{i}.bin");
+        assert_eq!(
+            std::fs::read(copy.path().join("c").join(&name)).unwrap(),
+            std::fs::read(src.path().join(&name)).unwrap()
+        );
+    }
+    until("the status to stay ready", async || {
+        let f = filesets.get("models").await.ok()?;
+        (condition(&f, "Ready") == Some(("True".into(), "VersionReady".into()))).then_some(())
+    })
+    .await;
+
+    // Deleting the Fileset deletes the data, then the object goes.
+    filesets.delete("models", &DeleteParams::default()).await.unwrap();
+    until("the fileset to go", async || filesets.get_opt("models").await.ok()?.is_none().then_some(())).await;
+    let gone = fc.master().get_fileset(ms::GetFilesetRequest { name: "models".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    until("the stripes to be deleted", async || {
+        let st = fc.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();
+        (st.servers.iter().map(|s| s.stripes).sum::<u64>() == 0).then_some(())
+    })
+    .await;
+
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+    op.shutdown().await.unwrap();
+}

@@ -1,0 +1,356 @@
+//! The operator process: leader election, the embedded master on the
+//! Kubernetes metadata store, the Fileset controller, and the HTTP endpoint
+//! with `/healthz`, `/readyz` (the leader only) and `/metrics`.
+//!
+//! Only the leader runs the master and the controller. A replica that loses
+//! the lease stops them at once; the Deployment's readiness probe then sends
+//! the master Service's traffic to the new leader.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tessera_proto::ms;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, RepairClass};
+use crate::kube_store::KubeStore;
+use crate::leader::Elector;
+use crate::master::maintenance::Deleter;
+use crate::master::server::{self, Config as MasterServerConfig};
+use crate::master::{Master, MasterConfig, MasterError};
+use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed};
+
+/// The field manager of every write the operator makes.
+pub const MANAGER: &str = "tessera-operator";
+
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The master's gRPC address.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Where the Lease and the master's records live.
+    pub namespace: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub master: MasterConfig,
+    /// How often a Fileset's status is refreshed from the master.
+    pub resync: Duration,
+}
+
+#[derive(Default)]
+struct Shared {
+    master: Option<Arc<Master>>,
+    master_addr: Option<SocketAddr>,
+}
+
+/// A started operator replica.
+pub struct Operator {
+    pub http_addr: SocketAddr,
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+    shared: Arc<Mutex<Shared>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Operator {
+    /// The master's gRPC address once this replica leads.
+    pub fn master_addr(&self) -> Option<SocketAddr> {
+        self.shared.lock().unwrap().master_addr
+    }
+
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        self.task.await?
+    }
+}
+
+/// Starts a replica talking to the cluster `kube` describes.
+pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result<Operator> {
+    let client = Client::try_from(kube.clone())?;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let (stop, stop_rx) = watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let elector = Elector::new(leases, "tessera-operator", &config.identity, config.lease_duration);
+    let leading = elector.campaign(stop_rx.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get({
+                let shared = shared.clone();
+                move || async move {
+                    if shared.lock().unwrap().master.is_some() {
+                        (StatusCode::OK, "leading\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "standby\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get({
+                let shared = shared.clone();
+                move || async move {
+                    let master = shared.lock().unwrap().master.clone();
+                    match master {
+                        Some(m) => crate::master::metrics::render(&m, Instant::now()).unwrap_or_default(),
+                        None => String::from("# EOF\n"),
+                    }
+                }
+            }),
+        );
+    let mut http_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    let task = tokio::spawn(lead(kube, client, config, shared.clone(), leading.clone(), stop_rx));
+    Ok(Operator { http_addr, leading, shared, stop, task })
+}
+
+/// Waits to lead, then runs the master and the controller until leadership
+/// is lost or the operator stops.
+async fn lead(
+    kube: kube::Config,
+    client: Client,
+    config: OperatorConfig,
+    shared: Arc<Mutex<Shared>>,
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = leading.wait_for(|l| *l) => { r?; }
+        _ = stop.wait_for(|s| *s) => return Ok(()),
+    }
+    info!(identity = %config.identity, "leading: starting the master");
+    let store = Arc::new(KubeStore::new(kube, &config.namespace)?);
+    let running = server::start_with_store(
+        MasterServerConfig {
+            listen: config.listen,
+            data_dir: std::path::PathBuf::new(),
+            metrics_listen: None,
+            master: config.master.clone(),
+        },
+        store,
+    )
+    .await?;
+    {
+        let mut s = shared.lock().unwrap();
+        s.master = Some(running.master.clone());
+        s.master_addr = Some(running.addr);
+    }
+    let reporter = Reporter { controller: MANAGER.into(), instance: Some(config.identity.clone()) };
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        master: running.master.clone(),
+        deleter: running.deleter.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        resync: config.resync,
+    });
+    let filesets: Api<Fileset> = Api::all(client);
+    let controller = Controller::new(filesets, watcher::Config::default())
+        .run(reconcile_fileset, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "fileset reconcile failed");
+            }
+        });
+    tokio::select! {
+        _ = controller => {}
+        _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopping the master"),
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    shared.lock().unwrap().master = None;
+    running.shutdown().await
+}
+
+struct Ctx {
+    client: Client,
+    master: Arc<Master>,
+    deleter: Deleter,
+    recorder: Recorder,
+    resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("master: {0}")]
+    Master(#[from] MasterError),
+}
+
+fn error_policy(_f: Arc<Fileset>, _e: &ReconcileError, _ctx: Arc<Ctx>) -> Requeue {
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+/// The master's name of a Fileset. Names are cluster-wide in the master
+/// (documented): two namespaces cannot both have a fileset `models`.
+fn master_name(f: &Fileset) -> String {
+    f.name_any()
+}
+
+async fn master_spec(client: &Client, f: &Fileset) -> Result<ms::FilesetSpec, ReconcileError> {
+    let s: &FilesetSpec = &f.spec;
+    let availability = match &s.priority {
+        Some(p) => match Api::<Priority>::all(client.clone()).get_opt(p).await? {
+            Some(p) if p.spec.repair_class == RepairClass::High => "high",
+            _ => "low",
+        },
+        None => "low",
+    };
+    let level = match s.placement.level {
+        DomainLevel::Region => "region",
+        DomainLevel::Zone => "zone",
+        DomainLevel::Rack => "rack",
+        DomainLevel::Node => "node",
+    };
+    Ok(ms::FilesetSpec {
+        name: master_name(f),
+        layout: Some(ms::Layout {
+            k: s.erasure.k,
+            m: s.erasure.m,
+            stripe_unit: s.erasure.stripe_unit,
+            block_size: s.erasure.block_size,
+        }),
+        placement: Some(ms::PlacementPolicy {
+            level: level.into(),
+            max_per_domain: s.placement.max_per_domain.unwrap_or(0),
+        }),
+        availability: availability.into(),
+        keep_versions: s.retention.keep_versions,
+    })
+}
+
+fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterError> {
+    let versions = match m.list_versions(name) {
+        Ok(v) => v,
+        Err(MasterError::FilesetNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let st = m.status(name, Instant::now())?;
+    let f = st.filesets.first().cloned().unwrap_or_default();
+    let full = f.items_by_redundancy.last().copied().unwrap_or(0);
+    Ok(Some(MasterFileset {
+        versions: versions
+            .iter()
+            .map(|v| MasterVersion {
+                id: v.id,
+                created: Time(
+                    k8s_openapi::jiff::Timestamp::from_second(v.created_unix as i64)
+                        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                ),
+                files: v.files,
+                bytes: v.bytes,
+                items: v.items.len() as u64,
+            })
+            .collect(),
+        items_full: full,
+        items_reduced: f.items.saturating_sub(full).saturating_sub(f.unrecoverable),
+        items_unrecoverable: f.unrecoverable,
+        repairing: f.repairing,
+        stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
+    }))
+}
+
+async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, ReconcileError> {
+    let ns = f.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = master_name(&f);
+    let finalizers = f.finalizers().to_vec();
+    let pulls = f.spec.source.upload.is_none();
+    let observed = Observed {
+        generation: f.metadata.generation.unwrap_or(0),
+        deleting: f.metadata.deletion_timestamp.is_some(),
+        has_finalizer: finalizers.iter().any(|x| x == FINALIZER),
+        spec: f.spec.clone(),
+        status: f.status.clone().unwrap_or_default(),
+        master: master_view(&ctx.master, &name)?,
+        // Fetching http and pvc sources is not built yet: say so rather than
+        // wait forever.
+        ingest: if pulls {
+            Ingest::Failed { reason: "ingest from http and pvc sources is not available yet; use source.upload".into() }
+        } else {
+            Ingest::Idle
+        },
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let decision = reconcile::decide(&observed);
+    for action in &decision.actions {
+        match action {
+            Action::AddFinalizer => {
+                let mut list = finalizers.clone();
+                list.push(FINALIZER.into());
+                let patch = serde_json::json!({"metadata": {"finalizers": list}});
+                api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            Action::CreateInMaster => {
+                let spec = master_spec(&ctx.client, &f).await?;
+                ctx.master.create_fileset(&spec, true)?;
+            }
+            Action::StartIngest { .. } => {}
+            Action::DeleteData => {
+                let (versions, deletions) = ctx.master.delete_fileset(&name)?;
+                info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");
+                ctx.deleter.delete(deletions);
+            }
+            Action::RemoveFinalizer => {
+                let list: Vec<String> = finalizers.iter().filter(|x| *x != FINALIZER).cloned().collect();
+                let patch = serde_json::json!({"metadata": {"finalizers": list}});
+                api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+        }
+    }
+    let reference = f.object_ref(&());
+    for e in &decision.events {
+        let event = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.into(),
+            note: Some(e.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %err, "recording an event failed");
+        }
+    }
+    if let Some(status) = decision.status {
+        let patch = serde_json::json!({
+            "apiVersion": "tessera.dev/v1alpha1",
+            "kind": "Fileset",
+            "status": status,
+        });
+        api.patch_status(&f.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    if decision.actions.contains(&Action::DeleteData) {
+        // The data is going; let the next pass remove the finalizer.
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
+    Ok(Requeue::requeue(ctx.resync))
+}
