@@ -25,25 +25,31 @@ fn register_nine(m: &Master, now: Instant) -> String {
 
 /// `count` servers, cs{i} in zone z{i % 3}.
 fn register(m: &Master, count: usize, now: Instant) -> String {
-    let mut epoch = String::new();
-    for i in 0..count {
-        epoch = m.register(
-            &ms::RegisterRequest {
-                server_id: format!("cs{i}"),
-                address: format!("127.0.0.1:{}", 7000 + i),
-                topology: Some(ms::Topology {
-                    region: "r".into(),
-                    zone: format!("z{}", i % 3),
-                    rack: format!("k{i}"),
-                    node: format!("n{i}"),
-                }),
-                free_bytes: 1 << 40,
-                total_bytes: 1 << 41,
-            },
-            now,
-        );
-    }
-    epoch
+    register_in_zones(m, count, 3, now)
+}
+
+/// Registers cs{i} in zone z{i % zones}, rack k{i}; returns the master's epoch.
+fn register_server(m: &Master, i: usize, zones: usize, now: Instant) -> String {
+    m.register(
+        &ms::RegisterRequest {
+            server_id: format!("cs{i}"),
+            address: format!("127.0.0.1:{}", 7000 + i),
+            topology: Some(ms::Topology {
+                region: "r".into(),
+                zone: format!("z{}", i % zones),
+                rack: format!("k{i}"),
+                node: format!("n{i}"),
+            }),
+            free_bytes: 1 << 40,
+            total_bytes: 1 << 41,
+        },
+        now,
+    )
+}
+
+/// `count` servers spread over `zones` zones; returns the master's epoch.
+fn register_in_zones(m: &Master, count: usize, zones: usize, now: Instant) -> String {
+    (0..count).map(|i| register_server(m, i, zones, now)).last().unwrap_or_default()
 }
 
 fn create(m: &Master, name: &str, availability: &str, keep: u32) {
@@ -397,27 +403,6 @@ fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     assert_eq!(s.topology.as_ref().unwrap().zone, "z1");
 }
 
-/// `count` servers spread over `zones` zones: cs{i} in z{i % zones}.
-fn register_in_zones(m: &Master, count: usize, zones: usize, now: Instant) {
-    for i in 0..count {
-        m.register(
-            &ms::RegisterRequest {
-                server_id: format!("cs{i}"),
-                address: format!("127.0.0.1:{}", 7000 + i),
-                topology: Some(ms::Topology {
-                    region: "r".into(),
-                    zone: format!("z{}", i % zones),
-                    rack: format!("k{i}"),
-                    node: format!("n{i}"),
-                }),
-                free_bytes: 1 << 40,
-                total_bytes: 1 << 41,
-            },
-            now,
-        );
-    }
-}
-
 fn beat_all_but(m: &Master, count: usize, lost: &[usize], now: Instant) {
     for i in (0..count).filter(|i| !lost.contains(i)) {
         m.heartbeat(
@@ -518,19 +503,5 @@ fn a_server_back_after_its_stripes_were_rebuilt_loses_the_surplus_copies() {
 }
 
 fn register_one(m: &Master, i: usize, now: Instant) -> String {
-    m.register(
-        &ms::RegisterRequest {
-            server_id: format!("cs{i}"),
-            address: format!("127.0.0.1:{}", 7000 + i),
-            topology: Some(ms::Topology {
-                region: "r".into(),
-                zone: format!("z{}", i % 3),
-                rack: format!("k{i}"),
-                node: format!("n{i}"),
-            }),
-            free_bytes: 1 << 40,
-            total_bytes: 1 << 41,
-        },
-        now,
-    )
+    register_server(m, i, 3, now)
 }
