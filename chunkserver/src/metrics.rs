@@ -57,7 +57,7 @@ pub struct Metrics {
     pub quota_exceeded: Family<ClassLabels, Gauge>,
     /// A running total kept by the stripe queues, published at scrape time.
     pub quota_bypassed: Family<ClassLabels, Gauge>,
-    pub stripe_waiting: Gauge,
+    pub stripe_waiting: Family<ClassLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,7 +84,7 @@ impl Default for Metrics {
             usage_rate: Family::default(),
             quota_exceeded: Family::default(),
             quota_bypassed: Family::default(),
-            stripe_waiting: Gauge::default(),
+            stripe_waiting: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Data requests by operation, class and gRPC code", m.requests.clone());

@@ -225,6 +225,17 @@ impl StripeQueues {
     pub fn waiting(&self) -> usize {
         self.lock().stripes.values().map(|s| s.queue.len()).sum()
     }
+
+    /// Requests waiting on any stripe, per class.
+    pub fn waiting_by_class(&self) -> [usize; CLASSES] {
+        let mut out = [0; CLASSES];
+        for s in self.lock().stripes.values() {
+            for k in s.queue.kinds() {
+                out[k] += 1;
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

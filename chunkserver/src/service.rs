@@ -208,7 +208,9 @@ impl Shared {
             self.metrics.quota_exceeded.get_or_create(&l).set(u.exceeded as i64);
             self.metrics.quota_bypassed.get_or_create(&l).set(u.bypassed as i64);
         }
-        self.metrics.stripe_waiting.set(self.stripe_queues.waiting() as i64);
+        for (class, n) in RequestClass::ALL.iter().zip(self.stripe_queues.waiting_by_class()) {
+            self.metrics.stripe_waiting.get_or_create(&ClassLabels { class: class.as_str() }).set(n as i64);
+        }
         for (i, (count, bytes)) in self.store.usage().into_iter().enumerate() {
             let l = self.dir_label(i).clone();
             self.metrics.stripes.get_or_create(&l).set(count as i64);

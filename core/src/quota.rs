@@ -119,6 +119,11 @@ impl<W> AtomQueue<W> {
         self.waiting.is_empty()
     }
 
+    /// The usage type of each waiting request, oldest first.
+    pub fn kinds(&self) -> impl Iterator<Item = usize> + '_ {
+        self.waiting.iter().map(|w| w.kind)
+    }
+
     /// Takes the request to run next.
     ///
     /// The oldest request whose type is within quota, or that has already been
