@@ -31,6 +31,38 @@ async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
+/// Serves tar archives on loopback: a.tar.gz (3 files), b.tar (5 files);
+/// anything else is 404. Returns the base URL.
+async fn serve_tars() -> String {
+    fn archive(files: usize, gz: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..files {
+            let data = vec![b'a' + i as u8; 5000 * (i + 1)];
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("dir/file{i}.txt"), &data[..]).unwrap();
+        }
+        let raw = b.into_inner().unwrap();
+        if !gz {
+            return raw;
+        }
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&raw).unwrap();
+        e.finish().unwrap()
+    }
+    let (a, b) = (archive(3, true), archive(5, false));
+    let app = axum::Router::new()
+        .route("/a.tar.gz", axum::routing::get(move || async move { a }))
+        .route("/b.tar", axum::routing::get(move || async move { b }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 fn condition(f: &Fileset, kind: &str) -> Option<(String, String)> {
     f.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.clone(), c.reason.clone()))
 }
@@ -154,6 +186,64 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
         list.items.iter().any(|e| e.reason.as_deref() == Some("VersionPublished")).then_some(())
     })
     .await;
+
+    // An http source: a tar.gz becomes version 1; a new URL version 2, and
+    // retention keeps one; a URL that is not there is reported, not retried
+    // in a loop.
+    let base = serve_tars().await;
+    let web: Fileset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+        "metadata": {"name": "web"},
+        "spec": {"source": {"http": {"url": format!("{base}/a.tar.gz")}}, "erasure": {"stripeUnit": 65536},
+                 "retention": {"keepVersions": 1}},
+    }))
+    .unwrap();
+    filesets.create(&PostParams::default(), &web).await.unwrap();
+    until("the archive to become version 1", async || {
+        let f = filesets.get("web").await.ok()?;
+        let st = f.status.clone()?;
+        (st.current_version == Some(1)
+            && st.files == Some(3)
+            && condition(&f, "Ready").map(|c| c.0) == Some("True".into()))
+        .then_some(())
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"source": {"http": {"url": format!("{base}/b.tar")}}}});
+    filesets.patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let st = until("the new archive to become version 2", async || {
+        let st = filesets.get("web").await.ok()?.status?;
+        (st.current_version == Some(2) && st.files == Some(5)).then_some(st)
+    })
+    .await;
+    assert_eq!(st.versions.iter().map(|v| v.id).collect::<Vec<_>>(), vec![2], "retention keeps one version");
+    let web_copy = tempfile::tempdir().unwrap();
+    let got = fc
+        .open("web", 2)
+        .await
+        .unwrap()
+        .get(fc.stripes(), &web_copy.path().join("w"), tessera_core::read_plan::ReadMode::Hedged, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(got.files, 5);
+    assert_eq!(std::fs::read(web_copy.path().join("w/dir/file4.txt")).unwrap(), vec![b'e'; 25000]);
+    let broken: Fileset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+        "metadata": {"name": "broken"},
+        "spec": {"source": {"http": {"url": format!("{base}/missing.tar")}}},
+    }))
+    .unwrap();
+    filesets.create(&PostParams::default(), &broken).await.unwrap();
+    let f = until("the missing archive to be reported", async || {
+        let f = filesets.get("broken").await.ok()?;
+        (condition(&f, "Ready") == Some(("False".into(), "IngestFailed".into()))).then_some(f)
+    })
+    .await;
+    let ready = f.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("404"), "{}", ready.message);
+    for name in ["web", "broken"] {
+        filesets.delete(name, &DeleteParams::default()).await.unwrap();
+        until("the fileset to go", async || filesets.get_opt(name).await.ok()?.is_none().then_some(())).await;
+    }
 
     // The operator restarts (a new replica on the same address): the master
     // comes back from its records and the chunkservers' reports.

@@ -6,6 +6,7 @@
 //! the lease stops them at once; the Deployment's readiness probe then sends
 //! the master Service's traffic to the new leader.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,11 +22,14 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use tessera_client::fileset::FilesetClient;
+use tessera_client::{ClientConfig, StripeClient};
 use tessera_proto::ms;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, RepairClass};
+use crate::ingest;
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
 use crate::master::maintenance::Deleter;
@@ -166,12 +170,16 @@ async fn lead(
         s.master_addr = Some(running.addr);
     }
     let reporter = Reporter { controller: MANAGER.into(), instance: Some(config.identity.clone()) };
+    let own_master = format!("127.0.0.1:{}", running.addr.port());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         master: running.master.clone(),
         deleter: running.deleter.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         resync: config.resync,
+        files: FilesetClient::new(&own_master, StripeClient::new(ClientConfig::default()))?,
+        ingests: Mutex::new(HashMap::new()),
+        scratch: std::env::temp_dir(),
     });
     let filesets: Api<Fileset> = Api::all(client);
     let controller = Controller::new(filesets, watcher::Config::default())
@@ -196,6 +204,65 @@ struct Ctx {
     deleter: Deleter,
     recorder: Recorder,
     resync: Duration,
+    /// A client of this replica's own master, for ingests.
+    files: FilesetClient,
+    /// Ingests by fileset: the source key and how it went.
+    ingests: Mutex<HashMap<String, (String, IngestState)>>,
+    /// Where ingests unpack their sources.
+    scratch: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone)]
+enum IngestState {
+    Running,
+    Failed { reason: String, at: Instant },
+    Done,
+}
+
+/// A failed ingest is tried again after this long.
+const INGEST_RETRY: Duration = Duration::from_secs(30);
+
+impl Ctx {
+    /// What the decision should know of the ingest of `key` for `name`.
+    fn ingest_of(&self, name: &str, key: &str, spec: &FilesetSpec) -> Ingest {
+        if spec.source.pvc.is_some() {
+            return Ingest::Failed {
+                reason: "ingest from pvc sources is not available yet; use http or upload".into(),
+            };
+        }
+        match self.ingests.lock().unwrap().get(name) {
+            Some((k, state)) if k == key => match state {
+                IngestState::Running => Ingest::Running,
+                IngestState::Failed { reason, at } if at.elapsed() < INGEST_RETRY => {
+                    Ingest::Failed { reason: reason.clone() }
+                }
+                IngestState::Failed { .. } => Ingest::Idle,
+                IngestState::Done => Ingest::Done { source_key: key.to_string() },
+            },
+            _ => Ingest::Idle,
+        }
+    }
+
+    /// Starts fetching an http source in the background.
+    fn start_ingest(self: &Arc<Self>, name: &str, key: &str, spec: &FilesetSpec) {
+        let Some(http) = spec.source.http.clone() else { return };
+        self.ingests.lock().unwrap().insert(name.to_string(), (key.to_string(), IngestState::Running));
+        let (ctx, name, key) = (self.clone(), name.to_string(), key.to_string());
+        tokio::spawn(async move {
+            let result = ingest::ingest_http(&ctx.files, &name, &http.url, http.sha256.as_deref(), &ctx.scratch).await;
+            let state = match result {
+                Ok(v) => {
+                    info!(fileset = %name, version = v.id, files = v.files, "ingest stored a new version");
+                    IngestState::Done
+                }
+                Err(e) => {
+                    warn!(fileset = %name, error = %e, "ingest failed");
+                    IngestState::Failed { reason: e.to_string(), at: Instant::now() }
+                }
+            };
+            ctx.ingests.lock().unwrap().insert(name, (key, state));
+        });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +351,6 @@ async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, Re
     let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &ns);
     let name = master_name(&f);
     let finalizers = f.finalizers().to_vec();
-    let pulls = f.spec.source.upload.is_none();
     let observed = Observed {
         generation: f.metadata.generation.unwrap_or(0),
         deleting: f.metadata.deletion_timestamp.is_some(),
@@ -292,13 +358,7 @@ async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, Re
         spec: f.spec.clone(),
         status: f.status.clone().unwrap_or_default(),
         master: master_view(&ctx.master, &name)?,
-        // Fetching http and pvc sources is not built yet: say so rather than
-        // wait forever.
-        ingest: if pulls {
-            Ingest::Failed { reason: "ingest from http and pvc sources is not available yet; use source.upload".into() }
-        } else {
-            Ingest::Idle
-        },
+        ingest: ctx.ingest_of(&name, &reconcile::source_key(&f.spec.source), &f.spec),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let decision = reconcile::decide(&observed);
@@ -314,7 +374,7 @@ async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, Re
                 let spec = master_spec(&ctx.client, &f).await?;
                 ctx.master.create_fileset(&spec, true)?;
             }
-            Action::StartIngest { .. } => {}
+            Action::StartIngest { source_key } => ctx.start_ingest(&name, source_key, &f.spec),
             Action::DeleteData => {
                 let (versions, deletions) = ctx.master.delete_fileset(&name)?;
                 info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod ingest;
 pub mod kube_store;
 pub mod leader;
 pub mod master;

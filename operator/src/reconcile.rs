@@ -48,6 +48,10 @@ pub enum Ingest {
     Failed {
         reason: String,
     },
+    /// The source with this key was stored as a new version.
+    Done {
+        source_key: String,
+    },
 }
 
 /// Everything the decision needs.
@@ -129,14 +133,23 @@ pub fn decide(o: &Observed) -> Decision {
 
     let key = source_key(&o.spec.source);
     let master = o.master.clone().unwrap_or_default();
-    let ingested = o.status.ingested_source.as_deref() == Some(key.as_str());
+    let just_done = matches!(&o.ingest, Ingest::Done { source_key } if *source_key == key);
+    let ingested = just_done || o.status.ingested_source.as_deref() == Some(key.as_str());
     let pulls = o.spec.source.upload.is_none();
     let mut status = o.status.clone();
     status.observed_generation = Some(o.generation);
+    if just_done {
+        status.ingested_source = Some(key.clone());
+    }
 
     // A source the operator fetches is ingested once per change.
+    // A finished ingest of an older source says nothing about this one.
+    let ingest = match &o.ingest {
+        Ingest::Done { source_key } if *source_key != key => &Ingest::Idle,
+        other => other,
+    };
     let progressing = if pulls && !ingested {
-        match &o.ingest {
+        match ingest {
             Ingest::Idle => {
                 actions.push(Action::StartIngest { source_key: key.clone() });
                 events.push(EventNote {
@@ -146,7 +159,7 @@ pub fn decide(o: &Observed) -> Decision {
                 });
                 Some(("Ingesting", "fetching and storing the source".to_string()))
             }
-            Ingest::Running => Some(("Ingesting", "fetching and storing the source".to_string())),
+            Ingest::Running | Ingest::Done { .. } => Some(("Ingesting", "fetching and storing the source".to_string())),
             Ingest::Failed { reason } => {
                 events.push(EventNote { warning: true, reason: "IngestFailed", message: reason.clone() });
                 None
@@ -155,7 +168,7 @@ pub fn decide(o: &Observed) -> Decision {
     } else {
         None
     };
-    let failed = match (&o.ingest, pulls && !ingested) {
+    let failed = match (ingest, pulls && !ingested) {
         (Ingest::Failed { reason }, true) => Some(reason.clone()),
         _ => None,
     };
@@ -435,6 +448,22 @@ mod tests {
         assert_eq!(decide(&o).actions, vec![Action::RemoveFinalizer]);
         o.has_finalizer = false;
         assert!(decide(&o).actions.is_empty());
+    }
+
+    #[test]
+    fn a_finished_ingest_records_its_source_so_it_is_not_fetched_again() {
+        let mut o = observed(spec("https://x/a.tar"));
+        let key = source_key(&o.spec.source);
+        o.ingest = Ingest::Done { source_key: key.clone() };
+        o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
+        let d = decide(&o);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.status.as_ref().unwrap().ingested_source.as_deref(), Some(key.as_str()));
+        assert_eq!(cond(&d, "Ready").status, "True");
+        // A Done for an older source does not count for a new one.
+        o.spec = spec("https://x/b.tar");
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::StartIngest { source_key: source_key(&o.spec.source) }]);
     }
 
     #[test]
