@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use tessera_chunkserver::registrar::Identity;
@@ -184,6 +184,37 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     until("a VersionPublished event", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.iter().any(|e| e.reason.as_deref() == Some("VersionPublished")).then_some(())
+    })
+    .await;
+
+    // The node of cs4 is not ready (a Node object with no Ready condition):
+    // its stripes count as unavailable, the fileset is Degraded with an
+    // event; once the node is Ready again, so is the fileset.
+    let nodes: Api<Node> = Api::all(cp.client());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "cs4", "labels": {"topology.kubernetes.io/region": "r", "topology.kubernetes.io/zone": "z1"}},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    until("the fileset to be degraded", async || {
+        let f = filesets.get("models").await.ok()?;
+        (condition(&f, "Degraded").map(|c| c.0) == Some("True".into())).then_some(())
+    })
+    .await;
+    until("a Degraded event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("Degraded")).then_some(())
+    })
+    .await;
+    let ready = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test",
+        "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }]}});
+    nodes.patch_status("cs4", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&ready)).await.unwrap();
+    until("the fileset to be whole again", async || {
+        let f = filesets.get("models").await.ok()?;
+        (condition(&f, "Degraded").map(|c| c.0) == Some("False".into())).then_some(())
     })
     .await;
 

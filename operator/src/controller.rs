@@ -16,11 +16,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tessera_client::fileset::FilesetClient;
 use tessera_client::{ClientConfig, StripeClient};
@@ -34,8 +35,10 @@ use crate::kube_store::KubeStore;
 use crate::leader::Elector;
 use crate::master::maintenance::Deleter;
 use crate::master::server::{self, Config as MasterServerConfig};
+use crate::master::state::NodeInfo;
 use crate::master::{Master, MasterConfig, MasterError};
 use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed};
+use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tessera-operator";
@@ -181,6 +184,7 @@ async fn lead(
         ingests: Mutex::new(HashMap::new()),
         scratch: std::env::temp_dir(),
     });
+    let nodes = tokio::spawn(watch_nodes(Api::all(client.clone()), running.master.clone()));
     let filesets: Api<Fileset> = Api::all(client);
     let controller = Controller::new(filesets, watcher::Config::default())
         .run(reconcile_fileset, error_policy, ctx)
@@ -194,8 +198,27 @@ async fn lead(
         _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopping the master"),
         _ = stop.wait_for(|s| *s) => {}
     }
+    nodes.abort();
     shared.lock().unwrap().master = None;
     running.shutdown().await
+}
+
+/// Feeds the master what the cluster says of each node: failure domains from
+/// its labels, and maintenance while it is cordoned or not ready.
+async fn watch_nodes(nodes: Api<Node>, master: Arc<Master>) {
+    let keys = LabelKeys::default();
+    let mut events = watcher(nodes, watcher::Config::default()).applied_objects().boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(node) => {
+                let name = node.name_any();
+                let topology = topology_of(&name, node.labels(), &keys);
+                let maintenance = node_state(&node) != NodeState::Ready;
+                master.set_node(&name, NodeInfo { topology, maintenance });
+            }
+            Err(e) => warn!(error = %e, "watching nodes"),
+        }
+    }
 }
 
 struct Ctx {

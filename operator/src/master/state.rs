@@ -35,6 +35,16 @@ pub struct Server {
     pub live: bool,
     pub failures: FailureCounter,
     pub stripes: HashSet<StripeId>,
+    /// Its node is cordoned or not ready (Kubernetes): no new stripes, and
+    /// its stripes count as unavailable for repair.
+    pub maintenance: bool,
+}
+
+/// What the cluster says about a node, overriding what its server reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub topology: Topology,
+    pub maintenance: bool,
 }
 
 /// An item a published version owns.
@@ -82,6 +92,8 @@ struct State {
     locations: HashMap<ItemId, Vec<(u16, String)>>,
     sessions: HashMap<String, Session>,
     missing_since: HashMap<ItemId, Instant>,
+    /// Node facts from Kubernetes, by node name.
+    nodes: HashMap<String, NodeInfo>,
     /// Items whose lost stripes cannot be placed now; logged once, not every pass.
     unplaceable: HashSet<ItemId>,
     repairing: HashSet<ItemId>,
@@ -158,6 +170,7 @@ impl Master {
         let mut st = self.state.lock().unwrap();
         let t = req.topology.clone().unwrap_or_default();
         let topology = Topology { region: t.region, zone: t.zone, rack: t.rack, node: t.node };
+        let node = if topology.node.is_empty() { req.server_id.clone() } else { topology.node.clone() };
         let policy = self.config.failure;
         let epoch = st.epoch.clone();
         let State { servers, locations, .. } = &mut *st;
@@ -172,7 +185,7 @@ impl Master {
                     forget_location(locations, &stripe, &req.server_id);
                 }
                 s.address = req.address.clone();
-                s.topology = topology;
+                s.topology = topology.clone();
                 s.free_bytes = req.free_bytes;
                 s.total_bytes = req.total_bytes;
                 s.last_seen = now;
@@ -192,12 +205,36 @@ impl Master {
                         live: true,
                         failures: FailureCounter::default(),
                         stripes: HashSet::new(),
+                        maintenance: false,
                     },
                 );
             }
         }
+        if let Some(info) = st.nodes.get(&node).cloned()
+            && let Some(s) = st.servers.get_mut(&req.server_id)
+        {
+            s.topology = info.topology;
+            s.maintenance = info.maintenance;
+        }
         info!(server = %req.server_id, address = %req.address, "chunkserver registered");
         epoch
+    }
+
+    /// Records what Kubernetes says of a node: its failure domains (from its
+    /// labels) and whether it is in maintenance (cordoned or not ready). The
+    /// server on that node takes them over what it reported itself.
+    pub fn set_node(&self, node: &str, info: NodeInfo) {
+        let mut st = self.state.lock().unwrap();
+        for s in st.servers.values_mut() {
+            if s.topology.node == node || s.id == node {
+                if s.maintenance != info.maintenance {
+                    info!(server = %s.id, node, maintenance = info.maintenance, "node maintenance changed");
+                }
+                s.topology = info.topology.clone();
+                s.maintenance = info.maintenance;
+            }
+        }
+        st.nodes.insert(node.to_string(), info);
     }
 
     /// Adds reported stripes to the index. `false` if the server must
@@ -361,7 +398,11 @@ impl Master {
         let mut candidates = Vec::new();
         let mut too_full = 0;
         for s in st.servers.values_mut() {
-            if !s.live || s.failures.is_down(now, &policy) || failed.iter().any(|a| a == &s.address || a == &s.id) {
+            if !s.live
+                || s.maintenance
+                || s.failures.is_down(now, &policy)
+                || failed.iter().any(|a| a == &s.address || a == &s.id)
+            {
                 continue;
             }
             if s.free_bytes < needed {
@@ -574,7 +615,7 @@ impl Master {
         let policy = self.config.failure;
         let mut down = HashSet::new();
         for s in st.servers.values_mut() {
-            if !s.live || s.failures.is_down(now, &policy) {
+            if !s.live || s.maintenance || s.failures.is_down(now, &policy) {
                 down.insert(s.id.clone());
             }
         }
@@ -737,7 +778,7 @@ impl Master {
         let policy = self.config.failure;
         let mut servers = Vec::new();
         for s in st.servers.values_mut() {
-            let down = s.failures.is_down(now, &policy);
+            let down = s.maintenance || s.failures.is_down(now, &policy);
             servers.push(ms::ServerStatus {
                 server_id: s.id.clone(),
                 address: s.address.clone(),
@@ -756,7 +797,9 @@ impl Master {
                 failure_count: s.failures.count(),
             });
         }
-        let unreachable: HashSet<String> = st.servers.values().filter(|s| !s.live).map(|s| s.id.clone()).collect();
+        // Servers in maintenance count as unreachable, as they do for repair.
+        let unreachable: HashSet<String> =
+            st.servers.values().filter(|s| !s.live || s.maintenance).map(|s| s.id.clone()).collect();
         let mut filesets = Vec::new();
         for f in st.filesets.values().filter(|f| fileset.is_empty() || f.name == fileset) {
             let n = f.k + f.m;

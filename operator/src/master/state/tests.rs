@@ -505,3 +505,41 @@ fn a_server_back_after_its_stripes_were_rebuilt_loses_the_surplus_copies() {
 fn register_one(m: &Master, i: usize, now: Instant) -> String {
     register_server(m, i, 3, now)
 }
+
+#[test]
+fn nodes_in_maintenance_get_no_stripes_and_theirs_are_repaired_by_availability() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(31);
+    write_version(&m, "hot", 6, t0, &mut rng);
+    let on_cs4 = m.state.lock().unwrap().servers["cs4"].stripes.len();
+    assert!(on_cs4 > 0);
+    // The node of cs4 is cordoned; Kubernetes also moves it to another rack.
+    let cordoned = NodeInfo {
+        topology: Topology { region: "r".into(), zone: "z1".into(), rack: "k-new".into(), node: "n4".into() },
+        maintenance: true,
+    };
+    m.set_node("n4", cordoned.clone());
+    let st = m.status("hot", t0).unwrap();
+    let s4 = st.servers.iter().find(|s| s.server_id == "cs4").unwrap();
+    assert!(s4.down && s4.topology.as_ref().unwrap().rack == "k-new", "{s4:?}");
+    assert!(st.filesets[0].degraded > 0, "its stripes count as unavailable");
+    // High availability: rebuilt at once, never onto cs4.
+    let jobs = m.plan_repairs(t0, usize::MAX, &mut rng);
+    assert_eq!(jobs.len() as u64, st.filesets[0].degraded);
+    assert!(jobs.iter().all(|j| j.targets.iter().all(|(_, sid, _)| sid != "cs4")));
+    for j in &jobs {
+        m.repair_done(j, true);
+    }
+    let (session, _) = m.begin_version("hot", t0).unwrap();
+    let alloc = m.allocate_items(&session, 20, 4096, &[], t0, &mut rng).unwrap();
+    assert!(alloc.iter().all(|a| !a.servers.contains(&"127.0.0.1:7004".to_string())), "no new stripes on cs4");
+    // Re-registering (a restart) keeps what the cluster said of the node.
+    register_one(&m, 4, t0);
+    assert!(m.state.lock().unwrap().servers["cs4"].maintenance);
+    // Back in service.
+    m.set_node("n4", NodeInfo { maintenance: false, ..cordoned });
+    assert!(!m.status("hot", t0).unwrap().servers.iter().find(|s| s.server_id == "cs4").unwrap().down);
+}
