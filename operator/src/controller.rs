@@ -151,10 +151,30 @@ async fn lead(
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    tokio::select! {
-        r = leading.wait_for(|l| *l) => { r?; }
-        _ = stop.wait_for(|s| *s) => return Ok(()),
+    // A replica that loses the lease stands by again, and may lead again.
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => { r?; }
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        serve_as_leader(&kube, &client, &config, &shared, &mut leading, &mut stop).await?;
+        if *stop.borrow() {
+            return Ok(());
+        }
     }
+}
+
+/// Runs the master and the controllers until leadership is lost or the
+/// operator stops.
+async fn serve_as_leader(
+    kube: &kube::Config,
+    client: &Client,
+    config: &OperatorConfig,
+    shared: &Arc<Mutex<Shared>>,
+    leading: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (kube, client) = (kube.clone(), client.clone());
     info!(identity = %config.identity, "leading: starting the master");
     let store = Arc::new(KubeStore::new(kube, &config.namespace)?);
     let running = server::start_with_store(
@@ -199,7 +219,11 @@ async fn lead(
         _ = stop.wait_for(|s| *s) => {}
     }
     nodes.abort();
-    shared.lock().unwrap().master = None;
+    {
+        let mut s = shared.lock().unwrap();
+        s.master = None;
+        s.master_addr = None;
+    }
     running.shutdown().await
 }
 
