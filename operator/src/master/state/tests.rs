@@ -417,19 +417,33 @@ fn beat_all_but(m: &Master, count: usize, lost: &[usize], now: Instant) {
     }
 }
 
-#[test]
-fn a_lost_zone_is_rebuilt_into_the_others_within_the_policy() {
+/// A high-availability fileset of `items` items on `servers` servers in
+/// `zones` zones, after the servers in `lost` stopped reporting (and were
+/// found out). Returns the master, the time of the loss and the generator.
+fn hot_fileset_after_losing(
+    servers: usize,
+    zones: usize,
+    items: usize,
+    lost: &[usize],
+    seed: u64,
+) -> (Arc<Master>, Instant, StdRng) {
     let m = master();
     let t0 = Instant::now();
-    // Four zones of four: RS(6,3) at most 3 per zone fits in the three left.
-    register_in_zones(&m, 16, 4, t0);
+    register_in_zones(&m, servers, zones, t0);
     create(&m, "hot", "high", 1);
-    let mut rng = StdRng::seed_from_u64(11);
-    write_version(&m, "hot", 8, t0, &mut rng);
-    let z2: Vec<usize> = (0..16).filter(|i| i % 4 == 2).collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    write_version(&m, "hot", items, t0, &mut rng);
     let t1 = t0 + Duration::from_secs(4);
-    beat_all_but(&m, 16, &z2, t1);
-    assert_eq!(m.expire_servers(t1).len(), 4);
+    beat_all_but(&m, servers, lost, t1);
+    assert_eq!(m.expire_servers(t1).len(), lost.len());
+    (m, t1, rng)
+}
+
+#[test]
+fn a_lost_zone_is_rebuilt_into_the_others_within_the_policy() {
+    // Four zones of four: RS(6,3) at most 3 per zone fits in the three left.
+    let z2: Vec<usize> = (0..16).filter(|i| i % 4 == 2).collect();
+    let (m, t1, mut rng) = hot_fileset_after_losing(16, 4, 8, &z2, 11);
     let before = m.status("hot", t1).unwrap().filesets[0].clone();
     assert!(before.degraded > 0, "{before:?}");
     assert_eq!(before.unrecoverable, 0, "one zone holds at most m stripes of an item");
@@ -447,17 +461,9 @@ fn a_lost_zone_is_rebuilt_into_the_others_within_the_policy() {
 
 #[test]
 fn with_too_few_domains_left_repair_waits_instead_of_breaking_the_policy() {
-    let m = master();
-    let t0 = Instant::now();
     // Three zones: with one down, 9 stripes at 3 per zone do not fit.
-    register_in_zones(&m, 12, 3, t0);
-    create(&m, "hot", "high", 1);
-    let mut rng = StdRng::seed_from_u64(12);
-    write_version(&m, "hot", 4, t0, &mut rng);
     let z0: Vec<usize> = (0..12).filter(|i| i % 3 == 0).collect();
-    let t1 = t0 + Duration::from_secs(4);
-    beat_all_but(&m, 12, &z0, t1);
-    m.expire_servers(t1);
+    let (m, t1, mut rng) = hot_fileset_after_losing(12, 3, 4, &z0, 12);
     assert!(m.plan_repairs(t1, usize::MAX, &mut rng).is_empty(), "no job may break the per-zone bound");
     let st = m.status("hot", t1).unwrap().filesets[0].clone();
     assert_eq!((st.unrecoverable, st.placement_violations), (0, 0), "every item still readable: {st:?}");
