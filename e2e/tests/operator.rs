@@ -271,6 +271,25 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     .await;
     let ready = f.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(ready.message.contains("404"), "{}", ready.message);
+    // The operator's metrics, with the master's after them on one page.
+    let page = {
+        let mut s = tokio::net::TcpStream::connect(op.http_addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    for line in [
+        "tessera_operator_leader 1",
+        "tessera_operator_reconciles_total{result=\"ok\"}",
+        "tessera_operator_ingests_total{result=\"ok\"} 2",
+        "tessera_operator_ingests_total{result=\"failed\"}",
+        "tessera_master_chunkservers{state=\"up\"}",
+    ] {
+        assert!(page.contains(line), "{line:?} missing from\n{page}");
+    }
+    assert_eq!(page.matches("# EOF").count(), 1, "one page, one end marker");
     for name in ["web", "broken"] {
         filesets.delete(name, &DeleteParams::default()).await.unwrap();
         until("the fileset to go", async || filesets.get_opt(name).await.ok()?.is_none().then_some(())).await;

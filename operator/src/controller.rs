@@ -23,6 +23,11 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tessera_client::fileset::FilesetClient;
 use tessera_client::{ClientConfig, StripeClient};
 use tessera_proto::ms;
@@ -65,6 +70,38 @@ struct Shared {
     master_addr: Option<SocketAddr>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The operator's own metrics (the master's follow them on the same page).
+#[derive(Debug)]
+struct OperatorMetrics {
+    registry: Registry,
+    leader: Gauge,
+    reconciles: Family<ResultLabels, Counter>,
+    ingests: Family<ResultLabels, Counter>,
+}
+
+impl OperatorMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("tessera_operator");
+        let (leader, reconciles, ingests) = (Gauge::default(), Family::default(), Family::default());
+        registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        registry.register("reconciles", "Fileset reconciles by result (ok, error)", reconciles.clone());
+        registry.register("ingests", "Source ingests by result (ok, failed)", ingests.clone());
+        Self { registry, leader, reconciles, ingests }
+    }
+
+    /// This page without its end marker, so the master's can follow.
+    fn render_head(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out.strip_suffix("# EOF\n").map(str::to_string).unwrap_or(out)
+    }
+}
+
 /// A started operator replica.
 pub struct Operator {
     pub http_addr: SocketAddr,
@@ -91,6 +128,7 @@ impl Operator {
 pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result<Operator> {
     let client = Client::try_from(kube.clone())?;
     let shared = Arc::new(Mutex::new(Shared::default()));
+    let metrics = Arc::new(OperatorMetrics::new());
     let (stop, stop_rx) = watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
     let elector = Elector::new(leases, "tessera-operator", &config.identity, config.lease_duration);
@@ -118,13 +156,15 @@ pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result
         .route(
             "/metrics",
             get({
-                let shared = shared.clone();
+                let (shared, metrics) = (shared.clone(), metrics.clone());
                 move || async move {
                     let master = shared.lock().unwrap().master.clone();
-                    match master {
+                    metrics.leader.set(i64::from(master.is_some()));
+                    let tail = match master {
                         Some(m) => crate::master::metrics::render(&m, Instant::now()).unwrap_or_default(),
                         None => String::from("# EOF\n"),
-                    }
+                    };
+                    metrics.render_head() + &tail
                 }
             }),
         );
@@ -137,7 +177,7 @@ pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result
             .await;
     });
 
-    let task = tokio::spawn(lead(kube, client, config, shared.clone(), leading.clone(), stop_rx));
+    let task = tokio::spawn(lead(kube, client, config, shared.clone(), metrics, leading.clone(), stop_rx));
     Ok(Operator { http_addr, leading, shared, stop, task })
 }
 
@@ -148,6 +188,7 @@ async fn lead(
     client: Client,
     config: OperatorConfig,
     shared: Arc<Mutex<Shared>>,
+    metrics: Arc<OperatorMetrics>,
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -157,7 +198,7 @@ async fn lead(
             r = leading.wait_for(|l| *l) => { r?; }
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        serve_as_leader(&kube, &client, &config, &shared, &mut leading, &mut stop).await?;
+        serve_as_leader(&kube, &client, &config, &shared, &metrics, &mut leading, &mut stop).await?;
         if *stop.borrow() {
             return Ok(());
         }
@@ -171,6 +212,7 @@ async fn serve_as_leader(
     client: &Client,
     config: &OperatorConfig,
     shared: &Arc<Mutex<Shared>>,
+    metrics: &Arc<OperatorMetrics>,
     leading: &mut watch::Receiver<bool>,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -203,6 +245,7 @@ async fn serve_as_leader(
         files: FilesetClient::new(&own_master, StripeClient::new(ClientConfig::default()))?,
         ingests: Mutex::new(HashMap::new()),
         scratch: std::env::temp_dir(),
+        metrics: metrics.clone(),
     });
     let nodes = tokio::spawn(watch_nodes(Api::all(client.clone()), running.master.clone()));
     let filesets: Api<Fileset> = Api::all(client);
@@ -257,6 +300,7 @@ struct Ctx {
     ingests: Mutex<HashMap<String, (String, IngestState)>>,
     /// Where ingests unpack their sources.
     scratch: std::path::PathBuf,
+    metrics: Arc<OperatorMetrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,10 +344,12 @@ impl Ctx {
             let state = match result {
                 Ok(v) => {
                     info!(fileset = %name, version = v.id, files = v.files, "ingest stored a new version");
+                    ctx.metrics.ingests.get_or_create(&ResultLabels { result: "ok" }).inc();
                     IngestState::Done
                 }
                 Err(e) => {
                     warn!(fileset = %name, error = %e, "ingest failed");
+                    ctx.metrics.ingests.get_or_create(&ResultLabels { result: "failed" }).inc();
                     IngestState::Failed { reason: e.to_string(), at: Instant::now() }
                 }
             };
@@ -320,7 +366,8 @@ pub enum ReconcileError {
     Master(#[from] MasterError),
 }
 
-fn error_policy(_f: Arc<Fileset>, _e: &ReconcileError, _ctx: Arc<Ctx>) -> Requeue {
+fn error_policy(_f: Arc<Fileset>, _e: &ReconcileError, ctx: Arc<Ctx>) -> Requeue {
+    ctx.metrics.reconciles.get_or_create(&ResultLabels { result: "error" }).inc();
     Requeue::requeue(Duration::from_secs(5))
 }
 
@@ -394,6 +441,14 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
 }
 
 async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, ReconcileError> {
+    let result = reconcile_once(&f, &ctx).await;
+    if result.is_ok() {
+        ctx.metrics.reconciles.get_or_create(&ResultLabels { result: "ok" }).inc();
+    }
+    result
+}
+
+async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, ReconcileError> {
     let ns = f.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &ns);
     let name = master_name(&f);
