@@ -451,7 +451,7 @@ async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, Re
 async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, ReconcileError> {
     let ns = f.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = master_name(&f);
+    let name = master_name(f);
     let finalizers = f.finalizers().to_vec();
     let observed = Observed {
         generation: f.metadata.generation.unwrap_or(0),
@@ -473,7 +473,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             }
             Action::CreateInMaster => {
-                let spec = master_spec(&ctx.client, &f).await?;
+                let spec = master_spec(&ctx.client, f).await?;
                 ctx.master.create_fileset(&spec, true)?;
             }
             Action::StartIngest { source_key } => ctx.start_ingest(&name, source_key, &f.spec),
