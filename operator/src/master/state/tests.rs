@@ -200,17 +200,7 @@ fn lost_servers_are_repaired_at_once_or_after_the_grace() {
     write_version(&m, "cold", 2, t0, &mut rng);
     // Everyone but cs4 keeps reporting.
     let t1 = t0 + Duration::from_secs(4);
-    for i in (0..12).filter(|i| *i != 4) {
-        assert!(m.heartbeat(
-            &ms::HeartbeatRequest {
-                server_id: format!("cs{i}"),
-                master_epoch: m.epoch(),
-                free_bytes: 1 << 40,
-                ..Default::default()
-            },
-            t1
-        ));
-    }
+    beat_all_but(&m, 12, &[4], t1);
     assert_eq!(m.expire_servers(t1), vec!["cs4".to_string()]);
     let jobs = m.plan_repairs(t1, 100, &mut rng);
     let hot_items = 3;
@@ -236,17 +226,7 @@ fn lost_servers_are_repaired_at_once_or_after_the_grace() {
     assert!(m.plan_repairs(t1, 100, &mut rng).is_empty(), "cold waits for the grace");
     let late = t1 + m.config.repair_grace;
     // Servers keep reporting meanwhile.
-    for i in (0..12).filter(|i| *i != 4) {
-        m.heartbeat(
-            &ms::HeartbeatRequest {
-                server_id: format!("cs{i}"),
-                master_epoch: m.epoch(),
-                free_bytes: 1 << 40,
-                ..Default::default()
-            },
-            late,
-        );
-    }
+    beat_all_but(&m, 12, &[4], late);
     assert!(cold_degraded > 0);
     assert_eq!(m.plan_repairs(late, 100, &mut rng).len() as u64, cold_degraded, "cold after the grace");
 }
@@ -261,17 +241,7 @@ fn the_items_closest_to_loss_are_repaired_first() {
     write_version(&m, "hot", 12, t0, &mut rng);
     // cs4 (z1) and cs5 (z2) stop reporting.
     let t1 = t0 + Duration::from_secs(4);
-    for i in (0..12).filter(|i| *i != 4 && *i != 5) {
-        m.heartbeat(
-            &ms::HeartbeatRequest {
-                server_id: format!("cs{i}"),
-                master_epoch: m.epoch(),
-                free_bytes: 1 << 40,
-                ..Default::default()
-            },
-            t1,
-        );
-    }
+    beat_all_but(&m, 12, &[4, 5], t1);
     m.expire_servers(t1);
     let all = m.plan_repairs(t1, usize::MAX, &mut rng);
     let twice = all.iter().filter(|j| j.targets.len() == 2).count();
@@ -403,17 +373,16 @@ fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     assert_eq!(s.topology.as_ref().unwrap().zone, "z1");
 }
 
+/// Heartbeats from cs0..cs{count} except `lost`; each must be accepted.
 fn beat_all_but(m: &Master, count: usize, lost: &[usize], now: Instant) {
     for i in (0..count).filter(|i| !lost.contains(i)) {
-        m.heartbeat(
-            &ms::HeartbeatRequest {
-                server_id: format!("cs{i}"),
-                master_epoch: m.epoch(),
-                free_bytes: 1 << 40,
-                ..Default::default()
-            },
-            now,
-        );
+        let req = ms::HeartbeatRequest {
+            server_id: format!("cs{i}"),
+            master_epoch: m.epoch(),
+            free_bytes: 1 << 40,
+            ..Default::default()
+        };
+        assert!(m.heartbeat(&req, now), "cs{i} was asked to register again");
     }
 }
 
