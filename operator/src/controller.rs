@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,11 +31,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tessera_client::fileset::FilesetClient;
 use tessera_client::{ClientConfig, StripeClient};
+use tessera_core::repair::Availability;
 use tessera_proto::ms;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, RepairClass};
+use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, PriorityStatus};
 use crate::ingest;
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
@@ -42,7 +44,7 @@ use crate::master::maintenance::Deleter;
 use crate::master::server::{self, Config as MasterServerConfig};
 use crate::master::state::NodeInfo;
 use crate::master::{Master, MasterConfig, MasterError};
-use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed};
+use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed, PriorityRef};
 use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
 
 /// The field manager of every write the operator makes.
@@ -248,16 +250,42 @@ async fn serve_as_leader(
         metrics: metrics.clone(),
     });
     let nodes = tokio::spawn(watch_nodes(Api::all(client.clone()), running.master.clone()));
-    let filesets: Api<Fileset> = Api::all(client);
-    let controller = Controller::new(filesets, watcher::Config::default())
-        .run(reconcile_fileset, error_policy, ctx)
+    let filesets = Controller::new(Api::<Fileset>::all(client.clone()), watcher::Config::default());
+    let known = filesets.store();
+    // A changed Priority reconciles the filesets that name it, and a Fileset
+    // that names a priority refreshes that priority's count.
+    let naming = {
+        let known = known.clone();
+        move |p: Priority| {
+            let name = p.name_any();
+            known
+                .state()
+                .into_iter()
+                .filter(|f| f.spec.priority.as_deref() == Some(name.as_str()))
+                .map(|f| ObjectRef::from_obj(&*f))
+                .collect::<Vec<_>>()
+        }
+    };
+    let filesets = filesets
+        .watches(Api::<Priority>::all(client.clone()), watcher::Config::default(), naming)
+        .run(reconcile_fileset, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 warn!(error = %e, "fileset reconcile failed");
             }
         });
+    let priorities = Controller::new(Api::<Priority>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<Fileset>::all(client), watcher::Config::default(), |f: Fileset| {
+            f.spec.priority.map(|p| ObjectRef::<Priority>::new(&p))
+        })
+        .run(reconcile_priority, priority_error_policy, Arc::new((ctx, known)))
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "priority reconcile failed");
+            }
+        });
     tokio::select! {
-        _ = controller => {}
+        _ = futures::future::join(filesets, priorities) => {}
         _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopping the master"),
         _ = stop.wait_for(|s| *s) => {}
     }
@@ -366,6 +394,32 @@ pub enum ReconcileError {
     Master(#[from] MasterError),
 }
 
+type PriorityCtx = (Arc<Ctx>, Store<Fileset>);
+
+/// A Priority's status: how many filesets name it. What it means for them
+/// is applied by the Fileset controller, which every change of it triggers.
+async fn reconcile_priority(p: Arc<Priority>, ctx: Arc<PriorityCtx>) -> Result<Requeue, ReconcileError> {
+    let (ctx, known) = &*ctx;
+    let name = p.name_any();
+    let filesets = known.state().iter().filter(|f| f.spec.priority.as_deref() == Some(name.as_str())).count();
+    let status = PriorityStatus { observed_generation: p.metadata.generation, filesets: filesets as u32 };
+    if p.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({
+            "apiVersion": "tessera.dev/v1alpha1",
+            "kind": "Priority",
+            "status": status,
+        });
+        Api::<Priority>::all(ctx.client.clone())
+            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+    }
+    Ok(Requeue::requeue(ctx.resync))
+}
+
+fn priority_error_policy(_p: Arc<Priority>, _e: &ReconcileError, _ctx: Arc<PriorityCtx>) -> Requeue {
+    Requeue::requeue(Duration::from_secs(5))
+}
+
 fn error_policy(_f: Arc<Fileset>, _e: &ReconcileError, ctx: Arc<Ctx>) -> Requeue {
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: "error" }).inc();
     Requeue::requeue(Duration::from_secs(5))
@@ -377,22 +431,24 @@ fn master_name(f: &Fileset) -> String {
     f.name_any()
 }
 
-async fn master_spec(client: &Client, f: &Fileset) -> Result<ms::FilesetSpec, ReconcileError> {
+/// What `spec.priority` names, looked up in the cluster.
+async fn priority_of(client: &Client, f: &Fileset) -> Result<PriorityRef, ReconcileError> {
+    let Some(name) = f.spec.priority.clone() else { return Ok(PriorityRef::Unset) };
+    Ok(match Api::<Priority>::all(client.clone()).get_opt(&name).await? {
+        Some(p) => PriorityRef::Found { name, repair_class: p.spec.repair_class },
+        None => PriorityRef::Missing { name },
+    })
+}
+
+fn master_spec(f: &Fileset, availability: &str) -> ms::FilesetSpec {
     let s: &FilesetSpec = &f.spec;
-    let availability = match &s.priority {
-        Some(p) => match Api::<Priority>::all(client.clone()).get_opt(p).await? {
-            Some(p) if p.spec.repair_class == RepairClass::High => "high",
-            _ => "low",
-        },
-        None => "low",
-    };
     let level = match s.placement.level {
         DomainLevel::Region => "region",
         DomainLevel::Zone => "zone",
         DomainLevel::Rack => "rack",
         DomainLevel::Node => "node",
     };
-    Ok(ms::FilesetSpec {
+    ms::FilesetSpec {
         name: master_name(f),
         layout: Some(ms::Layout {
             k: s.erasure.k,
@@ -406,7 +462,7 @@ async fn master_spec(client: &Client, f: &Fileset) -> Result<ms::FilesetSpec, Re
         }),
         availability: availability.into(),
         keep_versions: s.retention.keep_versions,
-    })
+    }
 }
 
 fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterError> {
@@ -415,6 +471,7 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         Err(MasterError::FilesetNotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let availability = m.get_fileset(name)?.spec.map(|s| s.availability).unwrap_or_default();
     let st = m.status(name, Instant::now())?;
     let f = st.filesets.first().cloned().unwrap_or_default();
     let full = f.items_by_redundancy.last().copied().unwrap_or(0);
@@ -437,6 +494,7 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         items_unrecoverable: f.unrecoverable,
         repairing: f.repairing,
         stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
+        availability,
     }))
 }
 
@@ -460,10 +518,12 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
         spec: f.spec.clone(),
         status: f.status.clone().unwrap_or_default(),
         master: master_view(&ctx.master, &name)?,
+        priority: priority_of(&ctx.client, f).await?,
         ingest: ctx.ingest_of(&name, &reconcile::source_key(&f.spec.source), &f.spec),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let decision = reconcile::decide(&observed);
+    let availability = observed.priority.availability();
     for action in &decision.actions {
         match action {
             Action::AddFinalizer => {
@@ -473,8 +533,11 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             }
             Action::CreateInMaster => {
-                let spec = master_spec(&ctx.client, f).await?;
-                ctx.master.create_fileset(&spec, true)?;
+                ctx.master.create_fileset(&master_spec(f, availability), true)?;
+            }
+            Action::SetAvailability { availability } => {
+                let a = if *availability == "high" { Availability::High } else { Availability::Low };
+                ctx.master.set_availability(&name, a)?;
             }
             Action::StartIngest { source_key } => ctx.start_ingest(&name, source_key, &f.spec),
             Action::DeleteData => {

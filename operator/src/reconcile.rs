@@ -11,7 +11,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{FilesetSpec, FilesetStatus, RedundancyStatus, Source, VersionStatus};
+use crate::crd::{FilesetSpec, FilesetStatus, RedundancyStatus, RepairClass, Source, VersionStatus};
 
 /// The finalizer that keeps a Fileset until its data is deleted.
 pub const FINALIZER: &str = "tessera.dev/data";
@@ -27,7 +27,7 @@ pub struct MasterVersion {
 }
 
 /// The master's view of one fileset.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MasterFileset {
     /// Kept versions, oldest first.
     pub versions: Vec<MasterVersion>,
@@ -36,6 +36,47 @@ pub struct MasterFileset {
     pub items_unrecoverable: u64,
     pub repairing: u64,
     pub stripes_per_domain: Vec<(String, u64)>,
+    /// `high` or `low`: how soon lost stripes are rebuilt.
+    pub availability: String,
+}
+
+impl Default for MasterFileset {
+    fn default() -> Self {
+        Self {
+            versions: Vec::new(),
+            items_full: 0,
+            items_reduced: 0,
+            items_unrecoverable: 0,
+            repairing: 0,
+            stripes_per_domain: Vec::new(),
+            availability: "low".into(),
+        }
+    }
+}
+
+/// What the fileset's `spec.priority` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PriorityRef {
+    /// No priority: low availability.
+    Unset,
+    /// A Priority that does not exist (yet): low availability until it does.
+    Missing {
+        name: String,
+    },
+    Found {
+        name: String,
+        repair_class: RepairClass,
+    },
+}
+
+impl PriorityRef {
+    /// The master's availability this priority asks for.
+    pub fn availability(&self) -> &'static str {
+        match self {
+            PriorityRef::Found { repair_class: RepairClass::High, .. } => "high",
+            _ => "low",
+        }
+    }
 }
 
 /// Where an ingest of the current source stands.
@@ -64,6 +105,7 @@ pub struct Observed {
     pub status: FilesetStatus,
     /// `None` when the master has no such fileset (yet, or any more).
     pub master: Option<MasterFileset>,
+    pub priority: PriorityRef,
     pub ingest: Ingest,
     pub now: Time,
 }
@@ -74,6 +116,10 @@ pub enum Action {
     AddFinalizer,
     /// Create the fileset in the master with the spec's layout and policy.
     CreateInMaster,
+    /// The priority's repair class changed: tell the master.
+    SetAvailability {
+        availability: &'static str,
+    },
     /// Fetch the source and put it as a new version.
     StartIngest {
         source_key: String,
@@ -127,8 +173,27 @@ pub fn decide(o: &Observed) -> Decision {
     if !o.has_finalizer {
         actions.push(Action::AddFinalizer);
     }
-    if o.master.is_none() {
-        actions.push(Action::CreateInMaster);
+    match &o.master {
+        None => actions.push(Action::CreateInMaster),
+        Some(m) if m.availability != o.priority.availability() => {
+            let availability = o.priority.availability();
+            actions.push(Action::SetAvailability { availability });
+            events.push(EventNote {
+                warning: false,
+                reason: "RepairClassChanged",
+                message: format!("lost stripes are now rebuilt with {availability} availability"),
+            });
+        }
+        Some(_) => {}
+    }
+    if let PriorityRef::Missing { name } = &o.priority
+        && o.status.observed_generation != Some(o.generation)
+    {
+        events.push(EventNote {
+            warning: true,
+            reason: "PriorityNotFound",
+            message: format!("priority {name:?} does not exist; using low availability until it does"),
+        });
     }
 
     let key = source_key(&o.spec.source);
@@ -324,6 +389,7 @@ mod tests {
             spec,
             status: FilesetStatus::default(),
             master: Some(MasterFileset::default()),
+            priority: PriorityRef::Unset,
             ingest: Ingest::Idle,
             now: at(0),
         }
@@ -473,5 +539,26 @@ mod tests {
         a2.retention.keep_versions = 5;
         assert_eq!(source_key(&a.source), source_key(&a2.source));
         assert_ne!(source_key(&a.source), source_key(&spec("https://x/b.tar").source));
+    }
+
+    #[test]
+    fn the_priority_repair_class_sets_the_master_availability() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.status.observed_generation = Some(1);
+        o.priority = PriorityRef::Found { name: "critical".into(), repair_class: RepairClass::High };
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::SetAvailability { availability: "high" }]);
+        assert!(d.events.iter().any(|e| e.reason == "RepairClassChanged" && e.message.contains("high")));
+        o.master.as_mut().unwrap().availability = "high".into();
+        assert!(decide(&o).actions.is_empty(), "nothing to do once the master agrees");
+        // The priority goes away: back to low, with a warning on the next
+        // change of the spec (not on every resync).
+        o.priority = PriorityRef::Missing { name: "critical".into() };
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::SetAvailability { availability: "low" }]);
+        assert!(!d.events.iter().any(|e| e.reason == "PriorityNotFound"));
+        o.generation = 2;
+        assert!(decide(&o).events.iter().any(|e| e.warning && e.reason == "PriorityNotFound"));
     }
 }

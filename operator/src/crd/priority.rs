@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Priority",
     plural = "priorities",
+    status = "PriorityStatus",
     shortname = "tprio",
     printcolumn = r#"{"name":"Value","type":"integer","jsonPath":".spec.value"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".spec.weight"}"#,
     printcolumn = r#"{"name":"Read","type":"string","jsonPath":".spec.readPolicy.mode"}"#,
     printcolumn = r#"{"name":"Repair","type":"string","jsonPath":".spec.repairClass"}"#,
+    printcolumn = r#"{"name":"Filesets","type":"integer","jsonPath":".status.filesets"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -30,6 +32,18 @@ pub struct PrioritySpec {
     /// `high`: lost stripes are rebuilt at once; `low`: after the repair grace period.
     #[serde(default)]
     pub repair_class: RepairClass,
+}
+
+/// What the operator reports of a priority.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityStatus {
+    /// The generation of the spec the filesets below were last told of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Filesets (in any namespace) that name this priority.
+    #[serde(default)]
+    pub filesets: u32,
 }
 
 fn default_weight() -> u32 {

@@ -318,6 +318,22 @@ impl Master {
         Ok(fileset_to_wire(&st, &record))
     }
 
+    /// Changes how urgently a fileset's lost stripes are rebuilt (its
+    /// Priority's repair class changed). The only mutable part of a fileset.
+    pub fn set_availability(&self, name: &str, availability: Availability) -> Result<(), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let f = st.filesets.get_mut(name).ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
+        if f.availability() == availability {
+            return Ok(());
+        }
+        let mut record = f.clone();
+        record.availability = availability.as_str().to_string();
+        self.store.put_fileset(&record)?;
+        info!(fileset = %name, availability = availability.as_str(), "fileset availability changed");
+        *f = record;
+        Ok(())
+    }
+
     pub fn get_fileset(&self, name: &str) -> Result<ms::Fileset, MasterError> {
         let st = self.state.lock().unwrap();
         let f = st.filesets.get(name).ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;

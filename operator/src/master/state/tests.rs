@@ -518,3 +518,21 @@ fn nodes_in_maintenance_get_no_stripes_and_theirs_are_repaired_by_availability()
     m.set_node("n4", NodeInfo { maintenance: false, ..cordoned });
     assert!(!m.status("hot", t0).unwrap().servers.iter().find(|s| s.server_id == "cs4").unwrap().down);
 }
+
+#[test]
+fn a_changed_availability_changes_when_lost_stripes_are_rebuilt_and_is_kept() {
+    let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
+    let m = master_with(store.clone());
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "cold", "low", 1);
+    let mut rng = StdRng::seed_from_u64(7);
+    write_version(&m, "cold", 6, t0, &mut rng);
+    m.set_node("n4", NodeInfo { topology: Topology::default(), maintenance: true });
+    assert!(m.plan_repairs(t0, usize::MAX, &mut rng).is_empty(), "low availability waits for the grace");
+    m.set_availability("cold", Availability::High).unwrap();
+    assert!(!m.plan_repairs(t0, usize::MAX, &mut rng).is_empty(), "high availability is rebuilt at once");
+    assert_eq!(master_with(store).get_fileset("cold").unwrap().spec.unwrap().availability, "high");
+    let missing = m.set_availability("nope", Availability::Low).unwrap_err();
+    assert!(matches!(missing, MasterError::FilesetNotFound(_)), "{missing:?}");
+}
