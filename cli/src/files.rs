@@ -123,9 +123,13 @@ impl SpecArgs {
 pub struct PutArgs {
     /// The directory or file to upload.
     pub path: PathBuf,
-    /// The fileset; created if it does not exist.
+    /// The fileset; created if it does not exist (unless --existing).
     #[arg(long)]
     pub fileset: String,
+    /// Fail if the fileset does not exist instead of creating it (ingest
+    /// pods use this so a deleted Fileset is not brought back).
+    #[arg(long, conflicts_with_all = ["k", "m", "unit", "block", "level", "max_per_domain", "availability", "keep"])]
+    pub existing: bool,
     #[command(flatten)]
     pub spec: SpecArgs,
     /// Items written at once.
@@ -150,6 +154,9 @@ pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("fileset {:?} exists with other settings", a.fileset))?;
             }
+        }
+        Err(s) if s.code() == tonic::Code::NotFound && a.existing => {
+            anyhow::bail!("fileset {:?} does not exist (--existing)", a.fileset)
         }
         Err(s) if s.code() == tonic::Code::NotFound => {
             fc.create_fileset(a.spec.apply(&a.fileset, None), true).await?;

@@ -48,40 +48,73 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The path of a Tessera program (`tessera`, `tessera-operator`) built in
+/// this workspace: next to the test executable's `deps/` directory. `make
+/// test` builds them first (`cargo build --bins`).
+pub fn tessera_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().and_then(Path::parent).expect("a target directory");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not found; build the programs first: cargo build --workspace --bins", p.display());
+    p
+}
+
 /// A process killed when dropped, with its log for error messages.
-struct Proc {
-    name: &'static str,
+pub struct Proc {
+    name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+    fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], dir)
+    }
+
+    /// Starts `program`, its output going to `dir/<name>.log`.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name, child, log })
+        Ok(Self { name: name.to_string(), child, log })
     }
 
     /// Fails with the end of the log if the process has exited.
-    fn check(&mut self) -> anyhow::Result<()> {
+    pub fn check(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited with {status}:\n{}", self.name, tail(&self.log));
         }
         Ok(())
     }
+
+    /// Stops it at once (SIGKILL), as a crash or a lost node would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -91,7 +124,8 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

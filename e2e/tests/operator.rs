@@ -15,6 +15,7 @@ use tessera_client::{ClientConfig, StripeClient};
 use tessera_e2e::ControlPlane;
 use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::crd::Fileset;
+use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_operator::master::MasterConfig;
 use tessera_proto::ms;
 
@@ -89,6 +90,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
         lease_duration: Duration::from_secs(3),
         master: MasterConfig { heartbeat_timeout: Duration::from_secs(3), ..Default::default() },
         resync: Duration::from_millis(500),
+        ingest_pods: IngestPodConfig { image: "tessera:test".into(), master_address: listen.into() },
     };
     let op = controller::start(cp.config(), config("operator-0", "127.0.0.1:0")).await.unwrap();
     let master_addr = until("the operator to lead", async || op.master_addr()).await;

@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -38,6 +38,7 @@ use tracing::{info, warn};
 
 use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, PriorityStatus};
 use crate::ingest;
+use crate::ingest_pod::{self, IngestPodConfig, PodIngest};
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
 use crate::master::maintenance::Deleter;
@@ -64,6 +65,8 @@ pub struct OperatorConfig {
     pub master: MasterConfig,
     /// How often a Fileset's status is refreshed from the master.
     pub resync: Duration,
+    /// The pods that ingest PersistentVolumeClaim sources.
+    pub ingest_pods: IngestPodConfig,
 }
 
 #[derive(Default)]
@@ -247,6 +250,7 @@ async fn serve_as_leader(
         files: FilesetClient::new(&own_master, StripeClient::new(ClientConfig::default()))?,
         ingests: Mutex::new(HashMap::new()),
         scratch: std::env::temp_dir(),
+        ingest_pods: config.ingest_pods.clone(),
         metrics: metrics.clone(),
     });
     let nodes = tokio::spawn(watch_nodes(Api::all(client.clone()), running.master.clone()));
@@ -266,7 +270,9 @@ async fn serve_as_leader(
                 .collect::<Vec<_>>()
         }
     };
+    let ingest_pods = format!("{}={}", ingest_pod::COMPONENT_LABEL.0, ingest_pod::COMPONENT_LABEL.1);
     let filesets = filesets
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(&ingest_pods))
         .watches(Api::<Priority>::all(client.clone()), watcher::Config::default(), naming)
         .run(reconcile_fileset, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -328,6 +334,7 @@ struct Ctx {
     ingests: Mutex<HashMap<String, (String, IngestState)>>,
     /// Where ingests unpack their sources.
     scratch: std::path::PathBuf,
+    ingest_pods: IngestPodConfig,
     metrics: Arc<OperatorMetrics>,
 }
 
@@ -342,31 +349,78 @@ enum IngestState {
 const INGEST_RETRY: Duration = Duration::from_secs(30);
 
 impl Ctx {
-    /// What the decision should know of the ingest of `key` for `name`.
-    fn ingest_of(&self, name: &str, key: &str, spec: &FilesetSpec) -> Ingest {
-        if spec.source.pvc.is_some() {
-            return Ingest::Failed {
-                reason: "ingest from pvc sources is not available yet; use http or upload".into(),
-            };
-        }
-        match self.ingests.lock().unwrap().get(name) {
-            Some((k, state)) if k == key => match state {
-                IngestState::Running => Ingest::Running,
-                IngestState::Failed { reason, at } if at.elapsed() < INGEST_RETRY => {
-                    Ingest::Failed { reason: reason.clone() }
+    /// What the decision should know of the ingest of `key` for `f`.
+    async fn ingest_of(&self, f: &Fileset, key: &str) -> Result<Ingest, ReconcileError> {
+        let name = master_name(f);
+        let recorded = match self.ingests.lock().unwrap().get(&name) {
+            Some((k, state)) if k == key => Some(state.clone()),
+            _ => None,
+        };
+        if f.spec.source.pvc.is_some() {
+            // A failure before any pod (a missing claim) is remembered here;
+            // everything else is the pod's phase.
+            if let Some(IngestState::Failed { reason, at }) = &recorded
+                && at.elapsed() < INGEST_RETRY
+            {
+                return Ok(Ingest::Failed { reason: reason.clone() });
+            }
+            let pods = Api::<Pod>::namespaced(self.client.clone(), &namespace_of(f));
+            let Some(pod) = pods.get_opt(&ingest_pod::pod_name(&name, key)).await? else { return Ok(Ingest::Idle) };
+            return Ok(match ingest_pod::state_of(&pod) {
+                PodIngest::Running => Ingest::Running,
+                PodIngest::Succeeded => Ingest::Done { source_key: key.to_string() },
+                PodIngest::Failed { reason, finished } => {
+                    let age = finished.map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0).unsigned_abs());
+                    if age.is_some_and(|a| a >= INGEST_RETRY) {
+                        // Tried again with a new pod of the same name.
+                        pods.delete(&pod.name_any(), &DeleteParams::background()).await?;
+                        Ingest::Idle
+                    } else {
+                        Ingest::Failed { reason }
+                    }
                 }
-                IngestState::Failed { .. } => Ingest::Idle,
-                IngestState::Done => Ingest::Done { source_key: key.to_string() },
-            },
-            _ => Ingest::Idle,
+            });
         }
+        Ok(match recorded {
+            Some(IngestState::Running) => Ingest::Running,
+            Some(IngestState::Failed { reason, at }) if at.elapsed() < INGEST_RETRY => Ingest::Failed { reason },
+            Some(IngestState::Done) => Ingest::Done { source_key: key.to_string() },
+            Some(IngestState::Failed { .. }) | None => Ingest::Idle,
+        })
     }
 
-    /// Starts fetching an http source in the background.
-    fn start_ingest(self: &Arc<Self>, name: &str, key: &str, spec: &FilesetSpec) {
-        let Some(http) = spec.source.http.clone() else { return };
-        self.ingests.lock().unwrap().insert(name.to_string(), (key.to_string(), IngestState::Running));
-        let (ctx, name, key) = (self.clone(), name.to_string(), key.to_string());
+    fn record_ingest(&self, name: &str, key: &str, state: IngestState) {
+        if let IngestState::Failed { .. } = state {
+            self.metrics.ingests.get_or_create(&ResultLabels { result: "failed" }).inc();
+        }
+        self.ingests.lock().unwrap().insert(name.to_string(), (key.to_string(), state));
+    }
+
+    /// Starts an ingest of the source with `key`.
+    async fn start_ingest(self: &Arc<Self>, f: &Fileset, key: &str) -> Result<(), ReconcileError> {
+        let name = master_name(f);
+        if let Some(pvc) = &f.spec.source.pvc {
+            let ns = namespace_of(f);
+            let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns);
+            if claims.get_opt(&pvc.claim_name).await?.is_none() {
+                let reason =
+                    format!("spec.source.pvc.claimName: persistentvolumeclaim {ns}/{} not found", pvc.claim_name);
+                self.record_ingest(&name, key, IngestState::Failed { reason, at: Instant::now() });
+                return Ok(());
+            }
+            let pod = ingest_pod::pod_for(f, pvc, key, &self.ingest_pods);
+            match Api::<Pod>::namespaced(self.client.clone(), &ns).create(&PostParams::default(), &pod).await {
+                Ok(_) => info!(fileset = %name, pod = %pod.name_any(), "started an ingest pod"),
+                // Already started (by this replica before a restart, or one that led before).
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.ingests.lock().unwrap().remove(&name);
+            return Ok(());
+        }
+        let Some(http) = f.spec.source.http.clone() else { return Ok(()) };
+        self.record_ingest(&name, key, IngestState::Running);
+        let (ctx, key) = (self.clone(), key.to_string());
         tokio::spawn(async move {
             let result = ingest::ingest_http(&ctx.files, &name, &http.url, http.sha256.as_deref(), &ctx.scratch).await;
             let state = match result {
@@ -377,13 +431,44 @@ impl Ctx {
                 }
                 Err(e) => {
                     warn!(fileset = %name, error = %e, "ingest failed");
-                    ctx.metrics.ingests.get_or_create(&ResultLabels { result: "failed" }).inc();
                     IngestState::Failed { reason: e.to_string(), at: Instant::now() }
                 }
             };
-            ctx.ingests.lock().unwrap().insert(name, (key, state));
+            ctx.record_ingest(&name, &key, state);
         });
+        Ok(())
     }
+
+    /// Deletes the ingest pods of `f` that are done with: the one whose
+    /// version is recorded, and any for a source that is no longer current.
+    async fn tidy_ingest_pods(&self, f: &Fileset, current: &str, ingested: Option<&str>) -> Result<(), ReconcileError> {
+        let name = master_name(f);
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &namespace_of(f));
+        let selector = format!("{}={}", ingest_pod::COMPONENT_LABEL.0, ingest_pod::COMPONENT_LABEL.1);
+        for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+            let a = pod.annotations();
+            if a.get(ingest_pod::FILESET_ANNOTATION) != Some(&name) {
+                continue;
+            }
+            let key = a.get(ingest_pod::SOURCE_KEY_ANNOTATION).map(String::as_str);
+            if key != Some(current) || key == ingested {
+                if key == ingested {
+                    self.metrics.ingests.get_or_create(&ResultLabels { result: "ok" }).inc();
+                }
+                info!(fileset = %name, pod = %pod.name_any(), "deleting a finished ingest pod");
+                match pods.delete(&pod.name_any(), &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn namespace_of(f: &Fileset) -> String {
+    f.namespace().unwrap_or_else(|| "default".into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -507,10 +592,10 @@ async fn reconcile_fileset(f: Arc<Fileset>, ctx: Arc<Ctx>) -> Result<Requeue, Re
 }
 
 async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, ReconcileError> {
-    let ns = f.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Fileset> = Api::namespaced(ctx.client.clone(), &namespace_of(f));
     let name = master_name(f);
     let finalizers = f.finalizers().to_vec();
+    let key = reconcile::source_key(&f.spec.source);
     let observed = Observed {
         generation: f.metadata.generation.unwrap_or(0),
         deleting: f.metadata.deletion_timestamp.is_some(),
@@ -519,7 +604,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
         status: f.status.clone().unwrap_or_default(),
         master: master_view(&ctx.master, &name)?,
         priority: priority_of(&ctx.client, f).await?,
-        ingest: ctx.ingest_of(&name, &reconcile::source_key(&f.spec.source), &f.spec),
+        ingest: ctx.ingest_of(f, &key).await?,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let decision = reconcile::decide(&observed);
@@ -539,7 +624,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 let a = if *availability == "high" { Availability::High } else { Availability::Low };
                 ctx.master.set_availability(&name, a)?;
             }
-            Action::StartIngest { source_key } => ctx.start_ingest(&name, source_key, &f.spec),
+            Action::StartIngest { source_key } => ctx.start_ingest(f, source_key).await?,
             Action::DeleteData => {
                 let (versions, deletions) = ctx.master.delete_fileset(&name)?;
                 info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");
@@ -566,12 +651,17 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
         }
     }
     if let Some(status) = decision.status {
+        let ingested = status.ingested_source.clone();
         let patch = serde_json::json!({
             "apiVersion": "tessera.dev/v1alpha1",
             "kind": "Fileset",
             "status": status,
         });
         api.patch_status(&f.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        // Only once the status says which source is stored may its pod go.
+        if f.spec.source.pvc.is_some() {
+            ctx.tidy_ingest_pods(f, &key, ingested.as_deref()).await?;
+        }
     }
     if decision.actions.contains(&Action::DeleteData) {
         // The data is going; let the next pass remove the finalizer.

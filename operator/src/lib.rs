@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod crd;
 pub mod ingest;
+pub mod ingest_pod;
 pub mod kube_store;
 pub mod leader;
 pub mod master;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tessera_operator::controller::{self, OperatorConfig};
+use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_operator::master::MasterConfig;
 use tessera_operator::master::cli::parse_duration;
 
@@ -53,6 +54,14 @@ struct RunArgs {
     /// How often each Fileset's status is refreshed from the master.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     resync: Duration,
+    /// Image of the pods that ingest PersistentVolumeClaim sources (it must
+    /// hold the `tessera` command; default: this release's image).
+    #[arg(long, env = "TESSERA_IMAGE")]
+    ingest_image: Option<String>,
+    /// The master's address as pods reach it, given to ingest pods
+    /// (default: tessera-master.<lease namespace>.svc:<listen port>).
+    #[arg(long, env = "TESSERA_MASTER_SERVICE")]
+    master_service: Option<String>,
     /// Log filter (also RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
@@ -86,6 +95,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         resync: a.resync,
+        ingest_pods: IngestPodConfig {
+            image: a
+                .ingest_image
+                .clone()
+                .unwrap_or_else(|| format!("ghcr.io/tessera-dev/tessera:{}", env!("CARGO_PKG_VERSION"))),
+            master_address: a
+                .master_service
+                .clone()
+                .unwrap_or_else(|| format!("tessera-master.{}.svc:{}", a.lease_namespace, a.listen.port())),
+        },
     };
     let op = controller::start(kube, config).await?;
     println!("{}", serde_json::json!({"event": "ready", "http": op.http_addr.to_string()}));
