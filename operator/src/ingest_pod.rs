@@ -69,6 +69,8 @@ pub fn pod_for(f: &Fileset, pvc: &PvcSource, key: &str, config: &IngestPodConfig
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            // It only talks gRPC to the master.
+            automount_service_account_token: Some(false),
             containers: vec![Container {
                 name: "ingest".into(),
                 image: Some(config.image.clone()),
@@ -176,6 +178,7 @@ mod tests {
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Fileset", "u-1", Some(true)));
         let spec = pod.spec.unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
         let c = &spec.containers[0];
         assert_eq!(
             c.args.as_deref().unwrap(),
