@@ -25,9 +25,9 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# The programs first: end-to-end tests run them as processes.
+# Also builds the programs the end-to-end tests run as processes (cargo
+# builds a package's binaries for its integration tests).
 unit:
-	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 
 demo:

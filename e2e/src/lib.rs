@@ -49,8 +49,9 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The path of a Tessera program (`tessera`, `tessera-operator`) built in
-/// this workspace: next to the test executable's `deps/` directory. `make
-/// test` builds them first (`cargo build --bins`).
+/// this workspace: next to the test executable's `deps/` directory.
+/// `cargo test --workspace` builds them (each for its own package's
+/// integration tests); `cargo test -p tessera-e2e` alone does not.
 pub fn tessera_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().and_then(Path::parent).expect("a target directory");
