@@ -1,0 +1,205 @@
+//! Serving one FUSE connection: read requests from the `/dev/fuse` file,
+//! answer them from a [`Filesystem`], write the replies back.
+//!
+//! Tessera runs its own request loop rather than a FUSE library's because a
+//! successor process must be able to adopt a live connection: the kernel
+//! sends INIT once per connection, so an adopted session starts from the
+//! [`InitState`] its predecessor negotiated and, on kernels that can,
+//! asks the kernel to resend what the predecessor had read but not answered.
+//!
+//! One blocking thread reads (a read of `/dev/fuse` blocks in the kernel);
+//! each request is then answered on the tokio runtime, so slow backend reads
+//! never hold up others. Replies go out with one `writev`, which the kernel
+//! treats as one message.
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustix::io::Errno;
+use tracing::{debug, warn};
+
+use super::abi::{self, AbiError, InHeader, InitState, Op};
+
+/// What a request is answered with.
+#[derive(Debug)]
+pub enum Reply {
+    /// A reply with no body (e.g. RELEASE, FLUSH, UNLINK).
+    Empty,
+    Data(Vec<u8>),
+    /// A body made of several buffers (file data), written without copying.
+    Parts(Vec<Bytes>),
+}
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// A filesystem served over FUSE. Requests arrive concurrently.
+pub trait Filesystem: Send + Sync + 'static {
+    /// Answers a request (never INIT, FORGET, BATCH_FORGET or INTERRUPT).
+    fn handle<'a>(&'a self, header: &'a InHeader, op: Op<'a>) -> impl Future<Output = Result<Reply>> + Send + 'a;
+
+    /// The kernel dropped `nlookup` references to `nodeid`; no reply.
+    fn forget(&self, _nodeid: u64, _nlookup: u64) {}
+}
+
+/// A connection to serve: a fresh one (INIT not yet answered) or one taken
+/// over from a previous server.
+pub struct Connection {
+    pub dev: OwnedFd,
+    pub init: Option<InitState>,
+}
+
+/// The largest write the kernel may send us.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("reading /dev/fuse: {0}")]
+    Read(Errno),
+    #[error("the kernel speaks FUSE {major}.{minor}, older than 7.{min}", min = abi::MIN_MINOR)]
+    TooOld { major: u32, minor: u32 },
+    #[error("the first request was {0}, not INIT")]
+    NotInit(&'static str),
+    #[error(transparent)]
+    Abi(#[from] AbiError),
+}
+
+/// Where a served connection stands, shared with its owner.
+#[derive(Debug, Default)]
+pub struct SessionInfo {
+    /// Set once INIT is answered (or at once for an adopted connection).
+    pub init: std::sync::OnceLock<InitState>,
+    pub kernel_resends: std::sync::atomic::AtomicBool,
+}
+
+/// Serves `conn` until the filesystem is unmounted (the kernel answers
+/// reads with ENODEV). Blocks the calling thread; run it on its own thread.
+pub fn serve<F: Filesystem>(
+    conn: Connection,
+    fs: Arc<F>,
+    rt: tokio::runtime::Handle,
+    info: Arc<SessionInfo>,
+) -> std::result::Result<(), SessionError> {
+    let dev = Arc::new(conn.dev);
+    let init = match conn.init {
+        Some(init) => {
+            // Requests the previous server had read are lost unless the
+            // kernel puts them back on the queue (Linux 6.9+).
+            match rustix::io::write(&*dev, &abi::notify_resend()) {
+                Ok(_) => info.kernel_resends.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => {
+                    warn!(error = %e, "the kernel cannot resend requests; any the previous server had read stay unanswered")
+                }
+            }
+            init
+        }
+        None => handshake(&dev, &info)?,
+    };
+    let _ = info.init.set(init);
+    let setxattr_ext = false;
+    let mut buf = vec![0u8; init.read_buffer_len()];
+    loop {
+        let n = match rustix::io::read(&*dev, &mut buf) {
+            Ok(n) => n,
+            // The request was interrupted before we read it: next.
+            Err(Errno::NOENT) | Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+            // Unmounted (or the connection was aborted).
+            Err(Errno::NODEV) => {
+                debug!("fuse connection ended");
+                return Ok(());
+            }
+            Err(e) => return Err(SessionError::Read(e)),
+        };
+        let request = buf[..n].to_vec();
+        let (header, op) = match abi::parse(&request, setxattr_ext) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                warn!(error = %e, "malformed fuse request");
+                if n >= abi::IN_HEADER_LEN {
+                    let unique = u64::from_ne_bytes(request[8..16].try_into().expect("8 bytes"));
+                    reply(&dev, unique, Err(Errno::INVAL));
+                }
+                continue;
+            }
+        };
+        match op {
+            Op::Forget { nlookup } => fs.forget(header.nodeid, nlookup),
+            Op::BatchForget { forgets } => forgets.into_iter().for_each(|(n, c)| fs.forget(n, c)),
+            // Requests finish quickly or not at all (a hung chunkserver is
+            // hedged around), so interrupts are not tracked.
+            Op::Interrupt { .. } => {}
+            Op::Init { .. } => reply(&dev, header.unique, Err(Errno::PROTO)),
+            Op::Destroy => {
+                reply(&dev, header.unique, Ok(Reply::Empty));
+                return Ok(());
+            }
+            Op::Unknown { .. } => reply(&dev, header.unique, Err(Errno::NOSYS)),
+            _ => {
+                drop(op);
+                let (fs, dev) = (fs.clone(), dev.clone());
+                rt.spawn(async move {
+                    let (header, op) = abi::parse(&request, setxattr_ext).expect("parsed before");
+                    let result = fs.handle(&header, op).await;
+                    reply(&dev, header.unique, result);
+                });
+            }
+        }
+    }
+}
+
+/// Reads the kernel's INIT and answers it.
+fn handshake(dev: &OwnedFd, info: &SessionInfo) -> std::result::Result<InitState, SessionError> {
+    // INIT is small; the buffer must still be as large as any request.
+    let mut buf = vec![0u8; (abi::IN_HEADER_LEN + 40 + MAX_WRITE as usize).max(8192) + 4096];
+    let n = loop {
+        match rustix::io::read(dev, &mut buf) {
+            Ok(n) => break n,
+            Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+            Err(e) => return Err(SessionError::Read(e)),
+        }
+    };
+    let (header, op) = abi::parse(&buf[..n], false)?;
+    let Op::Init { major, minor, max_readahead, flags } = op else {
+        return Err(SessionError::NotInit(abi::opcode_name(header.opcode)));
+    };
+    let Some(init) = InitState::negotiate(major, minor, max_readahead, flags, MAX_WRITE) else {
+        reply(dev, header.unique, Err(Errno::PROTO));
+        return Err(SessionError::TooOld { major, minor });
+    };
+    info.kernel_resends.store(InitState::kernel_resends(flags), std::sync::atomic::Ordering::Relaxed);
+    reply(dev, header.unique, Ok(Reply::Data(init.reply())));
+    debug!(minor = init.minor, flags = format!("{:#x}", init.flags), "fuse connection initialised");
+    Ok(init)
+}
+
+/// Writes one reply. A reply the kernel no longer wants (the request was
+/// interrupted, or the connection is gone) is dropped.
+fn reply(dev: &impl AsFd, unique: u64, result: Result<Reply>) {
+    let written = match result {
+        Err(e) => rustix::io::write(dev, &abi::out_header(abi::OUT_HEADER_LEN, -e.raw_os_error(), unique)),
+        Ok(Reply::Empty) => rustix::io::write(dev, &abi::out_header(abi::OUT_HEADER_LEN, 0, unique)),
+        Ok(Reply::Data(body)) => {
+            let h = abi::out_header(abi::OUT_HEADER_LEN + body.len(), 0, unique);
+            rustix::io::writev(dev, &[IoSlice::new(&h), IoSlice::new(&body)])
+        }
+        Ok(Reply::Parts(parts)) if parts.len() > 256 => {
+            // Beyond what one writev takes (IOV_MAX): one buffer.
+            let body: Vec<u8> = parts.concat();
+            let h = abi::out_header(abi::OUT_HEADER_LEN + body.len(), 0, unique);
+            rustix::io::writev(dev, &[IoSlice::new(&h), IoSlice::new(&body)])
+        }
+        Ok(Reply::Parts(parts)) => {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            let h = abi::out_header(abi::OUT_HEADER_LEN + len, 0, unique);
+            let mut slices = Vec::with_capacity(parts.len() + 1);
+            slices.push(IoSlice::new(&h));
+            slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+            rustix::io::writev(dev, &slices)
+        }
+    };
+    match written {
+        Ok(_) | Err(Errno::NOENT) | Err(Errno::NODEV) => {}
+        Err(e) => warn!(error = %e, unique, "writing a fuse reply failed"),
+    }
+}

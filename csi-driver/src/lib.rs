@@ -1,0 +1,17 @@
+//! Tessera's CSI driver: filesets as volumes.
+//!
+//! - [`fuse`]: the FUSE protocol, a request loop that can adopt a live
+//!   connection, and mounting;
+//! - [`rootfs`]: a fileset version as a read-only filesystem;
+//! - [`cache`]: the node's block cache shared by every root volume.
+
+pub mod cache;
+pub mod fuse;
+pub mod metrics;
+pub mod rootfs;
+
+/// The CSI protocol (spec v1.12), generated from the spec's `csi.proto`.
+pub mod csi {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("csi.v1");
+}

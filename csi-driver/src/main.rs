@@ -1,0 +1,3 @@
+//! `tessera-csi`: the CSI node and controller plugin.
+
+fn main() {}

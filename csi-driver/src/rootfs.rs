@@ -1,0 +1,409 @@
+//! A root volume's filesystem: one fileset version, read-only, served from
+//! the node block cache and the chunkservers.
+//!
+//! Node ids are derived from the version's manifest (the root directory is
+//! 1, the manifest's i-th entry is i + 2) and file handles are node ids, so
+//! the kernel's ids mean the same to any process that opens the same
+//! version: a successor taking over the connection needs no table of them.
+//!
+//! Everything about a root is immutable, so the kernel may cache names,
+//! attributes and pages for as long as it likes (the page cache is kept
+//! across opens). Each file's SHA-256 from the manifest is the read-only
+//! extended attribute `user.tessera.sha256`: the index is made once, at
+//! ingest, and every pod reads it instead of hashing again.
+
+use std::ffi::OsStr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use rustix::io::Errno;
+use tessera_client::StripeClient;
+use tessera_client::fileset::OpenVersion;
+use tessera_core::manifest::{Entry, EntryKind};
+use tessera_core::read_plan::ReadMode;
+use tracing::warn;
+
+use crate::cache::{BLOCK, BlockCache, BlockKey};
+use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
+use crate::fuse::session::{Filesystem, Reply, Result};
+use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
+
+/// The extended attribute holding a file's SHA-256 (hex).
+pub const SHA256_XATTR: &str = "user.tessera.sha256";
+/// Names and attributes never change: cache them for a day.
+const TTL: Ttl = Ttl::secs(86_400);
+
+type Fetch = Shared<BoxFuture<'static, std::result::Result<Bytes, Errno>>>;
+
+/// Directory structure of a manifest, by entry index.
+struct Tree {
+    /// Children of the root (index 0) and of entry i (index i + 1), in name order.
+    children: Vec<Vec<u32>>,
+    /// Parent node id of each entry.
+    parent: Vec<u64>,
+}
+
+impl Tree {
+    fn new(entries: &[Entry]) -> Self {
+        let mut children = vec![Vec::new(); entries.len() + 1];
+        let mut parent = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let p = match e.path.rsplit_once('/') {
+                None => 0,
+                // Manifests list every parent directory (checked when built).
+                Some((dir, _)) => entries.binary_search_by(|x| x.path.as_str().cmp(dir)).map_or(0, |j| j + 1),
+            };
+            children[p].push(i as u32);
+            parent.push(if p == 0 { abi::ROOT_ID } else { p as u64 + 1 });
+        }
+        Self { children, parent }
+    }
+}
+
+/// One version of a fileset, mounted read-only.
+pub struct RootFs {
+    volume: String,
+    version: OpenVersion,
+    tree: Tree,
+    client: Arc<StripeClient>,
+    cache: Arc<BlockCache>,
+    metrics: Arc<Metrics>,
+    mode: AtomicU8,
+    inflight: Mutex<std::collections::HashMap<BlockKey, Fetch>>,
+    created: (i64, u32),
+}
+
+fn mode_code(m: ReadMode) -> u8 {
+    match m {
+        ReadMode::Normal => 0,
+        ReadMode::Hedged => 1,
+        ReadMode::Accelerated => 2,
+    }
+}
+
+fn mode_of(code: u8) -> ReadMode {
+    match code {
+        0 => ReadMode::Normal,
+        2 => ReadMode::Accelerated,
+        _ => ReadMode::Hedged,
+    }
+}
+
+impl RootFs {
+    pub fn new(
+        volume: &str,
+        version: OpenVersion,
+        client: Arc<StripeClient>,
+        cache: Arc<BlockCache>,
+        metrics: Arc<Metrics>,
+        mode: ReadMode,
+    ) -> Self {
+        let tree = Tree::new(version.manifest.entries());
+        let created = (version.version.created_unix as i64, 0);
+        Self {
+            volume: volume.to_string(),
+            version,
+            tree,
+            client,
+            cache,
+            metrics,
+            mode: AtomicU8::new(mode_code(mode)),
+            inflight: Mutex::default(),
+            created,
+        }
+    }
+
+    pub fn fileset(&self) -> &str {
+        &self.version.version.fileset
+    }
+
+    pub fn version_id(&self) -> u64 {
+        self.version.id()
+    }
+
+    pub fn read_mode(&self) -> ReadMode {
+        mode_of(self.mode.load(Ordering::Relaxed))
+    }
+
+    /// Switches how later reads fetch stripes.
+    pub fn set_read_mode(&self, mode: ReadMode) {
+        self.mode.store(mode_code(mode), Ordering::Relaxed);
+    }
+
+    fn entry(&self, nodeid: u64) -> Result<&Entry> {
+        nodeid.checked_sub(2).and_then(|i| self.version.manifest.entries().get(i as usize)).ok_or(Errno::NOENT)
+    }
+
+    fn attr(&self, nodeid: u64) -> Result<Attr> {
+        if nodeid == abi::ROOT_ID {
+            let dirs = self.tree.children[0].len() as u32;
+            return Ok(Attr {
+                ino: nodeid,
+                mode: S_IFDIR | 0o755,
+                nlink: 2 + dirs,
+                atime: self.created,
+                mtime: self.created,
+                ctime: self.created,
+                ..Default::default()
+            });
+        }
+        let e = self.entry(nodeid)?;
+        let t = (e.mtime_secs, e.mtime_nanos);
+        let (kind, nlink) = match e.kind {
+            EntryKind::File { .. } => (S_IFREG, 1),
+            EntryKind::Dir => (S_IFDIR, 2),
+            EntryKind::Symlink { .. } => (S_IFLNK, 1),
+        };
+        Ok(Attr {
+            ino: nodeid,
+            size: e.size,
+            blocks: e.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            mode: kind | (e.mode & 0o7777),
+            nlink,
+            ..Default::default()
+        })
+    }
+
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<u64> {
+        let name = name.to_str().ok_or(Errno::NOENT)?;
+        let path = if parent == abi::ROOT_ID {
+            name.to_string()
+        } else {
+            let dir = self.entry(parent)?;
+            if !dir.is_dir() {
+                return Err(Errno::NOTDIR);
+            }
+            format!("{}/{name}", dir.path)
+        };
+        let entries = self.version.manifest.entries();
+        entries.binary_search_by(|e| e.path.as_str().cmp(&path)).map(|i| i as u64 + 2).map_err(|_| Errno::NOENT)
+    }
+
+    fn readdir(&self, nodeid: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let slot = if nodeid == abi::ROOT_ID {
+            0
+        } else {
+            if !self.entry(nodeid)?.is_dir() {
+                return Err(Errno::NOTDIR);
+            }
+            nodeid as usize - 1
+        };
+        let children = &self.tree.children[slot];
+        let parent = if nodeid == abi::ROOT_ID { abi::ROOT_ID } else { self.tree.parent[nodeid as usize - 2] };
+        let mut out = Out::default();
+        let limit = size as usize;
+        // Offsets: 0 ".", 1 "..", 2 + k the k-th child.
+        for off in offset..(children.len() as u64 + 2) {
+            let (ino, name): (u64, &[u8]) = match off {
+                0 => (nodeid, b"."),
+                1 => (parent, b".."),
+                _ => {
+                    let i = children[off as usize - 2] as usize;
+                    let path = &self.version.manifest.entries()[i].path;
+                    (i as u64 + 2, path.rsplit('/').next().unwrap_or(path).as_bytes())
+                }
+            };
+            let kind = self.attr(ino)?.dirent_type();
+            if !abi::push_dirent(&mut out, limit, ino, off + 1, kind, name) {
+                break;
+            }
+        }
+        Ok(out.0)
+    }
+
+    /// `len` bytes of a file from `offset`, as slices of cached blocks.
+    async fn read(&self, nodeid: u64, offset: u64, len: u32) -> Result<Vec<Bytes>> {
+        let e = self.entry(nodeid)?;
+        let Some(extent) = e.extent() else { return Err(Errno::ISDIR) };
+        let start = extent.start + offset.min(e.size);
+        let end = (start + len as u64).min(extent.end);
+        let mut parts = Vec::new();
+        for (item, r) in self.version.layout.items_of(start..end) {
+            for block in r.start / BLOCK..r.end.div_ceil(BLOCK) {
+                let data = self.block(item, block).await?;
+                let base = block * BLOCK;
+                let want = r.start.max(base) - base..r.end.min(base + data.len() as u64) - base;
+                parts.push(data.slice(want.start as usize..want.end as usize));
+            }
+        }
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
+        Ok(parts)
+    }
+
+    /// One cache block of an item: from the cache, or fetched once however
+    /// many reads want it at the same time.
+    async fn block(&self, item: u64, block: u64) -> Result<Bytes> {
+        let key = BlockKey { fileset: self.fileset().to_string(), version: self.version_id(), item, block };
+        if let Some(data) = self.cache.get(&key) {
+            self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(data.len() as u64);
+            return Ok(data);
+        }
+        let fetch = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.fetch(key.clone()).boxed().shared();
+                    inflight.insert(key.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        let result = fetch.await;
+        self.inflight.lock().unwrap().remove(&key);
+        result
+    }
+
+    fn fetch(&self, key: BlockKey) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
+        let loc = self.version.items().get(key.item as usize).cloned();
+        let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
+        let (mode, volume) = (self.read_mode(), self.volume.clone());
+        async move {
+            let loc = loc.ok_or(Errno::IO)?;
+            let range: Range<u64> = key.block * BLOCK..((key.block + 1) * BLOCK).min(loc.item_len);
+            let (data, report) = client.read(&loc, range, mode).await.map_err(|e| {
+                warn!(fileset = %key.fileset, version = key.version, item = key.item, error = %e, "reading a root block failed");
+                Errno::IO
+            })?;
+            let bytes = match data.parts() {
+                [one] => one.clone(),
+                parts => Bytes::from(parts.concat()),
+            };
+            metrics.bytes_served.get_or_create(&SourceLabels { source: "chunkservers" }).inc_by(bytes.len() as u64);
+            metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
+            let (cache, b) = (cache, bytes.clone());
+            let _ = tokio::task::spawn_blocking(move || cache.put(&key, &b)).await;
+            Ok(bytes)
+        }
+    }
+
+    fn sha256_hex(&self, nodeid: u64) -> Option<String> {
+        match self.entry(nodeid).ok()?.kind {
+            EntryKind::File { sha256, .. } => Some(hex::encode(sha256)),
+            _ => None,
+        }
+    }
+}
+
+/// Answers a GETXATTR or LISTXATTR for a value of `value.len()` bytes.
+fn xattr_reply(value: &[u8], size: u32) -> Result<Reply> {
+    if size == 0 {
+        return Ok(Reply::Data(abi::xattr_size_out(value.len() as u32)));
+    }
+    if (size as usize) < value.len() {
+        return Err(Errno::RANGE);
+    }
+    Ok(Reply::Data(value.to_vec()))
+}
+
+impl Filesystem for RootFs {
+    async fn handle<'a>(&'a self, h: &'a InHeader, op: Op<'a>) -> Result<Reply> {
+        match op {
+            Op::Lookup { name } => {
+                let id = self.lookup(h.nodeid, name)?;
+                let mut o = Out::default();
+                abi::entry_out(&mut o, &self.attr(id)?, TTL);
+                Ok(Reply::Data(o.0))
+            }
+            Op::GetAttr => Ok(Reply::Data(abi::attr_out(&self.attr(h.nodeid)?, TTL))),
+            Op::ReadLink => match &self.entry(h.nodeid)?.kind {
+                EntryKind::Symlink { target } => Ok(Reply::Data(target.as_bytes().to_vec())),
+                _ => Err(Errno::INVAL),
+            },
+            Op::Open { flags } => {
+                if flags & libc_accmode() != 0 {
+                    return Err(Errno::ROFS);
+                }
+                self.entry(h.nodeid)?;
+                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE)))
+            }
+            Op::Read { offset, size, .. } => Ok(Reply::Parts(self.read(h.nodeid, offset, size).await?)),
+            Op::Release { .. } | Op::ReleaseDir { .. } | Op::Flush { .. } | Op::Fsync { .. } | Op::FsyncDir { .. } => {
+                Ok(Reply::Empty)
+            }
+            Op::OpenDir { .. } => {
+                self.attr(h.nodeid)?;
+                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::CACHE_DIR)))
+            }
+            Op::ReadDir { offset, size, .. } => Ok(Reply::Data(self.readdir(h.nodeid, offset, size)?)),
+            Op::StatFs => {
+                let m = &self.version.manifest;
+                Ok(Reply::Data(abi::statfs_out(m.packed_len().div_ceil(4096), 0, m.entries().len() as u64 + 1, 0)))
+            }
+            Op::GetXattr { name, size } => {
+                if name != OsStr::new(SHA256_XATTR) {
+                    return Err(Errno::NODATA);
+                }
+                let value = self.sha256_hex(h.nodeid).ok_or(Errno::NODATA)?;
+                xattr_reply(value.as_bytes(), size)
+            }
+            Op::ListXattr { size } => {
+                let names = if self.sha256_hex(h.nodeid).is_some() {
+                    let mut n = SHA256_XATTR.as_bytes().to_vec();
+                    n.push(0);
+                    n
+                } else {
+                    Vec::new()
+                };
+                xattr_reply(&names, size)
+            }
+            Op::Access { mask } => {
+                // W_OK: nothing here is writable.
+                if mask & 2 != 0 { Err(Errno::ROFS) } else { Ok(Reply::Empty) }
+            }
+            Op::Lseek { .. } => Err(Errno::NOSYS),
+            Op::SetAttr(_)
+            | Op::Symlink { .. }
+            | Op::Mknod { .. }
+            | Op::Mkdir { .. }
+            | Op::Unlink { .. }
+            | Op::Rmdir { .. }
+            | Op::Rename { .. }
+            | Op::Link { .. }
+            | Op::Write { .. }
+            | Op::SetXattr { .. }
+            | Op::RemoveXattr { .. }
+            | Op::Create { .. }
+            | Op::Fallocate { .. } => Err(Errno::ROFS),
+            _ => Err(Errno::NOSYS),
+        }
+    }
+}
+
+/// `O_ACCMODE` bits other than read-only (O_WRONLY | O_RDWR).
+fn libc_accmode() -> u32 {
+    0o3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry { path: path.into(), kind, mode: 0o755, size: 0, mtime_secs: 0, mtime_nanos: 0 }
+    }
+
+    #[test]
+    fn the_tree_links_children_to_parents() {
+        let es = vec![
+            entry("a", EntryKind::Dir),
+            entry("a/b", EntryKind::Dir),
+            entry("a/b/c", EntryKind::Symlink { target: "x".into() }),
+            entry("a/d", EntryKind::Symlink { target: "y".into() }),
+            entry("e", EntryKind::Symlink { target: "z".into() }),
+        ];
+        let t = Tree::new(&es);
+        assert_eq!(t.children[0], vec![0, 4], "root: a, e");
+        assert_eq!(t.children[1], vec![1, 3], "a: b, d");
+        assert_eq!(t.children[2], vec![2], "a/b: c");
+        assert_eq!(t.parent, vec![1, 2, 3, 2, 1], "node ids of parents");
+    }
+}

@@ -1,0 +1,117 @@
+//! A cluster in this process for the driver's tests: a master and six
+//! chunkservers in three zones on loopback, and trees to store.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tessera_chunkserver::registrar::Identity;
+use tessera_chunkserver::server::{self as cs_server, Config as CsConfig, Running as CsRunning};
+use tessera_client::fileset::{FilesetClient, PutOptions};
+use tessera_client::{ClientConfig, StripeClient};
+use tessera_operator::master::MasterConfig;
+use tessera_operator::master::server::{self as master_server, Config as MasterServerConfig, Running as MasterRunning};
+use tessera_proto::ms;
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: MasterRunning,
+    pub servers: Vec<CsRunning>,
+    pub files: FilesetClient,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let master = master_server::start(MasterServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("master"),
+            metrics_listen: None,
+            master: MasterConfig::default(),
+        })
+        .await
+        .unwrap();
+        let addr = master.addr.to_string();
+        let mut servers = Vec::new();
+        for i in 0..6 {
+            let id = format!("cs{i}");
+            servers.push(
+                cs_server::start(CsConfig {
+                    node_id: id.clone(),
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    unix_socket: None,
+                    metrics_listen: None,
+                    data_dirs: vec![dir.path().join(&id)],
+                    limits: Default::default(),
+                    quotas: Default::default(),
+                    enable_fault_injection: false,
+                    master: Some((
+                        addr.clone(),
+                        Identity {
+                            server_id: id.clone(),
+                            address: String::new(),
+                            topology: ms::Topology {
+                                region: "r".into(),
+                                zone: format!("z{}", i % 3),
+                                rack: id.clone(),
+                                node: id.clone(),
+                            },
+                        },
+                    )),
+                })
+                .await
+                .unwrap(),
+            );
+        }
+        let files = FilesetClient::new(&addr, StripeClient::new(ClientConfig::default())).unwrap();
+        loop {
+            let st = files.master().status(ms::StatusRequest::default()).await.unwrap().into_inner();
+            if st.servers.iter().filter(|s| s.live).count() == 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self { dir, master, servers, files }
+    }
+
+    pub fn master_addr(&self) -> String {
+        self.master.addr.to_string()
+    }
+
+    /// Stores `tree` as the next version of `fileset` (RS(4,2), 64 KiB units).
+    pub async fn put(&self, fileset: &str, tree: &Path) -> ms::Version {
+        let spec = ms::FilesetSpec {
+            name: fileset.into(),
+            layout: Some(ms::Layout { k: 4, m: 2, stripe_unit: 65536, block_size: 65536 }),
+            placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 2 }),
+            ..Default::default()
+        };
+        self.files.create_fileset(spec, true).await.unwrap();
+        self.files.put(fileset, tree, &PutOptions::default(), &|_| {}).await.unwrap()
+    }
+
+    pub fn stripes(&self) -> Arc<StripeClient> {
+        self.files.stripes().clone()
+    }
+}
+
+/// A tree with a large file, small files, nested directories, a symlink and
+/// an empty file.
+pub fn sample_tree(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    std::fs::create_dir_all(root.join("models/llama")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(root.join("models/llama/weights.bin"), &big).unwrap();
+    files.push(PathBuf::from("models/llama/weights.bin"));
+    for i in 0..40 {
+        let name = format!("models/config-{i:02}.json");
+        std::fs::write(root.join(&name), format!("{{\"layer\": {i}, \"pad\": \"{}\"}}", "x".repeat(i * 37))).unwrap();
+        files.push(PathBuf::from(name));
+    }
+    std::fs::write(root.join("empty.txt"), b"").unwrap();
+    files.push(PathBuf::from("empty.txt"));
+    std::os::unix::fs::symlink("models/config-01.json", root.join("latest.json")).unwrap();
+    files
+}

@@ -1,0 +1,126 @@
+//! A root volume as a real FUSE mount: it reads back exactly the fileset,
+//! carries each file's digest as an xattr, refuses writes, and a second
+//! mount of the same version reads from the node cache.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+use tessera_core::read_plan::ReadMode;
+use tessera_csi::cache::BlockCache;
+use tessera_csi::fuse::mount::{mount_fuse, mounts_at, unmount};
+use tessera_csi::fuse::session::{self, Connection, SessionInfo};
+use tessera_csi::metrics::Metrics;
+use tessera_csi::rootfs::{RootFs, SHA256_XATTR};
+
+/// Mounts `fs` at `dir` and serves it on a thread; returns the thread.
+fn mount(fs: Arc<RootFs>, dir: &Path) -> std::thread::JoinHandle<Result<(), session::SessionError>> {
+    let dev = mount_fuse(dir, "tessera:test", true).unwrap();
+    let rt = tokio::runtime::Handle::current();
+    std::thread::spawn(move || session::serve(Connection { dev, init: None }, fs, rt, Arc::new(SessionInfo::default())))
+}
+
+fn digest(p: &Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(p).unwrap()).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
+    let c = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let files = common::sample_tree(src.path());
+    let v = c.put("models", src.path()).await;
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
+    let root = |volume: &'static str| {
+        let (c, cache, metrics) = (&c, cache.clone(), metrics.clone());
+        async move {
+            let open = c.files.open("models", v.id).await.unwrap();
+            Arc::new(RootFs::new(volume, open, c.stripes(), cache, metrics, ReadMode::Hedged))
+        }
+    };
+    let mnt = tempfile::tempdir().unwrap();
+    let served = mount(root("vol-a").await, mnt.path());
+    let (m, s) = (mnt.path().to_path_buf(), src.path().to_path_buf());
+    let fetched_first = tokio::task::spawn_blocking(move || {
+        let info = mounts_at(&m);
+        assert_eq!(info.last().map(|i| (i.fs_type.as_str(), i.read_only)), Some(("fuse.tessera", true)));
+        for f in &files {
+            assert_eq!(digest(&m.join(f)), digest(&s.join(f)), "{}", f.display());
+            let meta = std::fs::metadata(m.join(f)).unwrap();
+            let want = std::fs::metadata(s.join(f)).unwrap();
+            assert_eq!((meta.len(), meta.permissions().mode()), (want.len(), want.permissions().mode()));
+            let mut buf = [0u8; 64];
+            let n = rustix::fs::getxattr(m.join(f), SHA256_XATTR, &mut buf[..]).unwrap();
+            assert_eq!(&buf[..n], hex::encode(digest(&s.join(f))).as_bytes(), "the index, once");
+        }
+        assert_eq!(std::fs::read_link(m.join("latest.json")).unwrap(), Path::new("models/config-01.json"));
+        assert_eq!(
+            std::fs::read(m.join("latest.json")).unwrap(),
+            std::fs::read(s.join("models/config-01.json")).unwrap()
+        );
+        let mut names: Vec<String> =
+            std::fs::read_dir(&m).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["empty-dir", "empty.txt", "latest.json", "models"]);
+        assert_eq!(std::fs::read_dir(m.join("models")).unwrap().count(), 41);
+        assert!(std::fs::read_dir(m.join("empty-dir")).unwrap().next().is_none());
+        // Reads at odd offsets and sizes, across cache blocks.
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(m.join("models/llama/weights.bin")).unwrap();
+        let whole = std::fs::read(s.join("models/llama/weights.bin")).unwrap();
+        for (off, len) in [(0u64, 1usize), (1_048_570, 20), (3_000_001, 1_500_000), (4_999_990, 100)] {
+            f.seek(SeekFrom::Start(off)).unwrap();
+            let mut got = vec![0u8; len];
+            let n = f.read(&mut got).unwrap();
+            let end = (off as usize + len).min(whole.len());
+            assert_eq!(&got[..n], &whole[off as usize..off as usize + n]);
+            assert!(n > 0 && off as usize + n <= end);
+        }
+        // Nothing can be written.
+        for e in [
+            std::fs::write(m.join("new.txt"), b"x").unwrap_err(),
+            std::fs::OpenOptions::new().write(true).open(m.join("empty.txt")).unwrap_err(),
+            std::fs::create_dir(m.join("d")).unwrap_err(),
+            std::fs::remove_file(m.join("empty.txt")).unwrap_err(),
+        ] {
+            assert_eq!(e.raw_os_error(), Some(Errno::ROFS.raw_os_error()), "{e}");
+        }
+        assert_eq!(
+            rustix::fs::setxattr(m.join("empty.txt"), SHA256_XATTR, b"0", rustix::fs::XattrFlags::empty()).unwrap_err(),
+            Errno::ROFS
+        );
+        assert_eq!(std::fs::read(m.join("missing")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    })
+    .await;
+    fetched_first.unwrap();
+    assert!(c.stripes().stats().bytes_fetched > 5_000_000, "the first mount read from the chunkservers");
+
+    // A second mount of the same version (another pod's volume) reads the
+    // same bytes from the node cache: the chunkservers see no new reads.
+    let second = root("vol-b").await;
+    let from_chunkservers = c.stripes().stats().bytes_fetched;
+    let hits_before = metrics.cache_hits.get();
+    let mnt2 = tempfile::tempdir().unwrap();
+    let served2 = mount(second, mnt2.path());
+    let (m2, s) = (mnt2.path().to_path_buf(), src.path().to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(digest(&m2.join("models/llama/weights.bin")), digest(&s.join("models/llama/weights.bin")));
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.stripes().stats().bytes_fetched, from_chunkservers, "no backend reads for a cached version");
+    assert!(metrics.cache_hits.get() > hits_before);
+    let page = metrics.render();
+    assert!(page.contains("tessera_csi_served_bytes_total{source=\"cache\"}"), "{page}");
+
+    for (dir, thread) in [(mnt.path(), served), (mnt2.path(), served2)] {
+        unmount(dir).unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap().unwrap()).await.unwrap();
+        assert!(mounts_at(dir).is_empty());
+    }
+}
