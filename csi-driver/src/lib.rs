@@ -7,8 +7,13 @@
 
 pub mod cache;
 pub mod fuse;
+pub mod keeper;
 pub mod metrics;
+pub mod node;
 pub mod rootfs;
+pub mod service;
+pub mod state;
+pub mod volume;
 
 /// The CSI protocol (spec v1.12), generated from the spec's `csi.proto`.
 pub mod csi {

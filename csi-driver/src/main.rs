@@ -1,3 +1,153 @@
-//! `tessera-csi`: the CSI node and controller plugin.
+//! `tessera-csi`: Tessera's CSI plugin, and the keeper that holds its FUSE
+//! connections across restarts.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tessera_client::fileset::FilesetClient;
+use tessera_client::{ClientConfig, StripeClient};
+use tessera_core::read_plan::ReadMode;
+use tessera_csi::csi::identity_server::IdentityServer;
+use tessera_csi::csi::node_server::NodeServer;
+use tessera_csi::node::{NodeConfig, NodePlugin};
+use tessera_csi::service::{IdentityService, NodeService};
+use tracing::info;
+
+/// Tessera's CSI plugin: filesets as read-only root volumes, shared per node,
+/// over FUSE mounts that survive restarts of this plugin.
+#[derive(Parser)]
+#[command(name = "tessera-csi", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Hold the plugin's FUSE connections so mounts outlive it (run it as
+    /// its own DaemonSet, updated only on delete).
+    Keeper {
+        /// Unix socket the plugin deposits connections on.
+        #[arg(long, default_value = "/run/tessera-csi/keeper.sock")]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Where the CSI gRPC services listen (unix:///path/csi.sock).
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's name (the Kubernetes node).
+    #[arg(long, env = "NODE_NAME")]
+    node_id: Option<String>,
+    /// The master (host:port).
+    #[arg(long, env = "TESSERA_MASTER")]
+    master: Option<String>,
+    /// Node state and root mounts (a hostPath that survives the plugin).
+    #[arg(long, default_value = "/var/lib/tessera-csi")]
+    state_dir: PathBuf,
+    /// The keeper's socket.
+    #[arg(long, default_value = "/run/tessera-csi/keeper.sock")]
+    keeper_socket: PathBuf,
+    /// The node block cache (default: <state-dir>/cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Most bytes the node block cache holds; least recently used blocks go first.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    cache_size: u64,
+    /// How root volumes read stripes: normal, hedged or accelerated.
+    #[arg(long, default_value = "hedged")]
+    read_mode: ReadMode,
+    /// HTTP address of /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:7501")]
+    metrics_listen: SocketAddr,
+    /// Log filter (also RUST_LOG).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// `10GiB`, `512MiB`, `4096`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a size (e.g. 10GiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        u => return Err(format!("unknown unit {u:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or(cli.run.log.clone());
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+    match cli.command {
+        Some(Command::Keeper { socket }) => Ok(tessera_csi::keeper::run(&socket)?),
+        None => tokio::runtime::Runtime::new()?.block_on(run(cli.run)),
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let socket = a
+        .endpoint
+        .strip_prefix("unix://")
+        .with_context(|| format!("--endpoint {}: only unix:// endpoints are served", a.endpoint))?;
+    let node_id = a.node_id.clone().context("--node-id (or NODE_NAME) is required")?;
+    let master = a.master.clone().context("--master (or TESSERA_MASTER) is required")?;
+    let files = FilesetClient::new(&master, StripeClient::new(ClientConfig::default()))?;
+    let config = NodeConfig {
+        node_id,
+        master,
+        cache_dir: a.cache_dir.clone().unwrap_or_else(|| a.state_dir.join("cache")),
+        state_dir: a.state_dir.clone(),
+        keeper_socket: a.keeper_socket.clone(),
+        cache_bytes: a.cache_size,
+        read_mode: a.read_mode,
+    };
+    let plugin = NodePlugin::start(config, files).await?;
+
+    let metrics = plugin.metrics.clone();
+    let listener = tokio::net::TcpListener::bind(a.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", a.metrics_listen))?;
+    let metrics_addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/metrics", axum::routing::get(move || async move { metrics.render() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let path = PathBuf::from(socket);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let uds = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    println!("{}", serde_json::json!({"event": "ready", "endpoint": a.endpoint, "metrics": metrics_addr.to_string()}));
+    info!(endpoint = %a.endpoint, "serving CSI");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService))
+        .add_service(NodeServer::new(NodeService { plugin: Arc::clone(&plugin) }))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await?;
+    // Mounts stay: the keeper holds them for the next plugin.
+    info!("stopping; mounts stay with the keeper");
+    Ok(())
+}

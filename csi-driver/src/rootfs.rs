@@ -323,7 +323,7 @@ impl Filesystem for RootFs {
                     return Err(Errno::ROFS);
                 }
                 self.entry(h.nodeid)?;
-                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE)))
+                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH)))
             }
             Op::Read { offset, size, .. } => Ok(Reply::Parts(self.read(h.nodeid, offset, size).await?)),
             Op::Release { .. } | Op::ReleaseDir { .. } | Op::Flush { .. } | Op::Fsync { .. } | Op::FsyncDir { .. } => {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tessera_core::read_plan::ReadMode;
 use tessera_csi::cache::BlockCache;
 use tessera_csi::fuse::mount::{mount_fuse, mounts_at, unmount};
-use tessera_csi::fuse::session::{self, Connection, SessionInfo};
+use tessera_csi::fuse::session::{self, Connection};
 use tessera_csi::metrics::Metrics;
 use tessera_csi::rootfs::{RootFs, SHA256_XATTR};
 
@@ -21,7 +21,7 @@ use tessera_csi::rootfs::{RootFs, SHA256_XATTR};
 fn mount(fs: Arc<RootFs>, dir: &Path) -> std::thread::JoinHandle<Result<(), session::SessionError>> {
     let dev = mount_fuse(dir, "tessera:test", true).unwrap();
     let rt = tokio::runtime::Handle::current();
-    std::thread::spawn(move || session::serve(Connection { dev, init: None }, fs, rt, Arc::new(SessionInfo::default())))
+    std::thread::spawn(move || session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}))
 }
 
 fn digest(p: &Path) -> [u8; 32] {

@@ -81,6 +81,9 @@ pub mod fopen {
     /// Keep the page cache across opens: root files never change.
     pub const KEEP_CACHE: u32 = 1 << 1;
     pub const CACHE_DIR: u32 = 1 << 3;
+    /// No FLUSH on close: closing never waits for the server (a process
+    /// exiting while the plugin restarts is not held up).
+    pub const NOFLUSH: u32 = 1 << 5;
 }
 
 /// `fuse_setattr_in.valid`.

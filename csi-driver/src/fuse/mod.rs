@@ -4,4 +4,4 @@ pub mod abi;
 pub mod mount;
 pub mod session;
 
-pub use session::{Connection, Filesystem, Reply, SessionInfo};
+pub use session::{Connection, Filesystem, Reply};

@@ -43,11 +43,14 @@ pub trait Filesystem: Send + Sync + 'static {
     fn forget(&self, _nodeid: u64, _nlookup: u64) {}
 }
 
-/// A connection to serve: a fresh one (INIT not yet answered) or one taken
-/// over from a previous server.
+/// A connection to serve.
 pub struct Connection {
     pub dev: OwnedFd,
+    /// What was negotiated at INIT, if a previous server answered it.
     pub init: Option<InitState>,
+    /// Taken over from a previous server (which may have died with
+    /// requests read but not answered).
+    pub adopted: bool,
 }
 
 /// The largest write the kernel may send us.
@@ -65,38 +68,30 @@ pub enum SessionError {
     Abi(#[from] AbiError),
 }
 
-/// Where a served connection stands, shared with its owner.
-#[derive(Debug, Default)]
-pub struct SessionInfo {
-    /// Set once INIT is answered (or at once for an adopted connection).
-    pub init: std::sync::OnceLock<InitState>,
-    pub kernel_resends: std::sync::atomic::AtomicBool,
-}
-
 /// Serves `conn` until the filesystem is unmounted (the kernel answers
 /// reads with ENODEV). Blocks the calling thread; run it on its own thread.
+/// `on_init` is told what was negotiated, once, before any other request
+/// is answered, so it can be kept for a successor.
 pub fn serve<F: Filesystem>(
     conn: Connection,
     fs: Arc<F>,
     rt: tokio::runtime::Handle,
-    info: Arc<SessionInfo>,
+    on_init: impl FnOnce(&InitState),
 ) -> std::result::Result<(), SessionError> {
     let dev = Arc::new(conn.dev);
-    let init = match conn.init {
-        Some(init) => {
-            // Requests the previous server had read are lost unless the
-            // kernel puts them back on the queue (Linux 6.9+).
-            match rustix::io::write(&*dev, &abi::notify_resend()) {
-                Ok(_) => info.kernel_resends.store(true, std::sync::atomic::Ordering::Relaxed),
-                Err(e) => {
-                    warn!(error = %e, "the kernel cannot resend requests; any the previous server had read stay unanswered")
-                }
-            }
-            init
+    if conn.adopted {
+        // Requests the previous server had read are lost unless the kernel
+        // puts them back on the queue (Linux 6.9+; the resent ones carry
+        // the same unique id, so answering them is answering the originals).
+        if let Err(e) = rustix::io::write(&*dev, &abi::notify_resend()) {
+            warn!(error = %e, "the kernel cannot resend requests; any the previous server had read stay unanswered");
         }
-        None => handshake(&dev, &info)?,
+    }
+    let init = match conn.init {
+        Some(init) => init,
+        None => handshake(&dev)?,
     };
-    let _ = info.init.set(init);
+    on_init(&init);
     let setxattr_ext = false;
     let mut buf = vec![0u8; init.read_buffer_len()];
     loop {
@@ -149,7 +144,7 @@ pub fn serve<F: Filesystem>(
 }
 
 /// Reads the kernel's INIT and answers it.
-fn handshake(dev: &OwnedFd, info: &SessionInfo) -> std::result::Result<InitState, SessionError> {
+fn handshake(dev: &OwnedFd) -> std::result::Result<InitState, SessionError> {
     // INIT is small; the buffer must still be as large as any request.
     let mut buf = vec![0u8; (abi::IN_HEADER_LEN + 40 + MAX_WRITE as usize).max(8192) + 4096];
     let n = loop {
@@ -167,7 +162,9 @@ fn handshake(dev: &OwnedFd, info: &SessionInfo) -> std::result::Result<InitState
         reply(dev, header.unique, Err(Errno::PROTO));
         return Err(SessionError::TooOld { major, minor });
     };
-    info.kernel_resends.store(InitState::kernel_resends(flags), std::sync::atomic::Ordering::Relaxed);
+    if !InitState::kernel_resends(flags) {
+        debug!("this kernel cannot resend requests after a takeover (Linux 6.9+ can)");
+    }
     reply(dev, header.unique, Ok(Reply::Data(init.reply())));
     debug!(minor = init.minor, flags = format!("{:#x}", init.flags), "fuse connection initialised");
     Ok(init)

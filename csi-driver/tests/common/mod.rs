@@ -45,7 +45,7 @@ impl Cluster {
                     data_dirs: vec![dir.path().join(&id)],
                     limits: Default::default(),
                     quotas: Default::default(),
-                    enable_fault_injection: false,
+                    enable_fault_injection: true,
                     master: Some((
                         addr.clone(),
                         Identity {
@@ -91,6 +91,27 @@ impl Cluster {
         self.files.put(fileset, tree, &PutOptions::default(), &|_| {}).await.unwrap()
     }
 
+    /// Makes every chunkserver hold reads unanswered (or answer again).
+    pub async fn hang(&self, hang: bool) {
+        use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
+        for s in &self.servers {
+            let mut c = FaultInjectionClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
+            c.set_faults(tessera_proto::cs::Faults { hang, ..Default::default() }).await.unwrap();
+        }
+    }
+
+    /// Requests the chunkservers are working on.
+    pub async fn in_flight(&self) -> u32 {
+        use tessera_proto::cs::chunkserver_client::ChunkserverClient;
+        let mut n = 0;
+        for s in &self.servers {
+            let mut c = ChunkserverClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
+            let st = c.stats(tessera_proto::cs::StatsRequest::default()).await.unwrap().into_inner();
+            n += st.classes.iter().map(|c| c.in_flight).sum::<u32>();
+        }
+        n
+    }
+
     pub fn stripes(&self) -> Arc<StripeClient> {
         self.files.stripes().clone()
     }
@@ -114,4 +135,41 @@ pub fn sample_tree(root: &Path) -> Vec<PathBuf> {
     files.push(PathBuf::from("empty.txt"));
     std::os::unix::fs::symlink("models/config-01.json", root.join("latest.json")).unwrap();
     files
+}
+
+/// A CSI client over the plugin's unix socket.
+pub async fn csi_channel(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        }))
+        .await
+}
+
+/// A process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tessera-csi` with `args`, its output in `log`.
+pub fn tessera_csi(args: &[String], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera-csi"))
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
 }

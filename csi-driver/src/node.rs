@@ -1,0 +1,513 @@
+//! The node plugin: root mounts shared by every volume of a version on this
+//! node, and the staging and publishing of volumes onto them.
+//!
+//! A fileset version is mounted once per node (FUSE, under the state
+//! directory) and pinned in the master so it is not collected while in use.
+//! Staging bind-mounts it read-only on the staging path; publishing
+//! bind-mounts the staging path (or, for inline volumes, the root mount)
+//! on the target path. When its last user goes the root is unmounted and
+//! unpinned.
+//!
+//! Every call is idempotent and its effects are recorded in the node state
+//! before it returns, and every FUSE connection is deposited with the
+//! keeper before it serves, so a plugin that is killed and started again
+//! (or upgraded) takes over the live connections: open files keep working.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_client::fileset::{FilesetClient, FilesetError};
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::ms;
+use tracing::{info, warn};
+
+use crate::cache::BlockCache;
+use crate::fuse::abi::InitState;
+use crate::fuse::mount::{self, MountError};
+use crate::fuse::session::{self, Connection};
+use crate::keeper::{KeeperClient, KeeperError};
+use crate::metrics::Metrics;
+use crate::rootfs::RootFs;
+use crate::state::{NodeState, RootRecord, StateError};
+use crate::volume::{RootRef, VolumeError};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub master: String,
+    /// Root mounts and the node state live here (a hostPath).
+    pub state_dir: PathBuf,
+    pub keeper_socket: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_bytes: u64,
+    /// How root volumes read unless told otherwise.
+    pub read_mode: ReadMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("{0}: {1}")]
+    Missing(&'static str, String),
+    #[error("fileset {fileset}: {source}")]
+    Fileset { fileset: String, source: FilesetError },
+    #[error("volume {0} is not staged on this node")]
+    NotStaged(String),
+    #[error("{0} is not a mount of this volume: refusing to change it")]
+    Foreign(PathBuf),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("keeper: {0} (without it mounts would not survive a restart of this plugin)")]
+    Keeper(#[from] KeeperError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl From<NodeError> for tonic::Status {
+    fn from(e: NodeError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            NodeError::Volume(_) | NodeError::Missing(..) => Code::InvalidArgument,
+            NodeError::Fileset { source: FilesetError::Master(s), .. } => match s.code() {
+                Code::NotFound => Code::NotFound,
+                Code::InvalidArgument => Code::InvalidArgument,
+                _ => Code::Unavailable,
+            },
+            NodeError::Fileset { source: FilesetError::Connect { .. }, .. } => Code::Unavailable,
+            NodeError::Fileset { .. } => Code::Internal,
+            NodeError::NotStaged(_) => Code::FailedPrecondition,
+            NodeError::Foreign(_) => Code::AlreadyExists,
+            NodeError::Keeper(_) => Code::Unavailable,
+            NodeError::Mount(_) | NodeError::State(_) | NodeError::Io { .. } => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// What the keeper holds with each connection, for a successor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    fileset: String,
+    version: u64,
+    mountpoint: PathBuf,
+    init: Option<InitState>,
+}
+
+/// A root mount being served by this process.
+struct Served {
+    fs: Arc<RootFs>,
+    /// Our own copy of the connection's file, to deposit again if the
+    /// keeper restarts.
+    dev: std::os::fd::OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub struct NodePlugin {
+    config: NodeConfig,
+    files: FilesetClient,
+    cache: Arc<BlockCache>,
+    pub metrics: Arc<Metrics>,
+    keeper: KeeperClient,
+    state: Mutex<NodeState>,
+    served: Mutex<HashMap<String, Served>>,
+    /// CSI calls one at a time: each reads and writes mounts and state.
+    ops: tokio::sync::Mutex<()>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io { path: path.to_path_buf(), source }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    !mount::mounts_at(path).is_empty()
+}
+
+impl NodePlugin {
+    /// Starts the plugin: opens the cache and takes over every root mount a
+    /// previous plugin left with the keeper.
+    pub async fn start(config: NodeConfig, files: FilesetClient) -> Result<Arc<Self>, NodeError> {
+        std::fs::create_dir_all(config.state_dir.join("roots")).map_err(io(&config.state_dir))?;
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(
+            BlockCache::open(&config.cache_dir, config.cache_bytes, metrics.clone()).map_err(io(&config.cache_dir))?,
+        );
+        let state = NodeState::load(&config.state_dir)?;
+        let plugin = Arc::new(Self {
+            keeper: KeeperClient::new(&config.keeper_socket),
+            config,
+            files,
+            cache,
+            metrics,
+            state: Mutex::new(state),
+            served: Mutex::default(),
+            ops: tokio::sync::Mutex::new(()),
+        });
+        plugin.adopt().await?;
+        tokio::spawn(plugin.clone().keep_deposited());
+        Ok(plugin)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    fn save(&self) -> Result<(), NodeError> {
+        Ok(self.state.lock().unwrap().save(&self.config.state_dir)?)
+    }
+
+    /// Takes over the connections the keeper holds for roots in the state.
+    async fn adopt(self: &Arc<Self>) -> Result<(), NodeError> {
+        let held = tokio::task::spawn_blocking({
+            let k = self.keeper.clone();
+            move || k.list()
+        })
+        .await
+        .expect("keeper list")?;
+        let mut held: HashMap<String, _> = held.into_iter().map(|h| (h.id.clone(), h)).collect();
+        let roots: Vec<(String, RootRecord)> =
+            self.state.lock().unwrap().roots.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, record) in roots {
+            match held.remove(&key) {
+                Some(h) => {
+                    info!(root = %key, "taking over a live fuse connection");
+                    let open = self.open_version(&record.fileset, record.version).await?;
+                    let conn = Connection { dev: h.fd, init: record.init, adopted: true };
+                    self.serve(&key, open, conn)?;
+                }
+                None => {
+                    // Keeper and plugin both gone: the connection died with
+                    // them. Detach the dead mount; volumes staged on it are
+                    // mounted again on their next stage or publish.
+                    warn!(root = %key, "no live connection for a root mount; it is lost");
+                    let _ = mount::unmount(&record.mountpoint);
+                    let mut st = self.state.lock().unwrap();
+                    st.roots.remove(&key);
+                    st.volumes.retain(|_, v| v.root != key);
+                }
+            }
+        }
+        // Held by the keeper but unknown here (the state was lost): unmount.
+        for (id, h) in held {
+            let kept: Option<Kept> = serde_json::from_value(h.meta).ok();
+            warn!(root = %id, "the keeper holds a connection this node does not know; unmounting it");
+            if let Some(k) = kept {
+                let _ = mount::unmount(&k.mountpoint);
+            }
+            let k = self.keeper.clone();
+            let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
+        }
+        self.save()
+    }
+
+    /// Deposits again whatever a restarted keeper lost.
+    async fn keep_deposited(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let k = self.keeper.clone();
+            let Ok(Ok(held)) = tokio::task::spawn_blocking(move || k.list()).await else { continue };
+            let ids: std::collections::HashSet<String> = held.into_iter().map(|h| h.id).collect();
+            let missing: Vec<(String, Kept, std::os::fd::OwnedFd)> = {
+                let served = self.served.lock().unwrap();
+                let st = self.state.lock().unwrap();
+                served
+                    .iter()
+                    .filter(|(id, _)| !ids.contains(*id))
+                    .filter_map(|(id, s)| {
+                        let r = st.roots.get(id)?;
+                        Some((id.clone(), kept(r), s.dev.try_clone().ok()?))
+                    })
+                    .collect()
+            };
+            for (id, meta, dev) in missing {
+                warn!(root = %id, "the keeper lost a connection (restarted?); depositing it again");
+                let k = self.keeper.clone();
+                let _ = tokio::task::spawn_blocking(move || k.deposit(&id, &meta, &dev)).await;
+            }
+        }
+    }
+
+    async fn open_version(
+        &self,
+        fileset: &str,
+        version: u64,
+    ) -> Result<tessera_client::fileset::OpenVersion, NodeError> {
+        self.files.open(fileset, version).await.map_err(|source| NodeError::Fileset { fileset: fileset.into(), source })
+    }
+
+    /// Serves a root mount's connection on its own thread.
+    fn serve(
+        self: &Arc<Self>,
+        key: &str,
+        open: tessera_client::fileset::OpenVersion,
+        conn: Connection,
+    ) -> Result<(), NodeError> {
+        let fs = Arc::new(RootFs::new(
+            key,
+            open,
+            self.files.stripes().clone(),
+            self.cache.clone(),
+            self.metrics.clone(),
+            self.config.read_mode,
+        ));
+        let dev = conn.dev.try_clone().map_err(io(&self.config.state_dir))?;
+        let rt = tokio::runtime::Handle::current();
+        let (me, id, f) = (self.clone(), key.to_string(), fs.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("fuse {key}"))
+            .spawn(move || {
+                let on_init = |init: &InitState| me.record_init(&id, *init);
+                match session::serve(conn, f, rt, on_init) {
+                    Ok(()) => info!(root = %id, "root mount ended"),
+                    Err(e) => warn!(root = %id, error = %e, "serving a root mount failed"),
+                }
+            })
+            .map_err(io(&self.config.state_dir))?;
+        self.served.lock().unwrap().insert(key.to_string(), Served { fs, dev, thread: Some(thread) });
+        self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
+        Ok(())
+    }
+
+    /// Keeps what INIT negotiated, with the keeper and in the state.
+    fn record_init(&self, key: &str, init: InitState) {
+        let record = {
+            let mut st = self.state.lock().unwrap();
+            let Some(r) = st.roots.get_mut(key) else { return };
+            if r.init == Some(init) {
+                return;
+            }
+            r.init = Some(init);
+            r.clone()
+        };
+        if let Err(e) = self.save() {
+            warn!(root = %key, error = %e, "saving the node state");
+        }
+        let dev = self.served.lock().unwrap().get(key).and_then(|s| s.dev.try_clone().ok());
+        if let Some(dev) = dev
+            && let Err(e) = self.keeper.deposit(key, &kept(&record), &dev)
+        {
+            warn!(root = %key, error = %e, "depositing a connection's INIT state with the keeper");
+        }
+    }
+
+    /// The root mount of `r` with `user` added: mounted, deposited and
+    /// served if it was not already. Returns its key and mountpoint.
+    async fn acquire_root(self: &Arc<Self>, r: &RootRef, user: &Path) -> Result<(String, PathBuf), NodeError> {
+        let open = self.open_version(&r.fileset, r.version_id()).await?;
+        let key = format!("{}@{}", r.fileset, open.id());
+        let existing = {
+            let mut st = self.state.lock().unwrap();
+            st.roots.get_mut(&key).map(|rec| {
+                rec.users.insert(user.to_path_buf());
+                rec.mountpoint.clone()
+            })
+        };
+        if let Some(mp) = existing {
+            self.save()?;
+            return Ok((key, mp));
+        }
+        self.files
+            .master()
+            .pin_version(ms::PinRequest { fileset: r.fileset.clone(), version: open.id(), holder: self.pin_holder() })
+            .await
+            .map_err(|s| NodeError::Fileset { fileset: r.fileset.clone(), source: s.into() })?;
+        let mountpoint = self.config.state_dir.join("roots").join(&key);
+        std::fs::create_dir_all(&mountpoint).map_err(io(&mountpoint))?;
+        if is_mounted(&mountpoint) {
+            // A dead mount from before (see adopt): out of the way.
+            mount::unmount(&mountpoint)?;
+        }
+        let record = RootRecord {
+            fileset: r.fileset.clone(),
+            version: open.id(),
+            mountpoint: mountpoint.clone(),
+            users: [user.to_path_buf()].into(),
+            init: None,
+        };
+        self.state.lock().unwrap().roots.insert(key.clone(), record.clone());
+        self.save()?;
+        let dev = mount::mount_fuse(&mountpoint, &format!("tessera:{key}"), true)?;
+        let deposited = {
+            let (k, id, meta, dev) =
+                (self.keeper.clone(), key.clone(), kept(&record), dev.try_clone().map_err(io(&mountpoint))?);
+            tokio::task::spawn_blocking(move || k.deposit(&id, &meta, &dev)).await.expect("deposit")
+        };
+        if let Err(e) = deposited {
+            let _ = mount::unmount(&mountpoint);
+            self.state.lock().unwrap().roots.remove(&key);
+            self.save()?;
+            return Err(e.into());
+        }
+        info!(root = %key, mountpoint = %mountpoint.display(), "mounted a root");
+        self.serve(&key, open, Connection { dev, init: None, adopted: false })?;
+        Ok((key, mountpoint))
+    }
+
+    fn pin_holder(&self) -> String {
+        format!("node/{}", self.config.node_id)
+    }
+
+    /// Drops `user` from a root; the last one unmounts and unpins it.
+    async fn release_root(&self, key: &str, user: &Path) -> Result<(), NodeError> {
+        let gone = {
+            let mut st = self.state.lock().unwrap();
+            let Some(rec) = st.roots.get_mut(key) else { return Ok(()) };
+            rec.users.remove(user);
+            if rec.users.is_empty() { st.roots.remove(key) } else { None }
+        };
+        self.save()?;
+        let Some(rec) = gone else { return Ok(()) };
+        mount::unmount(&rec.mountpoint)?;
+        let served = self.served.lock().unwrap().remove(key);
+        if let Some(mut s) = served
+            && let Some(t) = s.thread.take()
+        {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
+        let (k, id) = (self.keeper.clone(), key.to_string());
+        let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
+        let _ = std::fs::remove_dir(&rec.mountpoint);
+        let unpinned = self
+            .files
+            .master()
+            .unpin_version(ms::PinRequest {
+                fileset: rec.fileset.clone(),
+                version: rec.version,
+                holder: self.pin_holder(),
+            })
+            .await;
+        if let Err(e) = unpinned {
+            warn!(root = %key, error = %e.message(), "unpinning a version");
+        }
+        info!(root = %key, "unmounted a root");
+        Ok(())
+    }
+
+    /// NodeStageVolume: the volume's version, read-only on `staging`.
+    pub async fn stage(self: &Arc<Self>, volume: &str, staging: &Path) -> Result<(), NodeError> {
+        let _one = self.ops.lock().await;
+        let r = RootRef::parse_id(volume)?;
+        let done = self.state.lock().unwrap().volumes.get(volume).and_then(|v| v.staging.clone());
+        if done.as_deref() == Some(staging) && is_mounted(staging) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(staging).map_err(io(staging))?;
+        let (key, mountpoint) = self.acquire_root(&r, staging).await?;
+        if let Err(e) = mount::bind(&mountpoint, staging, true) {
+            self.release_root(&key, staging).await?;
+            return Err(e.into());
+        }
+        let mut st = self.state.lock().unwrap();
+        let v = st.volumes.entry(volume.to_string()).or_default();
+        v.root = key;
+        v.staging = Some(staging.to_path_buf());
+        drop(st);
+        self.save()
+    }
+
+    /// NodeUnstageVolume.
+    pub async fn unstage(&self, volume: &str, staging: &Path) -> Result<(), NodeError> {
+        let _one = self.ops.lock().await;
+        mount::unmount(staging)?;
+        let key = {
+            let mut st = self.state.lock().unwrap();
+            let Some(v) = st.volumes.get_mut(volume) else { return Ok(()) };
+            v.staging = None;
+            let key = v.root.clone();
+            if v.targets.is_empty() {
+                st.volumes.remove(volume);
+            }
+            key
+        };
+        self.release_root(&key, staging).await
+    }
+
+    /// NodePublishVolume: a staged volume's staging path (or an inline
+    /// volume's root) bound read-only on `target`.
+    pub async fn publish(
+        self: &Arc<Self>,
+        volume: &str,
+        target: &Path,
+        staging: Option<&Path>,
+        inline: Option<&HashMap<String, String>>,
+    ) -> Result<(), NodeError> {
+        let _one = self.ops.lock().await;
+        let known = self.state.lock().unwrap().volumes.get(volume).cloned();
+        if known.as_ref().is_some_and(|v| v.targets.contains(target)) && is_mounted(target) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(target).map_err(io(target))?;
+        match inline {
+            Some(attrs) => {
+                let r = RootRef::from_attributes(attrs)?;
+                let (key, mountpoint) = self.acquire_root(&r, target).await?;
+                if let Err(e) = mount::bind(&mountpoint, target, true) {
+                    self.release_root(&key, target).await?;
+                    return Err(e.into());
+                }
+                let mut st = self.state.lock().unwrap();
+                let v = st.volumes.entry(volume.to_string()).or_default();
+                v.root = key;
+                v.ephemeral = true;
+                v.targets.insert(target.to_path_buf());
+            }
+            None => {
+                let staging = staging.ok_or(NodeError::Missing("staging_target_path", "required".into()))?;
+                let staged = known.and_then(|v| v.staging).is_some_and(|s| s == staging) && is_mounted(staging);
+                if !staged {
+                    return Err(NodeError::NotStaged(volume.to_string()));
+                }
+                mount::bind(staging, target, true)?;
+                let mut st = self.state.lock().unwrap();
+                st.volumes.entry(volume.to_string()).or_default().targets.insert(target.to_path_buf());
+            }
+        }
+        self.save()
+    }
+
+    /// NodeUnpublishVolume.
+    pub async fn unpublish(&self, volume: &str, target: &Path) -> Result<(), NodeError> {
+        let _one = self.ops.lock().await;
+        mount::unmount(target)?;
+        let _ = std::fs::remove_dir(target);
+        let release = {
+            let mut st = self.state.lock().unwrap();
+            let Some(v) = st.volumes.get_mut(volume) else { return Ok(()) };
+            v.targets.remove(target);
+            let (key, ephemeral) = (v.root.clone(), v.ephemeral);
+            if v.targets.is_empty() && v.staging.is_none() {
+                st.volumes.remove(volume);
+            }
+            ephemeral.then_some(key)
+        };
+        self.save()?;
+        match release {
+            Some(key) => self.release_root(&key, target).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The filesystem serving a root mount (`fileset@version`).
+    pub fn root(&self, key: &str) -> Option<Arc<RootFs>> {
+        self.served.lock().unwrap().get(key).map(|s| s.fs.clone())
+    }
+
+    /// The volume's root mount key.
+    pub fn root_of(&self, volume: &str) -> Option<String> {
+        self.state.lock().unwrap().volumes.get(volume).map(|v| v.root.clone())
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+}
+
+fn kept(r: &RootRecord) -> Kept {
+    Kept { fileset: r.fileset.clone(), version: r.version, mountpoint: r.mountpoint.clone(), init: r.init }
+}

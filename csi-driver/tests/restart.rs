@@ -1,0 +1,185 @@
+//! The node plugin is killed (SIGKILL) while a root volume is staged,
+//! published and has a file open: the mount stays, the open file keeps
+//! reading correct bytes once a new plugin takes over the connection from
+//! the keeper, and a read in flight at the kill completes.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Child, csi_channel, tessera_csi};
+use tessera_csi::csi;
+use tessera_csi::csi::identity_client::IdentityClient;
+use tessera_csi::csi::node_client::NodeClient;
+use tessera_csi::fuse::mount::mounts_at;
+use tessera_csi::keeper::KeeperClient;
+
+struct Node {
+    dir: PathBuf,
+    master: String,
+}
+
+impl Node {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("csi.sock")
+    }
+
+    fn start_plugin(&self, generation: u32) -> Child {
+        let args = [
+            format!("--endpoint=unix://{}", self.socket().display()),
+            "--node-id=node-a".into(),
+            format!("--master={}", self.master),
+            format!("--state-dir={}", self.dir.join("state").display()),
+            format!("--keeper-socket={}", self.dir.join("keeper.sock").display()),
+            "--cache-size=64MiB".into(),
+            "--metrics-listen=127.0.0.1:0".into(),
+            "--log=debug".into(),
+        ];
+        tessera_csi(&args, &self.dir.join(format!("plugin-{generation}.log")))
+    }
+
+    async fn client(&self) -> NodeClient<tonic::transport::Channel> {
+        for _ in 0..300 {
+            if let Ok(channel) = csi_channel(&self.socket()).await
+                && IdentityClient::new(channel.clone()).probe(csi::ProbeRequest {}).await.is_ok()
+            {
+                return NodeClient::new(channel);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the plugin never answered:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        let mut out = String::new();
+        for g in 0..3 {
+            out += &std::fs::read_to_string(self.dir.join(format!("plugin-{g}.log"))).unwrap_or_default();
+        }
+        out
+    }
+}
+
+fn reader() -> csi::VolumeCapability {
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
+    }
+}
+
+fn read_at(f: &mut std::fs::File, off: u64, len: usize) -> Vec<u8> {
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
+    let cluster = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    cluster.put("models", src.path()).await;
+    let whole = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
+    let _keeper = tessera_csi(
+        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
+        &dir.path().join("keeper.log"),
+    );
+    let mut plugin = node.start_plugin(0);
+    let mut csi = node.client().await;
+
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/volume");
+    std::fs::create_dir_all(&staging).unwrap();
+    csi.node_stage_volume(csi::NodeStageVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(reader()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let publish = csi::NodePublishVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(reader()),
+        readonly: true,
+        ..Default::default()
+    };
+    csi.node_publish_volume(publish.clone()).await.unwrap();
+    assert!(mounts_at(&target).last().unwrap().read_only);
+
+    // A pod has a file open and has read some of it.
+    let file = target.join("models/llama/weights.bin");
+    let mut open = std::fs::File::open(&file).unwrap();
+    assert_eq!(read_at(&mut open, 0, 4096), whole[..4096]);
+
+    // A read is in flight in the plugin (the chunkservers hold it) when
+    // the plugin dies; another read starts while no plugin runs. Both
+    // complete with the right bytes once a new plugin takes over: the
+    // kernel resends the first, the second was still queued.
+    cluster.hang(true).await;
+    let (mut f1, w1) = (open.try_clone().unwrap(), whole.clone());
+    let in_flight = std::thread::spawn(move || read_at(&mut f1, 3_000_000, 500_000) == w1[3_000_000..3_500_000]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.in_flight().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the read never reached the chunkservers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    plugin.0.kill().unwrap();
+    plugin.0.wait().unwrap();
+    cluster.hang(false).await;
+    let (mut f2, w2) = (open.try_clone().unwrap(), whole.clone());
+    let queued = std::thread::spawn(move || read_at(&mut f2, 4_200_000, 300_000) == w2[4_200_000..4_500_000]);
+    let _plugin = node.start_plugin(1);
+    let mut csi = node.client().await;
+    let both = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || (in_flight.join().unwrap(), queued.join().unwrap())),
+    )
+    .await
+    .expect("a read was left hanging")
+    .unwrap();
+    assert_eq!(both, (true, true), "reads across the restart return the right bytes");
+    assert!(!node.log().contains("cannot resend"), "this kernel resends");
+
+    // The same open file, and the mount, work as before.
+    let (t, w, s) = (target.clone(), whole.clone(), src.path().to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(read_at(&mut open, 1_500_000, 700_000), w[1_500_000..2_200_000]);
+        assert_eq!(std::fs::read_dir(t.join("models")).unwrap().count(), 41);
+        let name = "models/config-07.json";
+        assert_eq!(std::fs::read(t.join(name)).unwrap(), std::fs::read(s.join(name)).unwrap());
+    })
+    .await
+    .unwrap();
+    // Node calls repeated after a restart are answered from the saved state.
+    csi.node_publish_volume(publish).await.unwrap();
+    assert_eq!(mounts_at(&target).len(), 1, "publishing again does not stack mounts");
+
+    // Unpublish and unstage: every mount goes, and the keeper lets go.
+    csi.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: "models@latest".into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    csi.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(mounts_at(&target).is_empty() && mounts_at(&staging).is_empty());
+    assert!(!target.exists(), "the target path is removed");
+    let roots = dir.path().join("state/roots");
+    assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0, "no root mount left");
+    let keeper = KeeperClient::new(&dir.path().join("keeper.sock"));
+    assert!(tokio::task::spawn_blocking(move || keeper.list().unwrap()).await.unwrap().is_empty());
+}
