@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod fuse;
 pub mod keeper;
+pub mod leaffs;
 pub mod metrics;
 pub mod node;
 pub mod rootfs;

@@ -134,11 +134,11 @@ impl RootFs {
         self.mode.store(mode_code(mode), Ordering::Relaxed);
     }
 
-    fn entry(&self, nodeid: u64) -> Result<&Entry> {
+    pub(crate) fn entry(&self, nodeid: u64) -> Result<&Entry> {
         nodeid.checked_sub(2).and_then(|i| self.version.manifest.entries().get(i as usize)).ok_or(Errno::NOENT)
     }
 
-    fn attr(&self, nodeid: u64) -> Result<Attr> {
+    pub(crate) fn attr(&self, nodeid: u64) -> Result<Attr> {
         if nodeid == abi::ROOT_ID {
             let dirs = self.tree.children[0].len() as u32;
             return Ok(Attr {
@@ -171,7 +171,7 @@ impl RootFs {
         })
     }
 
-    fn lookup(&self, parent: u64, name: &OsStr) -> Result<u64> {
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<u64> {
         let name = name.to_str().ok_or(Errno::NOENT)?;
         let path = if parent == abi::ROOT_ID {
             name.to_string()
@@ -184,6 +184,30 @@ impl RootFs {
         };
         let entries = self.version.manifest.entries();
         entries.binary_search_by(|e| e.path.as_str().cmp(&path)).map(|i| i as u64 + 2).map_err(|_| Errno::NOENT)
+    }
+
+    /// The names and node ids directly inside a directory.
+    pub(crate) fn children(&self, nodeid: u64) -> Result<Vec<(Vec<u8>, u64)>> {
+        let slot = if nodeid == abi::ROOT_ID {
+            0
+        } else {
+            if !self.entry(nodeid)?.is_dir() {
+                return Err(Errno::NOTDIR);
+            }
+            nodeid as usize - 1
+        };
+        Ok(self.tree.children[slot]
+            .iter()
+            .map(|&i| {
+                let path = &self.version.manifest.entries()[i as usize].path;
+                (path.rsplit('/').next().unwrap_or(path).as_bytes().to_vec(), i as u64 + 2)
+            })
+            .collect())
+    }
+
+    /// How many node ids the version uses (the root and every entry).
+    pub(crate) fn max_nodeid(&self) -> u64 {
+        self.version.manifest.entries().len() as u64 + 1
     }
 
     fn readdir(&self, nodeid: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -219,7 +243,7 @@ impl RootFs {
     }
 
     /// `len` bytes of a file from `offset`, as slices of cached blocks.
-    async fn read(&self, nodeid: u64, offset: u64, len: u32) -> Result<Vec<Bytes>> {
+    pub(crate) async fn read(&self, nodeid: u64, offset: u64, len: u32) -> Result<Vec<Bytes>> {
         let e = self.entry(nodeid)?;
         let Some(extent) = e.extent() else { return Err(Errno::ISDIR) };
         let start = extent.start + offset.min(e.size);
@@ -285,7 +309,7 @@ impl RootFs {
         }
     }
 
-    fn sha256_hex(&self, nodeid: u64) -> Option<String> {
+    pub(crate) fn sha256_hex(&self, nodeid: u64) -> Option<String> {
         match self.entry(nodeid).ok()?.kind {
             EntryKind::File { sha256, .. } => Some(hex::encode(sha256)),
             _ => None,
