@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes test tools from the Go module proxy, once per version,
+# Builds the Kubernetes test tools (and the CSI sanity suite) from the Go module proxy, once per version,
 # into ~/.cache/tessera/tools/<tool>-<version>/ and links them into
 # ~/.cache/tessera/tools/bin. Prints that bin directory on stdout.
 #
@@ -15,6 +15,7 @@ K8S_VERSION=${K8S_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-4.3.1}
+CSI_SANITY_VERSION=${CSI_SANITY_VERSION:-5.4.0}
 
 ROOT=${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}
 BIN=$ROOT/bin
@@ -98,4 +99,5 @@ build_etcd
 build_k8s
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+go_install csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "$CSI_SANITY_VERSION"
 echo "$BIN"

@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use tessera_client::fileset::FilesetClient;
 use tessera_client::{ClientConfig, StripeClient};
 use tessera_core::read_plan::ReadMode;
+use tessera_csi::csi::controller_server::ControllerServer;
 use tessera_csi::csi::identity_server::IdentityServer;
 use tessera_csi::csi::node_server::NodeServer;
 use tessera_csi::node::{NodeConfig, NodePlugin};
-use tessera_csi::service::{IdentityService, NodeService};
+use tessera_csi::service::{ControllerService, IdentityService, NodeService};
 use tracing::info;
 
 /// Tessera's CSI plugin: filesets as read-only root volumes, shared per node,
@@ -140,6 +141,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService))
         .add_service(NodeServer::new(NodeService { plugin: Arc::clone(&plugin) }))
+        .add_service(ControllerServer::new(ControllerService { plugin: Arc::clone(&plugin) }))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

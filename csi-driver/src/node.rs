@@ -27,12 +27,14 @@ use tracing::{info, warn};
 use crate::cache::BlockCache;
 use crate::fuse::abi::InitState;
 use crate::fuse::mount::{self, MountError};
+use crate::fuse::session::Filesystem;
 use crate::fuse::session::{self, Connection};
 use crate::keeper::{KeeperClient, KeeperError};
+use crate::leaffs::LeafFs;
 use crate::metrics::Metrics;
 use crate::rootfs::RootFs;
-use crate::state::{NodeState, RootRecord, StateError};
-use crate::volume::{RootRef, VolumeError};
+use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
+use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -59,6 +61,12 @@ pub enum NodeError {
     NotStaged(String),
     #[error("{0} is not a mount of this volume: refusing to change it")]
     Foreign(PathBuf),
+    #[error("volume {0} does not exist")]
+    NoVolume(String),
+    #[error("a volume named {0} exists with other parameters")]
+    Exists(String),
+    #[error("volume {0} is in use on this node")]
+    InUse(String),
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error("keeper: {0} (without it mounts would not survive a restart of this plugin)")]
@@ -82,7 +90,9 @@ impl From<NodeError> for tonic::Status {
             NodeError::Fileset { source: FilesetError::Connect { .. }, .. } => Code::Unavailable,
             NodeError::Fileset { .. } => Code::Internal,
             NodeError::NotStaged(_) => Code::FailedPrecondition,
-            NodeError::Foreign(_) => Code::AlreadyExists,
+            NodeError::Foreign(_) | NodeError::Exists(_) => Code::AlreadyExists,
+            NodeError::NoVolume(_) => Code::NotFound,
+            NodeError::InUse(_) => Code::FailedPrecondition,
             NodeError::Keeper(_) => Code::Unavailable,
             NodeError::Mount(_) | NodeError::State(_) | NodeError::Io { .. } => Code::Internal,
         };
@@ -99,9 +109,23 @@ struct Kept {
     init: Option<InitState>,
 }
 
-/// A root mount being served by this process.
+/// A leaf volume made by CreateVolume (`<state>/leaves/<id>/meta.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafMeta {
+    pub name: String,
+    pub fileset: String,
+    /// The root version, fixed at creation (pinned while the leaf exists).
+    pub version: u64,
+    pub capacity: u64,
+}
+
+/// Capacity of an inline leaf without a `capacity` attribute.
+pub const DEFAULT_LEAF_CAPACITY: u64 = 10 << 30;
+
+/// A FUSE connection served by this process (a root or a leaf).
 struct Served {
-    fs: Arc<RootFs>,
+    /// The root's filesystem (None for leaves).
+    fs: Option<Arc<RootFs>>,
     /// Our own copy of the connection's file, to deposit again if the
     /// keeper restarts.
     dev: std::os::fd::OwnedFd,
@@ -116,6 +140,8 @@ pub struct NodePlugin {
     keeper: KeeperClient,
     state: Mutex<NodeState>,
     served: Mutex<HashMap<String, Served>>,
+    /// Versions leaves are based on, when not mounted as roots.
+    bases: Mutex<HashMap<String, Arc<RootFs>>>,
     /// CSI calls one at a time: each reads and writes mounts and state.
     ops: tokio::sync::Mutex<()>,
 }
@@ -146,6 +172,7 @@ impl NodePlugin {
             metrics,
             state: Mutex::new(state),
             served: Mutex::default(),
+            bases: Mutex::default(),
             ops: tokio::sync::Mutex::new(()),
         });
         plugin.adopt().await?;
@@ -192,12 +219,35 @@ impl NodePlugin {
                 }
             }
         }
+        let leaves: Vec<(String, LeafRecord)> =
+            self.state.lock().unwrap().leaves.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (id, record) in leaves {
+            let key = format!("leaf/{id}");
+            match held.remove(&key) {
+                Some(h) => {
+                    info!(volume = %id, "taking over a live leaf connection");
+                    let base = self.base(&record.fileset, record.version).await?;
+                    let fs =
+                        Arc::new(LeafFs::open(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?);
+                    let conn = Connection { dev: h.fd, init: record.init, adopted: true };
+                    self.spawn_session(&key, fs, None, conn)?;
+                }
+                None => {
+                    // Its data is on disk; the next stage mounts it again.
+                    warn!(volume = %id, "no live connection for a leaf mount; it is lost");
+                    let _ = mount::unmount(&record.mountpoint);
+                    let mut st = self.state.lock().unwrap();
+                    st.leaves.remove(&id);
+                    st.volumes.remove(&id);
+                }
+            }
+        }
         // Held by the keeper but unknown here (the state was lost): unmount.
         for (id, h) in held {
-            let kept: Option<Kept> = serde_json::from_value(h.meta).ok();
-            warn!(root = %id, "the keeper holds a connection this node does not know; unmounting it");
-            if let Some(k) = kept {
-                let _ = mount::unmount(&k.mountpoint);
+            let mountpoint = h.meta.get("mountpoint").and_then(|m| m.as_str()).map(PathBuf::from);
+            warn!(mount = %id, "the keeper holds a connection this node does not know; unmounting it");
+            if let Some(m) = mountpoint {
+                let _ = mount::unmount(&m);
             }
             let k = self.keeper.clone();
             let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
@@ -212,15 +262,18 @@ impl NodePlugin {
             let k = self.keeper.clone();
             let Ok(Ok(held)) = tokio::task::spawn_blocking(move || k.list()).await else { continue };
             let ids: std::collections::HashSet<String> = held.into_iter().map(|h| h.id).collect();
-            let missing: Vec<(String, Kept, std::os::fd::OwnedFd)> = {
+            let missing: Vec<(String, serde_json::Value, std::os::fd::OwnedFd)> = {
                 let served = self.served.lock().unwrap();
                 let st = self.state.lock().unwrap();
                 served
                     .iter()
                     .filter(|(id, _)| !ids.contains(*id))
                     .filter_map(|(id, s)| {
-                        let r = st.roots.get(id)?;
-                        Some((id.clone(), kept(r), s.dev.try_clone().ok()?))
+                        let meta = match id.strip_prefix("leaf/") {
+                            Some(leaf) => serde_json::to_value(st.leaves.get(leaf)?).ok()?,
+                            None => serde_json::to_value(kept(st.roots.get(id)?)).ok()?,
+                        };
+                        Some((id.clone(), meta, s.dev.try_clone().ok()?))
                     })
                     .collect()
             };
@@ -247,52 +300,233 @@ impl NodePlugin {
         open: tessera_client::fileset::OpenVersion,
         conn: Connection,
     ) -> Result<(), NodeError> {
-        let fs = Arc::new(RootFs::new(
+        let fs = self.root_fs(key, open);
+        self.spawn_session(key, fs.clone(), Some(fs), conn)
+    }
+
+    fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion) -> Arc<RootFs> {
+        Arc::new(RootFs::new(
             key,
             open,
             self.files.stripes().clone(),
             self.cache.clone(),
             self.metrics.clone(),
             self.config.read_mode,
-        ));
+        ))
+    }
+
+    /// Serves a connection on its own thread.
+    fn spawn_session<F: Filesystem>(
+        self: &Arc<Self>,
+        key: &str,
+        fs: Arc<F>,
+        root: Option<Arc<RootFs>>,
+        conn: Connection,
+    ) -> Result<(), NodeError> {
         let dev = conn.dev.try_clone().map_err(io(&self.config.state_dir))?;
         let rt = tokio::runtime::Handle::current();
-        let (me, id, f) = (self.clone(), key.to_string(), fs.clone());
+        let (me, id) = (self.clone(), key.to_string());
         let thread = std::thread::Builder::new()
             .name(format!("fuse {key}"))
             .spawn(move || {
                 let on_init = |init: &InitState| me.record_init(&id, *init);
-                match session::serve(conn, f, rt, on_init) {
-                    Ok(()) => info!(root = %id, "root mount ended"),
-                    Err(e) => warn!(root = %id, error = %e, "serving a root mount failed"),
+                match session::serve(conn, fs, rt, on_init) {
+                    Ok(()) => info!(mount = %id, "fuse mount ended"),
+                    Err(e) => warn!(mount = %id, error = %e, "serving a fuse mount failed"),
                 }
             })
             .map_err(io(&self.config.state_dir))?;
-        self.served.lock().unwrap().insert(key.to_string(), Served { fs, dev, thread: Some(thread) });
+        self.served.lock().unwrap().insert(key.to_string(), Served { fs: root, dev, thread: Some(thread) });
         self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
         Ok(())
     }
 
     /// Keeps what INIT negotiated, with the keeper and in the state.
     fn record_init(&self, key: &str, init: InitState) {
-        let record = {
+        let meta = {
             let mut st = self.state.lock().unwrap();
-            let Some(r) = st.roots.get_mut(key) else { return };
-            if r.init == Some(init) {
-                return;
+            if let Some(id) = key.strip_prefix("leaf/") {
+                let Some(r) = st.leaves.get_mut(id) else { return };
+                if r.init == Some(init) {
+                    return;
+                }
+                r.init = Some(init);
+                serde_json::to_value(&*r).unwrap_or_default()
+            } else {
+                let Some(r) = st.roots.get_mut(key) else { return };
+                if r.init == Some(init) {
+                    return;
+                }
+                r.init = Some(init);
+                serde_json::to_value(kept(r)).unwrap_or_default()
             }
-            r.init = Some(init);
-            r.clone()
         };
         if let Err(e) = self.save() {
-            warn!(root = %key, error = %e, "saving the node state");
+            warn!(mount = %key, error = %e, "saving the node state");
         }
         let dev = self.served.lock().unwrap().get(key).and_then(|s| s.dev.try_clone().ok());
         if let Some(dev) = dev
-            && let Err(e) = self.keeper.deposit(key, &kept(&record), &dev)
+            && let Err(e) = self.keeper.deposit(key, &meta, &dev)
         {
-            warn!(root = %key, error = %e, "depositing a connection's INIT state with the keeper");
+            warn!(mount = %key, error = %e, "depositing a connection's INIT state with the keeper");
         }
+    }
+
+    /// Stops serving `key` once its filesystem is unmounted.
+    async fn stop_serving(&self, key: &str) {
+        let served = self.served.lock().unwrap().remove(key);
+        if let Some(mut s) = served
+            && let Some(t) = s.thread.take()
+        {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
+        let (k, id) = (self.keeper.clone(), key.to_string());
+        let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
+    }
+
+    // ---- Leaves ----
+
+    fn leaf_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("leaves").join(id)
+    }
+
+    /// The leaf CreateVolume made under `id`, if any.
+    pub fn leaf_meta(&self, id: &str) -> Result<Option<LeafMeta>, NodeError> {
+        let path = self.leaf_dir(id).join("meta.json");
+        match std::fs::read(&path) {
+            Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::Io { path, source: e }),
+        }
+    }
+
+    /// CreateVolume of a leaf: pins its root version and records it. Takes
+    /// the same time whatever the root's size (nothing is copied).
+    pub async fn create_leaf(&self, name: &str, r: &RootRef, capacity: u64) -> Result<(String, LeafMeta), NodeError> {
+        let _one = self.ops.lock().await;
+        let id = leaf_id(name);
+        if let Some(meta) = self.leaf_meta(&id)? {
+            let same = meta.name == name
+                && meta.fileset == r.fileset
+                && meta.capacity == capacity
+                && (r.version_id() == 0 || r.version_id() == meta.version);
+            return if same { Ok((id, meta)) } else { Err(NodeError::Exists(name.to_string())) };
+        }
+        let open = self.open_version(&r.fileset, r.version_id()).await?;
+        self.files
+            .master()
+            .pin_version(ms::PinRequest {
+                fileset: r.fileset.clone(),
+                version: open.id(),
+                holder: format!("leaf/{id}"),
+            })
+            .await
+            .map_err(|s| NodeError::Fileset { fileset: r.fileset.clone(), source: s.into() })?;
+        let meta = LeafMeta { name: name.to_string(), fileset: r.fileset.clone(), version: open.id(), capacity };
+        let dir = self.leaf_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join("meta.json.tmp");
+        let body = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, dir.join("meta.json")))
+            .and_then(|_| std::fs::File::open(&dir)?.sync_all())
+            .map_err(io(&dir))?;
+        info!(volume = %id, fileset = %meta.fileset, version = meta.version, "created a leaf");
+        Ok((id, meta))
+    }
+
+    /// DeleteVolume of a leaf: its data goes, its root version is unpinned.
+    pub async fn delete_leaf(&self, id: &str) -> Result<(), NodeError> {
+        let _one = self.ops.lock().await;
+        if self.state.lock().unwrap().leaves.contains_key(id) {
+            return Err(NodeError::InUse(id.to_string()));
+        }
+        let Some(meta) = self.leaf_meta(id)? else { return Ok(()) };
+        let unpinned = self
+            .files
+            .master()
+            .unpin_version(ms::PinRequest {
+                fileset: meta.fileset.clone(),
+                version: meta.version,
+                holder: format!("leaf/{id}"),
+            })
+            .await;
+        if let Err(e) = unpinned {
+            warn!(volume = %id, error = %e.message(), "unpinning a leaf's root version");
+        }
+        let dir = self.leaf_dir(id);
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        info!(volume = %id, "deleted a leaf");
+        Ok(())
+    }
+
+    /// Whether a volume exists: a leaf made here, or a stored fileset version.
+    pub async fn volume_exists(&self, volume: &str) -> Result<bool, NodeError> {
+        if is_leaf(volume) {
+            return Ok(self.leaf_meta(volume)?.is_some());
+        }
+        let Ok(r) = RootRef::parse_id(volume) else { return Ok(false) };
+        let req = ms::GetVersionRequest { fileset: r.fileset.clone(), version: r.version_id() };
+        match self.files.master().get_version(req).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(NodeError::Fileset { fileset: r.fileset, source: s.into() }),
+        }
+    }
+
+    /// The version a leaf is based on, shared with its root mount if there is one.
+    async fn base(&self, fileset: &str, version: u64) -> Result<Arc<RootFs>, NodeError> {
+        let key = format!("{fileset}@{version}");
+        if let Some(fs) = self.root(&key) {
+            return Ok(fs);
+        }
+        if let Some(fs) = self.bases.lock().unwrap().get(&key) {
+            return Ok(fs.clone());
+        }
+        let open = self.open_version(fileset, version).await?;
+        let fs = self.root_fs(&key, open);
+        self.bases.lock().unwrap().insert(key, fs.clone());
+        Ok(fs)
+    }
+
+    /// Mounts a leaf's filesystem at `record.mountpoint` and serves it.
+    async fn mount_leaf(self: &Arc<Self>, id: &str, record: LeafRecord) -> Result<(), NodeError> {
+        let base = self.base(&record.fileset, record.version).await?;
+        let fs = Arc::new(LeafFs::open(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?);
+        std::fs::create_dir_all(&record.mountpoint).map_err(io(&record.mountpoint))?;
+        self.state.lock().unwrap().leaves.insert(id.to_string(), record.clone());
+        self.save()?;
+        let dev = mount::mount_fuse(&record.mountpoint, &format!("tessera:{id}"), false)?;
+        let key = format!("leaf/{id}");
+        let deposited = {
+            let (k, key, meta) = (self.keeper.clone(), key.clone(), serde_json::to_value(&record).unwrap_or_default());
+            let dev = dev.try_clone().map_err(io(&record.mountpoint))?;
+            tokio::task::spawn_blocking(move || k.deposit(&key, &meta, &dev)).await.expect("deposit")
+        };
+        if let Err(e) = deposited {
+            let _ = mount::unmount(&record.mountpoint);
+            self.state.lock().unwrap().leaves.remove(id);
+            self.save()?;
+            return Err(e.into());
+        }
+        info!(volume = %id, mountpoint = %record.mountpoint.display(), "mounted a leaf");
+        self.spawn_session(&key, fs, None, Connection { dev, init: None, adopted: false })
+    }
+
+    /// Unmounts a leaf; an inline one's data goes with it.
+    async fn unmount_leaf(&self, id: &str) -> Result<(), NodeError> {
+        let Some(record) = self.state.lock().unwrap().leaves.get(id).cloned() else { return Ok(()) };
+        mount::unmount(&record.mountpoint)?;
+        self.stop_serving(&format!("leaf/{id}")).await;
+        self.state.lock().unwrap().leaves.remove(id);
+        self.save()?;
+        if record.ephemeral {
+            let _ = std::fs::remove_dir_all(&record.dir);
+        }
+        info!(volume = %id, "unmounted a leaf");
+        Ok(())
     }
 
     /// The root mount of `r` with `user` added: mounted, deposited and
@@ -363,15 +597,7 @@ impl NodePlugin {
         self.save()?;
         let Some(rec) = gone else { return Ok(()) };
         mount::unmount(&rec.mountpoint)?;
-        let served = self.served.lock().unwrap().remove(key);
-        if let Some(mut s) = served
-            && let Some(t) = s.thread.take()
-        {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
-        let (k, id) = (self.keeper.clone(), key.to_string());
-        let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
+        self.stop_serving(key).await;
         let _ = std::fs::remove_dir(&rec.mountpoint);
         let unpinned = self
             .files
@@ -392,6 +618,9 @@ impl NodePlugin {
     /// NodeStageVolume: the volume's version, read-only on `staging`.
     pub async fn stage(self: &Arc<Self>, volume: &str, staging: &Path) -> Result<(), NodeError> {
         let _one = self.ops.lock().await;
+        if is_leaf(volume) {
+            return self.stage_leaf(volume, staging).await;
+        }
         let r = RootRef::parse_id(volume)?;
         let done = self.state.lock().unwrap().volumes.get(volume).and_then(|v| v.staging.clone());
         if done.as_deref() == Some(staging) && is_mounted(staging) {
@@ -411,9 +640,46 @@ impl NodePlugin {
         self.save()
     }
 
+    /// A leaf made by CreateVolume, mounted read-write on `staging`.
+    async fn stage_leaf(self: &Arc<Self>, volume: &str, staging: &Path) -> Result<(), NodeError> {
+        let meta = self.leaf_meta(volume)?.ok_or_else(|| NodeError::NoVolume(volume.to_string()))?;
+        let mounted = self.state.lock().unwrap().leaves.get(volume).map(|l| l.mountpoint.clone());
+        match mounted {
+            Some(m) if m == staging && is_mounted(staging) => return Ok(()),
+            Some(m) if m != staging => return Err(NodeError::InUse(volume.to_string())),
+            _ => {}
+        }
+        let record = LeafRecord {
+            fileset: meta.fileset,
+            version: meta.version,
+            dir: self.leaf_dir(volume),
+            mountpoint: staging.to_path_buf(),
+            capacity: meta.capacity,
+            init: None,
+            ephemeral: false,
+        };
+        self.mount_leaf(volume, record).await?;
+        let mut st = self.state.lock().unwrap();
+        st.volumes.entry(volume.to_string()).or_default().staging = Some(staging.to_path_buf());
+        drop(st);
+        self.save()
+    }
+
     /// NodeUnstageVolume.
     pub async fn unstage(&self, volume: &str, staging: &Path) -> Result<(), NodeError> {
         let _one = self.ops.lock().await;
+        if is_leaf(volume) {
+            self.unmount_leaf(volume).await?;
+            let mut st = self.state.lock().unwrap();
+            if let Some(v) = st.volumes.get_mut(volume) {
+                v.staging = None;
+                if v.targets.is_empty() {
+                    st.volumes.remove(volume);
+                }
+            }
+            drop(st);
+            return self.save();
+        }
         mount::unmount(staging)?;
         let key = {
             let mut st = self.state.lock().unwrap();
@@ -436,6 +702,7 @@ impl NodePlugin {
         target: &Path,
         staging: Option<&Path>,
         inline: Option<&HashMap<String, String>>,
+        read_only: bool,
     ) -> Result<(), NodeError> {
         let _one = self.ops.lock().await;
         let known = self.state.lock().unwrap().volumes.get(volume).cloned();
@@ -444,7 +711,41 @@ impl NodePlugin {
         }
         std::fs::create_dir_all(target).map_err(io(target))?;
         match inline {
+            Some(attrs) if attrs.get("kind").is_some_and(|k| k == "leaf") => {
+                let r = RootRef::from_attributes(attrs)?;
+                let capacity = match attrs.get("capacity") {
+                    Some(c) => c.parse().map_err(|_| VolumeError::BadAttribute {
+                        key: "capacity",
+                        reason: format!("{c:?} is not a number of bytes"),
+                    })?,
+                    None => DEFAULT_LEAF_CAPACITY,
+                };
+                let open = self.open_version(&r.fileset, r.version_id()).await?;
+                use sha2::Digest;
+                let dir = self
+                    .config
+                    .state_dir
+                    .join("leaves")
+                    .join(format!("inline-{}", hex::encode(&sha2::Sha256::digest(volume.as_bytes())[..8])));
+                let record = LeafRecord {
+                    fileset: r.fileset.clone(),
+                    version: open.id(),
+                    dir,
+                    mountpoint: target.to_path_buf(),
+                    capacity,
+                    init: None,
+                    ephemeral: true,
+                };
+                self.mount_leaf(volume, record).await?;
+                let mut st = self.state.lock().unwrap();
+                let v = st.volumes.entry(volume.to_string()).or_default();
+                v.ephemeral = true;
+                v.targets.insert(target.to_path_buf());
+            }
             Some(attrs) => {
+                if attrs.get("kind").is_some_and(|k| k != "root") {
+                    return Err(VolumeError::BadAttribute { key: "kind", reason: "root or leaf".into() }.into());
+                }
                 let r = RootRef::from_attributes(attrs)?;
                 let (key, mountpoint) = self.acquire_root(&r, target).await?;
                 if let Err(e) = mount::bind(&mountpoint, target, true) {
@@ -463,7 +764,7 @@ impl NodePlugin {
                 if !staged {
                     return Err(NodeError::NotStaged(volume.to_string()));
                 }
-                mount::bind(staging, target, true)?;
+                mount::bind(staging, target, read_only || !is_leaf(volume))?;
                 let mut st = self.state.lock().unwrap();
                 st.volumes.entry(volume.to_string()).or_default().targets.insert(target.to_path_buf());
             }
@@ -474,6 +775,11 @@ impl NodePlugin {
     /// NodeUnpublishVolume.
     pub async fn unpublish(&self, volume: &str, target: &Path) -> Result<(), NodeError> {
         let _one = self.ops.lock().await;
+        let inline_leaf =
+            self.state.lock().unwrap().leaves.get(volume).is_some_and(|l| l.ephemeral && l.mountpoint == target);
+        if inline_leaf {
+            self.unmount_leaf(volume).await?;
+        }
         mount::unmount(target)?;
         let _ = std::fs::remove_dir(target);
         let release = {
@@ -488,14 +794,14 @@ impl NodePlugin {
         };
         self.save()?;
         match release {
-            Some(key) => self.release_root(&key, target).await,
-            None => Ok(()),
+            Some(key) if !inline_leaf => self.release_root(&key, target).await,
+            _ => Ok(()),
         }
     }
 
     /// The filesystem serving a root mount (`fileset@version`).
     pub fn root(&self, key: &str) -> Option<Arc<RootFs>> {
-        self.served.lock().unwrap().get(key).map(|s| s.fs.clone())
+        self.served.lock().unwrap().get(key).and_then(|s| s.fs.clone())
     }
 
     /// The volume's root mount key.

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::csi;
+use crate::csi::controller_server::Controller;
 use crate::csi::identity_server::Identity;
 use crate::csi::node_server::Node;
 use crate::node::NodePlugin;
+use crate::volume::{RootRef, is_leaf};
 
 /// The driver's name in CSIDriver objects and PersistentVolumes.
 pub const DRIVER_NAME: &str = "csi.tessera.dev";
@@ -45,7 +47,10 @@ impl Identity for IdentityService {
         let service =
             |t: service::Type| csi::PluginCapability { r#type: Some(Type::Service(Service { r#type: t as i32 })) };
         Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-            capabilities: vec![service(service::Type::VolumeAccessibilityConstraints)],
+            capabilities: vec![
+                service(service::Type::ControllerService),
+                service(service::Type::VolumeAccessibilityConstraints),
+            ],
         }))
     }
 
@@ -62,9 +67,9 @@ fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     if value.is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
 }
 
-/// Root volumes are read-only filesystems: a mount access type and a
-/// reader access mode.
-fn check_capability(cap: Option<&csi::VolumeCapability>) -> Result<(), Status> {
+/// Volumes are filesystems (a mount access type); root volumes are
+/// read-only (a reader access mode), leaves take any single-node mode.
+fn check_capability(cap: Option<&csi::VolumeCapability>, leaf: bool) -> Result<(), Status> {
     use csi::volume_capability::access_mode::Mode;
     use csi::volume_capability::{AccessType, access_mode};
     let cap = cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
@@ -78,6 +83,7 @@ fn check_capability(cap: Option<&csi::VolumeCapability>) -> Result<(), Status> {
     let mode = cap.access_mode.as_ref().map(|m| m.mode).unwrap_or(access_mode::Mode::Unknown as i32);
     match Mode::try_from(mode) {
         Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) => Ok(()),
+        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) if leaf => Ok(()),
         Ok(Mode::Unknown) | Err(_) => Err(Status::invalid_argument("volume_capability.access_mode is required")),
         Ok(other) => Err(Status::invalid_argument(format!(
             "volume_capability.access_mode {}: root volumes are read-only (use a reader mode, or a leaf volume to write)",
@@ -95,7 +101,7 @@ impl Node for NodeService {
         let r = req.into_inner();
         let volume = required(&r.volume_id, "volume_id")?;
         let staging = required(&r.staging_target_path, "staging_target_path")?;
-        check_capability(r.volume_capability.as_ref())?;
+        check_capability(r.volume_capability.as_ref(), is_leaf(volume))?;
         self.plugin.stage(volume, Path::new(staging)).await?;
         Ok(Response::new(csi::NodeStageVolumeResponse {}))
     }
@@ -118,10 +124,11 @@ impl Node for NodeService {
         let r = req.into_inner();
         let volume = required(&r.volume_id, "volume_id")?;
         let target = required(&r.target_path, "target_path")?;
-        check_capability(r.volume_capability.as_ref())?;
         let inline = r.volume_context.get(EPHEMERAL).is_some_and(|v| v == "true").then_some(&r.volume_context);
+        let leaf = is_leaf(volume) || inline.is_some_and(|a| a.get("kind").is_some_and(|k| k == "leaf"));
+        check_capability(r.volume_capability.as_ref(), leaf)?;
         let staging = (!r.staging_target_path.is_empty()).then(|| Path::new(&r.staging_target_path));
-        self.plugin.publish(volume, Path::new(target), staging, inline).await?;
+        self.plugin.publish(volume, Path::new(target), staging, inline, r.readonly).await?;
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
@@ -170,5 +177,196 @@ impl Node for NodeService {
                 segments: [(TOPOLOGY_NODE.to_string(), self.plugin.node_id().to_string())].into(),
             }),
         }))
+    }
+}
+
+pub struct ControllerService {
+    pub plugin: Arc<NodePlugin>,
+}
+
+/// A leaf without a requested size.
+const DEFAULT_CAPACITY: u64 = 1 << 30;
+
+fn check_capabilities(caps: &[csi::VolumeCapability]) -> Result<(), Status> {
+    if caps.is_empty() {
+        return Err(Status::invalid_argument("volume_capabilities is required"));
+    }
+    caps.iter().try_for_each(|c| check_capability(Some(c), true))
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        req: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let name = required(&r.name, "name")?;
+        check_capabilities(&r.volume_capabilities)?;
+        if r.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume_content_source: leaves start from their root, not from a snapshot or volume",
+            ));
+        }
+        let kind = r.parameters.get("kind").map(String::as_str).unwrap_or("leaf");
+        if kind != "leaf" {
+            return Err(Status::invalid_argument(format!(
+                "parameters.kind {kind:?}: CreateVolume makes leaves; root volumes are static or inline"
+            )));
+        }
+        let root = RootRef::from_attributes(&r.parameters)
+            .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+        let range = r.capacity_range.unwrap_or_default();
+        let (required_bytes, limit) = (range.required_bytes.max(0) as u64, range.limit_bytes.max(0) as u64);
+        if limit > 0 && required_bytes > limit {
+            return Err(Status::invalid_argument("capacity_range: required_bytes exceeds limit_bytes"));
+        }
+        let capacity = match (required_bytes, limit) {
+            (0, 0) => DEFAULT_CAPACITY,
+            (0, l) => l.min(DEFAULT_CAPACITY),
+            (r, _) => r,
+        };
+        let (id, meta) = self.plugin.create_leaf(name, &root, capacity).await?;
+        Ok(Response::new(csi::CreateVolumeResponse {
+            volume: Some(csi::Volume {
+                volume_id: id,
+                capacity_bytes: meta.capacity as i64,
+                volume_context: [
+                    ("kind".to_string(), "leaf".to_string()),
+                    ("fileset".to_string(), meta.fileset),
+                    ("version".to_string(), meta.version.to_string()),
+                ]
+                .into(),
+                content_source: None,
+                accessible_topology: vec![csi::Topology {
+                    segments: [(TOPOLOGY_NODE.to_string(), self.plugin.node_id().to_string())].into(),
+                }],
+            }),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let volume = required(&r.volume_id, "volume_id")?;
+        if is_leaf(volume) {
+            self.plugin.delete_leaf(volume).await?;
+        }
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = req.into_inner();
+        let volume = required(&r.volume_id, "volume_id")?;
+        if r.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities is required"));
+        }
+        let leaf = is_leaf(volume);
+        if !self.plugin.volume_exists(volume).await? {
+            return Err(Status::not_found(format!("volume {volume} does not exist")));
+        }
+        let supported = r.volume_capabilities.iter().all(|c| check_capability(Some(c), leaf).is_ok());
+        Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: supported.then(|| csi::validate_volume_capabilities_response::Confirmed {
+                volume_context: r.volume_context.clone(),
+                volume_capabilities: r.volume_capabilities.clone(),
+                parameters: r.parameters.clone(),
+                mutable_parameters: Default::default(),
+            }),
+            message: if supported { String::new() } else { "only mount access; roots only for readers".into() },
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use csi::controller_service_capability::{Rpc, Type, rpc};
+        let rpc = |t: rpc::Type| csi::ControllerServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities: vec![rpc(rpc::Type::CreateDeleteVolume)],
+        }))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("no attach step (not advertised)"))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("no attach step (not advertised)"))
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots: promote a leaf to a fileset version instead"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        _: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("not advertised"))
     }
 }

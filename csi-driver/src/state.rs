@@ -35,10 +35,28 @@ pub struct VolumeRecord {
     pub ephemeral: bool,
 }
 
+/// A leaf volume mounted on this node (its own FUSE connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafRecord {
+    pub fileset: String,
+    pub version: u64,
+    /// The leaf's journal and data.
+    pub dir: PathBuf,
+    /// Where its FUSE filesystem is mounted (staging or, inline, target).
+    pub mountpoint: PathBuf,
+    pub capacity: u64,
+    pub init: Option<InitState>,
+    /// Inline: discarded with the pod.
+    pub ephemeral: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NodeState {
     pub roots: BTreeMap<String, RootRecord>,
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// By volume id.
+    #[serde(default)]
+    pub leaves: BTreeMap<String, LeafRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

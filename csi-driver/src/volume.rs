@@ -7,6 +7,18 @@
 
 use std::collections::HashMap;
 
+/// The id of the leaf volume CreateVolume makes for `name`: the same name
+/// always gives the same id, so creating twice is creating once.
+pub fn leaf_id(name: &str) -> String {
+    use sha2::Digest;
+    format!("leaf-{}", hex::encode(&sha2::Sha256::digest(name.as_bytes())[..8]))
+}
+
+/// Whether a volume id names a leaf (`leaf-` and 16 hex digits).
+pub fn is_leaf(id: &str) -> bool {
+    id.strip_prefix("leaf-").is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionSpec {
     Latest,
@@ -57,12 +69,8 @@ impl RootRef {
         Ok(Self { fileset: fileset.to_string(), version: version_spec(version).map_err(bad)? })
     }
 
-    /// From an inline volume's attributes.
+    /// From volume attributes (inline volumes) or StorageClass parameters.
     pub fn from_attributes(attrs: &HashMap<String, String>) -> Result<Self, VolumeError> {
-        let kind = attrs.get("kind").map(String::as_str).unwrap_or("root");
-        if kind != "root" {
-            return Err(VolumeError::BadAttribute { key: "kind", reason: format!("{kind:?}: only root volumes here") });
-        }
         let fileset = attrs
             .get("fileset")
             .ok_or_else(|| VolumeError::BadAttribute { key: "fileset", reason: "missing".into() })?;
@@ -95,6 +103,14 @@ mod tests {
         for bad in ["", "Models@1", "models@0", "models@x", "../etc@1", "models@-1"] {
             assert!(matches!(RootRef::parse_id(bad), Err(VolumeError::BadId { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn leaf_ids_are_stable_and_recognised() {
+        let id = leaf_id("pvc-1234");
+        assert_eq!(id, leaf_id("pvc-1234"));
+        assert_ne!(id, leaf_id("pvc-1235"));
+        assert!(is_leaf(&id) && !is_leaf("models@3") && !is_leaf("leaf-xyz"));
     }
 
     #[test]
