@@ -1,7 +1,7 @@
-//! The node plugin is killed (SIGKILL) while a root volume is staged,
-//! published and has a file open: the mount stays, the open file keeps
-//! reading correct bytes once a new plugin takes over the connection from
-//! the keeper, and a read in flight at the kill completes.
+//! The node plugin is killed (SIGKILL) while a root volume has a file open
+//! for reading and a leaf volume one open for writing: the mounts stay, both
+//! files keep working once a new plugin takes the connections over from the
+//! keeper, and a read in flight at the kill completes.
 
 mod common;
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{Child, csi_channel, tessera_csi};
 use tessera_csi::csi;
 use tessera_csi::csi::identity_client::IdentityClient;
+use tessera_csi::csi::controller_client::ControllerClient;
 use tessera_csi::csi::node_client::NodeClient;
 use tessera_csi::fuse::mount::mounts_at;
 use tessera_csi::keeper::KeeperClient;
@@ -66,6 +67,14 @@ fn reader() -> csi::VolumeCapability {
     csi::VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
         access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
+    }
+}
+
+fn writer() -> csi::VolumeCapability {
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
     }
 }
 
@@ -124,6 +133,43 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     // the plugin dies; another read starts while no plugin runs. Both
     // complete with the right bytes once a new plugin takes over: the
     // kernel resends the first, the second was still queued.
+    // A leaf over the same version, with a file open for writing.
+    let mut controller = ControllerClient::new(csi_channel(&node.socket()).await.unwrap());
+    let leaf = controller
+        .create_volume(csi::CreateVolumeRequest {
+            name: "pvc-scratch".into(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![writer()],
+            parameters: [("fileset".to_string(), "models".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let (leaf_staging, leaf_target) = (dir.path().join("leaf-staging"), dir.path().join("pod/leaf"));
+    std::fs::create_dir_all(&leaf_staging).unwrap();
+    csi.node_stage_volume(csi::NodeStageVolumeRequest {
+        volume_id: leaf.volume_id.clone(),
+        staging_target_path: leaf_staging.display().to_string(),
+        volume_capability: Some(writer()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    csi.node_publish_volume(csi::NodePublishVolumeRequest {
+        volume_id: leaf.volume_id.clone(),
+        staging_target_path: leaf_staging.display().to_string(),
+        target_path: leaf_target.display().to_string(),
+        volume_capability: Some(writer()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut log = std::fs::File::create(leaf_target.join("train.log")).unwrap();
+    std::io::Write::write_all(&mut log, b"epoch 1\n").unwrap();
+
     cluster.hang(true).await;
     let (mut f1, w1) = (open.try_clone().unwrap(), whole.clone());
     let in_flight = std::thread::spawn(move || read_at(&mut f1, 3_000_000, 500_000) == w1[3_000_000..3_500_000]);
@@ -159,6 +205,31 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     })
     .await
     .unwrap();
+    // The file open for writing on the leaf too.
+    let lt = leaf_target.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        log.write_all(b"epoch 2\n").unwrap();
+        log.sync_all().unwrap();
+        assert_eq!(std::fs::read_to_string(lt.join("train.log")).unwrap(), "epoch 1\nepoch 2\n");
+        assert_eq!(std::fs::read(lt.join("models/config-01.json")).unwrap().len(), 60, "the root under the leaf");
+    })
+    .await
+    .unwrap();
+    csi.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: leaf.volume_id.clone(),
+        target_path: leaf_target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    csi.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+        volume_id: leaf.volume_id.clone(),
+        staging_target_path: leaf_staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+    controller.delete_volume(csi::DeleteVolumeRequest { volume_id: leaf.volume_id, ..Default::default() }).await.unwrap();
+
     // Node calls repeated after a restart are answered from the saved state.
     csi.node_publish_volume(publish).await.unwrap();
     assert_eq!(mounts_at(&target).len(), 1, "publishing again does not stack mounts");
