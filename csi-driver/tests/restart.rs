@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{Child, csi_channel, tessera_csi};
 use tessera_csi::csi;
-use tessera_csi::csi::identity_client::IdentityClient;
 use tessera_csi::csi::controller_client::ControllerClient;
+use tessera_csi::csi::identity_client::IdentityClient;
 use tessera_csi::csi::node_client::NodeClient;
 use tessera_csi::fuse::mount::mounts_at;
 use tessera_csi::keeper::KeeperClient;
@@ -228,7 +228,10 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     })
     .await
     .unwrap();
-    controller.delete_volume(csi::DeleteVolumeRequest { volume_id: leaf.volume_id, ..Default::default() }).await.unwrap();
+    controller
+        .delete_volume(csi::DeleteVolumeRequest { volume_id: leaf.volume_id, ..Default::default() })
+        .await
+        .unwrap();
 
     // Node calls repeated after a restart are answered from the saved state.
     csi.node_publish_volume(publish).await.unwrap();

@@ -46,8 +46,19 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
 
     // Every rendered object passes the apiserver's validation (CRDs first,
     // as helm installs them).
-    let (ok, rendered, err) =
-        helm(home.path(), &["template", "t", chart, "--namespace", "tessera-system", "--include-crds"]);
+    let (ok, rendered, err) = helm(
+        home.path(),
+        &[
+            "template",
+            "t",
+            chart,
+            "--namespace",
+            "tessera-system",
+            "--include-crds",
+            "--set",
+            "csi.leafStorageClass.fileset=models",
+        ],
+    );
     assert!(ok, "helm template: {err}");
     let manifest = home.path().join("rendered.yaml");
     std::fs::write(&manifest, &rendered).unwrap();
@@ -57,7 +68,15 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     let (ok, out, err) =
         cp.kubectl(&["apply", "--dry-run=server", "--server-side", "-f", manifest.to_str().unwrap()]).unwrap();
     assert!(ok, "server-side dry run of the chart: {out}{err}");
-    for kind in ["deployment.apps/t-tessera-operator", "daemonset.apps/t-tessera-chunkserver", "clusterrole"] {
+    for kind in [
+        "deployment.apps/t-tessera-operator",
+        "daemonset.apps/t-tessera-chunkserver",
+        "clusterrole",
+        "csidriver.storage.k8s.io/csi.tessera.dev",
+        "daemonset.apps/t-tessera-csi-node",
+        "daemonset.apps/t-tessera-csi-keeper",
+        "storageclass.storage.k8s.io/tessera-leaf",
+    ] {
         assert!(out.contains(kind), "{kind} missing from the dry run:\n{out}");
     }
 
@@ -84,6 +103,16 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     let ds = daemonsets.get("t-tessera-chunkserver").await.unwrap();
     let args = ds.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     assert!(args.contains(&"--master=t-tessera-master.tessera-system.svc:7300".to_string()), "{args:?}");
+    // The keeper is never replaced by a rollout; the plugin's mounts reach the host.
+    let keeper = daemonsets.get("t-tessera-csi-keeper").await.unwrap();
+    assert_eq!(keeper.spec.unwrap().update_strategy.unwrap().type_.as_deref(), Some("OnDelete"));
+    let node = daemonsets.get("t-tessera-csi-node").await.unwrap().spec.unwrap().template.spec.unwrap();
+    let mounts = node.containers[0].volume_mounts.clone().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/var/lib/kubelet" && m.mount_propagation.as_deref() == Some("Bidirectional"))
+    );
     let roles: Api<ClusterRole> = Api::all(cp.client());
     let role = roles.get("t-tessera-operator").await.unwrap();
     // Least privilege: nothing may touch secrets, and no wildcard verbs.

@@ -32,6 +32,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-chunkserver" (include "tessera.fullname" .)) .Values.serviceAccount.chunkserverName -}}
 {{- end -}}
 
+{{- define "tessera.csiServiceAccount" -}}
+{{- default (printf "%s-csi" (include "tessera.fullname" .)) .Values.serviceAccount.csiName -}}
+{{- end -}}
+
 {{- define "tessera.masterAddress" -}}
 {{- printf "%s-master.%s.svc:7300" (include "tessera.fullname" .) .Release.Namespace -}}
 {{- end -}}
