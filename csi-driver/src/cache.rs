@@ -165,6 +165,39 @@ impl BlockCache {
         }
     }
 
+    /// Bytes `range` of a cached block (reading only those), if cached.
+    /// Shorter than asked where the block ends.
+    pub fn get_range(&self, key: &BlockKey, range: std::ops::Range<u64>) -> Option<Bytes> {
+        use std::os::unix::fs::FileExt;
+        if !self.lru.lock().unwrap().touch(key) {
+            self.metrics.cache_misses.inc();
+            return None;
+        }
+        let read = std::fs::File::open(self.dir.join(key.file())).and_then(|f| {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            let mut at = 0;
+            while at < buf.len() {
+                match f.read_at(&mut buf[at..], range.start + at as u64)? {
+                    0 => break,
+                    n => at += n,
+                }
+            }
+            buf.truncate(at);
+            Ok(buf)
+        });
+        match read {
+            Ok(data) => {
+                self.metrics.cache_hits.inc();
+                Some(Bytes::from(data))
+            }
+            Err(_) => {
+                self.lru.lock().unwrap().remove(key);
+                self.metrics.cache_misses.inc();
+                None
+            }
+        }
+    }
+
     /// Stores a block, evicting the least recently used first so the cache
     /// stays within its threshold. A block larger than the whole cache is
     /// not stored. Failures (a full disk) only mean the block is not cached.

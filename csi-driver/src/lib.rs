@@ -5,6 +5,7 @@
 //! - [`rootfs`]: a fileset version as a read-only filesystem;
 //! - [`cache`]: the node's block cache shared by every root volume.
 
+pub mod bench;
 pub mod cache;
 pub mod fuse;
 pub mod keeper;

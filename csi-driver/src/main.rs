@@ -37,6 +37,32 @@ enum Command {
         #[arg(long, default_value = "/run/tessera-csi/keeper.sock")]
         socket: PathBuf,
     },
+    /// Measure volumes (cold, node-cache and page-cache reads, small files,
+    /// leaf writes, leaf creation) beside tmpfs, through a running master
+    /// (`tessera local up`). Mounts FUSE and tmpfs: run as root.
+    Bench {
+        /// The master (host:port).
+        #[arg(long, env = "TESSERA_MASTER", default_value = "127.0.0.1:7300")]
+        master: String,
+        /// Scratch space for the sample tree, the cache and the leaves.
+        #[arg(long, default_value = "/var/tmp/tessera-csi-bench")]
+        dir: PathBuf,
+        /// Size of the large file read sequentially.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        big: u64,
+        /// Number of small files read.
+        #[arg(long, default_value_t = 2000)]
+        small_files: usize,
+        /// Size of each small file.
+        #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+        small_size: u64,
+        /// Bytes written sequentially into a leaf.
+        #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+        write: u64,
+        /// Also print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -96,6 +122,21 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
     match cli.command {
         Some(Command::Keeper { socket }) => Ok(tessera_csi::keeper::run(&socket)?),
+        Some(Command::Bench { master, dir, big, small_files, small_size, write, json }) => {
+            let config = tessera_csi::bench::BenchConfig {
+                master,
+                dir,
+                big_bytes: big,
+                small_files,
+                small_bytes: small_size as usize,
+                write_bytes: write,
+            };
+            let report = tokio::runtime::Runtime::new()?.block_on(tessera_csi::bench::run(config))?;
+            if json {
+                println!("{report}");
+            }
+            Ok(())
+        }
         None => tokio::runtime::Runtime::new()?.block_on(run(cli.run)),
     }
 }

@@ -73,7 +73,7 @@ pub struct RootFs {
     cache: Arc<BlockCache>,
     metrics: Arc<Metrics>,
     mode: AtomicU8,
-    inflight: Mutex<std::collections::HashMap<BlockKey, Fetch>>,
+    inflight: Arc<Mutex<std::collections::HashMap<BlockKey, Fetch>>>,
     created: (i64, u32),
 }
 
@@ -112,7 +112,7 @@ impl RootFs {
             cache,
             metrics,
             mode: AtomicU8::new(mode_code(mode)),
-            inflight: Mutex::default(),
+            inflight: Arc::default(),
             created,
         }
     }
@@ -249,27 +249,68 @@ impl RootFs {
         let start = extent.start + offset.min(e.size);
         let end = (start + len as u64).min(extent.end);
         let mut parts = Vec::new();
+        let mut last = None;
         for (item, r) in self.version.layout.items_of(start..end) {
             for block in r.start / BLOCK..r.end.div_ceil(BLOCK) {
-                let data = self.block(item, block).await?;
                 let base = block * BLOCK;
-                let want = r.start.max(base) - base..r.end.min(base + data.len() as u64) - base;
-                parts.push(data.slice(want.start as usize..want.end as usize));
+                let want = r.start.max(base) - base..r.end.min(base + BLOCK) - base;
+                parts.push(self.block_range(item, block, want).await?);
+                last = Some((item, block));
             }
+        }
+        if let Some((item, block)) = last {
+            self.prefetch(item, block);
         }
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
         Ok(parts)
     }
 
-    /// One cache block of an item: from the cache, or fetched once however
-    /// many reads want it at the same time.
-    async fn block(&self, item: u64, block: u64) -> Result<Bytes> {
-        let key = BlockKey { fileset: self.fileset().to_string(), version: self.version_id(), item, block };
-        if let Some(data) = self.cache.get(&key) {
+    fn key(&self, item: u64, block: u64) -> BlockKey {
+        BlockKey { fileset: self.fileset().to_string(), version: self.version_id(), item, block }
+    }
+
+    /// `range` of one cache block of an item: read from the cache, or the
+    /// whole block fetched once however many reads want it at once.
+    async fn block_range(&self, item: u64, block: u64, range: Range<u64>) -> Result<Bytes> {
+        let key = self.key(item, block);
+        if let Some(data) = self.cache.get_range(&key, range.clone()) {
             self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(data.len() as u64);
             return Ok(data);
         }
+        let data = self.block(key).await?;
+        let end = (range.end as usize).min(data.len());
+        Ok(data.slice((range.start as usize).min(end)..end))
+    }
+
+    /// Sequential readers get the next blocks fetched ahead of them.
+    fn prefetch(&self, item: u64, block: u64) {
+        const AHEAD: u64 = 4;
+        let items = self.version.items();
+        let mut next = (item, block);
+        for _ in 0..AHEAD {
+            let (i, b) = next;
+            let len = items.get(i as usize).map_or(0, |l| l.item_len);
+            next = if (b + 1) * BLOCK < len { (i, b + 1) } else { (i + 1, 0) };
+            if next.0 as usize >= items.len() {
+                return;
+            }
+            let key = self.key(next.0, next.1);
+            if self.cache.contains(&key) || self.inflight.lock().unwrap().contains_key(&key) {
+                continue;
+            }
+            let f = self.fetch(key.clone()).boxed().shared();
+            self.inflight.lock().unwrap().insert(key.clone(), f.clone());
+            let inflight = self.inflight.clone();
+            tokio::spawn(async move {
+                let _ = f.await;
+                inflight.lock().unwrap().remove(&key);
+            });
+        }
+    }
+
+    /// A whole block, fetched once however many readers want it.
+    async fn block(&self, key: BlockKey) -> Result<Bytes> {
         let fetch = {
             let mut inflight = self.inflight.lock().unwrap();
             match inflight.get(&key) {

@@ -68,6 +68,8 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
+    /// `major:minor` of the filesystem.
+    pub device: String,
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -89,6 +91,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             let options = fields.get(5)?;
             let dash = fields.iter().position(|f| *f == "-")?;
             Some(MountInfo {
+                device: fields.get(2)?.to_string(),
                 mount_point: PathBuf::from(mount_point),
                 fs_type: fields.get(dash + 1)?.to_string(),
                 source: unescape(fields.get(dash + 2)?),
@@ -127,7 +130,7 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/with space"));
-        assert_eq!((m[0].fs_type.as_str(), m[0].read_only), ("ext3", false));
+        assert_eq!((m[0].fs_type.as_str(), m[0].read_only, m[0].device.as_str()), ("ext3", false, "98:0"));
         assert_eq!(
             (m[1].fs_type.as_str(), m[1].source.as_str(), m[1].read_only),
             ("fuse.tessera", "tessera:models@3", true)

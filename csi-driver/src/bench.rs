@@ -1,0 +1,257 @@
+//! `tessera-csi bench`: volume figures on this machine, each beside a
+//! baseline measured in the same run (the same bytes on tmpfs).
+//!
+//! It stores a sample fileset through a running master (`tessera local up`),
+//! then mounts it as real FUSE volumes: sequential reads of a large file
+//! cold (from the chunkservers), warm from the node block cache (a second
+//! mount) and warm from the page cache (the same mount again); open+read of
+//! many small files; sequential writes into a leaf; and the time to create
+//! a leaf over a large and a small root.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tessera_client::fileset::{FilesetClient, PutOptions};
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::ms;
+
+use crate::cache::BlockCache;
+use crate::fuse::mount::{mount_fuse, unmount};
+use crate::fuse::session::{self, Connection, Filesystem};
+use crate::leaffs::LeafFs;
+use crate::metrics::Metrics;
+use crate::rootfs::RootFs;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub master: String,
+    pub dir: PathBuf,
+    pub big_bytes: u64,
+    pub small_files: usize,
+    pub small_bytes: usize,
+    pub write_bytes: u64,
+}
+
+/// A mounted filesystem served on a thread; unmounted when dropped.
+struct Mounted {
+    dir: PathBuf,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mounted {
+    fn new<F: Filesystem>(fs: Arc<F>, dir: &Path, read_only: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let dev = mount_fuse(dir, "tessera:bench", read_only)?;
+        let rt = tokio::runtime::Handle::current();
+        let thread = std::thread::spawn(move || {
+            let _ = session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {});
+        });
+        Ok(Self { dir: dir.to_path_buf(), thread: Some(thread) })
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = unmount(&self.dir);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bytes per second reading `path` start to end with 1 MiB reads.
+fn read_rate(path: &Path) -> anyhow::Result<f64> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Files per second opening and reading every file in `dir`.
+fn small_rate(dir: &Path) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut n = 0;
+    let mut buf = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        buf.clear();
+        std::fs::File::open(e?.path())?.read_to_end(&mut buf)?;
+        n += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Bytes per second writing `bytes` to a new file with 1 MiB writes, then fsync.
+fn write_rate(path: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let buf = vec![0x5Au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(bytes as f64 / t.elapsed().as_secs_f64())
+}
+
+fn make_tree(root: &Path, c: &BenchConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join("small"))?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(root.join("big.bin"))?);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = c.big_bytes;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    for i in 0..c.small_files {
+        std::fs::write(root.join(format!("small/{i:05}.bin")), vec![(i % 251) as u8; c.small_bytes])?;
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn store(files: &FilesetClient, name: &str, tree: &Path) -> anyhow::Result<u64> {
+    files.create_fileset(ms::FilesetSpec { name: name.into(), ..Default::default() }, true).await?;
+    Ok(files.put(name, tree, &PutOptions::default(), &|_| {}).await?.id)
+}
+
+fn gbs(rate: f64) -> String {
+    format!("{:.2} GB/s", rate / 1e9)
+}
+
+/// Runs the benchmark; prints a table and returns it as JSON.
+pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
+    let files = FilesetClient::new(&c.master, tessera_client::StripeClient::new(Default::default()))?;
+    let work = c.dir.join(format!("run-{}", std::process::id()));
+    let src = work.join("src");
+    make_tree(&src, &c)?;
+    let name = format!("csi-bench-{}", std::process::id());
+    let version = store(&files, &name, &src).await.context("storing the sample fileset")?;
+    let tiny = work.join("tiny");
+    std::fs::create_dir_all(&tiny)?;
+    std::fs::write(tiny.join("one.txt"), b"one")?;
+    let tiny_name = format!("{name}-tiny");
+    let tiny_version = store(&files, &tiny_name, &tiny).await?;
+
+    // Baseline: the same tree on tmpfs.
+    let tmpfs = work.join("tmpfs");
+    std::fs::create_dir_all(&tmpfs)?;
+    rustix::mount::mount("tmpfs", &tmpfs, "tmpfs", rustix::mount::MountFlags::empty(), None)
+        .context("mounting a tmpfs for the baseline (run as root)")?;
+    let result = async {
+        copy_dir(&src, &tmpfs.join("tree"))?;
+        let tmpfs_seq = read_rate(&tmpfs.join("tree/big.bin"))?;
+        let tmpfs_small = small_rate(&tmpfs.join("tree/small"))?;
+        let tmpfs_write = write_rate(&tmpfs.join("write.bin"), c.write_bytes)?;
+        std::fs::remove_file(tmpfs.join("write.bin"))?;
+
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(BlockCache::open(&work.join("cache"), 4 * c.big_bytes + (1 << 30), metrics.clone())?);
+        let root = |volume: &'static str, name: String, v: u64| {
+            let (files, cache, metrics) = (files.clone(), cache.clone(), metrics.clone());
+            async move {
+                let open = files.open(&name, v).await?;
+                anyhow::Ok(Arc::new(RootFs::new(volume, open, files.stripes().clone(), cache, metrics, ReadMode::Hedged)))
+            }
+        };
+        let r1 = root("cold", name.clone(), version).await?;
+        let m1 = Mounted::new(r1.clone(), &work.join("root1"), true)?;
+        let p1 = m1.dir.clone();
+        let (cold_seq, cold_small) =
+            tokio::task::spawn_blocking(move || anyhow::Ok((read_rate(&p1.join("big.bin"))?, small_rate(&p1.join("small"))?)))
+                .await??;
+        let p1 = m1.dir.clone();
+        let warm_page = tokio::task::spawn_blocking(move || read_rate(&p1.join("big.bin"))).await??;
+        let m2 = Mounted::new(root("warm", name.clone(), version).await?, &work.join("root2"), true)?;
+        let p2 = m2.dir.clone();
+        let (warm_cache, warm_small) =
+            tokio::task::spawn_blocking(move || anyhow::Ok((read_rate(&p2.join("big.bin"))?, small_rate(&p2.join("small"))?)))
+                .await??;
+
+        // Leaf creation over the large root and over a one-file root.
+        let t = Instant::now();
+        let leaf = Arc::new(LeafFs::open(&work.join("leaf"), r1.clone(), 4 * c.write_bytes)?);
+        let create_large = t.elapsed().as_secs_f64();
+        let tiny_root = root("tiny", tiny_name.clone(), tiny_version).await?;
+        let t = Instant::now();
+        let _tiny_leaf = LeafFs::open(&work.join("leaf-tiny"), tiny_root, 1 << 30)?;
+        let create_small = t.elapsed().as_secs_f64();
+        let ml = Mounted::new(leaf, &work.join("leafmnt"), false)?;
+        let pl = ml.dir.clone();
+        let bytes = c.write_bytes;
+        let leaf_write = tokio::task::spawn_blocking(move || write_rate(&pl.join("write.bin"), bytes)).await??;
+        drop((ml, m2, m1));
+
+        let rows = [
+            ("sequential read, cold (chunkservers)", gbs(cold_seq), cold_seq / tmpfs_seq),
+            ("sequential read, warm (node cache, 2nd mount)", gbs(warm_cache), warm_cache / tmpfs_seq),
+            ("sequential read, warm (page cache, same mount)", gbs(warm_page), warm_page / tmpfs_seq),
+            ("small files open+read, cold", format!("{cold_small:.0} files/s"), cold_small / tmpfs_small),
+            ("small files open+read, warm (node cache)", format!("{warm_small:.0} files/s"), warm_small / tmpfs_small),
+            ("leaf sequential write + fsync", gbs(leaf_write), leaf_write / tmpfs_write),
+        ];
+        println!("{:<48} {:>16} {:>10}", "volume", "rate", "vs tmpfs");
+        for (what, rate, ratio) in &rows {
+            println!("{what:<48} {rate:>16} {ratio:>9.2}x");
+        }
+        println!(
+            "tmpfs baseline: read {}, {:.0} small files/s, write {}",
+            gbs(tmpfs_seq),
+            tmpfs_small,
+            gbs(tmpfs_write)
+        );
+        println!(
+            "leaf creation: {:.2} ms over a {} MiB root, {:.2} ms over a one-file root",
+            create_large * 1e3,
+            c.big_bytes >> 20,
+            create_small * 1e3
+        );
+        anyhow::Ok(serde_json::json!({
+            "tmpfs": {"seq_read_bytes_per_sec": tmpfs_seq, "small_files_per_sec": tmpfs_small, "write_bytes_per_sec": tmpfs_write},
+            "cold_seq_read_bytes_per_sec": cold_seq, "warm_cache_seq_read_bytes_per_sec": warm_cache,
+            "warm_page_seq_read_bytes_per_sec": warm_page, "cold_small_files_per_sec": cold_small,
+            "warm_small_files_per_sec": warm_small, "leaf_write_bytes_per_sec": leaf_write,
+            "leaf_create_seconds": {"large_root": create_large, "one_file_root": create_small},
+        }))
+    }
+    .await;
+    let _ = unmount(&tmpfs);
+    for n in [&name, &tiny_name] {
+        let _ = files.master().delete_fileset(ms::DeleteFilesetRequest { name: n.clone() }).await;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
