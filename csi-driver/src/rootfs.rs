@@ -369,46 +369,88 @@ fn xattr_reply(value: &[u8], size: u32) -> Result<Reply> {
     Ok(Reply::Data(value.to_vec()))
 }
 
-impl Filesystem for RootFs {
-    async fn handle<'a>(&'a self, h: &'a InHeader, op: Op<'a>) -> Result<Reply> {
-        match op {
-            Op::Lookup { name } => {
+impl RootFs {
+    /// A read answered from the node cache alone, or `None` if any block
+    /// must be fetched.
+    fn read_cached(&self, nodeid: u64, offset: u64, len: u32) -> Option<Result<Vec<Bytes>>> {
+        tracing::trace!(nodeid, offset, len, "read request");
+        let e = match self.entry(nodeid) {
+            Ok(e) => e,
+            Err(err) => return Some(Err(err)),
+        };
+        let Some(extent) = e.extent() else { return Some(Err(Errno::ISDIR)) };
+        let start = extent.start + offset.min(e.size);
+        let end = (start + len as u64).min(extent.end);
+        let mut wanted = Vec::new();
+        for (item, r) in self.version.layout.items_of(start..end) {
+            for block in r.start / BLOCK..r.end.div_ceil(BLOCK) {
+                let base = block * BLOCK;
+                let key = self.key(item, block);
+                if !self.cache.contains(&key) {
+                    return None;
+                }
+                wanted.push((key, r.start.max(base) - base..r.end.min(base + BLOCK) - base));
+            }
+        }
+        let mut parts = Vec::with_capacity(wanted.len());
+        for (key, range) in &wanted {
+            parts.push(self.cache.get_range(key, range.clone())?);
+        }
+        if let Some((key, _)) = wanted.last() {
+            self.prefetch(key.item, key.block);
+        }
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(n);
+        self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
+        Some(Ok(parts))
+    }
+
+    /// Everything but reads that must wait for the chunkservers.
+    fn answer(&self, h: &InHeader, op: &Op<'_>) -> Option<Result<Reply>> {
+        Some(match *op {
+            Op::Lookup { name } => (|| {
                 let id = self.lookup(h.nodeid, name)?;
                 let mut o = Out::default();
                 abi::entry_out(&mut o, &self.attr(id)?, TTL);
                 Ok(Reply::Data(o.0))
-            }
-            Op::GetAttr => Ok(Reply::Data(abi::attr_out(&self.attr(h.nodeid)?, TTL))),
-            Op::ReadLink => match &self.entry(h.nodeid)?.kind {
-                EntryKind::Symlink { target } => Ok(Reply::Data(target.as_bytes().to_vec())),
-                _ => Err(Errno::INVAL),
+            })(),
+            Op::GetAttr => self.attr(h.nodeid).map(|a| Reply::Data(abi::attr_out(&a, TTL))),
+            Op::ReadLink => match self.entry(h.nodeid).map(|e| &e.kind) {
+                Ok(EntryKind::Symlink { target }) => Ok(Reply::Data(target.as_bytes().to_vec())),
+                Ok(_) => Err(Errno::INVAL),
+                Err(e) => Err(e),
             },
             Op::Open { flags } => {
                 if flags & libc_accmode() != 0 {
-                    return Err(Errno::ROFS);
+                    Err(Errno::ROFS)
+                } else {
+                    self.entry(h.nodeid)
+                        .map(|_| Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH)))
                 }
-                self.entry(h.nodeid)?;
-                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH)))
             }
-            Op::Read { offset, size, .. } => Ok(Reply::Parts(self.read(h.nodeid, offset, size).await?)),
+            Op::Read { offset, size, .. } => {
+                return self.read_cached(h.nodeid, offset, size).map(|r| r.map(Reply::Parts));
+            }
             Op::Release { .. } | Op::ReleaseDir { .. } | Op::Flush { .. } | Op::Fsync { .. } | Op::FsyncDir { .. } => {
                 Ok(Reply::Empty)
             }
-            Op::OpenDir { .. } => {
-                self.attr(h.nodeid)?;
-                Ok(Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::CACHE_DIR)))
-            }
-            Op::ReadDir { offset, size, .. } => Ok(Reply::Data(self.readdir(h.nodeid, offset, size)?)),
+            Op::OpenDir { .. } => self
+                .attr(h.nodeid)
+                .map(|_| Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::CACHE_DIR))),
+            Op::ReadDir { offset, size, .. } => self.readdir(h.nodeid, offset, size).map(Reply::Data),
             Op::StatFs => {
                 let m = &self.version.manifest;
                 Ok(Reply::Data(abi::statfs_out(m.packed_len().div_ceil(4096), 0, m.entries().len() as u64 + 1, 0)))
             }
             Op::GetXattr { name, size } => {
                 if name != OsStr::new(SHA256_XATTR) {
-                    return Err(Errno::NODATA);
+                    Err(Errno::NODATA)
+                } else {
+                    match self.sha256_hex(h.nodeid) {
+                        Some(v) => xattr_reply(v.as_bytes(), size),
+                        None => Err(Errno::NODATA),
+                    }
                 }
-                let value = self.sha256_hex(h.nodeid).ok_or(Errno::NODATA)?;
-                xattr_reply(value.as_bytes(), size)
             }
             Op::ListXattr { size } => {
                 let names = if self.sha256_hex(h.nodeid).is_some() {
@@ -420,9 +462,13 @@ impl Filesystem for RootFs {
                 };
                 xattr_reply(&names, size)
             }
+            // W_OK: nothing here is writable.
             Op::Access { mask } => {
-                // W_OK: nothing here is writable.
-                if mask & 2 != 0 { Err(Errno::ROFS) } else { Ok(Reply::Empty) }
+                if mask & 2 != 0 {
+                    Err(Errno::ROFS)
+                } else {
+                    Ok(Reply::Empty)
+                }
             }
             Op::Lseek { .. } => Err(Errno::NOSYS),
             Op::SetAttr(_)
@@ -439,7 +485,20 @@ impl Filesystem for RootFs {
             | Op::Create { .. }
             | Op::Fallocate { .. } => Err(Errno::ROFS),
             _ => Err(Errno::NOSYS),
+        })
+    }
+}
+
+impl Filesystem for RootFs {
+    async fn handle<'a>(&'a self, h: &'a InHeader, op: Op<'a>) -> Result<Reply> {
+        match op {
+            Op::Read { offset, size, .. } => Ok(Reply::Parts(self.read(h.nodeid, offset, size).await?)),
+            op => self.answer(h, &op).unwrap_or(Err(Errno::NOSYS)),
         }
+    }
+
+    fn handle_now(&self, h: &InHeader, op: &Op<'_>) -> Option<Result<Reply>> {
+        self.answer(h, op)
     }
 }
 
