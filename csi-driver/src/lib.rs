@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod control;
 pub mod fuse;
 pub mod keeper;
 pub mod leaffs;

@@ -91,7 +91,7 @@ struct RunArgs {
     /// How root volumes read stripes: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     read_mode: ReadMode,
-    /// HTTP address of /metrics and /healthz.
+    /// HTTP address of /metrics, /healthz and the control API (/volumes).
     #[arg(long, default_value = "0.0.0.0:7501")]
     metrics_listen: SocketAddr,
     /// Log filter (also RUST_LOG).
@@ -167,7 +167,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let metrics_addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route("/metrics", axum::routing::get(move || async move { metrics.render() }));
+        .route("/metrics", axum::routing::get(move || async move { metrics.render() }))
+        .merge(tessera_csi::control::router(plugin.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let path = PathBuf::from(socket);

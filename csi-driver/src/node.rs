@@ -804,6 +804,11 @@ impl NodePlugin {
         self.served.lock().unwrap().get(key).and_then(|s| s.fs.clone())
     }
 
+    /// Every volume this node has staged or published.
+    pub fn volume_ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().volumes.keys().cloned().collect()
+    }
+
     /// The volume's root mount key.
     pub fn root_of(&self, volume: &str) -> Option<String> {
         self.state.lock().unwrap().volumes.get(volume).map(|v| v.root.clone())

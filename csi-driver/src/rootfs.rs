@@ -24,6 +24,7 @@ use rustix::io::Errno;
 use tessera_client::StripeClient;
 use tessera_client::fileset::OpenVersion;
 use tessera_core::manifest::{Entry, EntryKind};
+use tessera_core::quota::UsageMeter;
 use tessera_core::read_plan::ReadMode;
 use tracing::warn;
 
@@ -34,6 +35,8 @@ use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
 
 /// The extended attribute holding a file's SHA-256 (hex).
 pub const SHA256_XATTR: &str = "user.tessera.sha256";
+/// The window [`RootFs::read_rate`] reports over.
+pub const THROUGHPUT_WINDOW_MS: u64 = 10_000;
 /// Names and attributes never change: cache them for a day.
 const TTL: Ttl = Ttl::secs(86_400);
 
@@ -74,6 +77,9 @@ pub struct RootFs {
     metrics: Arc<Metrics>,
     mode: AtomicU8,
     inflight: Arc<Mutex<std::collections::HashMap<BlockKey, Fetch>>>,
+    /// Bytes read through this mount over the last seconds.
+    meter: Mutex<UsageMeter<1>>,
+    started: std::time::Instant,
     created: (i64, u32),
 }
 
@@ -113,6 +119,8 @@ impl RootFs {
             metrics,
             mode: AtomicU8::new(mode_code(mode)),
             inflight: Arc::default(),
+            meter: Mutex::new(UsageMeter::new(THROUGHPUT_WINDOW_MS, 10)),
+            started: std::time::Instant::now(),
             created,
         }
     }
@@ -123,6 +131,19 @@ impl RootFs {
 
     pub fn version_id(&self) -> u64 {
         self.version.id()
+    }
+
+    /// Bytes per second read through this mount over the last
+    /// [`THROUGHPUT_WINDOW_MS`].
+    pub fn read_rate(&self) -> f64 {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.meter.lock().unwrap().rate(0, now)
+    }
+
+    fn count_read(&self, n: u64) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.meter.lock().unwrap().record(0, n, now);
+        self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
     }
 
     pub fn read_mode(&self) -> ReadMode {
@@ -261,8 +282,7 @@ impl RootFs {
         if let Some((item, block)) = last {
             self.prefetch(item, block);
         }
-        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
+        self.count_read(parts.iter().map(|p| p.len() as u64).sum());
         Ok(parts)
     }
 
@@ -401,7 +421,7 @@ impl RootFs {
         }
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(n);
-        self.metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: self.volume.clone() }).inc_by(n);
+        self.count_read(n);
         Some(Ok(parts))
     }
 

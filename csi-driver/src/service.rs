@@ -63,6 +63,18 @@ pub struct NodeService {
     pub plugin: Arc<NodePlugin>,
 }
 
+/// The read mode a volume asks for in its attributes (`readMode`), if any.
+fn read_mode(context: &HashMap<String, String>) -> Result<Option<tessera_core::read_plan::ReadMode>, Status> {
+    context
+        .get("readMode")
+        .map(|m| {
+            m.parse().map_err(|_| {
+                Status::invalid_argument(format!("volume attribute readMode {m:?}: use normal, hedged or accelerated"))
+            })
+        })
+        .transpose()
+}
+
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     if value.is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
 }
@@ -102,7 +114,13 @@ impl Node for NodeService {
         let volume = required(&r.volume_id, "volume_id")?;
         let staging = required(&r.staging_target_path, "staging_target_path")?;
         check_capability(r.volume_capability.as_ref(), is_leaf(volume))?;
+        let mode = read_mode(&r.volume_context)?;
         self.plugin.stage(volume, Path::new(staging)).await?;
+        if let Some(mode) = mode
+            && let Some(root) = self.plugin.root_of(volume).and_then(|k| self.plugin.root(&k))
+        {
+            root.set_read_mode(mode);
+        }
         Ok(Response::new(csi::NodeStageVolumeResponse {}))
     }
 
@@ -127,8 +145,14 @@ impl Node for NodeService {
         let inline = r.volume_context.get(EPHEMERAL).is_some_and(|v| v == "true").then_some(&r.volume_context);
         let leaf = is_leaf(volume) || inline.is_some_and(|a| a.get("kind").is_some_and(|k| k == "leaf"));
         check_capability(r.volume_capability.as_ref(), leaf)?;
+        let mode = read_mode(&r.volume_context)?;
         let staging = (!r.staging_target_path.is_empty()).then(|| Path::new(&r.staging_target_path));
         self.plugin.publish(volume, Path::new(target), staging, inline, r.readonly).await?;
+        if let Some(mode) = mode
+            && let Some(root) = self.plugin.root_of(volume).and_then(|k| self.plugin.root(&k))
+        {
+            root.set_read_mode(mode);
+        }
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 

@@ -53,6 +53,14 @@ impl Node {
         panic!("the plugin never answered:\n{}", self.log());
     }
 
+    /// The control/metrics address a plugin generation printed when ready.
+    fn metrics_addr(&self, generation: u32) -> String {
+        let log = std::fs::read_to_string(self.dir.join(format!("plugin-{generation}.log"))).unwrap();
+        let line = log.lines().find(|l| l.contains("\"event\":\"ready\"")).expect("a ready line");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["metrics"].as_str().unwrap().to_string()
+    }
+
     fn log(&self) -> String {
         let mut out = String::new();
         for g in 0..3 {
@@ -68,6 +76,20 @@ fn reader() -> csi::VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
         access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
     }
+}
+
+/// One HTTP/1.1 request; the whole response.
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 fn writer() -> csi::VolumeCapability {
@@ -232,6 +254,21 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
         .delete_volume(csi::DeleteVolumeRequest { volume_id: leaf.volume_id, ..Default::default() })
         .await
         .unwrap();
+
+    // The control API: the volume's read mode switches, its throughput shows.
+    let control = node.metrics_addr(1);
+    let listing = http(&control, "GET", "/volumes", "").await;
+    assert!(
+        listing.contains("\"volume\":\"models@latest\"") && listing.contains("\"read_mode\":\"hedged\""),
+        "{listing}"
+    );
+    assert!(http(&control, "PUT", "/volumes/models@latest/read-mode", "accelerated").await.starts_with("HTTP/1.1 200"));
+    assert!(http(&control, "PUT", "/volumes/models@latest/read-mode", "fast").await.starts_with("HTTP/1.1 400"));
+    assert!(http(&control, "GET", "/volumes/none/throughput", "").await.starts_with("HTTP/1.1 404"));
+    let tp = http(&control, "GET", "/volumes/models@latest/throughput", "").await;
+    let body: serde_json::Value = serde_json::from_str(tp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["read_bytes_per_sec"].as_f64().unwrap() > 0.0, "{tp}");
+    assert!(http(&control, "GET", "/volumes", "").await.contains("\"read_mode\":\"accelerated\""));
 
     // Node calls repeated after a restart are answered from the saved state.
     csi.node_publish_volume(publish).await.unwrap();

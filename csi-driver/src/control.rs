@@ -1,0 +1,97 @@
+//! The node plugin's control API, on its HTTP port beside `/metrics`, for
+//! the Job controller and operators:
+//!
+//! - `GET /volumes`: each volume on this node, its root mount, read mode
+//!   and read throughput;
+//! - `PUT /volumes/{volume}/read-mode` with `normal`, `hedged` or
+//!   `accelerated` as the body: how its root mount reads stripes from now
+//!   on (a root mount is shared by the node's volumes of one version, so
+//!   they all switch);
+//! - `GET /volumes/{volume}/throughput`: bytes per second read through its
+//!   root mount over the last ten seconds.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use tessera_core::read_plan::ReadMode;
+
+use crate::node::NodePlugin;
+use crate::rootfs::{RootFs, THROUGHPUT_WINDOW_MS};
+
+type Answer = (StatusCode, String);
+
+pub fn router(plugin: Arc<NodePlugin>) -> axum::Router {
+    axum::Router::new()
+        .route("/volumes", get(list))
+        .route("/volumes/{volume}/read-mode", put(set_read_mode))
+        .route("/volumes/{volume}/throughput", get(throughput))
+        .with_state(plugin)
+}
+
+fn mode_name(m: ReadMode) -> &'static str {
+    match m {
+        ReadMode::Normal => "normal",
+        ReadMode::Hedged => "hedged",
+        ReadMode::Accelerated => "accelerated",
+    }
+}
+
+fn root_of(plugin: &NodePlugin, volume: &str) -> Result<Arc<RootFs>, Answer> {
+    plugin
+        .root_of(volume)
+        .and_then(|key| plugin.root(&key))
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no root volume {volume} on this node\n")))
+}
+
+async fn list(State(plugin): State<Arc<NodePlugin>>) -> Answer {
+    let volumes: Vec<serde_json::Value> = plugin
+        .volume_ids()
+        .into_iter()
+        .map(|v| {
+            let root = root_of(&plugin, &v).ok();
+            serde_json::json!({
+                "volume": v,
+                "root": plugin.root_of(&v),
+                "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
+                "read_bytes_per_sec": root.as_ref().map(|r| r.read_rate()),
+            })
+        })
+        .collect();
+    (StatusCode::OK, serde_json::json!({ "volumes": volumes }).to_string())
+}
+
+async fn set_read_mode(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>, body: String) -> Answer {
+    let mode: ReadMode = match body.trim().parse() {
+        Ok(m) => m,
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("read mode {:?}: use normal, hedged or accelerated\n", body.trim()),
+            );
+        }
+    };
+    match root_of(&plugin, &volume) {
+        Ok(root) => {
+            root.set_read_mode(mode);
+            (StatusCode::OK, format!("{volume}: {}\n", mode_name(mode)))
+        }
+        Err(e) => e,
+    }
+}
+
+async fn throughput(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>) -> Answer {
+    match root_of(&plugin, &volume) {
+        Ok(root) => (
+            StatusCode::OK,
+            serde_json::json!({
+                "volume": volume,
+                "window_secs": THROUGHPUT_WINDOW_MS / 1000,
+                "read_bytes_per_sec": root.read_rate(),
+            })
+            .to_string(),
+        ),
+        Err(e) => e,
+    }
+}
