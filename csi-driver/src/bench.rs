@@ -46,8 +46,10 @@ impl Mounted {
         std::fs::create_dir_all(dir)?;
         let dev = mount_fuse(dir, "tessera:bench", read_only)?;
         let rt = tokio::runtime::Handle::current();
+        let target = dir.to_path_buf();
         let thread = std::thread::spawn(move || {
-            let _ = session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {});
+            let on_ready = || crate::fuse::mount::set_readahead(&target, crate::fuse::mount::READAHEAD_KB);
+            let _ = session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}, on_ready);
         });
         Ok(Self { dir: dir.to_path_buf(), thread: Some(thread) })
     }

@@ -326,11 +326,23 @@ impl NodePlugin {
         let dev = conn.dev.try_clone().map_err(io(&self.config.state_dir))?;
         let rt = tokio::runtime::Handle::current();
         let (me, id) = (self.clone(), key.to_string());
+        let mountpoint = {
+            let st = self.state.lock().unwrap();
+            match key.strip_prefix("leaf/") {
+                Some(leaf) => st.leaves.get(leaf).map(|r| r.mountpoint.clone()),
+                None => st.roots.get(key).map(|r| r.mountpoint.clone()),
+            }
+        };
         let thread = std::thread::Builder::new()
             .name(format!("fuse {key}"))
             .spawn(move || {
                 let on_init = |init: &InitState| me.record_init(&id, *init);
-                match session::serve(conn, fs, rt, on_init) {
+                let on_ready = move || {
+                    if let Some(m) = mountpoint {
+                        mount::set_readahead(&m, mount::READAHEAD_KB);
+                    }
+                };
+                match session::serve(conn, fs, rt, on_init, on_ready) {
                     Ok(()) => info!(mount = %id, "fuse mount ended"),
                     Err(e) => warn!(mount = %id, error = %e, "serving a fuse mount failed"),
                 }

@@ -29,7 +29,7 @@ impl Mounted {
     fn new(fs: Arc<LeafFs>, dir: &Path, rt: tokio::runtime::Handle) -> Self {
         let dev = mount_fuse(dir, "tessera:leaf", false).unwrap();
         let thread = std::thread::spawn(move || {
-            session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}).unwrap();
+            session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}, || {}).unwrap();
         });
         Self { dir: dir.to_path_buf(), thread: Some(thread) }
     }

@@ -42,7 +42,8 @@ impl Node {
     }
 
     async fn client(&self) -> NodeClient<tonic::transport::Channel> {
-        for _ in 0..300 {
+        // Generous: two test suites may share these two cores.
+        for _ in 0..1200 {
             if let Ok(channel) = csi_channel(&self.socket()).await
                 && IdentityClient::new(channel.clone()).probe(csi::ProbeRequest {}).await.is_ok()
             {

@@ -21,7 +21,11 @@ use tessera_csi::rootfs::{RootFs, SHA256_XATTR};
 fn mount(fs: Arc<RootFs>, dir: &Path) -> std::thread::JoinHandle<Result<(), session::SessionError>> {
     let dev = mount_fuse(dir, "tessera:test", true).unwrap();
     let rt = tokio::runtime::Handle::current();
-    std::thread::spawn(move || session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}))
+    let target = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let on_ready = || tessera_csi::fuse::mount::set_readahead(&target, 4096);
+        session::serve(Connection { dev, init: None, adopted: false }, fs, rt, |_| {}, on_ready)
+    })
 }
 
 fn digest(p: &Path) -> [u8; 32] {
@@ -49,6 +53,7 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
     let fetched_first = tokio::task::spawn_blocking(move || {
         let info = mounts_at(&m);
         assert_eq!(info.last().map(|i| (i.fs_type.as_str(), i.read_only)), Some(("fuse.tessera", true)));
+        let bdi = format!("/sys/class/bdi/{}/read_ahead_kb", info.last().unwrap().device);
         for f in &files {
             assert_eq!(digest(&m.join(f)), digest(&s.join(f)), "{}", f.display());
             let meta = std::fs::metadata(m.join(f)).unwrap();
@@ -58,6 +63,8 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
             let n = rustix::fs::getxattr(m.join(f), SHA256_XATTR, &mut buf[..]).unwrap();
             assert_eq!(&buf[..n], hex::encode(digest(&s.join(f))).as_bytes(), "the index, once");
         }
+        // Raised once the kernel took INIT (its first request came).
+        assert_eq!(std::fs::read_to_string(&bdi).unwrap().trim(), "4096", "readahead raised after INIT");
         assert_eq!(std::fs::read_link(m.join("latest.json")).unwrap(), Path::new("models/config-01.json"));
         assert_eq!(
             std::fs::read(m.join("latest.json")).unwrap(),

@@ -38,7 +38,8 @@ async fn the_csi_sanity_suite_passes() {
         &dir.path().join("plugin.log"),
     );
     let mut ready = false;
-    for _ in 0..300 {
+    // Generous: two test suites may share these two cores.
+    for _ in 0..1200 {
         if let Ok(c) = common::csi_channel(&socket).await
             && IdentityClient::new(c).probe(csi::ProbeRequest {}).await.is_ok()
         {
@@ -47,7 +48,11 @@ async fn the_csi_sanity_suite_passes() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "the plugin never answered");
+    assert!(
+        ready,
+        "the plugin never answered:\n{}",
+        std::fs::read_to_string(dir.path().join("plugin.log")).unwrap_or_default()
+    );
     let params = dir.path().join("params.yaml");
     std::fs::write(&params, "fileset: sanity\n").unwrap();
     let out = tokio::process::Command::new(&sanity)

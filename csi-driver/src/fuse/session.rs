@@ -81,13 +81,16 @@ pub enum SessionError {
 
 /// Serves `conn` until the filesystem is unmounted (the kernel answers
 /// reads with ENODEV). Blocks the calling thread; run it on its own thread.
-/// `on_init` is told what was negotiated, once, before any other request
-/// is answered, so it can be kept for a successor.
+/// `on_init` is told what is negotiated before the kernel is answered, so
+/// it can be kept for a successor; `on_ready` runs once the kernel has
+/// taken the answer (its first request has arrived), when settings the
+/// kernel derives from INIT (such as readahead) may be changed.
 pub fn serve<F: Filesystem>(
     conn: Connection,
     fs: Arc<F>,
     rt: tokio::runtime::Handle,
     on_init: impl FnOnce(&InitState),
+    on_ready: impl FnOnce() + Send,
 ) -> std::result::Result<(), SessionError> {
     let dev = Arc::new(conn.dev);
     if conn.adopted {
@@ -99,13 +102,17 @@ pub fn serve<F: Filesystem>(
         }
     }
     let init = match conn.init {
-        Some(init) => init,
-        None => handshake(&dev)?,
+        Some(init) => {
+            on_init(&init);
+            init
+        }
+        None => handshake(&dev, on_init)?,
     };
-    on_init(&init);
+    let ready = std::sync::Mutex::new(Some(on_ready));
     std::thread::scope(|scope| {
-        let extra: Vec<_> = (1..READERS).map(|_| scope.spawn(|| read_loop(&dev, &init, &*fs, &fs, &rt))).collect();
-        let first = read_loop(&dev, &init, &*fs, &fs, &rt);
+        let extra: Vec<_> =
+            (1..READERS).map(|_| scope.spawn(|| read_loop(&dev, &init, &*fs, &fs, &rt, &ready))).collect();
+        let first = read_loop(&dev, &init, &*fs, &fs, &rt, &ready);
         for t in extra {
             let _ = t.join();
         }
@@ -114,12 +121,13 @@ pub fn serve<F: Filesystem>(
 }
 
 /// Reads and answers requests until the connection ends.
-fn read_loop<F: Filesystem>(
+fn read_loop<F: Filesystem, R: FnOnce() + Send>(
     dev: &Arc<OwnedFd>,
     init: &InitState,
     fs_ref: &F,
     fs: &Arc<F>,
     rt: &tokio::runtime::Handle,
+    ready: &std::sync::Mutex<Option<R>>,
 ) -> std::result::Result<(), SessionError> {
     // Filesystems may start background work from handle_now.
     let _runtime = rt.enter();
@@ -137,6 +145,9 @@ fn read_loop<F: Filesystem>(
             }
             Err(e) => return Err(SessionError::Read(e)),
         };
+        if let Some(f) = ready.lock().unwrap().take() {
+            f();
+        }
         let (header, op) = match abi::parse(&buf[..n], setxattr_ext) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -179,7 +190,7 @@ fn read_loop<F: Filesystem>(
 }
 
 /// Reads the kernel's INIT and answers it.
-fn handshake(dev: &OwnedFd) -> std::result::Result<InitState, SessionError> {
+fn handshake(dev: &OwnedFd, on_init: impl FnOnce(&InitState)) -> std::result::Result<InitState, SessionError> {
     // INIT is small; the buffer must still be as large as any request.
     let mut buf = vec![0u8; (abi::IN_HEADER_LEN + 40 + MAX_WRITE as usize).max(8192) + 4096];
     let n = loop {
@@ -200,6 +211,9 @@ fn handshake(dev: &OwnedFd) -> std::result::Result<InitState, SessionError> {
     if !InitState::kernel_resends(flags) {
         debug!("this kernel cannot resend requests after a takeover (Linux 6.9+ can)");
     }
+    // Kept before the kernel hears it: a successor must never meet a
+    // connection whose INIT was answered but not recorded.
+    on_init(&init);
     reply(dev, header.unique, Ok(Reply::Data(init.reply())));
     debug!(minor = init.minor, flags = format!("{:#x}", init.flags), "fuse connection initialised");
     Ok(init)
