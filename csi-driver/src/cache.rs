@@ -145,24 +145,9 @@ impl BlockCache {
         self.lru.lock().unwrap().entries.contains_key(key)
     }
 
-    /// The block, if cached.
+    /// The whole block, if cached.
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
-        if !self.lru.lock().unwrap().touch(key) {
-            self.metrics.cache_misses.inc();
-            return None;
-        }
-        match std::fs::read(self.dir.join(key.file())) {
-            Ok(data) => {
-                self.metrics.cache_hits.inc();
-                Some(Bytes::from(data))
-            }
-            Err(_) => {
-                // Removed behind our back: forget it.
-                self.lru.lock().unwrap().remove(key);
-                self.metrics.cache_misses.inc();
-                None
-            }
-        }
+        self.get_range(key, 0..BLOCK)
     }
 
     /// Bytes `range` of a cached block (reading only those), if cached.

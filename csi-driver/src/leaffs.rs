@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, SetAttr, Ttl, fattr};
-use crate::fuse::session::{Filesystem, Reply, Result};
+use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
 use crate::rootfs::{RootFs, SHA256_XATTR};
 
 /// The unit of copy-up: a write into a root file stores whole blocks.
@@ -786,16 +786,6 @@ fn apply(st: &mut State, root: &RootFs, r: &Record) {
         }
         Record::NextIno { next } => st.next_ino = st.next_ino.max(*next),
     }
-}
-
-fn xattr_reply(value: &[u8], size: u32) -> Result<Reply> {
-    if size == 0 {
-        return Ok(Reply::Data(abi::xattr_size_out(value.len() as u32)));
-    }
-    if (size as usize) < value.len() {
-        return Err(Errno::RANGE);
-    }
-    Ok(Reply::Data(value.to_vec()))
 }
 
 impl Filesystem for LeafFs {

@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::cache::{BLOCK, BlockCache, BlockKey};
 use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
-use crate::fuse::session::{Filesystem, Reply, Result};
+use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
 use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
 
 /// The extended attribute holding a file's SHA-256 (hex).
@@ -376,17 +376,6 @@ impl RootFs {
             _ => None,
         }
     }
-}
-
-/// Answers a GETXATTR or LISTXATTR for a value of `value.len()` bytes.
-fn xattr_reply(value: &[u8], size: u32) -> Result<Reply> {
-    if size == 0 {
-        return Ok(Reply::Data(abi::xattr_size_out(value.len() as u32)));
-    }
-    if (size as usize) < value.len() {
-        return Err(Errno::RANGE);
-    }
-    Ok(Reply::Data(value.to_vec()))
 }
 
 impl RootFs {

@@ -48,6 +48,20 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Polls `f` every 100 ms until it gives a value; panics naming `what`
+/// after 90 s. (Conditions here are states of the cluster that no event
+/// announces to the test, such as a status the operator writes.)
+pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The path of a Tessera program (`tessera`, `tessera-operator`) built in
 /// this workspace: next to the test executable's `deps/` directory.
 /// `cargo test --workspace` builds them (each for its own package's

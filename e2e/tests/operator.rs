@@ -12,7 +12,7 @@ use tessera_chunkserver::registrar::Identity;
 use tessera_chunkserver::server::{self as cs_server, Config as CsConfig};
 use tessera_client::fileset::{FilesetClient, PutOptions};
 use tessera_client::{ClientConfig, StripeClient};
-use tessera_e2e::ControlPlane;
+use tessera_e2e::{ControlPlane, until};
 use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::crd::Fileset;
 use tessera_operator::ingest_pod::IngestPodConfig;
@@ -20,17 +20,6 @@ use tessera_operator::master::MasterConfig;
 use tessera_proto::ms;
 
 const NS: &str = "tessera-system";
-
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Serves tar archives on loopback: a.tar.gz (3 files), b.tar (5 files);
 /// anything else is 404. Returns the base URL.

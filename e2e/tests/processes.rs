@@ -17,28 +17,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use tessera_e2e::{ControlPlane, Proc, fake_node, free_port, tessera_bin};
+use tessera_e2e::{ControlPlane, Proc, fake_node, free_port, tessera_bin, until};
 use tessera_operator::crd::{Fileset, Priority};
 use tessera_operator::topology::{NodeState, node_state};
 
 const NS: &str = "tessera-system";
 const NODES: usize = 9;
-
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The files of the archive: 24 files of 40-270 KB, so that every node
 /// holds stripes of both filesets.

@@ -50,6 +50,18 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 }
 
+/// The answer to GETXATTR or LISTXATTR for `value`: its size when asked
+/// with size 0, ERANGE when the caller's buffer is too small.
+pub fn xattr_reply(value: &[u8], size: u32) -> Result<Reply> {
+    if size == 0 {
+        return Ok(Reply::Data(abi::xattr_size_out(value.len() as u32)));
+    }
+    if (size as usize) < value.len() {
+        return Err(Errno::RANGE);
+    }
+    Ok(Reply::Data(value.to_vec()))
+}
+
 /// Threads reading requests from one connection: while one waits in the
 /// kernel or answers a cached read, the other takes the next request.
 const READERS: usize = 2;
