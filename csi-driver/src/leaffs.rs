@@ -143,12 +143,25 @@ pub struct LeafFs {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Writes to one inode one at a time (copy-up reads, then writes).
     writers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Taken over from a previous plugin: files may be open that this
+    /// process never saw opened.
+    adopted: bool,
 }
 
 impl LeafFs {
     /// Opens the leaf in `dir` (an empty or missing directory makes a new
     /// leaf) over `root`, replaying and compacting its journal.
     pub fn open(dir: &Path, root: Arc<RootFs>, capacity: u64) -> std::io::Result<Self> {
+        Self::open_with(dir, root, capacity, true)
+    }
+
+    /// Opens a leaf whose FUSE connection is being taken over: files a
+    /// process may still hold open (unlinked, not yet released) are kept.
+    pub fn adopt(dir: &Path, root: Arc<RootFs>, capacity: u64) -> std::io::Result<Self> {
+        Self::open_with(dir, root, capacity, false)
+    }
+
+    fn open_with(dir: &Path, root: Arc<RootFs>, capacity: u64, purge: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("data"))?;
         let mut st = State { next_ino: FIRST_LEAF_INO, ..Default::default() };
         let path = dir.join("journal");
@@ -160,6 +173,14 @@ impl LeafFs {
                 apply(&mut st, &root, &record);
             }
         }
+        if purge {
+            // Unlinked files are kept while open; on a fresh mount none is.
+            let gone: Vec<u64> = st.inodes.iter().filter(|(_, i)| i.nlink == 0).map(|(ino, _)| *ino).collect();
+            for ino in gone {
+                apply(&mut st, &root, &Record::Forget { ino });
+                let _ = std::fs::remove_file(dir.join("data").join(ino.to_string()));
+            }
+        }
         let fs = Self {
             root,
             dir: dir.to_path_buf(),
@@ -168,6 +189,7 @@ impl LeafFs {
             journal: Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(&path)?),
             files: Mutex::default(),
             writers: Mutex::default(),
+            adopted: !purge,
         };
         fs.compact()?;
         Ok(fs)
@@ -207,11 +229,22 @@ impl LeafFs {
     fn commit(&self, st: &mut State, records: &[Record]) -> Result<()> {
         let mut buf = Vec::new();
         for r in records {
-            apply(st, &self.root, r);
             serde_json::to_writer(&mut buf, r).map_err(|_| Errno::IO)?;
             buf.push(b'\n');
         }
-        self.journal.lock().unwrap().write_all(&buf).map_err(errno)
+        // Journaled first, applied after: a failed append (a full disk)
+        // changes nothing, and a partial one is cut off so later records
+        // are not lost behind a torn line.
+        let mut journal = self.journal.lock().unwrap();
+        let before = journal.metadata().map_err(errno)?.len();
+        if let Err(e) = journal.write_all(&buf) {
+            let _ = journal.set_len(before);
+            return Err(errno(e));
+        }
+        for r in records {
+            apply(st, &self.root, r);
+        }
+        Ok(())
     }
 
     /// Bytes of data the leaf holds (what its capacity limits).
@@ -395,7 +428,10 @@ impl LeafFs {
     fn drop_link(&self, st: &State, ino: u64, mut inode: Inode) -> Vec<Record> {
         inode.nlink = if inode.kind == Kind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
         inode.ctime = now();
-        if inode.nlink == 0 && st.open.get(&ino).copied().unwrap_or(0) == 0 {
+        // Unlinked but open here: kept until released. (Files opened before
+        // a takeover are not counted; they are kept until the next fresh
+        // mount, which purges unlinked inodes.)
+        if inode.nlink == 0 && st.open.get(&ino).copied().unwrap_or(0) == 0 && !self.adopted {
             vec![Record::Forget { ino }]
         } else {
             vec![Record::Inode { ino, inode }]
@@ -477,7 +513,13 @@ impl LeafFs {
         if inode.kind != Kind::File {
             return Err(Errno::ISDIR);
         }
-        if size > inode.size && used(st) + (size - inode.size).min(LEAF_BLOCK) > self.capacity {
+        // Leaf-only files count their whole size; root-backed ones the
+        // blocks they hold (see `used`).
+        let growth = match inode.origin {
+            None => size.saturating_sub(inode.size),
+            Some(_) => size.saturating_sub(inode.size).min(LEAF_BLOCK),
+        };
+        if size > inode.size && used(st) + growth > self.capacity {
             return Err(Errno::NOSPC);
         }
         let mut records = Vec::new();
@@ -754,6 +796,13 @@ fn runs(blocks: &BTreeSet<u64>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Gives `dir` a listing of its own, copied from the root, if it has none.
+/// Every record that changes a listing does this first, so a journal whose
+/// Materialize record was never written still replays right.
+fn materialize(st: &mut State, root: &RootFs, dir: u64) {
+    st.dirs.entry(dir).or_insert_with(|| root.children(dir).unwrap_or_default().into_iter().collect());
+}
+
 fn apply(st: &mut State, root: &RootFs, r: &Record) {
     match r {
         Record::Inode { ino, inode } => {
@@ -764,19 +813,16 @@ fn apply(st: &mut State, root: &RootFs, r: &Record) {
             st.blocks.remove(ino);
             st.dirs.remove(ino);
         }
-        Record::Materialize { dir } => {
-            if !st.dirs.contains_key(dir) {
-                let entries = root.children(*dir).unwrap_or_default();
-                st.dirs.insert(*dir, entries.into_iter().collect());
-            }
-        }
+        Record::Materialize { dir } => materialize(st, root, *dir),
         Record::Listing { dir, entries } => {
             st.dirs.insert(*dir, entries.iter().cloned().collect());
         }
         Record::Link { dir, name, ino } => {
+            materialize(st, root, *dir);
             st.dirs.entry(*dir).or_default().insert(name.clone(), *ino);
         }
         Record::Unlink { dir, name } => {
+            materialize(st, root, *dir);
             if let Some(d) = st.dirs.get_mut(dir) {
                 d.remove(name);
             }
@@ -853,7 +899,7 @@ impl Filesystem for LeafFs {
             Op::Write { offset, data, .. } => Ok(Reply::Data(abi::write_out(self.write(ino, offset, data).await?))),
             Op::Release { .. } => {
                 let mut st = self.state.lock().unwrap();
-                let n = st.open.entry(ino).or_default();
+                let Some(n) = st.open.get_mut(&ino) else { return Ok(Reply::Empty) };
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     st.open.remove(&ino);

@@ -129,7 +129,6 @@ struct Served {
     /// Our own copy of the connection's file, to deposit again if the
     /// keeper restarts.
     dev: std::os::fd::OwnedFd,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub struct NodePlugin {
@@ -333,7 +332,8 @@ impl NodePlugin {
                 None => st.roots.get(key).map(|r| r.mountpoint.clone()),
             }
         };
-        let thread = std::thread::Builder::new()
+        // Not joined: the thread ends when the kernel ends the connection.
+        std::thread::Builder::new()
             .name(format!("fuse {key}"))
             .spawn(move || {
                 let on_init = |init: &InitState| me.record_init(&id, *init);
@@ -348,7 +348,7 @@ impl NodePlugin {
                 }
             })
             .map_err(io(&self.config.state_dir))?;
-        self.served.lock().unwrap().insert(key.to_string(), Served { fs: root, dev, thread: Some(thread) });
+        self.served.lock().unwrap().insert(key.to_string(), Served { fs: root, dev });
         self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
         Ok(())
     }
@@ -384,14 +384,12 @@ impl NodePlugin {
         }
     }
 
-    /// Stops serving `key` once its filesystem is unmounted.
+    /// Stops tracking `key` once its filesystem is unmounted. Its thread
+    /// ends by itself when the kernel ends the connection; it is not waited
+    /// for, since a mount detached while busy lives on until its last file
+    /// is closed, and no CSI call may wait for that.
     async fn stop_serving(&self, key: &str) {
-        let served = self.served.lock().unwrap().remove(key);
-        if let Some(mut s) = served
-            && let Some(t) = s.thread.take()
-        {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        let _ = self.served.lock().unwrap().remove(key);
         self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
         let (k, id) = (self.keeper.clone(), key.to_string());
         let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
@@ -505,12 +503,23 @@ impl NodePlugin {
 
     /// Mounts a leaf's filesystem at `record.mountpoint` and serves it.
     async fn mount_leaf(self: &Arc<Self>, id: &str, record: LeafRecord) -> Result<(), NodeError> {
+        if self.served.lock().unwrap().contains_key(&format!("leaf/{id}")) {
+            // Still served (a busy mount detached earlier): one journal writer only.
+            return Err(NodeError::InUse(id.to_string()));
+        }
         let base = self.base(&record.fileset, record.version).await?;
         let fs = Arc::new(LeafFs::open(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?);
         std::fs::create_dir_all(&record.mountpoint).map_err(io(&record.mountpoint))?;
         self.state.lock().unwrap().leaves.insert(id.to_string(), record.clone());
         self.save()?;
-        let dev = mount::mount_fuse(&record.mountpoint, &format!("tessera:{id}"), false)?;
+        let dev = match mount::mount_fuse(&record.mountpoint, &format!("tessera:{id}"), false) {
+            Ok(dev) => dev,
+            Err(e) => {
+                self.state.lock().unwrap().leaves.remove(id);
+                self.save()?;
+                return Err(e.into());
+            }
+        };
         let key = format!("leaf/{id}");
         let deposited = {
             let (k, key, meta) = (self.keeper.clone(), key.clone(), serde_json::to_value(&record).unwrap_or_default());
@@ -577,7 +586,15 @@ impl NodePlugin {
         };
         self.state.lock().unwrap().roots.insert(key.clone(), record.clone());
         self.save()?;
-        let dev = mount::mount_fuse(&mountpoint, &format!("tessera:{key}"), true)?;
+        let dev = match mount::mount_fuse(&mountpoint, &format!("tessera:{key}"), true) {
+            Ok(dev) => dev,
+            Err(e) => {
+                self.state.lock().unwrap().roots.remove(&key);
+                self.save()?;
+                self.unpin(&r.fileset, open.id()).await;
+                return Err(e.into());
+            }
+        };
         let deposited = {
             let (k, id, meta, dev) =
                 (self.keeper.clone(), key.clone(), kept(&record), dev.try_clone().map_err(io(&mountpoint))?);
@@ -587,11 +604,19 @@ impl NodePlugin {
             let _ = mount::unmount(&mountpoint);
             self.state.lock().unwrap().roots.remove(&key);
             self.save()?;
+            self.unpin(&r.fileset, open.id()).await;
             return Err(e.into());
         }
         info!(root = %key, mountpoint = %mountpoint.display(), "mounted a root");
         self.serve(&key, open, Connection { dev, init: None, adopted: false })?;
         Ok((key, mountpoint))
+    }
+
+    async fn unpin(&self, fileset: &str, version: u64) {
+        let req = ms::PinRequest { fileset: fileset.to_string(), version, holder: self.pin_holder() };
+        if let Err(e) = self.files.master().unpin_version(req).await {
+            warn!(fileset, version, error = %e.message(), "unpinning a version");
+        }
     }
 
     fn pin_holder(&self) -> String {

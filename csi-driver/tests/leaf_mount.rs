@@ -185,11 +185,23 @@ fn a_full_leaf_refuses_writes_cleanly() {
     let f = fixture();
     let (leaf, mnt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let fs = Arc::new(LeafFs::open(leaf.path(), f.root.clone(), 256 << 10).unwrap());
-    let _m = Mounted::new(fs, mnt.path(), f.rt.handle().clone());
-    std::fs::write(mnt.path().join("fits.bin"), vec![1u8; 100 << 10]).unwrap();
-    let e = std::fs::write(mnt.path().join("too-big.bin"), vec![1u8; 512 << 10]).unwrap_err();
+    let m = Mounted::new(fs, mnt.path(), f.rt.handle().clone());
+    let p = mnt.path();
+    std::fs::write(p.join("fits.bin"), vec![1u8; 100 << 10]).unwrap();
+    let e = std::fs::write(p.join("too-big.bin"), vec![1u8; 512 << 10]).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::NOSPC.raw_os_error()), "{e}");
-    assert_eq!(std::fs::read(mnt.path().join("fits.bin")).unwrap(), vec![1u8; 100 << 10], "nothing lost");
+    assert_eq!(std::fs::read(p.join("fits.bin")).unwrap(), vec![1u8; 100 << 10], "nothing lost");
+    let e = std::fs::OpenOptions::new().write(true).open(p.join("too-big.bin")).unwrap().set_len(10 << 30).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::NOSPC.raw_os_error()), "a sparse extension counts too");
+    // A refused change to a root directory (EEXIST), then an accepted one:
+    // the root's entries are all still there after a remount.
+    let e = std::fs::create_dir(p.join("models/config-00.json")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    std::fs::create_dir(p.join("models/sub")).unwrap();
+    drop(m);
+    let fs = Arc::new(LeafFs::open(leaf.path(), f.root.clone(), 256 << 10).unwrap());
+    let _m = Mounted::new(fs, mnt.path(), f.rt.handle().clone());
+    assert_eq!(std::fs::read_dir(p.join("models")).unwrap().count(), 42, "40 configs, llama, sub");
 }
 
 // ---- Random operation sequences, leaf against tmpfs ----

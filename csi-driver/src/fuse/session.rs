@@ -177,7 +177,8 @@ fn read_loop<F: Filesystem, R: FnOnce() + Send>(
             // Requests finish quickly or not at all (a hung chunkserver is
             // hedged around), so interrupts are not tracked.
             Op::Interrupt { .. } => {}
-            Op::Init { .. } => reply(&**dev, header.unique, Err(Errno::PROTO)),
+            // Resent after a takeover: the same answer as the first time.
+            Op::Init { .. } => reply(&**dev, header.unique, Ok(Reply::Data(init.reply()))),
             Op::Destroy => {
                 reply(&**dev, header.unique, Ok(Reply::Empty));
                 return Ok(());
