@@ -93,7 +93,12 @@ pub struct BlockCache {
     threshold: u64,
     lru: Mutex<Lru>,
     metrics: Arc<Metrics>,
+    /// Open block files, so a read is one pread rather than open, read, close.
+    files: Mutex<HashMap<BlockKey, Arc<std::fs::File>>>,
 }
+
+/// Block files kept open at most.
+const OPEN_FILES: usize = 256;
 
 impl BlockCache {
     /// Opens (or creates) the cache in `dir`, adopting blocks already there
@@ -121,7 +126,13 @@ impl BlockCache {
             }
         }
         found.sort();
-        let cache = Self { dir: dir.to_path_buf(), threshold, lru: Mutex::new(Lru::default()), metrics };
+        let cache = Self {
+            dir: dir.to_path_buf(),
+            threshold,
+            lru: Mutex::new(Lru::default()),
+            metrics,
+            files: Mutex::default(),
+        };
         {
             let mut lru = cache.lru.lock().unwrap();
             for (_, key, len) in found {
@@ -158,7 +169,7 @@ impl BlockCache {
             self.metrics.cache_misses.inc();
             return None;
         }
-        let read = std::fs::File::open(self.dir.join(key.file())).and_then(|f| {
+        let read = self.file(key).and_then(|f| {
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             let mut at = 0;
             while at < buf.len() {
@@ -177,10 +188,24 @@ impl BlockCache {
             }
             Err(_) => {
                 self.lru.lock().unwrap().remove(key);
+                self.files.lock().unwrap().remove(key);
                 self.metrics.cache_misses.inc();
                 None
             }
         }
+    }
+
+    fn file(&self, key: &BlockKey) -> std::io::Result<Arc<std::fs::File>> {
+        if let Some(f) = self.files.lock().unwrap().get(key) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(std::fs::File::open(self.dir.join(key.file()))?);
+        let mut files = self.files.lock().unwrap();
+        if files.len() >= OPEN_FILES {
+            files.clear();
+        }
+        files.insert(key.clone(), f.clone());
+        Ok(f)
     }
 
     /// Stores a block, evicting the least recently used first so the cache
@@ -221,6 +246,7 @@ impl BlockCache {
         while lru.bytes + incoming > self.threshold {
             let Some(victim) = lru.oldest() else { return };
             lru.remove(&victim);
+            self.files.lock().unwrap().remove(&victim);
             let _ = std::fs::remove_file(self.dir.join(victim.file()));
             self.metrics.cache_evictions.inc();
         }

@@ -119,6 +119,9 @@ pub struct LeafMeta {
     pub capacity: u64,
 }
 
+/// How long a starting plugin waits for the keeper's socket.
+const KEEPER_WAIT_SECS: u32 = 120;
+
 /// Capacity of an inline leaf without a `capacity` attribute.
 pub const DEFAULT_LEAF_CAPACITY: u64 = 10 << 30;
 
@@ -189,12 +192,22 @@ impl NodePlugin {
 
     /// Takes over the connections the keeper holds for roots in the state.
     async fn adopt(self: &Arc<Self>) -> Result<(), NodeError> {
-        let held = tokio::task::spawn_blocking({
+        // The keeper may start after the plugin (two DaemonSets): wait for it.
+        let mut waited = 0;
+        let held = loop {
             let k = self.keeper.clone();
-            move || k.list()
-        })
-        .await
-        .expect("keeper list")?;
+            match tokio::task::spawn_blocking(move || k.list()).await.expect("keeper list") {
+                Ok(held) => break held,
+                Err(e @ KeeperError::Socket { .. }) if waited < KEEPER_WAIT_SECS * 5 => {
+                    if waited % 25 == 0 {
+                        warn!(error = %e, "waiting for the keeper");
+                    }
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let mut held: HashMap<String, _> = held.into_iter().map(|h| (h.id.clone(), h)).collect();
         let roots: Vec<(String, RootRecord)> =
             self.state.lock().unwrap().roots.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
