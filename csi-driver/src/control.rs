@@ -39,10 +39,7 @@ fn mode_name(m: ReadMode) -> &'static str {
 }
 
 fn root_of(plugin: &NodePlugin, volume: &str) -> Result<Arc<RootFs>, Answer> {
-    plugin
-        .root_of(volume)
-        .and_then(|key| plugin.root(&key))
-        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no root volume {volume} on this node\n")))
+    plugin.volume_root(volume).ok_or_else(|| (StatusCode::NOT_FOUND, format!("no root volume {volume} on this node\n")))
 }
 
 async fn list(State(plugin): State<Arc<NodePlugin>>) -> Answer {

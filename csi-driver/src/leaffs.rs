@@ -122,6 +122,9 @@ struct State {
     dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     blocks: HashMap<u64, BTreeSet<u64>>,
     open: HashMap<u64, u32>,
+    /// Bytes of data held (what the capacity limits), kept as records
+    /// apply rather than summed over every inode on each write.
+    used: u64,
 }
 
 fn now() -> (i64, u32) {
@@ -774,14 +777,17 @@ impl LeafFs {
 }
 
 fn used(st: &State) -> u64 {
-    st.inodes
-        .iter()
-        .map(|(ino, i)| match (i.kind, i.origin) {
-            (Kind::File, None) => i.size,
-            (Kind::File, Some(_)) => st.blocks.get(ino).map_or(0, |b| b.len() as u64 * LEAF_BLOCK),
-            _ => 0,
-        })
-        .sum()
+    st.used
+}
+
+/// The bytes one inode holds: a leaf-only file its size, a root-backed one
+/// the blocks it copied up.
+fn held(st: &State, ino: u64) -> u64 {
+    match st.inodes.get(&ino).map(|i| (i.kind, i.origin)) {
+        Some((Kind::File, None)) => st.inodes[&ino].size,
+        Some((Kind::File, Some(_))) => st.blocks.get(&ino).map_or(0, |b| b.len() as u64 * LEAF_BLOCK),
+        _ => 0,
+    }
 }
 
 /// Runs of consecutive block numbers.
@@ -804,6 +810,18 @@ fn materialize(st: &mut State, root: &RootFs, dir: u64) {
 }
 
 fn apply(st: &mut State, root: &RootFs, r: &Record) {
+    let touched = match r {
+        Record::Inode { ino, .. } | Record::Forget { ino } | Record::Blocks { ino, .. } => Some(*ino),
+        _ => None,
+    };
+    let before = touched.map_or(0, |ino| held(st, ino));
+    apply_record(st, root, r);
+    if let Some(ino) = touched {
+        st.used = st.used - before + held(st, ino);
+    }
+}
+
+fn apply_record(st: &mut State, root: &RootFs, r: &Record) {
     match r {
         Record::Inode { ino, inode } => {
             st.inodes.insert(*ino, inode.clone());

@@ -636,6 +636,17 @@ impl NodePlugin {
         format!("node/{}", self.config.node_id)
     }
 
+    /// The root of `r` bound read-only on `path`, which becomes one of its
+    /// users; returns the root's key.
+    async fn bind_root(self: &Arc<Self>, r: &RootRef, path: &Path) -> Result<String, NodeError> {
+        let (key, mountpoint) = self.acquire_root(r, path).await?;
+        if let Err(e) = mount::bind(&mountpoint, path, true) {
+            self.release_root(&key, path).await?;
+            return Err(e.into());
+        }
+        Ok(key)
+    }
+
     /// Drops `user` from a root; the last one unmounts and unpins it.
     async fn release_root(&self, key: &str, user: &Path) -> Result<(), NodeError> {
         let gone = {
@@ -677,11 +688,7 @@ impl NodePlugin {
             return Ok(());
         }
         std::fs::create_dir_all(staging).map_err(io(staging))?;
-        let (key, mountpoint) = self.acquire_root(&r, staging).await?;
-        if let Err(e) = mount::bind(&mountpoint, staging, true) {
-            self.release_root(&key, staging).await?;
-            return Err(e.into());
-        }
+        let key = self.bind_root(&r, staging).await?;
         let mut st = self.state.lock().unwrap();
         let v = st.volumes.entry(volume.to_string()).or_default();
         v.root = key;
@@ -797,11 +804,7 @@ impl NodePlugin {
                     return Err(VolumeError::BadAttribute { key: "kind", reason: "root or leaf".into() }.into());
                 }
                 let r = RootRef::from_attributes(attrs)?;
-                let (key, mountpoint) = self.acquire_root(&r, target).await?;
-                if let Err(e) = mount::bind(&mountpoint, target, true) {
-                    self.release_root(&key, target).await?;
-                    return Err(e.into());
-                }
+                let key = self.bind_root(&r, target).await?;
                 let mut st = self.state.lock().unwrap();
                 let v = st.volumes.entry(volume.to_string()).or_default();
                 v.root = key;
@@ -857,6 +860,11 @@ impl NodePlugin {
     /// Every volume this node has staged or published.
     pub fn volume_ids(&self) -> Vec<String> {
         self.state.lock().unwrap().volumes.keys().cloned().collect()
+    }
+
+    /// The filesystem of a root volume's mount.
+    pub fn volume_root(&self, volume: &str) -> Option<Arc<RootFs>> {
+        self.root_of(volume).and_then(|key| self.root(&key))
     }
 
     /// The volume's root mount key.

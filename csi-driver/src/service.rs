@@ -104,6 +104,17 @@ fn check_capability(cap: Option<&csi::VolumeCapability>, leaf: bool) -> Result<(
     }
 }
 
+impl NodeService {
+    /// A root volume's `readMode` attribute, applied to its (shared) mount.
+    fn apply_read_mode(&self, volume: &str, mode: Option<tessera_core::read_plan::ReadMode>) {
+        if let Some(mode) = mode
+            && let Some(root) = self.plugin.volume_root(volume)
+        {
+            root.set_read_mode(mode);
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_stage_volume(
@@ -116,11 +127,7 @@ impl Node for NodeService {
         check_capability(r.volume_capability.as_ref(), is_leaf(volume))?;
         let mode = read_mode(&r.volume_context)?;
         self.plugin.stage(volume, Path::new(staging)).await?;
-        if let Some(mode) = mode
-            && let Some(root) = self.plugin.root_of(volume).and_then(|k| self.plugin.root(&k))
-        {
-            root.set_read_mode(mode);
-        }
+        self.apply_read_mode(volume, mode);
         Ok(Response::new(csi::NodeStageVolumeResponse {}))
     }
 
@@ -148,11 +155,7 @@ impl Node for NodeService {
         let mode = read_mode(&r.volume_context)?;
         let staging = (!r.staging_target_path.is_empty()).then(|| Path::new(&r.staging_target_path));
         self.plugin.publish(volume, Path::new(target), staging, inline, r.readonly).await?;
-        if let Some(mode) = mode
-            && let Some(root) = self.plugin.root_of(volume).and_then(|k| self.plugin.root(&k))
-        {
-            root.set_read_mode(mode);
-        }
+        self.apply_read_mode(volume, mode);
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 

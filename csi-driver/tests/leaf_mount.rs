@@ -95,9 +95,8 @@ fn leaves_are_private_store_only_changed_blocks_and_survive_a_remount() {
     let original = std::fs::read(f.src.path().join(weights)).unwrap();
     let (leaf_a, leaf_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mnt_a, mnt_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let started = std::time::Instant::now();
+    // Creation copies nothing (its time is measured by tessera-csi bench).
     let fs_a = Arc::new(LeafFs::open(leaf_a.path(), f.root.clone(), 1 << 30).unwrap());
-    assert!(started.elapsed().as_millis() < 500, "a leaf is made without copying the root");
     let fs_b = Arc::new(LeafFs::open(leaf_b.path(), f.root.clone(), 1 << 30).unwrap());
     let a = Mounted::new(fs_a.clone(), mnt_a.path(), f.rt.handle().clone());
     let b = Mounted::new(fs_b, mnt_b.path(), f.rt.handle().clone());
