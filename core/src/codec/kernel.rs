@@ -54,11 +54,17 @@ pub struct Coefficients {
     coef: Vec<u8>,
     /// For each coefficient: the low-nibble table twice, then the high-nibble
     /// table twice (one 16-byte copy per 128-bit lane of a 256-bit register).
-    tables: Vec<[u8; 64]>,
+    tables: Vec<NibbleTables>,
     /// For each coefficient, how the kernel applies it: zero is skipped, one
     /// is a plain XOR, anything else a multiplication.
     kinds: Vec<Kind>,
 }
+
+/// One coefficient's nibble tables, aligned to a cache line so that neither
+/// 32-byte half a kernel loads straddles two lines.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct NibbleTables([u8; 64]);
 
 /// How a coefficient is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +86,7 @@ impl Coefficients {
                 t[16..32].copy_from_slice(&lo);
                 t[32..48].copy_from_slice(&hi);
                 t[48..64].copy_from_slice(&hi);
-                t
+                NibbleTables(t)
             })
             .collect();
         let kinds = coef
@@ -155,7 +161,7 @@ fn portable(coefs: &Coefficients, inputs: &[&[u8]], outputs: &mut [&mut [u8]], f
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    use super::{Coefficients, Kind};
+    use super::{Coefficients, Kind, NibbleTables};
     use std::arch::x86_64::*;
 
     /// Proof that this CPU executes AVX2 instructions: the only constructor is
@@ -191,35 +197,59 @@ pub mod x86 {
         let cols = len - len % STEP;
         let in_ptrs: Vec<*const u8> = inputs.iter().map(|s| s.as_ptr()).collect();
         let n_in = coefs.inputs;
-        let mut o = 0;
-        while o < coefs.outputs {
-            let g = (coefs.outputs - o).min(GROUP);
-            let tables = &coefs.tables[o * n_in..(o + g) * n_in];
-            let kinds = &coefs.kinds[o * n_in..(o + g) * n_in];
-            // A group whose coefficients are all 0 or 1 is XORs only: a lost
-            // stripe rebuilt from the XOR parity, or the XOR parity itself.
-            let xor_only = kinds.iter().all(|k| *k != Kind::Multiply);
-            let out_ptrs: Vec<*mut u8> = outputs[o..o + g].iter_mut().map(|s| s.as_mut_ptr()).collect();
+        let outputs: Vec<*mut u8> = outputs.iter_mut().map(|s| s.as_mut_ptr()).collect();
+        // An output whose coefficients are all one is the XOR of the inputs
+        // (the code's first parity, or a data stripe rebuilt from it): it
+        // rides along with the multiplied outputs of a pass, costing two
+        // XORs per input and no table lookups.
+        let (ones, multiplied): (Vec<usize>, Vec<usize>) =
+            (0..coefs.outputs).partition(|&o| coefs.kinds[o * n_in..(o + 1) * n_in].iter().all(|k| *k == Kind::One));
+        let mut ones = ones.into_iter();
+        let mut rest = multiplied.as_slice();
+        loop {
+            let one = ones.next();
+            let g = rest.len().min(GROUP - usize::from(one.is_some()));
+            if one.is_none() && g == 0 {
+                break;
+            }
+            let pass = &rest[..g];
+            rest = &rest[g..];
+            // When every multiplied output of the pass takes the first input
+            // with coefficient one (the generator's first column is ones),
+            // the accumulators start as that input instead of zero.
+            let first_ones = pass.iter().all(|&o| coefs.kinds[o * n_in] == Kind::One);
+            let tables: Vec<NibbleTables> =
+                pass.iter().flat_map(|&o| coefs.tables[o * n_in..(o + 1) * n_in].iter().copied()).collect();
+            let out_ptrs: Vec<*mut u8> = one.iter().chain(pass).map(|&o| outputs[o]).collect();
+            let pass_fn = match (one.is_some(), first_ones) {
+                (false, false) => pick::<false, false>(g),
+                (false, true) => pick::<false, true>(g),
+                (true, false) => pick::<true, false>(g),
+                (true, true) => pick::<true, true>(g),
+            };
             // SAFETY: `token` proves AVX2 is available. Every input pointer
             // addresses at least `len >= cols` readable bytes and every output
             // pointer at least `cols` writable bytes (asserted by the caller,
             // `kernel::dot_products`); the outputs are distinct `&mut` slices so
-            // they do not alias each other or the inputs.
-            unsafe {
-                match (xor_only, g) {
-                    (true, 1) => xor_group::<1>(kinds, &in_ptrs, &out_ptrs, cols),
-                    (true, 2) => xor_group::<2>(kinds, &in_ptrs, &out_ptrs, cols),
-                    (true, 3) => xor_group::<3>(kinds, &in_ptrs, &out_ptrs, cols),
-                    (true, _) => xor_group::<4>(kinds, &in_ptrs, &out_ptrs, cols),
-                    (false, 1) => group::<1>(tables, &in_ptrs, &out_ptrs, cols),
-                    (false, 2) => group::<2>(tables, &in_ptrs, &out_ptrs, cols),
-                    (false, 3) => group::<3>(tables, &in_ptrs, &out_ptrs, cols),
-                    (false, _) => group::<4>(tables, &in_ptrs, &out_ptrs, cols),
-                }
-            }
-            o += g;
+            // they do not alias each other or the inputs. `pick` returned the
+            // instance for `g` multiplied outputs and `tables` holds theirs.
+            unsafe { pass_fn(&tables, &in_ptrs, &out_ptrs, cols) };
         }
         cols
+    }
+
+    type PassFn = unsafe fn(&[NibbleTables], &[*const u8], &[*mut u8], usize);
+
+    /// The pass kernel for `g` multiplied outputs (at most `GROUP`, less one
+    /// when an all-ones output rides along).
+    fn pick<const ONE: bool, const FIRST: bool>(g: usize) -> PassFn {
+        match g {
+            0 => group::<ONE, FIRST, 0>,
+            1 => group::<ONE, FIRST, 1>,
+            2 => group::<ONE, FIRST, 2>,
+            3 => group::<ONE, FIRST, 3>,
+            _ => group::<ONE, FIRST, 4>,
+        }
     }
 
     /// The 64 bytes of an input at `off`, prefetching further ahead. The
@@ -255,60 +285,54 @@ pub mod x86 {
         }
     }
 
-    /// G outputs whose coefficients are all 0 or 1 (`kinds[g * n_in + i]`):
-    /// XORs of the inputs, without table lookups.
-    ///
-    /// # Safety
-    /// As for [`group`].
-    #[target_feature(enable = "avx2")]
-    unsafe fn xor_group<const G: usize>(kinds: &[Kind], inputs: &[*const u8], outputs: &[*mut u8], cols: usize) {
-        let n_in = inputs.len();
-        let mut off = 0;
-        while off < cols {
-            let mut acc0 = [_mm256_setzero_si256(); G];
-            let mut acc1 = [_mm256_setzero_si256(); G];
-            for (i, &p) in inputs.iter().enumerate() {
-                // SAFETY: off + 64 <= cols and p is valid for cols bytes.
-                let (x0, x1) = unsafe { load(p, off) };
-                for g in 0..G {
-                    if kinds[g * n_in + i] == Kind::One {
-                        acc0[g] = _mm256_xor_si256(acc0[g], x0);
-                        acc1[g] = _mm256_xor_si256(acc1[g], x1);
-                    }
-                }
-            }
-            // SAFETY: off + 64 <= cols and every output is valid for cols bytes.
-            unsafe { store(outputs, off, &acc0, &acc1) };
-            off += STEP;
-        }
-    }
-
-    /// G outputs over `cols` bytes (a multiple of 64). `tables[g * n_in + i]`
-    /// holds the nibble tables of output g's coefficient for input i.
+    /// G multiplied outputs over `cols` bytes (a multiple of 64), after one
+    /// all-ones output first in `outputs` when `ONE`. `tables[g * n_in + i]`
+    /// holds the nibble tables of multiplied output g's coefficient for input
+    /// i. With `FIRST` every multiplied output's first coefficient is one (the
+    /// generator's first column), so the accumulators start as the first input.
     ///
     /// # Safety
     /// AVX2 must be available; each input pointer must be valid for `cols`
     /// reads and each output pointer for `cols` writes, without overlap
     /// between outputs and inputs.
     #[target_feature(enable = "avx2")]
-    unsafe fn group<const G: usize>(tables: &[[u8; 64]], inputs: &[*const u8], outputs: &[*mut u8], cols: usize) {
+    unsafe fn group<const ONE: bool, const FIRST: bool, const G: usize>(
+        tables: &[NibbleTables],
+        inputs: &[*const u8],
+        outputs: &[*mut u8],
+        cols: usize,
+    ) {
         let n_in = inputs.len();
         debug_assert_eq!(tables.len(), G * n_in);
-        debug_assert_eq!(outputs.len(), G);
+        debug_assert_eq!(outputs.len(), G + usize::from(ONE));
+        let (xor_out, mul_out) = outputs.split_at(usize::from(ONE));
         let mask = _mm256_set1_epi8(0x0f);
         let mut off = 0;
         while off < cols {
-            let mut acc0 = [_mm256_setzero_si256(); G];
-            let mut acc1 = [_mm256_setzero_si256(); G];
-            for (i, &p) in inputs.iter().enumerate() {
+            let (mut xor0, mut xor1, mut acc0, mut acc1) = if FIRST {
+                // SAFETY: off + 64 <= cols and the input is valid for cols bytes.
+                let (x0, x1) = unsafe { load(inputs[0], off) };
+                (x0, x1, [x0; G], [x1; G])
+            } else {
+                let z = _mm256_setzero_si256();
+                (z, z, [z; G], [z; G])
+            };
+            for (i, &p) in inputs.iter().enumerate().skip(usize::from(FIRST)) {
                 // SAFETY: off + 64 <= cols and p is valid for cols bytes.
                 let (x0, x1) = unsafe { load(p, off) };
+                if ONE {
+                    xor0 = _mm256_xor_si256(xor0, x0);
+                    xor1 = _mm256_xor_si256(xor1, x1);
+                }
+                if G == 0 {
+                    continue;
+                }
                 let lo0 = _mm256_and_si256(x0, mask);
                 let hi0 = _mm256_and_si256(_mm256_srli_epi64::<4>(x0), mask);
                 let lo1 = _mm256_and_si256(x1, mask);
                 let hi1 = _mm256_and_si256(_mm256_srli_epi64::<4>(x1), mask);
                 for g in 0..G {
-                    let t = tables[g * n_in + i].as_ptr();
+                    let t = tables[g * n_in + i].0.as_ptr();
                     // SAFETY: each table is 64 bytes: two 32-byte loads.
                     let (tlo, thi) = unsafe {
                         (_mm256_loadu_si256(t as *const __m256i), _mm256_loadu_si256(t.add(32) as *const __m256i))
@@ -320,7 +344,12 @@ pub mod x86 {
                 }
             }
             // SAFETY: off + 64 <= cols and every output is valid for cols bytes.
-            unsafe { store(outputs, off, &acc0, &acc1) };
+            unsafe {
+                if ONE {
+                    store::<1>(xor_out, off, &[xor0], &[xor1]);
+                }
+                store(mul_out, off, &acc0, &acc1);
+            }
             off += STEP;
         }
     }

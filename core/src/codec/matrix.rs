@@ -59,6 +59,19 @@ impl Matrix {
                 g.set(r, c, v);
             }
         }
+        // Then scale the other parity rows so their first column is one too:
+        // eight of RS(6,3)'s eighteen coefficients become plain XORs, the most
+        // an MDS code with an all-ones row allows (a second one in a row would
+        // make a singular 2x2 with the ones row). Scaling a row by a nonzero
+        // constant scales the determinant of every square submatrix through
+        // it by that constant, so the code stays MDS.
+        for r in k + 1..n {
+            let s = gf::inv(g.get(r, 0)).expect("Cauchy entries are nonzero");
+            for c in 0..k {
+                let v = gf::mul(g.get(r, c), s);
+                g.set(r, c, v);
+            }
+        }
         g
     }
 
@@ -199,10 +212,13 @@ mod tests {
     }
 
     #[test]
-    fn the_first_parity_is_the_xor_of_the_data() {
+    fn the_first_parity_is_the_xor_of_the_data_and_the_first_column_is_ones() {
         for (k, m) in [(6, 3), (10, 4), (1, 1)] {
             let g = Matrix::generator(k, m);
             assert!(g.row(k).iter().all(|&x| x == 1), "RS({k},{m})");
+            for r in k..k + m {
+                assert_eq!(g.get(r, 0), 1, "RS({k},{m}): parity row {r} starts with a one");
+            }
         }
     }
 
