@@ -84,6 +84,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 3 }),
             availability: "high".into(),
             keep_versions: 2,
+            ..Default::default()
         },
         true,
     )

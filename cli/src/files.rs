@@ -70,6 +70,10 @@ pub struct SpecArgs {
     /// Versions kept (default 1).
     #[arg(long)]
     pub keep: Option<u32>,
+    /// How volumes of this fileset read unless they say otherwise: normal,
+    /// hedged or accelerated (default: each reader's own).
+    #[arg(long, value_parser = ["normal", "hedged", "accelerated"])]
+    pub read_mode: Option<String>,
 }
 
 impl SpecArgs {
@@ -82,6 +86,7 @@ impl SpecArgs {
             || self.max_per_domain.is_some()
             || self.availability.is_some()
             || self.keep.is_some()
+            || self.read_mode.is_some()
     }
 
     fn apply(&self, name: &str, base: Option<ms::FilesetSpec>) -> ms::FilesetSpec {
@@ -114,6 +119,9 @@ impl SpecArgs {
         if let Some(k) = self.keep {
             s.keep_versions = k;
         }
+        if let Some(m) = &self.read_mode {
+            s.read_mode = m.clone();
+        }
         s
     }
 }
@@ -128,7 +136,7 @@ pub struct PutArgs {
     pub fileset: String,
     /// Fail if the fileset does not exist instead of creating it (ingest
     /// pods use this so a deleted Fileset is not brought back).
-    #[arg(long, conflicts_with_all = ["k", "m", "unit", "block", "level", "max_per_domain", "availability", "keep"])]
+    #[arg(long, conflicts_with_all = ["k", "m", "unit", "block", "level", "max_per_domain", "availability", "keep", "read_mode"])]
     pub existing: bool,
     #[command(flatten)]
     pub spec: SpecArgs,
@@ -230,17 +238,21 @@ pub async fn ls(master: Option<&str>, a: &LsArgs) -> anyhow::Result<()> {
     let fc = client(master)?;
     let Some(t) = &a.target else {
         let list = fc.master().list_filesets(ms::ListFilesetsRequest {}).await?.into_inner().filesets;
-        println!("{:<24} {:>8} {:>8} {:>12} {:>6}", "FILESET", "LATEST", "VERSIONS", "LAYOUT", "AVAIL");
+        println!(
+            "{:<24} {:>8} {:>8} {:>12} {:>6} {:>11}",
+            "FILESET", "LATEST", "VERSIONS", "LAYOUT", "AVAIL", "READ MODE"
+        );
         for f in list {
             let spec = f.spec.unwrap_or_default();
             let l = spec.layout.unwrap_or_default();
             println!(
-                "{:<24} {:>8} {:>8} {:>12} {:>6}",
+                "{:<24} {:>8} {:>8} {:>12} {:>6} {:>11}",
                 spec.name,
                 f.latest_version,
                 f.versions,
                 format!("RS({},{})", l.k, l.m),
-                spec.availability
+                spec.availability,
+                if spec.read_mode.is_empty() { "-" } else { &spec.read_mode }
             );
         }
         return Ok(());

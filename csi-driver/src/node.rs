@@ -216,8 +216,9 @@ impl NodePlugin {
                 Some(h) => {
                     info!(root = %key, "taking over a live fuse connection");
                     let open = self.open_version(&record.fileset, record.version).await?;
+                    let mode = self.fileset_read_mode(&record.fileset).await;
                     let conn = Connection { dev: h.fd, init: record.init, adopted: true };
-                    self.serve(&key, open, conn)?;
+                    self.serve(&key, open, mode, conn)?;
                 }
                 None => {
                     // Keeper and plugin both gone: the connection died with
@@ -305,26 +306,40 @@ impl NodePlugin {
         self.files.open(fileset, version).await.map_err(|source| NodeError::Fileset { fileset: fileset.into(), source })
     }
 
+    /// The read mode a root of `fileset` starts in: the one its Priority
+    /// gives it (kept by the master), else the plugin's default. A volume's
+    /// `readMode` attribute and the control API override it afterwards.
+    async fn fileset_read_mode(&self, fileset: &str) -> ReadMode {
+        let req = ms::GetFilesetRequest { name: fileset.to_string() };
+        match self.files.master().get_fileset(req).await {
+            Ok(f) => match f.into_inner().spec.map(|s| s.read_mode).unwrap_or_default() {
+                m if m.is_empty() => self.config.read_mode,
+                m => m.parse().unwrap_or_else(|_| {
+                    warn!(fileset, read_mode = %m, "the master names an unknown read mode; using the default");
+                    self.config.read_mode
+                }),
+            },
+            Err(e) => {
+                warn!(fileset, error = %e, "cannot ask the master for the fileset's read mode; using the default");
+                self.config.read_mode
+            }
+        }
+    }
+
     /// Serves a root mount's connection on its own thread.
     fn serve(
         self: &Arc<Self>,
         key: &str,
         open: tessera_client::fileset::OpenVersion,
+        mode: ReadMode,
         conn: Connection,
     ) -> Result<(), NodeError> {
-        let fs = self.root_fs(key, open);
+        let fs = self.root_fs(key, open, mode);
         self.spawn_session(key, fs.clone(), Some(fs), conn)
     }
 
-    fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion) -> Arc<RootFs> {
-        Arc::new(RootFs::new(
-            key,
-            open,
-            self.files.stripes().clone(),
-            self.cache.clone(),
-            self.metrics.clone(),
-            self.config.read_mode,
-        ))
+    fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion, mode: ReadMode) -> Arc<RootFs> {
+        Arc::new(RootFs::new(key, open, self.files.stripes().clone(), self.cache.clone(), self.metrics.clone(), mode))
     }
 
     /// Serves a connection on its own thread.
@@ -509,7 +524,8 @@ impl NodePlugin {
             return Ok(fs.clone());
         }
         let open = self.open_version(fileset, version).await?;
-        let fs = self.root_fs(&key, open);
+        let mode = self.fileset_read_mode(fileset).await;
+        let fs = self.root_fs(&key, open, mode);
         self.bases.lock().unwrap().insert(key, fs.clone());
         Ok(fs)
     }
@@ -620,8 +636,9 @@ impl NodePlugin {
             self.unpin(&r.fileset, open.id()).await;
             return Err(e.into());
         }
-        info!(root = %key, mountpoint = %mountpoint.display(), "mounted a root");
-        self.serve(&key, open, Connection { dev, init: None, adopted: false })?;
+        let mode = self.fileset_read_mode(&r.fileset).await;
+        info!(root = %key, mountpoint = %mountpoint.display(), read_mode = %mode, "mounted a root");
+        self.serve(&key, open, mode, Connection { dev, init: None, adopted: false })?;
         Ok((key, mountpoint))
     }
 

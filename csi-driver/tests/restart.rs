@@ -114,6 +114,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     let src = tempfile::tempdir().unwrap();
     common::sample_tree(src.path());
     cluster.put("models", src.path()).await;
+    cluster.put_with_read_mode("tools", src.path(), "accelerated").await;
     let whole = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -263,6 +264,30 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
         listing.contains("\"volume\":\"models@latest\"") && listing.contains("\"read_mode\":\"hedged\""),
         "{listing}"
     );
+    // A root whose fileset has a read mode (from its Priority) starts in it.
+    let tools_staging = dir.path().join("tools-staging");
+    std::fs::create_dir_all(&tools_staging).unwrap();
+    let tools = csi::NodeStageVolumeRequest {
+        volume_id: "tools@latest".into(),
+        staging_target_path: tools_staging.display().to_string(),
+        volume_capability: Some(reader()),
+        ..Default::default()
+    };
+    csi.node_stage_volume(tools.clone()).await.unwrap();
+    let listing = http(&control, "GET", "/volumes", "").await;
+    let volumes: serde_json::Value = serde_json::from_str(listing.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let mode_of = |v: &str| {
+        let list = volumes.as_array().or_else(|| volumes["volumes"].as_array()).expect("a list of volumes");
+        list.iter().find(|x| x["volume"] == v).map(|x| x["read_mode"].clone())
+    };
+    assert_eq!(mode_of("tools@latest"), Some("accelerated".into()), "{listing}");
+    assert_eq!(mode_of("models@latest"), Some("hedged".into()), "the plugin's default: {listing}");
+    csi.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+        volume_id: "tools@latest".into(),
+        staging_target_path: tools_staging.display().to_string(),
+    })
+    .await
+    .unwrap();
     assert!(http(&control, "PUT", "/volumes/models@latest/read-mode", "accelerated").await.starts_with("HTTP/1.1 200"));
     assert!(http(&control, "PUT", "/volumes/models@latest/read-mode", "fast").await.starts_with("HTTP/1.1 400"));
     assert!(http(&control, "GET", "/volumes/none/throughput", "").await.starts_with("HTTP/1.1 404"));

@@ -322,14 +322,24 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
     let cold = filesets.get("cold").await.unwrap();
     assert!(is(&cold, "Degraded", "True"), "{:?}", cold.status);
     assert_eq!(cold.status.unwrap().redundancy.unwrap().summary, "reduced");
-    // Its priority now says high: it is rebuilt too.
-    let patch = serde_json::json!({"spec": {"repairClass": "high"}});
+    // Its priority now says high, and to read accelerated: it is rebuilt
+    // too, and the master hands node plugins the new read mode.
+    let patch = serde_json::json!({"spec": {"repairClass": "high", "readPolicy": {"mode": "accelerated"}}});
     priorities.patch("bulk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     until("cold to be rebuilt", async || {
         let f = filesets.get("cold").await.ok()?;
         (f.status.as_ref()?.redundancy.as_ref()?.summary == "full" && is(&f, "Degraded", "False")).then_some(())
     })
     .await;
+    let read_mode = |listing: &str, fileset: &str| {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(fileset))
+            .and_then(|l| l.split_whitespace().last().map(String::from))
+    };
+    let listing = tessera(&m, &["ls"]);
+    assert_eq!(read_mode(&listing, "cold").as_deref(), Some("accelerated"), "{listing}");
+    assert_eq!(read_mode(&listing, "hot").as_deref(), Some("hedged"), "critical's default read policy: {listing}");
     let events: Api<Event> = Api::namespaced(cp.client(), "default");
     let list = events.list(&ListParams::default()).await.unwrap();
     let about = |object: &str, reason: &str| {
@@ -337,7 +347,9 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
             e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object) && e.reason.as_deref() == Some(reason)
         })
     };
-    for (object, reason) in [("hot", "Degraded"), ("cold", "Degraded"), ("cold", "RepairClassChanged")] {
+    for (object, reason) in
+        [("hot", "Degraded"), ("cold", "Degraded"), ("cold", "RepairClassChanged"), ("cold", "ReadModeChanged")]
+    {
         assert!(about(object, reason), "no {reason} event for {object}");
     }
     for (i, s) in servers.iter_mut().enumerate().filter(|(i, _)| *i != 4) {

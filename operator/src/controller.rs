@@ -520,12 +520,12 @@ fn master_name(f: &Fileset) -> String {
 async fn priority_of(client: &Client, f: &Fileset) -> Result<PriorityRef, ReconcileError> {
     let Some(name) = f.spec.priority.clone() else { return Ok(PriorityRef::Unset) };
     Ok(match Api::<Priority>::all(client.clone()).get_opt(&name).await? {
-        Some(p) => PriorityRef::Found { name, repair_class: p.spec.repair_class },
+        Some(p) => PriorityRef::Found { name, repair_class: p.spec.repair_class, read_mode: p.spec.read_policy.mode },
         None => PriorityRef::Missing { name },
     })
 }
 
-fn master_spec(f: &Fileset, availability: &str) -> ms::FilesetSpec {
+fn master_spec(f: &Fileset, availability: &str, read_mode: &str) -> ms::FilesetSpec {
     let s: &FilesetSpec = &f.spec;
     let level = match s.placement.level {
         DomainLevel::Region => "region",
@@ -547,6 +547,7 @@ fn master_spec(f: &Fileset, availability: &str) -> ms::FilesetSpec {
         }),
         availability: availability.into(),
         keep_versions: s.retention.keep_versions,
+        read_mode: read_mode.into(),
     }
 }
 
@@ -556,7 +557,7 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         Err(MasterError::FilesetNotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let availability = m.get_fileset(name)?.spec.map(|s| s.availability).unwrap_or_default();
+    let spec = m.get_fileset(name)?.spec.unwrap_or_default();
     let st = m.status(name, Instant::now())?;
     let f = st.filesets.first().cloned().unwrap_or_default();
     let full = f.items_by_redundancy.last().copied().unwrap_or(0);
@@ -579,7 +580,8 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         items_unrecoverable: f.unrecoverable,
         repairing: f.repairing,
         stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
-        availability,
+        availability: spec.availability,
+        read_mode: spec.read_mode,
     }))
 }
 
@@ -618,11 +620,14 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             }
             Action::CreateInMaster => {
-                ctx.master.create_fileset(&master_spec(f, availability), true)?;
+                ctx.master.create_fileset(&master_spec(f, availability, observed.priority.read_mode()), true)?;
             }
             Action::SetAvailability { availability } => {
                 let a = if *availability == "high" { Availability::High } else { Availability::Low };
                 ctx.master.set_availability(&name, a)?;
+            }
+            Action::SetReadMode { read_mode } => {
+                ctx.master.set_read_mode(&name, read_mode.parse().ok())?;
             }
             Action::StartIngest { source_key } => ctx.start_ingest(f, source_key).await?,
             Action::DeleteData => {

@@ -11,7 +11,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{FilesetSpec, FilesetStatus, RedundancyStatus, RepairClass, Source, VersionStatus};
+use crate::crd::{FilesetSpec, FilesetStatus, ReadMode, RedundancyStatus, RepairClass, Source, VersionStatus};
 
 /// The finalizer that keeps a Fileset until its data is deleted.
 pub const FINALIZER: &str = "tessera.dev/data";
@@ -38,6 +38,8 @@ pub struct MasterFileset {
     pub stripes_per_domain: Vec<(String, u64)>,
     /// `high` or `low`: how soon lost stripes are rebuilt.
     pub availability: String,
+    /// How readers fetch stripes by default; empty: their own choice.
+    pub read_mode: String,
 }
 
 impl Default for MasterFileset {
@@ -50,6 +52,7 @@ impl Default for MasterFileset {
             repairing: 0,
             stripes_per_domain: Vec::new(),
             availability: "low".into(),
+            read_mode: String::new(),
         }
     }
 }
@@ -66,6 +69,7 @@ pub enum PriorityRef {
     Found {
         name: String,
         repair_class: RepairClass,
+        read_mode: ReadMode,
     },
 }
 
@@ -75,6 +79,17 @@ impl PriorityRef {
         match self {
             PriorityRef::Found { repair_class: RepairClass::High, .. } => "high",
             _ => "low",
+        }
+    }
+
+    /// The read mode this priority gives readers of the fileset; empty
+    /// without a priority (each reader's own default applies).
+    pub fn read_mode(&self) -> &'static str {
+        match self {
+            PriorityRef::Found { read_mode: ReadMode::Normal, .. } => "normal",
+            PriorityRef::Found { read_mode: ReadMode::Hedged, .. } => "hedged",
+            PriorityRef::Found { read_mode: ReadMode::Accelerated, .. } => "accelerated",
+            _ => "",
         }
     }
 }
@@ -119,6 +134,11 @@ pub enum Action {
     /// The priority's repair class changed: tell the master.
     SetAvailability {
         availability: &'static str,
+    },
+    /// The priority's read policy changed: tell the master, from which node
+    /// plugins take a root volume's read mode when it names none.
+    SetReadMode {
+        read_mode: &'static str,
     },
     /// Fetch the source and put it as a new version.
     StartIngest {
@@ -175,16 +195,27 @@ pub fn decide(o: &Observed) -> Decision {
     }
     match &o.master {
         None => actions.push(Action::CreateInMaster),
-        Some(m) if m.availability != o.priority.availability() => {
+        Some(m) => {
             let availability = o.priority.availability();
-            actions.push(Action::SetAvailability { availability });
-            events.push(EventNote {
-                warning: false,
-                reason: "RepairClassChanged",
-                message: format!("lost stripes are now rebuilt with {availability} availability"),
-            });
+            if m.availability != availability {
+                actions.push(Action::SetAvailability { availability });
+                events.push(EventNote {
+                    warning: false,
+                    reason: "RepairClassChanged",
+                    message: format!("lost stripes are now rebuilt with {availability} availability"),
+                });
+            }
+            let read_mode = o.priority.read_mode();
+            if m.read_mode != read_mode {
+                actions.push(Action::SetReadMode { read_mode });
+                let message = if read_mode.is_empty() {
+                    "volumes mounted from now on use their node's default read mode".to_string()
+                } else {
+                    format!("volumes mounted from now on read in {read_mode} mode")
+                };
+                events.push(EventNote { warning: false, reason: "ReadModeChanged", message });
+            }
         }
-        Some(_) => {}
     }
     if let PriorityRef::Missing { name } = &o.priority
         && o.status.observed_generation != Some(o.generation)
@@ -546,7 +577,12 @@ mod tests {
         let mut o = observed(spec("https://x/a.tar"));
         o.status.ingested_source = Some(source_key(&o.spec.source));
         o.status.observed_generation = Some(1);
-        o.priority = PriorityRef::Found { name: "critical".into(), repair_class: RepairClass::High };
+        o.priority = PriorityRef::Found {
+            name: "critical".into(),
+            repair_class: RepairClass::High,
+            read_mode: ReadMode::Hedged,
+        };
+        o.master.as_mut().unwrap().read_mode = "hedged".into();
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::SetAvailability { availability: "high" }]);
         assert!(d.events.iter().any(|e| e.reason == "RepairClassChanged" && e.message.contains("high")));
@@ -555,10 +591,31 @@ mod tests {
         // The priority goes away: back to low, with a warning on the next
         // change of the spec (not on every resync).
         o.priority = PriorityRef::Missing { name: "critical".into() };
+        o.master.as_mut().unwrap().read_mode = String::new();
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::SetAvailability { availability: "low" }]);
         assert!(!d.events.iter().any(|e| e.reason == "PriorityNotFound"));
         o.generation = 2;
         assert!(decide(&o).events.iter().any(|e| e.warning && e.reason == "PriorityNotFound"));
+    }
+
+    #[test]
+    fn the_priority_read_policy_sets_the_master_read_mode() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.status.observed_generation = Some(1);
+        o.priority = PriorityRef::Found {
+            name: "fast".into(),
+            repair_class: RepairClass::Low,
+            read_mode: ReadMode::Accelerated,
+        };
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::SetReadMode { read_mode: "accelerated" }]);
+        assert!(d.events.iter().any(|e| e.reason == "ReadModeChanged" && e.message.contains("accelerated")));
+        o.master.as_mut().unwrap().read_mode = "accelerated".into();
+        assert!(decide(&o).actions.is_empty(), "nothing to do once the master agrees");
+        // Without a priority the master's mode is cleared: readers choose.
+        o.priority = PriorityRef::Unset;
+        assert_eq!(decide(&o).actions, vec![Action::SetReadMode { read_mode: "" }]);
     }
 }

@@ -272,6 +272,7 @@ impl Bench {
             placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 3 }),
             availability: availability.to_string(),
             keep_versions: 1,
+            ..Default::default()
         };
         self.client.create_fileset(spec, false).await?;
         Ok(())

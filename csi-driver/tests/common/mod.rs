@@ -81,10 +81,17 @@ impl Cluster {
 
     /// Stores `tree` as the next version of `fileset` (RS(4,2), 64 KiB units).
     pub async fn put(&self, fileset: &str, tree: &Path) -> ms::Version {
+        self.put_with_read_mode(fileset, tree, "").await
+    }
+
+    /// As [`Cluster::put`], the fileset created with a default read mode (as
+    /// the operator sets from its Priority).
+    pub async fn put_with_read_mode(&self, fileset: &str, tree: &Path, read_mode: &str) -> ms::Version {
         let spec = ms::FilesetSpec {
             name: fileset.into(),
             layout: Some(ms::Layout { k: 4, m: 2, stripe_unit: 65536, block_size: 65536 }),
             placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 2 }),
+            read_mode: read_mode.into(),
             ..Default::default()
         };
         self.files.create_fileset(spec, true).await.unwrap();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::ids::ItemId;
 use tessera_core::layout::Layout;
 use tessera_core::placement::{Level, PlacementPolicy};
+use tessera_core::read_plan::ReadMode;
 use tessera_core::repair::Availability;
 use tessera_proto::ms;
 
@@ -29,6 +30,11 @@ pub struct FilesetRecord {
     pub availability: String,
     pub keep_versions: usize,
     pub created_unix: u64,
+    /// How readers fetch stripes unless a volume says otherwise (`normal`,
+    /// `hedged` or `accelerated`); empty leaves it to the reader. Records
+    /// written before it existed read as empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub read_mode: String,
 }
 
 impl FilesetRecord {
@@ -60,6 +66,11 @@ impl FilesetRecord {
         } else {
             spec.availability.parse().map_err(|e| bad("availability", e))?
         };
+        let read_mode = if spec.read_mode.is_empty() {
+            String::new()
+        } else {
+            spec.read_mode.parse::<ReadMode>().map_err(|e| bad("read_mode", e.to_string()))?.to_string()
+        };
         Ok(Self {
             name: spec.name.clone(),
             k,
@@ -71,6 +82,7 @@ impl FilesetRecord {
             availability: availability.as_str().to_string(),
             keep_versions: (spec.keep_versions as usize).max(1),
             created_unix: now_unix,
+            read_mode,
         })
     }
 
@@ -99,6 +111,7 @@ impl FilesetRecord {
             }),
             availability: self.availability.clone(),
             keep_versions: self.keep_versions as u32,
+            read_mode: self.read_mode.clone(),
         }
     }
 
@@ -237,6 +250,14 @@ mod tests {
         assert!(e.contains("placement.max_per_domain"), "{e}");
         let e = bad(ms::FilesetSpec { name: "x".into(), availability: "medium".into(), ..Default::default() });
         assert!(e.contains("availability"), "{e}");
+        let e = bad(ms::FilesetSpec { name: "x".into(), read_mode: "fastest".into(), ..Default::default() });
+        assert!(e.contains("read_mode"), "{e}");
+        let ok = FilesetRecord::from_spec(
+            &ms::FilesetSpec { name: "x".into(), read_mode: "accelerated".into(), ..Default::default() },
+            0,
+        )
+        .unwrap();
+        assert_eq!(ok.spec().read_mode, "accelerated");
     }
 
     #[test]

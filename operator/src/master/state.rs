@@ -13,6 +13,7 @@ use tessera_core::health::{FailureCounter, is_live};
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::{self, Candidate, Level, Topology};
+use tessera_core::read_plan::ReadMode;
 use tessera_core::repair::{self, Availability, RepairDecision, RepairPolicy};
 use tessera_core::retention::{self, Retained};
 use tessera_proto::ms;
@@ -330,6 +331,23 @@ impl Master {
         record.availability = availability.as_str().to_string();
         self.store.put_fileset(&record)?;
         info!(fileset = %name, availability = availability.as_str(), "fileset availability changed");
+        *f = record;
+        Ok(())
+    }
+
+    /// Changes how readers fetch a fileset's stripes by default (its
+    /// Priority's read policy changed); `None` leaves it to the readers.
+    pub fn set_read_mode(&self, name: &str, mode: Option<ReadMode>) -> Result<(), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let f = st.filesets.get_mut(name).ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
+        let wanted = mode.map(|m| m.to_string()).unwrap_or_default();
+        if f.read_mode == wanted {
+            return Ok(());
+        }
+        let mut record = f.clone();
+        record.read_mode = wanted;
+        self.store.put_fileset(&record)?;
+        info!(fileset = %name, read_mode = %record.read_mode, "fileset read mode changed");
         *f = record;
         Ok(())
     }

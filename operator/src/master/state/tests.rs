@@ -536,3 +536,17 @@ fn a_changed_availability_changes_when_lost_stripes_are_rebuilt_and_is_kept() {
     let missing = m.set_availability("nope", Availability::Low).unwrap_err();
     assert!(matches!(missing, MasterError::FilesetNotFound(_)), "{missing:?}");
 }
+
+#[test]
+fn a_read_mode_set_from_a_priority_is_kept_and_can_be_cleared() {
+    let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
+    let m = master_with(store.clone());
+    create(&m, "models", "low", 1);
+    assert_eq!(m.get_fileset("models").unwrap().spec.unwrap().read_mode, "", "readers choose by default");
+    m.set_read_mode("models", Some(ReadMode::Accelerated)).unwrap();
+    assert_eq!(master_with(store.clone()).get_fileset("models").unwrap().spec.unwrap().read_mode, "accelerated");
+    m.set_read_mode("models", None).unwrap();
+    assert_eq!(master_with(store).get_fileset("models").unwrap().spec.unwrap().read_mode, "");
+    let missing = m.set_read_mode("nope", Some(ReadMode::Normal)).unwrap_err();
+    assert!(matches!(missing, MasterError::FilesetNotFound(_)), "{missing:?}");
+}
