@@ -13,6 +13,7 @@ pub mod keeper;
 pub mod leaffs;
 pub mod metrics;
 pub mod node;
+pub mod passthrough;
 pub mod rootfs;
 pub mod service;
 pub mod state;

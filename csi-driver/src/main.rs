@@ -88,6 +88,13 @@ struct RunArgs {
     /// Most bytes the node block cache holds; least recently used blocks go first.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     cache_size: u64,
+    /// Whole root files of 1 MiB and more, kept so the kernel reads them
+    /// directly (FUSE passthrough, Linux 6.9+) (default: <state-dir>/files).
+    #[arg(long)]
+    file_store_dir: Option<PathBuf>,
+    /// Most bytes the file store holds; 0 turns passthrough off.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    file_store_size: u64,
     /// How root volumes read stripes: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     read_mode: ReadMode,
@@ -156,6 +163,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir.clone(),
         keeper_socket: a.keeper_socket.clone(),
         cache_bytes: a.cache_size,
+        file_store: (a.file_store_size > 0)
+            .then(|| (a.file_store_dir.clone().unwrap_or_else(|| a.state_dir.join("files")), a.file_store_size)),
         read_mode: a.read_mode,
     };
     let plugin = NodePlugin::start(config, files).await?;

@@ -32,6 +32,7 @@ use crate::fuse::session::{self, Connection};
 use crate::keeper::{KeeperClient, KeeperError};
 use crate::leaffs::LeafFs;
 use crate::metrics::Metrics;
+use crate::passthrough::{FileStore, IoTable};
 use crate::rootfs::RootFs;
 use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
 use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
@@ -45,6 +46,9 @@ pub struct NodeConfig {
     pub keeper_socket: PathBuf,
     pub cache_dir: PathBuf,
     pub cache_bytes: u64,
+    /// Whole large root files for passthrough, by digest; `None` turns
+    /// passthrough off.
+    pub file_store: Option<(PathBuf, u64)>,
     /// How root volumes read unless told otherwise.
     pub read_mode: ReadMode,
 }
@@ -138,6 +142,7 @@ pub struct NodePlugin {
     config: NodeConfig,
     files: FilesetClient,
     cache: Arc<BlockCache>,
+    file_store: Option<Arc<FileStore>>,
     pub metrics: Arc<Metrics>,
     keeper: KeeperClient,
     state: Mutex<NodeState>,
@@ -165,12 +170,17 @@ impl NodePlugin {
         let cache = Arc::new(
             BlockCache::open(&config.cache_dir, config.cache_bytes, metrics.clone()).map_err(io(&config.cache_dir))?,
         );
+        let file_store = match &config.file_store {
+            Some((dir, bytes)) => Some(Arc::new(FileStore::open(dir, *bytes).map_err(io(dir))?)),
+            None => None,
+        };
         let state = NodeState::load(&config.state_dir)?;
         let plugin = Arc::new(Self {
             keeper: KeeperClient::new(&config.keeper_socket),
             config,
             files,
             cache,
+            file_store,
             metrics,
             state: Mutex::new(state),
             served: Mutex::default(),
@@ -335,6 +345,20 @@ impl NodePlugin {
         conn: Connection,
     ) -> Result<(), NodeError> {
         let fs = self.root_fs(key, open, mode);
+        if let Some(store) = &self.file_store {
+            // The open modes of this connection's files, kept beside the
+            // node state for whichever plugin serves the connection next.
+            // A connection taken over from a plugin that kept no table may
+            // have files open in a mode nobody recorded: it is not passed
+            // through (the kernel would refuse opens that mix modes).
+            let path = self.config.state_dir.join("io").join(key);
+            if conn.adopted && !path.exists() {
+                info!(root = %key, "taken over without a record of open files; not passing files through");
+            } else {
+                let table = IoTable::open(&path, conn.adopted).map_err(io(&path))?;
+                fs.enable_passthrough(store.clone(), table);
+            }
+        }
         self.spawn_session(key, fs.clone(), Some(fs), conn)
     }
 

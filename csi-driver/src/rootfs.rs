@@ -14,24 +14,28 @@
 
 use std::ffi::OsStr;
 use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use rustix::io::Errno;
+use sha2::{Digest, Sha256};
 use tessera_client::StripeClient;
 use tessera_client::fileset::OpenVersion;
 use tessera_core::manifest::{Entry, EntryKind};
 use tessera_core::quota::UsageMeter;
 use tessera_core::read_plan::ReadMode;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::cache::{BLOCK, BlockCache, BlockKey};
-use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
+use crate::fuse::abi::{self, Attr, InHeader, InitState, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
 use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
 use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
+use crate::passthrough::{self, FileStore, IoTable};
 
 /// The extended attribute holding a file's SHA-256 (hex).
 pub const SHA256_XATTR: &str = "user.tessera.sha256";
@@ -81,7 +85,22 @@ pub struct RootFs {
     meter: Mutex<UsageMeter<1>>,
     started: std::time::Instant,
     created: (i64, u32),
+    passthrough: OnceLock<Passthrough>,
 }
+
+/// What a mount needs to pass large files through to the file store.
+struct Passthrough {
+    me: Weak<RootFs>,
+    store: Arc<FileStore>,
+    table: IoTable,
+    /// The connection, once served, and whether it negotiated passthrough.
+    dev: OnceLock<(Arc<OwnedFd>, bool)>,
+}
+
+/// File handle bits: how a large file was opened, so its release is
+/// counted against the right mode. Small files carry neither.
+const FH_CACHED: u64 = 1 << 62;
+const FH_PASSTHROUGH: u64 = 1 << 63;
 
 fn mode_code(m: ReadMode) -> u8 {
     match m {
@@ -122,6 +141,170 @@ impl RootFs {
             meter: Mutex::new(UsageMeter::new(THROUGHPUT_WINDOW_MS, 10)),
             started: std::time::Instant::now(),
             created,
+            passthrough: OnceLock::new(),
+        }
+    }
+
+    /// Lets this mount answer opens of large files with a backing file from
+    /// `store` (when the kernel agrees at INIT), recording open modes in
+    /// `table`; files not stored yet are written there after their first
+    /// open. Call before serving.
+    pub fn enable_passthrough(self: &Arc<Self>, store: Arc<FileStore>, table: IoTable) {
+        let p = Passthrough { me: Arc::downgrade(self), store, table, dev: OnceLock::new() };
+        if self.passthrough.set(p).is_err() {
+            warn!(volume = %self.volume, "passthrough enabled twice; keeping the first");
+        }
+    }
+
+    /// Large files of this mount open now, in either mode.
+    pub fn open_large_files(&self) -> usize {
+        self.passthrough.get().map_or(0, |p| p.table.open_inodes())
+    }
+
+    /// Whether the kernel reads large files of this mount directly.
+    pub fn passes_through(&self) -> bool {
+        self.passthrough.get().and_then(|p| p.dev.get()).is_some_and(|(_, on)| *on)
+    }
+
+    /// Answers OPEN of a regular file: large files go through the file
+    /// store when they can, without ever mixing modes on one inode.
+    fn open_file(&self, nodeid: u64, e: &Entry) -> Result<Reply> {
+        let cached = |fh: u64| Reply::Data(abi::open_out(fh, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH));
+        let (Some(p), EntryKind::File { sha256, .. }) = (self.passthrough.get(), &e.kind) else {
+            return Ok(cached(nodeid));
+        };
+        let Some((dev, true)) = p.dev.get() else { return Ok(cached(nodeid)) };
+        if e.size < passthrough::MIN_SIZE {
+            return Ok(cached(nodeid));
+        }
+        let sha = hex::encode(sha256);
+        let (io, backing) = p
+            .table
+            .update(nodeid, |io| {
+                if io.cached > 0 {
+                    io.cached += 1;
+                    return None;
+                }
+                if io.passthrough > 0 {
+                    io.passthrough += 1;
+                    return Some(io.backing);
+                }
+                let registered = p.store.get(&sha).map(|f| passthrough::open_backing(dev.as_fd(), f.as_fd()));
+                match registered {
+                    Some(Ok(id)) => {
+                        io.passthrough = 1;
+                        io.backing = id;
+                        Some(id)
+                    }
+                    other => {
+                        if let Some(Err(err)) = other {
+                            warn!(volume = %self.volume, sha, error = %err, "cannot register a backing file; reading through the plugin");
+                        }
+                        io.cached = 1;
+                        None
+                    }
+                }
+            })
+            .map_err(|err| {
+                warn!(volume = %self.volume, nodeid, error = %err, "cannot record an open");
+                Errno::IO
+            })?;
+        match backing {
+            Some(id) => {
+                debug!(volume = %self.volume, nodeid, backing = id, opens = io.passthrough, "open passed through");
+                Ok(Reply::Data(abi::open_out_backing(
+                    nodeid | FH_PASSTHROUGH,
+                    abi::fopen::PASSTHROUGH | abi::fopen::NOFLUSH,
+                    id,
+                )))
+            }
+            None => {
+                if !p.store.contains(&sha)
+                    && let Some(me) = p.me.upgrade()
+                {
+                    tokio::spawn(me.store_whole(nodeid, sha, e.size));
+                }
+                Ok(cached(nodeid | FH_CACHED))
+            }
+        }
+    }
+
+    /// Counts a release against the mode its open used; the last
+    /// passthrough release lets go of the backing file.
+    fn release_file(&self, fh: u64) {
+        let Some(p) = self.passthrough.get() else { return };
+        let nodeid = fh & !(FH_CACHED | FH_PASSTHROUGH);
+        let result = p.table.update(nodeid, |io| {
+            if fh & FH_PASSTHROUGH != 0 {
+                io.passthrough = io.passthrough.saturating_sub(1);
+                if io.passthrough == 0 {
+                    return std::mem::take(&mut io.backing);
+                }
+            } else if fh & FH_CACHED != 0 {
+                io.cached = io.cached.saturating_sub(1);
+            }
+            0
+        });
+        match result {
+            Ok((_, backing)) if backing != 0 => {
+                if let Some((dev, _)) = p.dev.get()
+                    && let Err(e) = passthrough::close_backing(dev.as_fd(), backing)
+                {
+                    warn!(volume = %self.volume, backing, error = %e, "cannot close a backing file");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(volume = %self.volume, nodeid, error = %e, "cannot record a release"),
+        }
+    }
+
+    /// Writes a file whole into the file store from its verified blocks and
+    /// checks it against the manifest's digest; later opens pass through.
+    async fn store_whole(self: Arc<Self>, nodeid: u64, sha: String, size: u64) {
+        let Some(p) = self.passthrough.get() else { return };
+        let Some(pending) = p.store.begin(&sha, size) else { return };
+        let Ok(file) = pending.file.try_clone() else { return };
+        let file = Arc::new(file);
+        let mut hasher = Sha256::new();
+        let mut off = 0u64;
+        while off < size {
+            let len = (size - off).min(1 << 20) as u32;
+            let parts = match self.read_parts(nodeid, off, len, false).await {
+                Ok(parts) => parts,
+                Err(e) => {
+                    warn!(volume = %self.volume, sha, error = %e, "cannot read a file to store it whole");
+                    return;
+                }
+            };
+            parts.iter().for_each(|b| hasher.update(b));
+            let (f, at) = (file.clone(), off);
+            let written = tokio::task::spawn_blocking(move || {
+                let mut pos = at;
+                for b in &parts {
+                    f.write_all_at(b, pos)?;
+                    pos += b.len() as u64;
+                }
+                std::io::Result::Ok(pos - at)
+            })
+            .await
+            .expect("file write");
+            match written {
+                Ok(n) if n > 0 => off += n,
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(volume = %self.volume, sha, error = %e, "cannot write into the file store");
+                    return;
+                }
+            }
+        }
+        if hex::encode(hasher.finalize()) != sha {
+            warn!(volume = %self.volume, sha, "a file read back with another digest; not stored");
+            return;
+        }
+        let store = p.store.clone();
+        match tokio::task::spawn_blocking(move || store.commit(pending, size)).await.expect("commit") {
+            Ok(()) => info!(volume = %self.volume, nodeid, size, "file stored whole; new opens pass through"),
+            Err(e) => warn!(volume = %self.volume, sha, error = %e, "cannot store a file whole"),
         }
     }
 
@@ -265,6 +448,12 @@ impl RootFs {
 
     /// `len` bytes of a file from `offset`, as slices of cached blocks.
     pub(crate) async fn read(&self, nodeid: u64, offset: u64, len: u32) -> Result<Vec<Bytes>> {
+        self.read_parts(nodeid, offset, len, true).await
+    }
+
+    /// As [`RootFs::read`]; `count` says whether the bytes are a reader's
+    /// (metered) or the plugin's own.
+    async fn read_parts(&self, nodeid: u64, offset: u64, len: u32, count: bool) -> Result<Vec<Bytes>> {
         let e = self.entry(nodeid)?;
         let Some(extent) = e.extent() else { return Err(Errno::ISDIR) };
         let start = extent.start + offset.min(e.size);
@@ -282,7 +471,9 @@ impl RootFs {
         if let Some((item, block)) = last {
             self.prefetch(item, block);
         }
-        self.count_read(parts.iter().map(|p| p.len() as u64).sum());
+        if count {
+            self.count_read(parts.iter().map(|p| p.len() as u64).sum());
+        }
         Ok(parts)
     }
 
@@ -433,16 +624,17 @@ impl RootFs {
                 if flags & libc_accmode() != 0 {
                     Err(Errno::ROFS)
                 } else {
-                    self.entry(h.nodeid)
-                        .map(|_| Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH)))
+                    self.entry(h.nodeid).and_then(|e| self.open_file(h.nodeid, e))
                 }
+            }
+            Op::Release { fh, .. } => {
+                self.release_file(fh);
+                Ok(Reply::Empty)
             }
             Op::Read { offset, size, .. } => {
                 return self.read_cached(h.nodeid, offset, size).map(|r| r.map(Reply::Parts));
             }
-            Op::Release { .. } | Op::ReleaseDir { .. } | Op::Flush { .. } | Op::Fsync { .. } | Op::FsyncDir { .. } => {
-                Ok(Reply::Empty)
-            }
+            Op::ReleaseDir { .. } | Op::Flush { .. } | Op::Fsync { .. } | Op::FsyncDir { .. } => Ok(Reply::Empty),
             Op::OpenDir { .. } => self
                 .attr(h.nodeid)
                 .map(|_| Reply::Data(abi::open_out(h.nodeid, abi::fopen::KEEP_CACHE | abi::fopen::CACHE_DIR))),
@@ -508,6 +700,15 @@ impl Filesystem for RootFs {
 
     fn handle_now(&self, h: &InHeader, op: &Op<'_>) -> Option<Result<Reply>> {
         self.answer(h, op)
+    }
+
+    fn attach(&self, dev: &Arc<OwnedFd>, init: &InitState) {
+        if let Some(p) = self.passthrough.get() {
+            let _ = p.dev.set((dev.clone(), init.passthrough()));
+            if !init.passthrough() {
+                debug!(volume = %self.volume, "this kernel does not pass files through; every read reaches the plugin");
+            }
+        }
     }
 }
 

@@ -28,7 +28,11 @@ impl Node {
     }
 
     fn start_plugin(&self, generation: u32) -> Child {
-        let args = [
+        self.start_plugin_with(generation, &[])
+    }
+
+    fn start_plugin_with(&self, generation: u32, extra: &[&str]) -> Child {
+        let mut args = vec![
             format!("--endpoint=unix://{}", self.socket().display()),
             "--node-id=node-a".into(),
             format!("--master={}", self.master),
@@ -38,6 +42,7 @@ impl Node {
             "--metrics-listen=127.0.0.1:0".into(),
             "--log=debug".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         tessera_csi(&args, &self.dir.join(format!("plugin-{generation}.log")))
     }
 
@@ -123,7 +128,10 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
         &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
         &dir.path().join("keeper.log"),
     );
-    let mut plugin = node.start_plugin(0);
+    // No file store at first: the reads below must reach the chunkservers,
+    // not a copy stored whole after the first open. The successor has one
+    // and must not pass through files of a connection it has no record of.
+    let mut plugin = node.start_plugin_with(0, &["--file-store-size=0"]);
     let mut csi = node.client().await;
 
     let staging = dir.path().join("staging");
@@ -319,4 +327,87 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0, "no root mount left");
     let keeper = KeeperClient::new(&dir.path().join("keeper.sock"));
     assert!(tokio::task::spawn_blocking(move || keeper.list().unwrap()).await.unwrap().is_empty());
+}
+
+/// A large file passed through to the node's file store is read by the
+/// kernel directly: it keeps reading while no plugin runs at all, and the
+/// successor, finding the open recorded, opens it again the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passed_through_files_read_while_no_plugin_runs() {
+    use sha2::Digest;
+    let cluster = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    cluster.put("models", src.path()).await;
+    let whole = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&whole));
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
+    let _keeper = tessera_csi(
+        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
+        &dir.path().join("keeper.log"),
+    );
+    let mut plugin = node.start_plugin(0);
+    let mut csi = node.client().await;
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let stage = csi::NodeStageVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(reader()),
+        ..Default::default()
+    };
+    csi.node_stage_volume(stage.clone()).await.unwrap();
+    let file = staging.join("models/llama/weights.bin");
+
+    // The first open reads through the plugin and has the file stored whole.
+    assert_eq!(std::fs::read(&file).unwrap(), whole);
+    let stored = dir.path().join("state/files").join(&sha);
+    let io = std::fs::read_dir(dir.path().join("state/io")).unwrap().next().unwrap().unwrap().path();
+    let settled = |want_stored: bool| {
+        let (stored, io) = (stored.clone(), io.clone());
+        async move {
+            // The store's rename and the RELEASE of the closed open happen in
+            // the plugin after read and close return here.
+            for _ in 0..2000 {
+                let closed = std::fs::read(&io).unwrap().iter().all(|b| *b == 0);
+                if closed && stored.exists() == want_stored {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the plugin never recorded the release or stored the file");
+        }
+    };
+    settled(true).await;
+
+    // Opened now, it is passed through: with the page cache dropped and the
+    // plugin killed, every byte still reads, from the stored file.
+    let mut open = std::fs::File::open(&file).unwrap();
+    assert_eq!(read_at(&mut open, 0, 4096), whole[..4096]);
+    plugin.0.kill().unwrap();
+    plugin.0.wait().unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let (mut f, w) = (open.try_clone().unwrap(), whole.clone());
+    let read = std::thread::spawn(move || read_at(&mut f, 0, w.len()) == w);
+    let finished =
+        tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || read.join().unwrap()));
+    assert!(finished.await.expect("a passed-through read needs no plugin").unwrap(), "bit-exact");
+
+    // The successor takes the connection over with the record of the open:
+    // a second open of the same file shares its backing file.
+    let _plugin = node.start_plugin(1);
+    let mut csi = node.client().await;
+    let mut second = std::fs::File::open(&file).expect("the successor opens it the same way");
+    assert_eq!(read_at(&mut second, 1_000_000, 100_000), whole[1_000_000..1_100_000]);
+    drop((open, second));
+    csi.node_stage_volume(stage).await.unwrap();
+    csi.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(mounts_at(&staging).is_empty());
 }

@@ -131,3 +131,89 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
         assert!(mounts_at(dir).is_empty());
     }
 }
+
+/// Large files are stored whole after their first open; later opens are
+/// passed through (the kernel reads the stored file and no read reaches the
+/// plugin), and opens of one inode never mix modes while any is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_pass_through_once_stored_whole() {
+    use tessera_csi::metrics::VolumeLabels;
+    use tessera_csi::passthrough::{FileStore, IoTable};
+    let c = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    let v = c.put("models", src.path()).await;
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
+    let store = Arc::new(FileStore::open(&c.dir.path().join("files"), 64 << 20).unwrap());
+    let open = c.files.open("models", v.id).await.unwrap();
+    let fs = Arc::new(RootFs::new("vol-p", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged));
+    fs.enable_passthrough(store.clone(), IoTable::open(&c.dir.path().join("io/vol-p"), false).unwrap());
+    let mnt = tempfile::tempdir().unwrap();
+    let served = mount(fs.clone(), mnt.path());
+    let (big, want) = (
+        mnt.path().join("models/llama/weights.bin"),
+        std::fs::read(src.path().join("models/llama/weights.bin")).unwrap(),
+    );
+    let sha = hex::encode(Sha256::digest(&want));
+    let plugin_reads = || metrics.volume_bytes_read.get_or_create(&VolumeLabels { volume: "vol-p".into() }).get();
+
+    // First open: through the plugin, and the file is stored whole meanwhile.
+    let (b, w) = (big.clone(), want.clone());
+    let first = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), w);
+        f
+    })
+    .await
+    .unwrap();
+    assert!(fs.passes_through(), "this kernel negotiates passthrough (6.9+)");
+    assert!(plugin_reads() >= want.len() as u64, "the first reads came through the plugin");
+    tokio::time::timeout(std::time::Duration::from_secs(60), store.stored(&sha)).await.expect("stored whole");
+    assert_eq!(std::fs::read(c.dir.path().join("files").join(&sha)).unwrap(), want, "stored bit-exact");
+
+    // Opened again while the first open lives: the same (plugin) mode, or
+    // the kernel would refuse the open.
+    let (b, w) = (big.clone(), want.clone());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut again = std::fs::File::open(&b).expect("an open while another is alive succeeds");
+        let mut got = Vec::new();
+        again.read_to_end(&mut got).unwrap();
+        assert_eq!(got, w);
+    })
+    .await
+    .unwrap();
+    drop(first);
+    // The kernel sends RELEASE after close returns: wait until the plugin
+    // has counted both.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while fs.open_large_files() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both releases arrive");
+
+    // Every open closed: the next ones pass through. Dropping the page cache
+    // first makes the kernel read again, from the stored file, not the plugin.
+    let before = plugin_reads();
+    let (b, w) = (big.clone(), want.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        let one = std::fs::File::open(&b).unwrap();
+        let two = std::fs::File::open(&b).unwrap();
+        use std::io::Read;
+        for mut f in [&one, &two] {
+            let mut got = Vec::new();
+            f.read_to_end(&mut got).unwrap();
+            assert_eq!(got, w);
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(plugin_reads(), before, "passed-through reads never reach the plugin");
+
+    unmount(mnt.path()).unwrap();
+    served.join().unwrap().unwrap();
+}

@@ -73,6 +73,8 @@ pub mod init {
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const CACHE_SYMLINKS: u64 = 1 << 23;
     pub const INIT_EXT: u64 = 1 << 30;
+    /// Opens may name a backing file the kernel reads directly (Linux 6.9+).
+    pub const PASSTHROUGH: u64 = 1 << 37;
     pub const HAS_RESEND: u64 = 1 << 39;
 }
 
@@ -84,6 +86,8 @@ pub mod fopen {
     /// No FLUSH on close: closing never waits for the server (a process
     /// exiting while the plugin restarts is not held up).
     pub const NOFLUSH: u32 = 1 << 5;
+    /// Reads go straight to the backing file named in the reply.
+    pub const PASSTHROUGH: u32 = 1 << 7;
 }
 
 /// `fuse_setattr_in.valid`.
@@ -560,8 +564,14 @@ impl InitState {
             | init::PARALLEL_DIROPS
             | init::MAX_PAGES
             | init::CACHE_SYMLINKS
-            | init::INIT_EXT;
+            | init::INIT_EXT
+            | init::PASSTHROUGH;
         Some(Self { minor: minor.min(MAX_MINOR), flags: wanted & kernel_flags, max_write, max_readahead })
+    }
+
+    /// Whether opens may be answered with a backing file.
+    pub fn passthrough(&self) -> bool {
+        self.flags & init::PASSTHROUGH != 0
     }
 
     /// Whether the kernel can resend requests a dead server had read.
@@ -584,7 +594,9 @@ impl InitState {
             .u16(max_pages)
             .u16(0) // map_alignment
             .u32((self.flags >> 32) as u32)
-            .u32(0) // max_stack_depth
+            // Passthrough needs a stacking depth: backing files must sit on
+            // a filesystem that stacks on nothing (the node's disk).
+            .u32(if self.passthrough() { 1 } else { 0 })
             .u16(0) // request_timeout: none; a hang is handled by takeover
             .zeros(22);
         o.0
@@ -672,8 +684,14 @@ pub fn attr_out(attr: &Attr, ttl: Ttl) -> Vec<u8> {
 
 /// `fuse_open_out`.
 pub fn open_out(fh: u64, open_flags: u32) -> Vec<u8> {
+    open_out_backing(fh, open_flags, 0)
+}
+
+/// `fuse_open_out` naming a backing file registered on the connection
+/// (with [`fopen::PASSTHROUGH`]).
+pub fn open_out_backing(fh: u64, open_flags: u32, backing_id: u32) -> Vec<u8> {
     let mut o = Out::default();
-    o.u64(fh).u32(open_flags).u32(0);
+    o.u64(fh).u32(open_flags).u32(backing_id);
     o.0
 }
 

@@ -48,6 +48,10 @@ pub trait Filesystem: Send + Sync + 'static {
     fn handle_now(&self, _header: &InHeader, _op: &Op<'_>) -> Option<Result<Reply>> {
         None
     }
+
+    /// Told the connection and what it negotiated before the first request
+    /// is answered (to register backing files on it, for one).
+    fn attach(&self, _dev: &Arc<OwnedFd>, _init: &InitState) {}
 }
 
 /// The answer to GETXATTR or LISTXATTR for `value`: its size when asked
@@ -120,6 +124,7 @@ pub fn serve<F: Filesystem>(
         }
         None => handshake(&dev, on_init)?,
     };
+    fs.attach(&dev, &init);
     let ready = std::sync::Mutex::new(Some(on_ready));
     std::thread::scope(|scope| {
         let extra: Vec<_> =
