@@ -37,6 +37,8 @@ pub struct BenchConfig {
     pub small_files: usize,
     pub small_bytes: usize,
     pub write_bytes: u64,
+    /// Sizes of the roots leaves are created over (each stored, used, deleted).
+    pub leaf_roots: Vec<u64>,
 }
 
 /// A mounted filesystem served on a thread; unmounted when dropped.
@@ -166,11 +168,6 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
     make_tree(&src, &c)?;
     let name = format!("csi-bench-{}", std::process::id());
     let version = store(&files, &name, &src).await.context("storing the sample fileset")?;
-    let tiny = work.join("tiny");
-    std::fs::create_dir_all(&tiny)?;
-    std::fs::write(tiny.join("one.txt"), b"one")?;
-    let tiny_name = format!("{name}-tiny");
-    let tiny_version = store(&files, &tiny_name, &tiny).await?;
 
     // Baseline: the same tree on tmpfs.
     let tmpfs = work.join("tmpfs");
@@ -193,9 +190,9 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
                 anyhow::Ok(Arc::new(RootFs::new(volume, open, files.stripes().clone(), cache, metrics, ReadMode::Hedged)))
             }
         };
-        let store = Arc::new(FileStore::open(&work.join("files"), 4 * c.big_bytes)?);
+        let file_store = Arc::new(FileStore::open(&work.join("files"), 4 * c.big_bytes)?);
         let pass = |fs: &Arc<RootFs>, volume: &str| -> anyhow::Result<()> {
-            fs.enable_passthrough(store.clone(), IoTable::open(&work.join("io").join(volume), false)?);
+            fs.enable_passthrough(file_store.clone(), IoTable::open(&work.join("io").join(volume), false)?);
             Ok(())
         };
         let r1 = root("cold", name.clone(), version).await?;
@@ -209,7 +206,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
         let warm_page = tokio::task::spawn_blocking(move || read_rate(&p1.join("big.bin"))).await??;
         // The first open stored big.bin whole in the background.
         let big_sha = hex::encode(Sha256::digest(std::fs::read(src.join("big.bin"))?));
-        tokio::time::timeout(Duration::from_secs(120), store.stored(&big_sha))
+        tokio::time::timeout(Duration::from_secs(120), file_store.stored(&big_sha))
             .await
             .context("big.bin was not stored whole within 2 minutes")?;
         let r2 = root("warm", name.clone(), version).await?;
@@ -224,14 +221,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
         let p3 = m3.dir.clone();
         let warm_cache = tokio::task::spawn_blocking(move || read_rate(&p3.join("big.bin"))).await??;
 
-        // Leaf creation over the large root and over a one-file root.
-        let t = Instant::now();
         let leaf = Arc::new(LeafFs::open(&work.join("leaf"), r1.clone(), 4 * c.write_bytes)?);
-        let create_large = t.elapsed().as_secs_f64();
-        let tiny_root = root("tiny", tiny_name.clone(), tiny_version).await?;
-        let t = Instant::now();
-        let _tiny_leaf = LeafFs::open(&work.join("leaf-tiny"), tiny_root, 1 << 30)?;
-        let create_small = t.elapsed().as_secs_f64();
         let ml = Mounted::new(leaf, &work.join("leafmnt"), false)?;
         let pl = ml.dir.clone();
         let bytes = c.write_bytes;
@@ -257,26 +247,47 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
             tmpfs_small,
             gbs(tmpfs_write)
         );
-        println!(
-            "leaf creation: {:.2} ms over a {} MiB root, {:.2} ms over a one-file root",
-            create_large * 1e3,
-            c.big_bytes >> 20,
-            create_small * 1e3
-        );
+
+        // Leaf creation over roots of each size: stored (one sparse file, so
+        // the source costs no disk), a leaf created five times, deleted.
+        let mut creation = Vec::new();
+        for &size in &c.leaf_roots {
+            let tree = work.join(format!("leafroot-{size}"));
+            std::fs::create_dir_all(&tree)?;
+            std::fs::File::create(tree.join("data.bin"))?.set_len(size)?;
+            let fname = format!("{name}-leafroot-{size}");
+            let stored = store(&files, &fname, &tree).await;
+            std::fs::remove_dir_all(&tree)?;
+            let measured = async {
+                let base = root("leafroot", fname.clone(), stored?).await?;
+                let mut times = Vec::new();
+                for i in 0..5 {
+                    let t = Instant::now();
+                    let leaf = LeafFs::open(&work.join(format!("leaf-{size}-{i}")), base.clone(), 1 << 30)?;
+                    times.push(t.elapsed().as_secs_f64());
+                    drop(leaf);
+                }
+                times.sort_by(f64::total_cmp);
+                anyhow::Ok(times[times.len() / 2])
+            }
+            .await;
+            let _ = files.master().delete_fileset(ms::DeleteFilesetRequest { name: fname }).await;
+            let median = measured?;
+            println!("leaf creation over a {} MiB root: {:.2} ms (median of 5)", size >> 20, median * 1e3);
+            creation.push(serde_json::json!({"root_bytes": size, "seconds": median}));
+        }
         anyhow::Ok(serde_json::json!({
             "tmpfs": {"seq_read_bytes_per_sec": tmpfs_seq, "small_files_per_sec": tmpfs_small, "write_bytes_per_sec": tmpfs_write},
             "cold_seq_read_bytes_per_sec": cold_seq, "warm_cache_seq_read_bytes_per_sec": warm_cache,
             "warm_passthrough_seq_read_bytes_per_sec": warm_pass,
             "warm_page_seq_read_bytes_per_sec": warm_page, "cold_small_files_per_sec": cold_small,
             "warm_small_files_per_sec": warm_small, "leaf_write_bytes_per_sec": leaf_write,
-            "leaf_create_seconds": {"large_root": create_large, "one_file_root": create_small},
+            "leaf_create": creation,
         }))
     }
     .await;
     let _ = unmount(&tmpfs);
-    for n in [&name, &tiny_name] {
-        let _ = files.master().delete_fileset(ms::DeleteFilesetRequest { name: n.clone() }).await;
-    }
+    let _ = files.master().delete_fileset(ms::DeleteFilesetRequest { name: name.clone() }).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }

@@ -59,6 +59,11 @@ enum Command {
         /// Bytes written sequentially into a leaf.
         #[arg(long, default_value = "512MiB", value_parser = parse_size)]
         write: u64,
+        /// Sizes of the roots a leaf is created over (comma-separated). Each
+        /// is stored for the measurement: 10 GiB needs 15 GiB free on the
+        /// chunkservers' disk for a minute.
+        #[arg(long, default_value = "100MiB,10GiB", value_delimiter = ',', value_parser = parse_size)]
+        leaf_roots: Vec<u64>,
         /// Also print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -129,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
     match cli.command {
         Some(Command::Keeper { socket }) => Ok(tessera_csi::keeper::run(&socket)?),
-        Some(Command::Bench { master, dir, big, small_files, small_size, write, json }) => {
+        Some(Command::Bench { master, dir, big, small_files, small_size, write, leaf_roots, json }) => {
             let config = tessera_csi::bench::BenchConfig {
                 master,
                 dir,
@@ -137,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                 small_files,
                 small_bytes: small_size as usize,
                 write_bytes: write,
+                leaf_roots,
             };
             let report = tokio::runtime::Runtime::new()?.block_on(tessera_csi::bench::run(config))?;
             if json {
