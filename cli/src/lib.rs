@@ -7,5 +7,6 @@ pub mod fault;
 pub mod files;
 pub mod local;
 pub mod local_up;
+pub mod promote;
 pub mod target;
 pub mod units;

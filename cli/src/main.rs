@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tessera_chunkserver::cli::ChunkserverArgs;
-use tessera_cli::{bench, demo, fault, files, local_up};
+use tessera_cli::{bench, demo, fault, files, local_up, promote};
 use tessera_operator::master::cli::MasterArgs;
 
 /// Tessera stores immutable filesets erasure-coded across chunkservers and reads
@@ -42,6 +42,9 @@ enum Command {
     Status(files::StatusArgs),
     /// Delete a version (NAME@VERSION) or a fileset (NAME).
     Rm(files::RmArgs),
+    /// Store a leaf volume's files as a new version of a fileset (asks the
+    /// CSI node plugin on the leaf's node).
+    Promote(promote::PromoteArgs),
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Versions(a) => files::versions(master, &a).await,
         Command::Status(a) => files::status(master, &a).await,
         Command::Rm(a) => files::rm(master, &a).await,
+        Command::Promote(a) => promote::run(&a).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Fault(f) => fault::run(&f).await,
         Command::Chunkserver(a) => a.run().await,

@@ -8,13 +8,16 @@
 //!   on (a root mount is shared by the node's volumes of one version, so
 //!   they all switch);
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
-//!   root mount over the last ten seconds.
+//!   root mount over the last ten seconds;
+//! - `POST /volumes/{volume}/promote` with a fileset name as the body: a
+//!   leaf volume's files stored as a new version of that fileset (created
+//!   with the leaf root's layout if it does not exist); answers the version.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use tessera_core::read_plan::ReadMode;
 
 use crate::node::NodePlugin;
@@ -27,6 +30,7 @@ pub fn router(plugin: Arc<NodePlugin>) -> axum::Router {
         .route("/volumes", get(list))
         .route("/volumes/{volume}/read-mode", put(set_read_mode))
         .route("/volumes/{volume}/throughput", get(throughput))
+        .route("/volumes/{volume}/promote", post(promote))
         .with_state(plugin)
 }
 
@@ -90,5 +94,29 @@ async fn throughput(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<St
             .to_string(),
         ),
         Err(e) => e,
+    }
+}
+
+async fn promote(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>, body: String) -> Answer {
+    let fileset = body.trim();
+    if fileset.is_empty() {
+        return (StatusCode::BAD_REQUEST, "the body names the fileset to promote into\n".into());
+    }
+    match plugin.promote(&volume, fileset).await {
+        Ok(v) => (
+            StatusCode::OK,
+            serde_json::json!({"fileset": v.fileset, "version": v.id, "files": v.files, "bytes": v.bytes}).to_string(),
+        ),
+        Err(e) => {
+            let status = tonic::Status::from(e);
+            let code = match status.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, format!("{}\n", status.message()))
+        }
     }
 }

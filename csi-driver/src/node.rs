@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_client::fileset::{FilesetClient, FilesetError};
+use tessera_client::fileset::{FilesetClient, FilesetError, PutOptions};
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::ms;
 use tracing::{info, warn};
@@ -736,6 +736,42 @@ impl NodePlugin {
         v.staging = Some(staging.to_path_buf());
         drop(st);
         self.save()
+    }
+
+    /// Stores what a leaf volume holds now as a new version of `fileset`,
+    /// read through its mount as its pod sees it (files written while this
+    /// runs may or may not be in it: promote when the writer is done). A
+    /// fileset that does not exist is created with the layout and policies
+    /// of the leaf's root.
+    pub async fn promote(&self, volume: &str, fileset: &str) -> Result<ms::Version, NodeError> {
+        let record = self.state.lock().unwrap().leaves.get(volume).cloned();
+        let Some(record) = record.filter(|r| is_mounted(&r.mountpoint)) else {
+            return Err(NodeError::NotStaged(volume.to_string()));
+        };
+        let failed = |source: FilesetError| NodeError::Fileset { fileset: fileset.to_string(), source };
+        let mut master = self.files.master();
+        match master.get_fileset(ms::GetFilesetRequest { name: fileset.to_string() }).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                let base = master
+                    .get_fileset(ms::GetFilesetRequest { name: record.fileset.clone() })
+                    .await
+                    .map_err(|s| NodeError::Fileset {
+                        fileset: record.fileset.clone(),
+                        source: FilesetError::Master(s),
+                    })?
+                    .into_inner()
+                    .spec
+                    .unwrap_or_default();
+                let spec = ms::FilesetSpec { name: fileset.to_string(), ..base };
+                self.files.create_fileset(spec, true).await.map_err(failed)?;
+            }
+            Err(s) => return Err(failed(FilesetError::Master(s))),
+        }
+        info!(volume, fileset, root = %format!("{}@{}", record.fileset, record.version), "promoting a leaf");
+        let v = self.files.put(fileset, &record.mountpoint, &PutOptions::default(), &|_| {}).await.map_err(failed)?;
+        info!(volume, fileset, version = v.id, files = v.files, bytes = v.bytes, "leaf promoted");
+        Ok(v)
     }
 
     /// A leaf made by CreateVolume, mounted read-write on `staging`.

@@ -5,113 +5,14 @@
 
 mod common;
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Child, csi_channel, tessera_csi};
+use common::plugin::{Node, http, read_at, reader, writer};
+use common::{csi_channel, tessera_csi};
 use tessera_csi::csi;
 use tessera_csi::csi::controller_client::ControllerClient;
-use tessera_csi::csi::identity_client::IdentityClient;
-use tessera_csi::csi::node_client::NodeClient;
 use tessera_csi::fuse::mount::mounts_at;
 use tessera_csi::keeper::KeeperClient;
-
-struct Node {
-    dir: PathBuf,
-    master: String,
-}
-
-impl Node {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("csi.sock")
-    }
-
-    fn start_plugin(&self, generation: u32) -> Child {
-        self.start_plugin_with(generation, &[])
-    }
-
-    fn start_plugin_with(&self, generation: u32, extra: &[&str]) -> Child {
-        let mut args = vec![
-            format!("--endpoint=unix://{}", self.socket().display()),
-            "--node-id=node-a".into(),
-            format!("--master={}", self.master),
-            format!("--state-dir={}", self.dir.join("state").display()),
-            format!("--keeper-socket={}", self.dir.join("keeper.sock").display()),
-            "--cache-size=64MiB".into(),
-            "--metrics-listen=127.0.0.1:0".into(),
-            "--log=debug".into(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        tessera_csi(&args, &self.dir.join(format!("plugin-{generation}.log")))
-    }
-
-    async fn client(&self) -> NodeClient<tonic::transport::Channel> {
-        // Generous: two test suites may share these two cores.
-        for _ in 0..1200 {
-            if let Ok(channel) = csi_channel(&self.socket()).await
-                && IdentityClient::new(channel.clone()).probe(csi::ProbeRequest {}).await.is_ok()
-            {
-                return NodeClient::new(channel);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the plugin never answered:\n{}", self.log());
-    }
-
-    /// The control/metrics address a plugin generation printed when ready.
-    fn metrics_addr(&self, generation: u32) -> String {
-        let log = std::fs::read_to_string(self.dir.join(format!("plugin-{generation}.log"))).unwrap();
-        let line = log.lines().find(|l| l.contains("\"event\":\"ready\"")).expect("a ready line");
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        v["metrics"].as_str().unwrap().to_string()
-    }
-
-    fn log(&self) -> String {
-        let mut out = String::new();
-        for g in 0..3 {
-            out += &std::fs::read_to_string(self.dir.join(format!("plugin-{g}.log"))).unwrap_or_default();
-        }
-        out
-    }
-}
-
-fn reader() -> csi::VolumeCapability {
-    use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
-    csi::VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
-    }
-}
-
-/// One HTTP/1.1 request; the whole response.
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn writer() -> csi::VolumeCapability {
-    use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
-    csi::VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-    }
-}
-
-fn read_at(f: &mut std::fs::File, off: u64, len: usize) -> Vec<u8> {
-    f.seek(SeekFrom::Start(off)).unwrap();
-    let mut buf = vec![0u8; len];
-    f.read_exact(&mut buf).unwrap();
-    buf
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
