@@ -397,3 +397,16 @@ impl Controller for ControllerService {
         Err(Status::unimplemented("not advertised"))
     }
 }
+
+/// A gRPC channel to a CSI plugin's unix socket (for tools and tests).
+pub async fn channel(socket: &std::path::Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        }))
+        .await
+}

@@ -14,6 +14,8 @@
 //! from the Go module proxy into `~/.cache/tessera/tools/bin`
 //! (`TESSERA_TOOLS_BIN` overrides the directory).
 
+pub mod processes;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

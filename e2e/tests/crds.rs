@@ -72,7 +72,12 @@ async fn the_crds_are_accepted_and_bad_objects_refused_naming_the_field() {
             "spec.erasure.stripeUnit must be a multiple of 64",
         ),
         (json!({"source": {"upload": {}}, "erasure": {"k": 200, "m": 100}}), "k + m must be at most 256"),
-        (json!({"source": {"upload": {}, "http": {"url": "https://x/a.tar"}}}), "exactly one of upload, http or pvc"),
+        (
+            json!({"source": {"upload": {}, "http": {"url": "https://x/a.tar"}}}),
+            "exactly one of upload, http, pvc or leaf",
+        ),
+        (json!({"source": {"leaf": {"claimName": "tune"}, "pvc": {"claimName": "data"}}}), "exactly one of"),
+        (json!({"source": {"leaf": {"claimName": ""}}}), "spec.source.leaf.claimName"),
         (json!({"source": {"http": {"url": "ftp://x/a.tar"}}}), "spec.source.http.url"),
         (json!({"source": {"pvc": {"claimName": "data", "path": "a/../../etc"}}}), "spec.source.pvc.path"),
         (json!({"source": {"upload": {}}, "placement": {"level": "planet"}}), "spec.placement.level"),

@@ -14,18 +14,17 @@
 //! - the operator crashes (SIGKILL) and its successor serves the same reads.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use tessera_e2e::processes::{NS, condition, is, start_chunkserver, start_operator, tessera};
 use tessera_e2e::{ControlPlane, Proc, fake_node, free_port, tessera_bin, until};
 use tessera_operator::crd::{Fileset, Priority};
 use tessera_operator::topology::{NodeState, node_state};
 
-const NS: &str = "tessera-system";
 const NODES: usize = 9;
 
 /// The files of the archive: 24 files of 40-270 KB, so that every node
@@ -64,59 +63,6 @@ async fn serve_archive(release: Arc<tokio::sync::Notify>) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/data.tar.gz")
-}
-
-fn condition(f: &Fileset, kind: &str) -> Option<(String, String)> {
-    f.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-fn is(f: &Fileset, kind: &str, status: &str) -> bool {
-    condition(f, kind).is_some_and(|c| c.0 == status)
-}
-
-/// `tessera` against the operator's master; panics with its output on failure.
-fn tessera(master: &str, args: &[&str]) -> String {
-    let out = Command::new(tessera_bin("tessera")).arg("--master").arg(master).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "tessera {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
-fn start_operator(cp: &ControlPlane, master: SocketAddr, identity: &str, dir: &Path) -> Proc {
-    let args: Vec<String> = [
-        "run",
-        &format!("--listen={master}"),
-        "--metrics-listen=127.0.0.1:0",
-        &format!("--lease-namespace={NS}"),
-        &format!("--identity={identity}"),
-        "--lease-duration=3s",
-        "--heartbeat-timeout=3s",
-        // Long enough that low-availability filesets visibly wait.
-        "--repair-grace=1h",
-        "--resync=500ms",
-        "--ingest-image=tessera:test",
-        &format!("--master-service={master}"),
-        "--log=info",
-    ]
-    .map(String::from)
-    .to_vec();
-    let env = [("KUBECONFIG", cp.kubeconfig())];
-    Proc::spawn_with_env(identity, &tessera_bin("tessera-operator"), &args, &env, dir).unwrap()
-}
-
-fn start_chunkserver(node: &str, master: SocketAddr, dir: &Path) -> Proc {
-    // No topology flags: the operator takes zone and rack from the Node.
-    let args: Vec<String> = [
-        "chunkserver",
-        &format!("--node-id={node}"),
-        "--listen=127.0.0.1:0",
-        "--metrics-listen=127.0.0.1:0",
-        &format!("--data-dir={}", dir.join(node).display()),
-        &format!("--master={master}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    Proc::spawn_with_env(node, &tessera_bin("tessera"), &args, &[], dir).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,7 @@ use crate::master::maintenance::Deleter;
 use crate::master::server::{self, Config as MasterServerConfig};
 use crate::master::state::NodeInfo;
 use crate::master::{Master, MasterConfig, MasterError};
+use crate::promote;
 use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed, PriorityRef};
 use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
 
@@ -416,6 +417,32 @@ impl Ctx {
                 Err(e) => return Err(e.into()),
             }
             self.ingests.lock().unwrap().remove(&name);
+            return Ok(());
+        }
+        if let Some(leaf) = f.spec.source.leaf.clone() {
+            self.record_ingest(&name, key, IngestState::Running);
+            let (ctx, key, ns) = (self.clone(), key.to_string(), namespace_of(f));
+            tokio::spawn(async move {
+                let result = async {
+                    let (volume, node) = promote::locate(&ctx.client, &ns, &leaf).await?;
+                    let addr = promote::node_plugin(&ctx.client, &node).await?;
+                    info!(fileset = %name, volume = %volume, node = %node, plugin = %addr, "promoting a leaf");
+                    promote::promote(&addr, &volume, &name).await
+                }
+                .await;
+                let state = match result {
+                    Ok(v) => {
+                        info!(fileset = %name, version = v.version, files = v.files, "a promoted leaf is a new version");
+                        ctx.metrics.ingests.get_or_create(&ResultLabels { result: "ok" }).inc();
+                        IngestState::Done
+                    }
+                    Err(e) => {
+                        warn!(fileset = %name, error = %e, "promoting a leaf failed");
+                        IngestState::Failed { reason: e.to_string(), at: Instant::now() }
+                    }
+                };
+                ctx.record_ingest(&name, &key, state);
+            });
             return Ok(());
         }
         let Some(http) = f.spec.source.http.clone() else { return Ok(()) };

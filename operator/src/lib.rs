@@ -8,5 +8,6 @@ pub mod ingest_pod;
 pub mod kube_store;
 pub mod leader;
 pub mod master;
+pub mod promote;
 pub mod reconcile;
 pub mod topology;

@@ -148,16 +148,7 @@ pub fn sample_tree(root: &Path) -> Vec<PathBuf> {
 
 /// A CSI client over the plugin's unix socket.
 pub async fn csi_channel(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let socket = socket.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
-            }
-        }))
-        .await
+    tessera_csi::service::channel(socket).await
 }
 
 /// A process killed when dropped.

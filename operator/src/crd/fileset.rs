@@ -44,10 +44,10 @@ pub struct FilesetSpec {
     pub distribution: Option<Distribution>,
 }
 
-/// Exactly one of `upload`, `http` or `pvc`.
+/// Exactly one of `upload`, `http`, `pvc` or `leaf`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.upload), has(self.http), has(self.pvc)].filter(x, x).size() == 1").message("spec.source must set exactly one of upload, http or pvc"))]
+#[x_kube(validation = Rule::new("[has(self.upload), has(self.http), has(self.pvc), has(self.leaf)].filter(x, x).size() == 1").message("spec.source must set exactly one of upload, http, pvc or leaf"))]
 pub struct Source {
     /// Versions are uploaded through the operator's API (`tessera put`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +58,22 @@ pub struct Source {
     /// A directory of a PersistentVolumeClaim, read by an ingest pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
+    /// A Tessera leaf volume, promoted by the CSI node plugin that serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<LeafSource>,
+}
+
+/// A leaf volume's files, as its pod sees them, stored as the next version.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeafSource {
+    /// A claim in the Fileset's namespace bound to a Tessera leaf volume.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Any text; changing it promotes the leaf again (a new version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub trigger: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
