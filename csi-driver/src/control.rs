@@ -1,14 +1,16 @@
 //! The node plugin's control API, on its HTTP port beside `/metrics`, for
 //! the Job controller and operators:
 //!
-//! - `GET /volumes`: each volume on this node, its root mount, read mode
-//!   and read throughput;
+//! - `GET /volumes`: each volume on this node (root and leaf), its root
+//!   mount, read mode and throughput;
 //! - `PUT /volumes/{volume}/read-mode` with `normal`, `hedged` or
 //!   `accelerated` as the body: how its root mount reads stripes from now
-//!   on (a root mount is shared by the node's volumes of one version, so
+//!   on (a root mount is shared by the node's volumes of one version, and a
+//!   leaf reads its unchanged blocks through the root of its version, so
 //!   they all switch);
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
-//!   root mount over the last ten seconds;
+//!   root mount over the last ten seconds; for a leaf, read and written
+//!   through the leaf's own mount;
 //! - `POST /volumes/{volume}/promote` with a fileset name as the body: a
 //!   leaf volume's files stored as a new version of that fileset (created
 //!   with the leaf root's layout if it does not exist); answers the version.
@@ -42,8 +44,12 @@ fn mode_name(m: ReadMode) -> &'static str {
     }
 }
 
+/// The root mount a volume reads stripes through: its own, or a leaf's base.
 fn root_of(plugin: &NodePlugin, volume: &str) -> Result<Arc<RootFs>, Answer> {
-    plugin.volume_root(volume).ok_or_else(|| (StatusCode::NOT_FOUND, format!("no root volume {volume} on this node\n")))
+    plugin
+        .volume_root(volume)
+        .or_else(|| plugin.leaf(volume).map(|l| l.root().clone()))
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no volume {volume} mounted on this node\n")))
 }
 
 async fn list(State(plugin): State<Arc<NodePlugin>>) -> Answer {
@@ -52,12 +58,26 @@ async fn list(State(plugin): State<Arc<NodePlugin>>) -> Answer {
         .into_iter()
         .map(|v| {
             let root = root_of(&plugin, &v).ok();
-            serde_json::json!({
-                "volume": v,
-                "root": plugin.root_of(&v),
-                "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
-                "read_bytes_per_sec": root.as_ref().map(|r| r.read_rate()),
-            })
+            match plugin.leaf(&v) {
+                Some(leaf) => {
+                    let (read, written) = leaf.rates();
+                    serde_json::json!({
+                        "volume": v,
+                        "kind": "leaf",
+                        "root": root.as_ref().map(|r| format!("{}@{}", r.fileset(), r.version_id())),
+                        "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
+                        "read_bytes_per_sec": read,
+                        "write_bytes_per_sec": written,
+                    })
+                }
+                None => serde_json::json!({
+                    "volume": v,
+                    "kind": "root",
+                    "root": plugin.root_of(&v),
+                    "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
+                    "read_bytes_per_sec": root.as_ref().map(|r| r.read_rate()),
+                }),
+            }
         })
         .collect();
     (StatusCode::OK, serde_json::json!({ "volumes": volumes }).to_string())
@@ -83,6 +103,19 @@ async fn set_read_mode(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path
 }
 
 async fn throughput(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>) -> Answer {
+    if let Some(leaf) = plugin.leaf(&volume) {
+        let (read, written) = leaf.rates();
+        return (
+            StatusCode::OK,
+            serde_json::json!({
+                "volume": volume,
+                "window_secs": THROUGHPUT_WINDOW_MS / 1000,
+                "read_bytes_per_sec": read,
+                "write_bytes_per_sec": written,
+            })
+            .to_string(),
+        );
+    }
     match root_of(&plugin, &volume) {
         Ok(root) => (
             StatusCode::OK,

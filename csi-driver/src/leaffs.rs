@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 
 use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, SetAttr, Ttl, fattr};
 use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
-use crate::rootfs::{RootFs, SHA256_XATTR};
+use crate::rootfs::{RootFs, SHA256_XATTR, THROUGHPUT_WINDOW_MS};
+use tessera_core::quota::UsageMeter;
 
 /// The unit of copy-up: a write into a root file stores whole blocks.
 pub const LEAF_BLOCK: u64 = 64 << 10;
@@ -149,6 +150,9 @@ pub struct LeafFs {
     /// Taken over from a previous plugin: files may be open that this
     /// process never saw opened.
     adopted: bool,
+    /// Bytes read (0) and written (1) through the mount lately.
+    meter: Mutex<UsageMeter<2>>,
+    started: std::time::Instant,
 }
 
 impl LeafFs {
@@ -162,6 +166,25 @@ impl LeafFs {
     /// process may still hold open (unlinked, not yet released) are kept.
     pub fn adopt(dir: &Path, root: Arc<RootFs>, capacity: u64) -> std::io::Result<Self> {
         Self::open_with(dir, root, capacity, false)
+    }
+
+    /// The root this leaf is over (shared with the node's root mount of
+    /// the same version, if any).
+    pub fn root(&self) -> &Arc<RootFs> {
+        &self.root
+    }
+
+    /// Bytes per second read and written through the mount over the last
+    /// [`THROUGHPUT_WINDOW_MS`].
+    pub fn rates(&self) -> (f64, f64) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let m = self.meter.lock().unwrap();
+        (m.rate(0, now), m.rate(1, now))
+    }
+
+    fn count(&self, kind: usize, bytes: u64) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.meter.lock().unwrap().record(kind, bytes, now);
     }
 
     fn open_with(dir: &Path, root: Arc<RootFs>, capacity: u64, purge: bool) -> std::io::Result<Self> {
@@ -193,6 +216,8 @@ impl LeafFs {
             files: Mutex::default(),
             writers: Mutex::default(),
             adopted: !purge,
+            meter: Mutex::new(UsageMeter::new(THROUGHPUT_WINDOW_MS, 10)),
+            started: std::time::Instant::now(),
         };
         fs.compact()?;
         Ok(fs)
@@ -913,8 +938,16 @@ impl Filesystem for LeafFs {
                 *st.open.entry(ino).or_default() += 1;
                 Ok(Reply::Data(abi::open_out(ino, abi::fopen::NOFLUSH)))
             }
-            Op::Read { offset, size, .. } => Ok(Reply::Parts(self.read(ino, offset, size).await?)),
-            Op::Write { offset, data, .. } => Ok(Reply::Data(abi::write_out(self.write(ino, offset, data).await?))),
+            Op::Read { offset, size, .. } => {
+                let parts = self.read(ino, offset, size).await?;
+                self.count(0, parts.iter().map(|p| p.len() as u64).sum());
+                Ok(Reply::Parts(parts))
+            }
+            Op::Write { offset, data, .. } => {
+                let n = self.write(ino, offset, data).await?;
+                self.count(1, n as u64);
+                Ok(Reply::Data(abi::write_out(n)))
+            }
             Op::Release { .. } => {
                 let mut st = self.state.lock().unwrap();
                 let Some(n) = st.open.get_mut(&ino) else { return Ok(Reply::Empty) };

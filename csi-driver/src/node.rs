@@ -130,9 +130,14 @@ const KEEPER_WAIT_SECS: u32 = 120;
 pub const DEFAULT_LEAF_CAPACITY: u64 = 10 << 30;
 
 /// A FUSE connection served by this process (a root or a leaf).
+/// What a served connection's filesystem is.
+enum ServedFs {
+    Root(Arc<RootFs>),
+    Leaf(Arc<LeafFs>),
+}
+
 struct Served {
-    /// The root's filesystem (None for leaves).
-    fs: Option<Arc<RootFs>>,
+    fs: ServedFs,
     /// Our own copy of the connection's file, to deposit again if the
     /// keeper restarts.
     dev: std::os::fd::OwnedFd,
@@ -250,10 +255,13 @@ impl NodePlugin {
                 Some(h) => {
                     info!(volume = %id, "taking over a live leaf connection");
                     let base = self.base(&record.fileset, record.version).await?;
-                    let fs =
-                        Arc::new(LeafFs::open(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?);
+                    // Adopted, not opened: files its pod unlinked but still
+                    // holds open are kept.
+                    let fs = Arc::new(
+                        LeafFs::adopt(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?,
+                    );
                     let conn = Connection { dev: h.fd, init: record.init, adopted: true };
-                    self.spawn_session(&key, fs, None, conn)?;
+                    self.spawn_session(&key, fs.clone(), ServedFs::Leaf(fs), conn)?;
                 }
                 None => {
                     // Its data is on disk; the next stage mounts it again.
@@ -359,7 +367,7 @@ impl NodePlugin {
                 fs.enable_passthrough(store.clone(), table);
             }
         }
-        self.spawn_session(key, fs.clone(), Some(fs), conn)
+        self.spawn_session(key, fs.clone(), ServedFs::Root(fs), conn)
     }
 
     fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion, mode: ReadMode) -> Arc<RootFs> {
@@ -371,7 +379,7 @@ impl NodePlugin {
         self: &Arc<Self>,
         key: &str,
         fs: Arc<F>,
-        root: Option<Arc<RootFs>>,
+        served: ServedFs,
         conn: Connection,
     ) -> Result<(), NodeError> {
         let dev = conn.dev.try_clone().map_err(io(&self.config.state_dir))?;
@@ -400,7 +408,7 @@ impl NodePlugin {
                 }
             })
             .map_err(io(&self.config.state_dir))?;
-        self.served.lock().unwrap().insert(key.to_string(), Served { fs: root, dev });
+        self.served.lock().unwrap().insert(key.to_string(), Served { fs: served, dev });
         self.metrics.mounts.set(self.served.lock().unwrap().len() as i64);
         Ok(())
     }
@@ -586,7 +594,7 @@ impl NodePlugin {
             return Err(e.into());
         }
         info!(volume = %id, mountpoint = %record.mountpoint.display(), "mounted a leaf");
-        self.spawn_session(&key, fs, None, Connection { dev, init: None, adopted: false })
+        self.spawn_session(&key, fs.clone(), ServedFs::Leaf(fs), Connection { dev, init: None, adopted: false })
     }
 
     /// Unmounts a leaf; an inline one's data goes with it.
@@ -931,12 +939,26 @@ impl NodePlugin {
 
     /// The filesystem serving a root mount (`fileset@version`).
     pub fn root(&self, key: &str) -> Option<Arc<RootFs>> {
-        self.served.lock().unwrap().get(key).and_then(|s| s.fs.clone())
+        match self.served.lock().unwrap().get(key).map(|s| &s.fs) {
+            Some(ServedFs::Root(fs)) => Some(fs.clone()),
+            _ => None,
+        }
+    }
+
+    /// The filesystem serving leaf volume `volume` on this node.
+    pub fn leaf(&self, volume: &str) -> Option<Arc<LeafFs>> {
+        match self.served.lock().unwrap().get(&format!("leaf/{volume}")).map(|s| &s.fs) {
+            Some(ServedFs::Leaf(fs)) => Some(fs.clone()),
+            _ => None,
+        }
     }
 
     /// Every volume this node has staged or published.
+    /// Every volume mounted on this node, roots and leaves, by id.
     pub fn volume_ids(&self) -> Vec<String> {
-        self.state.lock().unwrap().volumes.keys().cloned().collect()
+        let st = self.state.lock().unwrap();
+        let ids: std::collections::BTreeSet<&String> = st.volumes.keys().chain(st.leaves.keys()).collect();
+        ids.into_iter().cloned().collect()
     }
 
     /// The filesystem of a root volume's mount.

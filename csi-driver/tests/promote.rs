@@ -101,6 +101,19 @@ async fn a_promoted_leaf_is_a_new_version_with_exactly_its_files() {
     std::os::unix::fs::symlink("runs/1/metrics.json", staging.join("best.json")).unwrap();
     let want = tree(&staging);
 
+    // The control API reports the leaf and what went through it.
+    let listing = common::plugin::http(&control, "GET", "/volumes", "").await;
+    assert!(
+        listing.contains(&format!("\"volume\":\"{}\"", leaf.volume_id)) && listing.contains("\"kind\":\"leaf\""),
+        "{listing}"
+    );
+    let tp = common::plugin::http(&control, "GET", &format!("/volumes/{}/throughput", leaf.volume_id), "").await;
+    let body: serde_json::Value = serde_json::from_str(tp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["write_bytes_per_sec"].as_f64().unwrap() > 0.0, "{tp}");
+    assert!(body["read_bytes_per_sec"].as_f64().is_some(), "{tp}");
+    let mode = format!("/volumes/{}/read-mode", leaf.volume_id);
+    assert!(common::plugin::http(&control, "PUT", &mode, "normal").await.starts_with("HTTP/1.1 200"));
+
     // Into a new fileset: created with the root's layout, version 1.
     let out = promote(&leaf.volume_id, "models-tuned", &control);
     assert!(out.status.success(), "{out:?}");

@@ -102,6 +102,12 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     .unwrap();
     let mut log = std::fs::File::create(leaf_target.join("train.log")).unwrap();
     std::io::Write::write_all(&mut log, b"epoch 1\n").unwrap();
+    // A scratch file the pod unlinked but still holds open.
+    let scratch_path = leaf_target.join("scratch.tmp");
+    let mut scratch = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&scratch_path).unwrap();
+    std::io::Write::write_all(&mut scratch, b"unlinked but open").unwrap();
+    scratch.sync_all().unwrap();
+    std::fs::remove_file(&scratch_path).unwrap();
 
     cluster.hang(true).await;
     let (mut f1, w1) = (open.try_clone().unwrap(), whole.clone());
@@ -146,6 +152,10 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
         log.sync_all().unwrap();
         assert_eq!(std::fs::read_to_string(lt.join("train.log")).unwrap(), "epoch 1\nepoch 2\n");
         assert_eq!(std::fs::read(lt.join("models/config-01.json")).unwrap().len(), 60, "the root under the leaf");
+        // Read from the leaf, not a page kept from before the restart.
+        std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        assert_eq!(read_at(&mut scratch, 0, 17), b"unlinked but open", "the successor kept the unlinked file");
+        assert!(!lt.join("scratch.tmp").exists());
     })
     .await
     .unwrap();
