@@ -104,7 +104,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     std::io::Write::write_all(&mut log, b"epoch 1\n").unwrap();
     // A scratch file the pod unlinked but still holds open.
     let scratch_path = leaf_target.join("scratch.tmp");
-    let mut scratch = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&scratch_path).unwrap();
+    let mut scratch = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&scratch_path).unwrap();
     std::io::Write::write_all(&mut scratch, b"unlinked but open").unwrap();
     scratch.sync_all().unwrap();
     std::fs::remove_file(&scratch_path).unwrap();
