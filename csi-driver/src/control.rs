@@ -11,6 +11,8 @@
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
 //!   root mount over the last ten seconds; for a leaf, read and written
 //!   through the leaf's own mount;
+//! - `GET /blocks/{fileset}/{version}/{item}/{block}`: a block of this
+//!   node's cache, for other nodes' plugins (404 when not cached here);
 //! - `POST /volumes/{volume}/promote` with a fileset name as the body: a
 //!   leaf volume's files stored as a new version of that fileset (created
 //!   with the leaf root's layout if it does not exist); answers the version.
@@ -22,6 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use tessera_core::read_plan::ReadMode;
 
+use crate::cache::{BlockCache, BlockKey};
 use crate::node::NodePlugin;
 use crate::rootfs::{RootFs, THROUGHPUT_WINDOW_MS};
 
@@ -33,7 +36,25 @@ pub fn router(plugin: Arc<NodePlugin>) -> axum::Router {
         .route("/volumes/{volume}/read-mode", put(set_read_mode))
         .route("/volumes/{volume}/throughput", get(throughput))
         .route("/volumes/{volume}/promote", post(promote))
-        .with_state(plugin)
+        .with_state(plugin.clone())
+        .merge(blocks_router(plugin.cache().clone()))
+}
+
+/// Serves this node's cached blocks to other nodes (`GET /blocks/...`).
+pub fn blocks_router(cache: Arc<BlockCache>) -> axum::Router {
+    axum::Router::new().route("/blocks/{fileset}/{version}/{item}/{block}", get(block)).with_state(cache)
+}
+
+async fn block(
+    State(cache): State<Arc<BlockCache>>,
+    Path((fileset, version, item, block)): Path<(String, u64, u64, u64)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let key = BlockKey { fileset, version, item, block };
+    match tokio::task::spawn_blocking(move || cache.get(&key)).await {
+        Ok(Some(data)) => (StatusCode::OK, data).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 fn mode_name(m: ReadMode) -> &'static str {

@@ -14,6 +14,7 @@ pub mod leaffs;
 pub mod metrics;
 pub mod node;
 pub mod passthrough;
+pub mod peers;
 pub mod rootfs;
 pub mod service;
 pub mod state;

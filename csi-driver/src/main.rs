@@ -14,6 +14,7 @@ use tessera_csi::csi::controller_server::ControllerServer;
 use tessera_csi::csi::identity_server::IdentityServer;
 use tessera_csi::csi::node_server::NodeServer;
 use tessera_csi::node::{NodeConfig, NodePlugin};
+use tessera_csi::peers::Discovery;
 use tessera_csi::service::{ControllerService, IdentityService, NodeService};
 use tracing::info;
 
@@ -100,6 +101,17 @@ struct RunArgs {
     /// Most bytes the file store holds; 0 turns passthrough off.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     file_store_size: u64,
+    /// Other nodes' plugins (host:port of their control port, comma-separated)
+    /// asked for blocks before the chunkservers.
+    #[arg(long, value_delimiter = ',', conflicts_with = "peer_service")]
+    peers: Vec<String>,
+    /// A name resolving to every node plugin (a headless Service, host:port),
+    /// asked for blocks before the chunkservers; resolved every 30 s.
+    #[arg(long)]
+    peer_service: Option<String>,
+    /// This pod's address, left out of --peer-service's answers.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// How root volumes read stripes: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     read_mode: ReadMode,
@@ -172,6 +184,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         file_store: (a.file_store_size > 0)
             .then(|| (a.file_store_dir.clone().unwrap_or_else(|| a.state_dir.join("files")), a.file_store_size)),
         read_mode: a.read_mode,
+        peers: match (&a.peer_service, a.peers.is_empty()) {
+            (Some(name), _) => Some(Discovery::Dns { name: name.clone(), me: a.pod_ip }),
+            (None, false) => Some(Discovery::Static(a.peers.clone())),
+            (None, true) => None,
+        },
     };
     let plugin = NodePlugin::start(config, files).await?;
 

@@ -33,6 +33,7 @@ use crate::keeper::{KeeperClient, KeeperError};
 use crate::leaffs::LeafFs;
 use crate::metrics::Metrics;
 use crate::passthrough::{FileStore, IoTable};
+use crate::peers::{Discovery, Peers};
 use crate::rootfs::RootFs;
 use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
 use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     /// Whole large root files for passthrough, by digest; `None` turns
     /// passthrough off.
     pub file_store: Option<(PathBuf, u64)>,
+    /// Other nodes' plugins to ask for blocks before the chunkservers.
+    pub peers: Option<Discovery>,
     /// How root volumes read unless told otherwise.
     pub read_mode: ReadMode,
 }
@@ -148,6 +151,7 @@ pub struct NodePlugin {
     files: FilesetClient,
     cache: Arc<BlockCache>,
     file_store: Option<Arc<FileStore>>,
+    peers: Option<Arc<Peers>>,
     pub metrics: Arc<Metrics>,
     keeper: KeeperClient,
     state: Mutex<NodeState>,
@@ -180,12 +184,14 @@ impl NodePlugin {
             None => None,
         };
         let state = NodeState::load(&config.state_dir)?;
+        let peers = config.peers.clone().map(Peers::new);
         let plugin = Arc::new(Self {
             keeper: KeeperClient::new(&config.keeper_socket),
             config,
             files,
             cache,
             file_store,
+            peers,
             metrics,
             state: Mutex::new(state),
             served: Mutex::default(),
@@ -371,7 +377,8 @@ impl NodePlugin {
     }
 
     fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion, mode: ReadMode) -> Arc<RootFs> {
-        Arc::new(RootFs::new(key, open, self.files.stripes().clone(), self.cache.clone(), self.metrics.clone(), mode))
+        let fs = RootFs::new(key, open, self.files.stripes().clone(), self.cache.clone(), self.metrics.clone(), mode);
+        Arc::new(fs.with_peers(self.peers.clone()))
     }
 
     /// Serves a connection on its own thread.

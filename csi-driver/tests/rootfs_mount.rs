@@ -217,3 +217,64 @@ async fn large_files_pass_through_once_stored_whole() {
     unmount(mnt.path()).unwrap();
     served.join().unwrap().unwrap();
 }
+
+/// A second node reads the blocks the first node's cache holds from that
+/// node's plugin, not from the chunkservers; an unreachable peer only means
+/// the chunkservers are asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
+    use tessera_csi::metrics::SourceLabels;
+    use tessera_csi::peers::{Discovery, Peers};
+    let c = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    let v = c.put("models", src.path()).await;
+    let want = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
+    let node = |name: &str, peers: Option<Discovery>| {
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(BlockCache::open(&c.dir.path().join(name), 64 << 20, metrics.clone()).unwrap());
+        let c = &c;
+        async move {
+            let open = c.files.open("models", v.id).await.unwrap();
+            let fs = RootFs::new("models@1", open, c.stripes(), cache.clone(), metrics.clone(), ReadMode::Hedged);
+            (Arc::new(fs.with_peers(peers.map(Peers::new))), cache, metrics)
+        }
+    };
+    let served = |m: &Metrics, source: &'static str| m.bytes_served.get_or_create(&SourceLabels { source }).get();
+    let read_all = |fs: Arc<RootFs>| {
+        let want = want.clone();
+        async move {
+            let mnt = tempfile::tempdir().unwrap();
+            let thread = mount(fs, mnt.path());
+            let p = mnt.path().join("models/llama/weights.bin");
+            let got = tokio::task::spawn_blocking(move || std::fs::read(p).unwrap()).await.unwrap();
+            assert_eq!(got, want);
+            unmount(mnt.path()).unwrap();
+            thread.join().unwrap().unwrap();
+        }
+    };
+
+    // Node A reads from the chunkservers and serves its cache.
+    let (a, a_cache, a_metrics) = node("cache-a", None).await;
+    read_all(a).await;
+    assert!(served(&a_metrics, "chunkservers") >= want.len() as u64);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, tessera_csi::control::blocks_router(a_cache)).await });
+
+    // Node B asks A first: every block of the file comes from A.
+    let (b, _, b_metrics) = node("cache-b", Some(Discovery::Static(vec![addr]))).await;
+    read_all(b).await;
+    assert!(served(&b_metrics, "peers") >= want.len() as u64, "B read A's cache");
+    assert!(
+        served(&b_metrics, "chunkservers") < want.len() as u64 / 2,
+        "only blocks A never had (B's read-ahead past the file) came from the chunkservers"
+    );
+
+    // Node C's only peer is gone: the chunkservers serve it.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let (cc, _, c_metrics) = node("cache-c", Some(Discovery::Static(vec![dead]))).await;
+    read_all(cc).await;
+    assert_eq!(served(&c_metrics, "peers"), 0);
+    assert!(served(&c_metrics, "chunkservers") >= want.len() as u64);
+}

@@ -1,0 +1,157 @@
+//! Other nodes' block caches as a block source. Before a root fetches a
+//! block from the chunkservers it asks a few node plugins elsewhere
+//! (`GET /blocks/{fileset}/{version}/{item}/{block}` on their control
+//! port), which answer from their node cache only; the first to have it
+//! wins, and after a short wait the chunkservers are asked anyway. Blocks a
+//! node has read are then read by its neighbours without touching the
+//! chunkservers.
+//!
+//! Peers are a fixed list (`--peers`) or every address a DNS name resolves
+//! to (`--peer-service`, a headless Service over the node plugin pods),
+//! resolved again every 30 s, without this pod's own address.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tracing::{debug, warn};
+
+use crate::cache::BlockKey;
+
+/// Peers asked per block at most.
+const FANOUT: usize = 4;
+/// How long a block may take from a peer before the chunkservers are asked.
+const WAIT: Duration = Duration::from_millis(200);
+/// How often a peer service name is resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Where the peers come from.
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    Static(Vec<String>),
+    /// `host:port` resolving to every peer; `me` is left out.
+    Dns {
+        name: String,
+        me: Option<IpAddr>,
+    },
+}
+
+pub struct Peers {
+    discovery: Discovery,
+    known: Mutex<(Vec<String>, Option<Instant>)>,
+    client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
+}
+
+impl Peers {
+    pub fn new(discovery: Discovery) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(WAIT));
+        connector.set_nodelay(true);
+        Arc::new(Self {
+            discovery,
+            known: Mutex::new((Vec::new(), None)),
+            client: HttpClient::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    async fn addresses(&self) -> Vec<String> {
+        let (name, me) = match &self.discovery {
+            Discovery::Static(list) => return list.clone(),
+            Discovery::Dns { name, me } => (name.clone(), *me),
+        };
+        {
+            let known = self.known.lock().unwrap();
+            if known.1.is_some_and(|at| at.elapsed() < RESOLVE_EVERY) {
+                return known.0.clone();
+            }
+        }
+        let found: Vec<String> = match tokio::net::lookup_host(&name).await {
+            Ok(addrs) => addrs.filter(|a| Some(a.ip()) != me).map(|a| a.to_string()).collect(),
+            Err(e) => {
+                warn!(peers = %name, error = %e, "cannot resolve the peer service; using the last answer");
+                self.known.lock().unwrap().0.clone()
+            }
+        };
+        let mut known = self.known.lock().unwrap();
+        *known = (found.clone(), Some(Instant::now()));
+        found
+    }
+
+    /// The block from the first peer that has it cached, if any answers in
+    /// time. Peers are picked by the key, so readers of one block on
+    /// different nodes ask the same few.
+    pub async fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        let mut addrs = self.addresses().await;
+        if addrs.is_empty() {
+            return None;
+        }
+        // Rendezvous order: the same block maps to the same peers everywhere.
+        addrs.sort_by_key(|a| std::cmp::Reverse(score(a, key)));
+        addrs.truncate(FANOUT);
+        let path = format!("/blocks/{}/{}/{}/{}", key.fileset, key.version, key.item, key.block);
+        let mut asks: FuturesUnordered<_> = addrs.iter().map(|a| self.ask(a, &path)).collect();
+        let first = async {
+            while let Some(answer) = asks.next().await {
+                if let Some(b) = answer {
+                    return Some(b);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(WAIT, first).await.ok().flatten()
+    }
+
+    async fn ask(&self, addr: &str, path: &str) -> Option<Bytes> {
+        let uri: http::Uri = format!("http://{addr}{path}").parse().ok()?;
+        let resp = self.client.get(uri).await.map_err(|e| debug!(peer = addr, error = %e, "peer unreachable")).ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+    }
+}
+
+/// A stable pseudo-random score of a peer for a block (FNV-1a).
+fn score(addr: &str, key: &BlockKey) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(addr.as_bytes());
+    eat(key.fileset.as_bytes());
+    eat(&key.version.to_le_bytes());
+    eat(&key.item.to_le_bytes());
+    eat(&key.block.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_asks_the_same_peers_for_a_block() {
+        let key = |block| BlockKey { fileset: "models".into(), version: 3, item: 7, block };
+        let peers: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}:7501")).collect();
+        let pick = |k: &BlockKey, order: &[String]| {
+            let mut v = order.to_vec();
+            v.sort_by_key(|a| std::cmp::Reverse(score(a, k)));
+            v.truncate(FANOUT);
+            v
+        };
+        let reversed: Vec<String> = peers.iter().rev().cloned().collect();
+        assert_eq!(pick(&key(1), &peers), pick(&key(1), &reversed), "independent of the list's order");
+        let spread: std::collections::HashSet<String> = (0..64).map(|b| pick(&key(b), &peers)[0].clone()).collect();
+        assert!(spread.len() >= 6, "blocks spread over the peers: {spread:?}");
+    }
+}
