@@ -2,7 +2,8 @@
 //! block from the chunkservers it asks a few node plugins elsewhere
 //! (`GET /blocks/{fileset}/{version}/{item}/{block}` on their control
 //! port), which answer from their node cache only; the first to have it
-//! wins, and after a short wait the chunkservers are asked anyway. Blocks a
+//! wins. After a head start the chunkservers race them, so a slow or hung
+//! peer costs a read at most the head start. Blocks a
 //! node has read are then read by its neighbours without touching the
 //! chunkservers.
 //!
@@ -29,6 +30,10 @@ use crate::cache::BlockKey;
 const FANOUT: usize = 4;
 /// How long a block may take from a peer before the chunkservers are asked.
 const WAIT: Duration = Duration::from_millis(200);
+/// How long peers have a block to themselves before the chunkservers are
+/// asked too: a block from a peer's cache on the same network takes a few
+/// milliseconds.
+pub const HEAD_START: Duration = Duration::from_millis(20);
 /// How often a peer service name is resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
@@ -45,20 +50,32 @@ pub enum Discovery {
 
 pub struct Peers {
     discovery: Discovery,
+    head_start: Duration,
     known: Mutex<(Vec<String>, Option<Instant>)>,
     client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
 }
 
 impl Peers {
     pub fn new(discovery: Discovery) -> Arc<Self> {
+        Self::with_head_start(discovery, HEAD_START)
+    }
+
+    /// As [`Peers::new`], giving peers `head_start` before the chunkservers
+    /// are asked too.
+    pub fn with_head_start(discovery: Discovery, head_start: Duration) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(WAIT));
         connector.set_nodelay(true);
         Arc::new(Self {
             discovery,
+            head_start,
             known: Mutex::new((Vec::new(), None)),
             client: HttpClient::builder(TokioExecutor::new()).build(connector),
         })
+    }
+
+    pub fn head_start(&self) -> Duration {
+        self.head_start
     }
 
     async fn addresses(&self) -> Vec<String> {

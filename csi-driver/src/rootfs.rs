@@ -554,29 +554,43 @@ impl RootFs {
         let (mode, volume, peers) = (self.read_mode(), self.volume.clone(), self.peers.clone());
         async move {
             let loc = loc.ok_or(Errno::IO)?;
-            let want = ((key.block + 1) * BLOCK).min(loc.item_len).saturating_sub(key.block * BLOCK);
-            if let Some(peers) = peers
-                && let Some(bytes) = peers.get(&key).await
-                && bytes.len() as u64 == want
-            {
-                metrics.bytes_served.get_or_create(&SourceLabels { source: "peers" }).inc_by(bytes.len() as u64);
-                let (cache, b) = (cache, bytes.clone());
-                let _ = tokio::task::spawn_blocking(move || cache.put(&key, &b)).await;
-                return Ok(bytes);
-            }
             let range: Range<u64> = key.block * BLOCK..((key.block + 1) * BLOCK).min(loc.item_len);
-            let (data, report) = client.read(&loc, range, mode).await.map_err(|e| {
-                warn!(fileset = %key.fileset, version = key.version, item = key.item, error = %e, "reading a root block failed");
-                Errno::IO
-            })?;
-            let bytes = match data.parts() {
-                [one] => one.clone(),
-                parts => Bytes::from(parts.concat()),
+            let want = range.end - range.start;
+            let chunkservers = async {
+                let (data, report) = client.read(&loc, range, mode).await.map_err(|e| {
+                    warn!(fileset = %key.fileset, version = key.version, item = key.item, error = %e, "reading a root block failed");
+                    Errno::IO
+                })?;
+                metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
+                Ok::<_, Errno>(match data.parts() {
+                    [one] => one.clone(),
+                    parts => Bytes::from(parts.concat()),
+                })
             };
-            metrics.bytes_served.get_or_create(&SourceLabels { source: "chunkservers" }).inc_by(bytes.len() as u64);
-            metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
-            let (cache, b) = (cache, bytes.clone());
-            let _ = tokio::task::spawn_blocking(move || cache.put(&key, &b)).await;
+            // Peers first, hedged: they get a head start, then the
+            // chunkservers race them, so a slow or hung peer costs at most
+            // the head start.
+            let (bytes, source) = match peers {
+                None => (chunkservers.await?, "chunkservers"),
+                Some(peers) => {
+                    let ask = async { peers.get(&key).await.filter(|b| b.len() as u64 == want) };
+                    tokio::pin!(ask);
+                    match tokio::time::timeout(peers.head_start(), &mut ask).await {
+                        Ok(Some(b)) => (b, "peers"),
+                        Ok(None) => (chunkservers.await?, "chunkservers"),
+                        Err(_) => {
+                            tokio::pin!(chunkservers);
+                            tokio::select! {
+                                Some(b) = &mut ask => (b, "peers"),
+                                r = &mut chunkservers => (r?, "chunkservers"),
+                            }
+                        }
+                    }
+                }
+            };
+            metrics.bytes_served.get_or_create(&SourceLabels { source }).inc_by(bytes.len() as u64);
+            let (cache, b, k) = (cache, bytes.clone(), key.clone());
+            let _ = tokio::task::spawn_blocking(move || cache.put(&k, &b)).await;
             Ok(bytes)
         }
     }

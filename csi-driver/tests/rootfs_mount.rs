@@ -237,7 +237,10 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
         async move {
             let open = c.files.open("models", v.id).await.unwrap();
             let fs = RootFs::new("models@1", open, c.stripes(), cache.clone(), metrics.clone(), ReadMode::Hedged);
-            (Arc::new(fs.with_peers(peers.map(Peers::new))), cache, metrics)
+            // A long head start: on this shared machine a debug build's peer
+            // may take longer than the default, and the race is not tested here.
+            let peers = peers.map(|d| Peers::with_head_start(d, std::time::Duration::from_secs(5)));
+            (Arc::new(fs.with_peers(peers)), cache, metrics)
         }
     };
     let served = |m: &Metrics, source: &'static str| m.bytes_served.get_or_create(&SourceLabels { source }).get();
@@ -277,4 +280,23 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
     read_all(cc).await;
     assert_eq!(served(&c_metrics, "peers"), 0);
     assert!(served(&c_metrics, "chunkservers") >= want.len() as u64);
+
+    // Node D's peer takes requests and never answers: after the (default)
+    // head start the chunkservers race it and win.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hung.accept().await {
+            held.push(conn);
+        }
+    });
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache-d"), 64 << 20, metrics.clone()).unwrap());
+    let open = c.files.open("models", v.id).await.unwrap();
+    let d = RootFs::new("models@1", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged)
+        .with_peers(Some(Peers::new(Discovery::Static(vec![hung_addr]))));
+    read_all(Arc::new(d)).await;
+    assert_eq!(served(&metrics, "peers"), 0);
+    assert!(served(&metrics, "chunkservers") >= want.len() as u64);
 }
