@@ -10,7 +10,6 @@ use common::plugin::{Node, writer};
 use common::tessera_csi;
 use tessera_core::read_plan::ReadMode;
 use tessera_csi::csi;
-use tessera_csi::csi::controller_client::ControllerClient;
 
 /// Every path below `root` with what it is: a file's bytes, a symlink's
 /// target, or a directory.
@@ -58,20 +57,7 @@ async fn a_promoted_leaf_is_a_new_version_with_exactly_its_files() {
     let _plugin = node.start_plugin(0);
     let mut csi = node.client().await;
     let control = node.metrics_addr(0);
-    let mut controller = ControllerClient::new(common::csi_channel(&node.socket()).await.unwrap());
-    let leaf = controller
-        .create_volume(csi::CreateVolumeRequest {
-            name: "pvc-tune".into(),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
-            volume_capabilities: vec![writer()],
-            parameters: [("fileset".to_string(), "models".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let leaf = common::plugin::create_leaf(&node, "pvc-tune", "models").await;
 
     // Not staged yet: nothing to read, a clear refusal.
     let early = promote(&leaf.volume_id, "models-tuned", &control);

@@ -67,20 +67,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     // complete with the right bytes once a new plugin takes over: the
     // kernel resends the first, the second was still queued.
     // A leaf over the same version, with a file open for writing.
-    let mut controller = ControllerClient::new(csi_channel(&node.socket()).await.unwrap());
-    let leaf = controller
-        .create_volume(csi::CreateVolumeRequest {
-            name: "pvc-scratch".into(),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
-            volume_capabilities: vec![writer()],
-            parameters: [("fileset".to_string(), "models".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let leaf = common::plugin::create_leaf(&node, "pvc-scratch", "models").await;
     let (leaf_staging, leaf_target) = (dir.path().join("leaf-staging"), dir.path().join("pod/leaf"));
     std::fs::create_dir_all(&leaf_staging).unwrap();
     csi.node_stage_volume(csi::NodeStageVolumeRequest {
@@ -171,7 +158,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
     })
     .await
     .unwrap();
-    controller
+    ControllerClient::new(csi_channel(&node.socket()).await.unwrap())
         .delete_volume(csi::DeleteVolumeRequest { volume_id: leaf.volume_id, ..Default::default() })
         .await
         .unwrap();

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, PostParams};
 use tessera_operator::crd::Fileset;
+use tessera_operator::topology::{NodeState, node_state};
 
-use crate::{ControlPlane, Proc, tessera_bin};
+use crate::{ControlPlane, Kwok, Proc, fake_node, free_port, tessera_bin, until};
 
 /// The namespace the operator keeps its lease in.
 pub const NS: &str = "tessera-system";
@@ -63,4 +66,55 @@ pub fn start_chunkserver(node: &str, master: SocketAddr, dir: &Path) -> Proc {
     .map(String::from)
     .to_vec();
     Proc::spawn_with_env(node, &tessera_bin("tessera"), &args, &[], dir).unwrap()
+}
+
+/// Tessera's processes on kwok nodes, ready for filesets.
+pub struct Cluster {
+    pub kwok: Kwok,
+    pub operator: Proc,
+    /// One chunkserver per node, in node order.
+    pub servers: Vec<Proc>,
+    pub master: SocketAddr,
+}
+
+/// Applies the CRDs, makes [`NS`] and `nodes` kwok nodes (`node-<i>`, in
+/// three zones, one rack each), and starts the operator and a chunkserver
+/// per node; returns once every chunkserver is registered in its node's
+/// zone (taken from the Node's labels: chunkservers get no topology flags).
+pub async fn start_cluster(cp: &ControlPlane, nodes: usize, dir: &Path) -> Cluster {
+    let kwok = cp.start_kwok().unwrap();
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();
+    assert!(ok, "{out}{err}");
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
+    Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await.unwrap();
+    let api: Api<Node> = Api::all(cp.client());
+    let names: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let node = fake_node(name, &format!("zone-{}", i % 3), &format!("rack-{i}"));
+        api.create(&PostParams::default(), &node).await.unwrap();
+    }
+    for name in &names {
+        until("kwok to make the nodes ready", async || {
+            (node_state(&api.get(name).await.ok()?) == NodeState::Ready).then_some(())
+        })
+        .await;
+    }
+    let master: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+    let mut operator = start_operator(cp, master, "operator-0", dir);
+    let servers: Vec<Proc> = names.iter().map(|n| start_chunkserver(n, master, dir)).collect();
+    let m = master.to_string();
+    until("every chunkserver to register in its node's zone", async || {
+        operator.check().unwrap();
+        let out = Command::new(tessera_bin("tessera")).args(["--master", &m, "status", "--json"]).output().ok()?;
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let placed = st["servers"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["live"] == true && s["zone"].as_str().is_some_and(|z| z.starts_with("zone-")))
+            .count();
+        (placed == nodes).then_some(())
+    })
+    .await;
+    Cluster { kwok, operator, servers, master }
 }

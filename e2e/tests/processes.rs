@@ -13,17 +13,15 @@
 //!   is changed to `high`; Events are recorded;
 //! - the operator crashes (SIGKILL) and its successor serves the same reads.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use tessera_e2e::processes::{NS, condition, is, start_chunkserver, start_operator, tessera};
-use tessera_e2e::{ControlPlane, Proc, fake_node, free_port, tessera_bin, until};
+use tessera_e2e::processes::{Cluster, condition, is, start_cluster, start_operator, tessera};
+use tessera_e2e::{ControlPlane, tessera_bin, until};
 use tessera_operator::crd::{Fileset, Priority};
-use tessera_operator::topology::{NodeState, node_state};
 
 const NODES: usize = 9;
 
@@ -72,45 +70,11 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
         // Chunkserver processes here cannot stand in for a real cluster's nodes.
         return;
     }
-    let kwok = cp.start_kwok().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();
-    assert!(ok, "{out}{err}");
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await.unwrap();
-
-    // Nine kwok nodes in three zones, one rack each.
-    let nodes: Api<Node> = Api::all(cp.client());
-    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let node = fake_node(name, &format!("zone-{}", i % 3), &format!("rack-{i}"));
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-    }
-    for name in &names {
-        until("kwok to make the nodes ready", async || {
-            (node_state(&nodes.get(name).await.ok()?) == NodeState::Ready).then_some(())
-        })
-        .await;
-    }
-
-    // The operator and one chunkserver per node, as processes.
-    let master: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-    let mut operator = start_operator(&cp, master, "operator-0", dir.path());
-    let mut servers: Vec<Proc> = names.iter().map(|n| start_chunkserver(n, master, dir.path())).collect();
+    // Nine kwok nodes in three zones, one rack each; the operator and one
+    // chunkserver per node, as processes.
+    let Cluster { kwok, mut operator, mut servers, master } = start_cluster(&cp, NODES, dir.path()).await;
     let m = master.to_string();
-    until("every chunkserver to register in its node's zone", async || {
-        operator.check().unwrap();
-        let out = Command::new(tessera_bin("tessera")).args(["--master", &m, "status", "--json"]).output().ok()?;
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let servers = st["servers"].as_array()?;
-        let placed = servers
-            .iter()
-            .filter(|s| s["live"] == true && s["zone"].as_str().is_some_and(|z| z.starts_with("zone-")))
-            .count();
-        (placed == NODES).then_some(())
-    })
-    .await;
 
     // Two priorities; one fileset under each, from the same archive.
     let priorities: Api<Priority> = Api::all(cp.client());

@@ -7,17 +7,14 @@
 //! Fileset becomes Ready with the leaf's files as its version, and again with
 //! a new version when its trigger changes.
 
-use std::net::SocketAddr;
-
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tessera_csi::csi;
 use tessera_csi::csi::controller_client::ControllerClient;
 use tessera_csi::csi::node_client::NodeClient;
-use tessera_e2e::processes::{NS, condition, is, start_chunkserver, start_operator, tessera};
-use tessera_e2e::{ControlPlane, Proc, fake_node, free_port, tessera_bin, until};
+use tessera_e2e::processes::{Cluster, NS, condition, is, start_cluster, tessera};
+use tessera_e2e::{ControlPlane, Proc, free_port, tessera_bin, until};
 use tessera_operator::crd::Fileset;
-use tessera_operator::topology::{NodeState, node_state};
 
 const NODES: usize = 9;
 /// The CSI plugin's node: no Node object, so kwok leaves its pod alone.
@@ -38,41 +35,9 @@ async fn a_fileset_sourced_from_a_leaf_is_promoted_through_the_node_plugin() {
         // The node plugin here is a process on this machine, not a pod.
         return;
     }
-    let _kwok = cp.start_kwok().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();
-    assert!(ok, "{out}{err}");
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(cp.client()).create(&PostParams::default(), &ns).await.unwrap();
-    let nodes: Api<Node> = Api::all(cp.client());
-    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        nodes
-            .create(&PostParams::default(), &fake_node(name, &format!("zone-{}", i % 3), &format!("rack-{i}")))
-            .await
-            .unwrap();
-    }
-    for name in &names {
-        until("kwok to make the nodes ready", async || {
-            (node_state(&nodes.get(name).await.ok()?) == NodeState::Ready).then_some(())
-        })
-        .await;
-    }
-    let master: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-    let mut operator = start_operator(&cp, master, "operator-0", dir.path());
-    let _servers: Vec<Proc> = names.iter().map(|n| start_chunkserver(n, master, dir.path())).collect();
+    let Cluster { kwok: _kwok, mut operator, servers: _servers, master } = start_cluster(&cp, NODES, dir.path()).await;
     let m = master.to_string();
-    until("every chunkserver to register", async || {
-        operator.check().unwrap();
-        let out = std::process::Command::new(tessera_bin("tessera"))
-            .args(["--master", &m, "status", "--json"])
-            .output()
-            .ok()?;
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["live"] == true).count() == NODES).then_some(())
-    })
-    .await;
 
     // The root the leaf is made over, stored with `tessera put`.
     let base = dir.path().join("base");

@@ -106,3 +106,23 @@ pub fn read_at(f: &mut std::fs::File, off: u64, len: usize) -> Vec<u8> {
     f.read_exact(&mut buf).unwrap();
     buf
 }
+
+/// Provisions a 64 MiB leaf over the latest version of `fileset` through the
+/// plugin's Controller service, as the external provisioner would.
+pub async fn create_leaf(node: &Node, name: &str, fileset: &str) -> csi::Volume {
+    use tessera_csi::csi::controller_client::ControllerClient;
+    let mut controller = ControllerClient::new(csi_channel(&node.socket()).await.unwrap());
+    controller
+        .create_volume(csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![writer()],
+            parameters: [("fileset".to_string(), fileset.to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
