@@ -359,16 +359,22 @@ impl NodePlugin {
         conn: Connection,
     ) -> Result<(), NodeError> {
         let fs = self.root_fs(key, open, mode);
-        if let Some(store) = &self.file_store {
-            // The open modes of this connection's files, kept beside the
-            // node state for whichever plugin serves the connection next.
+        // The open modes of this connection's files, kept beside the node
+        // state for whichever plugin serves the connection next.
+        let path = self.io_table_path(key);
+        match &self.file_store {
+            // Opens this plugin answers are not recorded: a record left by
+            // an earlier plugin would be stale for the next one.
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
             // A connection taken over from a plugin that kept no table may
             // have files open in a mode nobody recorded: it is not passed
             // through (the kernel would refuse opens that mix modes).
-            let path = self.config.state_dir.join("io").join(key);
-            if conn.adopted && !path.exists() {
+            Some(_) if conn.adopted && !path.exists() => {
                 info!(root = %key, "taken over without a record of open files; not passing files through");
-            } else {
+            }
+            Some(store) => {
                 let table = IoTable::open(&path, conn.adopted).map_err(io(&path))?;
                 fs.enable_passthrough(store.clone(), table);
             }
@@ -728,8 +734,15 @@ impl NodePlugin {
         if let Err(e) = unpinned {
             warn!(root = %key, error = %e.message(), "unpinning a version");
         }
+        // The connection is gone, and with it every open the record counted.
+        let _ = std::fs::remove_file(self.io_table_path(key));
         info!(root = %key, "unmounted a root");
         Ok(())
+    }
+
+    /// Where the open modes of a root connection's files are recorded.
+    fn io_table_path(&self, key: &str) -> PathBuf {
+        self.config.state_dir.join("io").join(key)
     }
 
     /// NodeStageVolume: the volume's version, read-only on `staging`.
