@@ -192,7 +192,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
         };
         let file_store = Arc::new(FileStore::open(&work.join("files"), 4 * c.big_bytes)?);
         let pass = |fs: &Arc<RootFs>, volume: &str| -> anyhow::Result<()> {
-            fs.enable_passthrough(file_store.clone(), IoTable::open(&work.join("io").join(volume), false)?);
+            fs.enable_passthrough(Some(file_store.clone()), IoTable::open(&work.join("io").join(volume), false)?);
             Ok(())
         };
         let r1 = root("cold", name.clone(), version).await?;

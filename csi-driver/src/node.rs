@@ -362,21 +362,27 @@ impl NodePlugin {
         // The open modes of this connection's files, kept beside the node
         // state for whichever plugin serves the connection next.
         let path = self.io_table_path(key);
+        let recorded = conn.adopted && path.exists();
         match &self.file_store {
-            // Opens this plugin answers are not recorded: a record left by
-            // an earlier plugin would be stale for the next one.
-            None => {
-                let _ = std::fs::remove_file(&path);
-            }
-            // A connection taken over from a plugin that kept no table may
+            // A connection taken over from a plugin that kept no record may
             // have files open in a mode nobody recorded: it is not passed
             // through (the kernel would refuse opens that mix modes).
-            Some(_) if conn.adopted && !path.exists() => {
+            Some(_) if conn.adopted && !recorded => {
                 info!(root = %key, "taken over without a record of open files; not passing files through");
             }
             Some(store) => {
                 let table = IoTable::open(&path, conn.adopted).map_err(io(&path))?;
-                fs.enable_passthrough(store.clone(), table);
+                fs.enable_passthrough(Some(store.clone()), table);
+            }
+            // The store is off now, but files a previous plugin passed
+            // through may still be open: later opens of them must join
+            // their mode and backing, so the record is kept and honoured.
+            None if recorded => {
+                let table = IoTable::open(&path, true).map_err(io(&path))?;
+                fs.enable_passthrough(None, table);
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
             }
         }
         self.spawn_session(key, fs.clone(), ServedFs::Root(fs), conn)
@@ -798,6 +804,18 @@ impl NodePlugin {
         }
         info!(volume, fileset, root = %format!("{}@{}", record.fileset, record.version), "promoting a leaf");
         let v = self.files.put(fileset, &record.mountpoint, &PutOptions::default(), &|_| {}).await.map_err(failed)?;
+        // Unstaged while it was read (CSI calls do not wait for a promote):
+        // what was read may be the bare staging directory; take it back.
+        let still = self.state.lock().unwrap().leaves.get(volume).is_some_and(|r| r.mountpoint == record.mountpoint)
+            && is_mounted(&record.mountpoint);
+        if !still {
+            warn!(volume, fileset, version = v.id, "the leaf was unstaged while it was promoted; deleting the version");
+            let req = ms::DeleteVersionRequest { fileset: fileset.to_string(), version: v.id };
+            if let Err(e) = master.delete_version(req).await {
+                warn!(volume, fileset, version = v.id, error = %e.message(), "cannot delete the partial version");
+            }
+            return Err(NodeError::NotStaged(volume.to_string()));
+        }
         info!(volume, fileset, version = v.id, files = v.files, bytes = v.bytes, "leaf promoted");
         Ok(v)
     }

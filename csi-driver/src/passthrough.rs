@@ -251,16 +251,28 @@ impl FileStore {
     }
 }
 
-/// How one inode is open: counts per mode and the backing id its
-/// passthrough opens share.
+/// How one inode is open: counts per mode, the backing id its passthrough
+/// opens share, and the request ids of the last OPEN and RELEASE counted.
+/// A plugin that dies after counting a request but before answering it has
+/// the kernel resend it to its successor with the same id, which is then
+/// answered without being counted twice.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InodeIo {
     pub cached: u32,
     pub passthrough: u32,
     pub backing: u32,
+    pub last_open: u64,
+    pub last_release: u64,
 }
 
-const RECORD: u64 = 12;
+impl InodeIo {
+    /// Nothing open: the record can go.
+    fn is_idle(&self) -> bool {
+        self.cached == 0 && self.passthrough == 0
+    }
+}
+
+const RECORD: u64 = 32;
 
 /// The open state of a mount's large files, indexed by node id, kept in a
 /// file for a successor on the same connection.
@@ -282,7 +294,14 @@ impl IoTable {
         let mut state = HashMap::new();
         for (i, r) in bytes.chunks_exact(RECORD as usize).enumerate() {
             let word = |k: usize| u32::from_ne_bytes(r[k * 4..k * 4 + 4].try_into().expect("4 bytes"));
-            let io = InodeIo { cached: word(0), passthrough: word(1), backing: word(2) };
+            let long = |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+            let io = InodeIo {
+                cached: word(0),
+                passthrough: word(1),
+                backing: word(2),
+                last_open: long(16),
+                last_release: long(24),
+            };
             if io != InodeIo::default() {
                 state.insert(i as u64, io);
             }
@@ -300,12 +319,10 @@ impl IoTable {
         rec[0..4].copy_from_slice(&io.cached.to_ne_bytes());
         rec[4..8].copy_from_slice(&io.passthrough.to_ne_bytes());
         rec[8..12].copy_from_slice(&io.backing.to_ne_bytes());
+        rec[16..24].copy_from_slice(&io.last_open.to_ne_bytes());
+        rec[24..32].copy_from_slice(&io.last_release.to_ne_bytes());
         self.file.write_all_at(&rec, nodeid * RECORD)?;
-        if io == InodeIo::default() {
-            st.remove(&nodeid);
-        } else {
-            st.insert(nodeid, io);
-        }
+        st.insert(nodeid, io);
         Ok((io, out))
     }
 
@@ -313,9 +330,9 @@ impl IoTable {
         self.state.lock().unwrap().get(&nodeid).copied().unwrap_or_default()
     }
 
-    /// Whether any inode is open in either mode (for tests and metrics).
+    /// How many inodes are open in either mode (for tests and metrics).
     pub fn open_inodes(&self) -> usize {
-        self.state.lock().unwrap().len()
+        self.state.lock().unwrap().values().filter(|io| !io.is_idle()).count()
     }
 }
 
@@ -370,9 +387,15 @@ mod tests {
         t.update(7, |io| io.cached -= 1).unwrap();
         drop(t);
         let adopted = IoTable::open(&path, true).unwrap();
-        assert_eq!(adopted.get(7), InodeIo { cached: 1, passthrough: 0, backing: 0 });
-        assert_eq!(adopted.get(9), InodeIo { cached: 0, passthrough: 1, backing: 3 });
-        adopted.update(9, |io| *io = InodeIo::default()).unwrap();
+        assert_eq!(adopted.get(7), InodeIo { cached: 1, ..Default::default() });
+        assert_eq!(adopted.get(9), InodeIo { passthrough: 1, backing: 3, ..Default::default() });
+        adopted
+            .update(9, |io| {
+                io.passthrough = 0;
+                io.last_release = 77
+            })
+            .unwrap();
+        assert_eq!(adopted.get(9).last_release, 77);
         assert_eq!(adopted.open_inodes(), 1);
         drop(adopted);
         assert_eq!(IoTable::open(&path, false).unwrap().open_inodes(), 0, "a new connection starts empty");

@@ -94,7 +94,9 @@ pub struct RootFs {
 /// What a mount needs to pass large files through to the file store.
 struct Passthrough {
     me: Weak<RootFs>,
-    store: Arc<FileStore>,
+    /// Where large files are stored whole; `None` only joins opens a
+    /// previous plugin passed through (the store was turned off since).
+    store: Option<Arc<FileStore>>,
     table: IoTable,
     /// The connection, once served, and whether it negotiated passthrough.
     dev: OnceLock<(Arc<OwnedFd>, bool)>,
@@ -159,7 +161,7 @@ impl RootFs {
     /// `store` (when the kernel agrees at INIT), recording open modes in
     /// `table`; files not stored yet are written there after their first
     /// open. Call before serving.
-    pub fn enable_passthrough(self: &Arc<Self>, store: Arc<FileStore>, table: IoTable) {
+    pub fn enable_passthrough(self: &Arc<Self>, store: Option<Arc<FileStore>>, table: IoTable) {
         let p = Passthrough { me: Arc::downgrade(self), store, table, dev: OnceLock::new() };
         if self.passthrough.set(p).is_err() {
             warn!(volume = %self.volume, "passthrough enabled twice; keeping the first");
@@ -178,7 +180,7 @@ impl RootFs {
 
     /// Answers OPEN of a regular file: large files go through the file
     /// store when they can, without ever mixing modes on one inode.
-    fn open_file(&self, nodeid: u64, e: &Entry) -> Result<Reply> {
+    fn open_file(&self, nodeid: u64, e: &Entry, unique: u64) -> Result<Reply> {
         let cached = |fh: u64| Reply::Data(abi::open_out(fh, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH));
         let (Some(p), EntryKind::File { sha256, .. }) = (self.passthrough.get(), &e.kind) else {
             return Ok(cached(nodeid));
@@ -188,37 +190,49 @@ impl RootFs {
             return Ok(cached(nodeid));
         }
         let sha = hex::encode(sha256);
-        let (io, backing) = p
-            .table
-            .update(nodeid, |io| {
-                if io.cached > 0 {
-                    io.cached += 1;
-                    return None;
+        // A backing registered here and not recorded must be let go again.
+        let mut registered = None;
+        let recorded = p.table.update(nodeid, |io| {
+            if io.last_open == unique {
+                // Resent after a takeover: the answer this open got before.
+                return (io.passthrough > 0).then_some(io.backing);
+            }
+            io.last_open = unique;
+            if io.cached > 0 {
+                io.cached += 1;
+                return None;
+            }
+            if io.passthrough > 0 {
+                io.passthrough += 1;
+                return Some(io.backing);
+            }
+            let stored = p.store.as_ref().and_then(|s| s.get(&sha));
+            match stored.map(|f| passthrough::open_backing(dev.as_fd(), f.as_fd())) {
+                Some(Ok(id)) => {
+                    registered = Some(id);
+                    io.passthrough = 1;
+                    io.backing = id;
+                    Some(id)
                 }
-                if io.passthrough > 0 {
-                    io.passthrough += 1;
-                    return Some(io.backing);
-                }
-                let registered = p.store.get(&sha).map(|f| passthrough::open_backing(dev.as_fd(), f.as_fd()));
-                match registered {
-                    Some(Ok(id)) => {
-                        io.passthrough = 1;
-                        io.backing = id;
-                        Some(id)
+                other => {
+                    if let Some(Err(err)) = other {
+                        warn!(volume = %self.volume, sha, error = %err, "cannot register a backing file; reading through the plugin");
                     }
-                    other => {
-                        if let Some(Err(err)) = other {
-                            warn!(volume = %self.volume, sha, error = %err, "cannot register a backing file; reading through the plugin");
-                        }
-                        io.cached = 1;
-                        None
-                    }
+                    io.cached = 1;
+                    None
                 }
-            })
-            .map_err(|err| {
+            }
+        });
+        let (io, backing) = match recorded {
+            Ok(r) => r,
+            Err(err) => {
+                if let Some(id) = registered {
+                    let _ = passthrough::close_backing(dev.as_fd(), id);
+                }
                 warn!(volume = %self.volume, nodeid, error = %err, "cannot record an open");
-                Errno::IO
-            })?;
+                return Err(Errno::IO);
+            }
+        };
         match backing {
             Some(id) => {
                 debug!(volume = %self.volume, nodeid, backing = id, opens = io.passthrough, "open passed through");
@@ -229,7 +243,7 @@ impl RootFs {
                 )))
             }
             None => {
-                if !p.store.contains(&sha)
+                if p.store.as_ref().is_some_and(|s| !s.contains(&sha))
                     && let Some(me) = p.me.upgrade()
                 {
                     tokio::spawn(me.store_whole(nodeid, sha, e.size));
@@ -241,10 +255,18 @@ impl RootFs {
 
     /// Counts a release against the mode its open used; the last
     /// passthrough release lets go of the backing file.
-    fn release_file(&self, fh: u64) {
+    fn release_file(&self, fh: u64, unique: u64) {
         let Some(p) = self.passthrough.get() else { return };
         let nodeid = fh & !(FH_CACHED | FH_PASSTHROUGH);
+        if fh & (FH_CACHED | FH_PASSTHROUGH) == 0 {
+            return;
+        }
         let result = p.table.update(nodeid, |io| {
+            if io.last_release == unique {
+                // Resent after a takeover: already counted.
+                return 0;
+            }
+            io.last_release = unique;
             if fh & FH_PASSTHROUGH != 0 {
                 io.passthrough = io.passthrough.saturating_sub(1);
                 if io.passthrough == 0 {
@@ -271,8 +293,8 @@ impl RootFs {
     /// Writes a file whole into the file store from its verified blocks and
     /// checks it against the manifest's digest; later opens pass through.
     async fn store_whole(self: Arc<Self>, nodeid: u64, sha: String, size: u64) {
-        let Some(p) = self.passthrough.get() else { return };
-        let Some(pending) = p.store.begin(&sha, size) else { return };
+        let Some(store) = self.passthrough.get().and_then(|p| p.store.clone()) else { return };
+        let Some(pending) = store.begin(&sha, size) else { return };
         let Ok(file) = pending.file.try_clone() else { return };
         let file = Arc::new(file);
         let mut hasher = Sha256::new();
@@ -311,7 +333,6 @@ impl RootFs {
             warn!(volume = %self.volume, sha, "a file read back with another digest; not stored");
             return;
         }
-        let store = p.store.clone();
         match tokio::task::spawn_blocking(move || store.commit(pending, size)).await.expect("commit") {
             Ok(()) => info!(volume = %self.volume, nodeid, size, "file stored whole; new opens pass through"),
             Err(e) => warn!(volume = %self.volume, sha, error = %e, "cannot store a file whole"),
@@ -580,9 +601,22 @@ impl RootFs {
                         Ok(None) => (chunkservers.await?, "chunkservers"),
                         Err(_) => {
                             tokio::pin!(chunkservers);
-                            tokio::select! {
-                                Some(b) = &mut ask => (b, "peers"),
-                                r = &mut chunkservers => (r?, "chunkservers"),
+                            // Whichever has the block first; a failure of one
+                            // waits for the other.
+                            let (mut peers_done, mut failed) = (false, None);
+                            loop {
+                                tokio::select! {
+                                    r = &mut ask, if !peers_done => match r {
+                                        Some(b) => break (b, "peers"),
+                                        None if failed.is_some() => return Err(failed.expect("checked")),
+                                        None => peers_done = true,
+                                    },
+                                    r = &mut chunkservers, if failed.is_none() => match r {
+                                        Ok(b) => break (b, "chunkservers"),
+                                        Err(e) if peers_done => return Err(e),
+                                        Err(e) => failed = Some(e),
+                                    },
+                                }
                             }
                         }
                     }
@@ -658,11 +692,11 @@ impl RootFs {
                 if flags & libc_accmode() != 0 {
                     Err(Errno::ROFS)
                 } else {
-                    self.entry(h.nodeid).and_then(|e| self.open_file(h.nodeid, e))
+                    self.entry(h.nodeid).and_then(|e| self.open_file(h.nodeid, e, h.unique))
                 }
             }
             Op::Release { fh, .. } => {
-                self.release_file(fh);
+                self.release_file(fh, h.unique);
                 Ok(Reply::Empty)
             }
             Op::Read { offset, size, .. } => {

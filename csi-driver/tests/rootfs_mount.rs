@@ -148,7 +148,7 @@ async fn large_files_pass_through_once_stored_whole() {
     let store = Arc::new(FileStore::open(&c.dir.path().join("files"), 64 << 20).unwrap());
     let open = c.files.open("models", v.id).await.unwrap();
     let fs = Arc::new(RootFs::new("vol-p", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged));
-    fs.enable_passthrough(store.clone(), IoTable::open(&c.dir.path().join("io/vol-p"), false).unwrap());
+    fs.enable_passthrough(Some(store.clone()), IoTable::open(&c.dir.path().join("io/vol-p"), false).unwrap());
     let mnt = tempfile::tempdir().unwrap();
     let served = mount(fs.clone(), mnt.path());
     let (big, want) = (

@@ -22,6 +22,9 @@ pub const TOPOLOGY_NODE: &str = "topology.tessera.dev/node";
 pub const NODE_PLUGIN_SELECTOR: &str = "app.kubernetes.io/component=csi-node";
 /// The node plugin's control port unless its pod names one `metrics`.
 const DEFAULT_CONTROL_PORT: i32 = 7501;
+/// A promotion stores the whole leaf; past this the plugin is taken to be
+/// stuck and the ingest fails (and is retried).
+const PROMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromoteError {
@@ -118,9 +121,15 @@ pub async fn promote(addr: &str, volume: &str, fileset: &str) -> Result<Promoted
         .header(http::header::CONTENT_TYPE, "text/plain")
         .body(http_body_util::Full::new(bytes::Bytes::from(fileset.to_string())))
         .map_err(|e| failed(e.to_string()))?;
-    let resp = client.request(req).await.map_err(|e| failed(e.to_string()))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| failed(e.to_string()))?.to_bytes();
+    let answer = async {
+        let resp = client.request(req).await.map_err(|e| failed(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| failed(e.to_string()))?.to_bytes();
+        Ok::<_, PromoteError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(PROMOTE_TIMEOUT, answer)
+        .await
+        .map_err(|_| failed(format!("no answer within {} s", PROMOTE_TIMEOUT.as_secs())))??;
     let text = String::from_utf8_lossy(&body);
     if !status.is_success() {
         return Err(failed(format!("HTTP {}: {}", status.as_u16(), text.trim())));
