@@ -533,18 +533,7 @@ impl NodePlugin {
             return Err(NodeError::InUse(id.to_string()));
         }
         let Some(meta) = self.leaf_meta(id)? else { return Ok(()) };
-        let unpinned = self
-            .files
-            .master()
-            .unpin_version(ms::PinRequest {
-                fileset: meta.fileset.clone(),
-                version: meta.version,
-                holder: format!("leaf/{id}"),
-            })
-            .await;
-        if let Err(e) = unpinned {
-            warn!(volume = %id, error = %e.message(), "unpinning a leaf's root version");
-        }
+        self.unpin_as(&meta.fileset, meta.version, format!("leaf/{id}")).await;
         let dir = self.leaf_dir(id);
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         info!(volume = %id, "deleted a leaf");
@@ -693,11 +682,17 @@ impl NodePlugin {
         Ok((key, mountpoint))
     }
 
-    async fn unpin(&self, fileset: &str, version: u64) {
-        let req = ms::PinRequest { fileset: fileset.to_string(), version, holder: self.pin_holder() };
+    /// Lets go of a pin (this node's by default); a failure is only logged:
+    /// the master drops pins of holders that are gone.
+    async fn unpin_as(&self, fileset: &str, version: u64, holder: String) {
+        let req = ms::PinRequest { fileset: fileset.to_string(), version, holder };
         if let Err(e) = self.files.master().unpin_version(req).await {
             warn!(fileset, version, error = %e.message(), "unpinning a version");
         }
+    }
+
+    async fn unpin(&self, fileset: &str, version: u64) {
+        self.unpin_as(fileset, version, self.pin_holder()).await
     }
 
     fn pin_holder(&self) -> String {
@@ -728,18 +723,7 @@ impl NodePlugin {
         mount::unmount(&rec.mountpoint)?;
         self.stop_serving(key).await;
         let _ = std::fs::remove_dir(&rec.mountpoint);
-        let unpinned = self
-            .files
-            .master()
-            .unpin_version(ms::PinRequest {
-                fileset: rec.fileset.clone(),
-                version: rec.version,
-                holder: self.pin_holder(),
-            })
-            .await;
-        if let Err(e) = unpinned {
-            warn!(root = %key, error = %e.message(), "unpinning a version");
-        }
+        self.unpin(&rec.fileset, rec.version).await;
         // The connection is gone, and with it every open the record counted.
         let _ = std::fs::remove_file(self.io_table_path(key));
         info!(root = %key, "unmounted a root");

@@ -419,46 +419,40 @@ impl Ctx {
             self.ingests.lock().unwrap().remove(&name);
             return Ok(());
         }
-        if let Some(leaf) = f.spec.source.leaf.clone() {
-            self.record_ingest(&name, key, IngestState::Running);
-            let (ctx, key, ns) = (self.clone(), key.to_string(), namespace_of(f));
-            tokio::spawn(async move {
-                let result = async {
-                    let (volume, node) = promote::locate(&ctx.client, &ns, &leaf).await?;
-                    let addr = promote::node_plugin(&ctx.client, &node).await?;
+        let (ctx, ns) = (self.clone(), namespace_of(f));
+        let work: futures::future::BoxFuture<'static, Result<(u64, u64), String>> =
+            if let Some(leaf) = f.spec.source.leaf.clone() {
+                let name = name.clone();
+                Box::pin(async move {
+                    let (volume, node) = promote::locate(&ctx.client, &ns, &leaf).await.map_err(|e| e.to_string())?;
+                    let addr = promote::node_plugin(&ctx.client, &node).await.map_err(|e| e.to_string())?;
                     info!(fileset = %name, volume = %volume, node = %node, plugin = %addr, "promoting a leaf");
-                    promote::promote(&addr, &volume, &name).await
-                }
-                .await;
-                let state = match result {
-                    Ok(v) => {
-                        info!(fileset = %name, version = v.version, files = v.files, "a promoted leaf is a new version");
-                        ctx.metrics.ingests.get_or_create(&ResultLabels { result: "ok" }).inc();
-                        IngestState::Done
-                    }
-                    Err(e) => {
-                        warn!(fileset = %name, error = %e, "promoting a leaf failed");
-                        IngestState::Failed { reason: e.to_string(), at: Instant::now() }
-                    }
-                };
-                ctx.record_ingest(&name, &key, state);
-            });
-            return Ok(());
-        }
-        let Some(http) = f.spec.source.http.clone() else { return Ok(()) };
+                    let v = promote::promote(&addr, &volume, &name).await.map_err(|e| e.to_string())?;
+                    Ok((v.version, v.files))
+                })
+            } else if let Some(http) = f.spec.source.http.clone() {
+                let name = name.clone();
+                Box::pin(async move {
+                    let v = ingest::ingest_http(&ctx.files, &name, &http.url, http.sha256.as_deref(), &ctx.scratch)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok((v.id, v.files))
+                })
+            } else {
+                return Ok(());
+            };
         self.record_ingest(&name, key, IngestState::Running);
         let (ctx, key) = (self.clone(), key.to_string());
         tokio::spawn(async move {
-            let result = ingest::ingest_http(&ctx.files, &name, &http.url, http.sha256.as_deref(), &ctx.scratch).await;
-            let state = match result {
-                Ok(v) => {
-                    info!(fileset = %name, version = v.id, files = v.files, "ingest stored a new version");
+            let state = match work.await {
+                Ok((version, files)) => {
+                    info!(fileset = %name, version, files, "ingest stored a new version");
                     ctx.metrics.ingests.get_or_create(&ResultLabels { result: "ok" }).inc();
                     IngestState::Done
                 }
-                Err(e) => {
-                    warn!(fileset = %name, error = %e, "ingest failed");
-                    IngestState::Failed { reason: e.to_string(), at: Instant::now() }
+                Err(reason) => {
+                    warn!(fileset = %name, error = %reason, "ingest failed");
+                    IngestState::Failed { reason, at: Instant::now() }
                 }
             };
             ctx.record_ingest(&name, &key, state);
