@@ -6,6 +6,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use tessera_codec_compare::backends;
+use tessera_codec_compare::bitmatrix::BitmatrixEncoder;
 
 /// `len` bytes starting on a page boundary. Stripes are cut from one such
 /// buffer as the write path cuts them from an item; the baseline copies
@@ -54,6 +55,16 @@ fn compare(c: &mut Criterion) {
             let refs: Vec<&[u8]> = d.get().chunks(unit).collect();
             let mut dst = PageAligned::new(k * unit);
             g.bench_function("memcpy", |b| b.iter(|| dst.get_mut().copy_from_slice(black_box(d.get()))));
+            // The XOR-only bit-matrix form of the same generator (a probe; see
+            // tessera_codec_compare::bitmatrix).
+            let probe = BitmatrixEncoder::new(k, m);
+            let mut parity = vec![vec![0u8; unit]; m];
+            g.bench_function(BenchmarkId::new("encode", "xor-bitmatrix-probe"), |b| {
+                b.iter(|| {
+                    let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    probe.encode(black_box(&refs), &mut outs);
+                })
+            });
             for backend in backends(k, m) {
                 let name = backend.backend();
                 let mut parity = vec![vec![0u8; unit]; m];

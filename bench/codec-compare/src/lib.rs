@@ -7,6 +7,8 @@
 
 use tessera_core::codec::{CodecError, ErasureCoder};
 
+pub mod bitmatrix;
+
 /// reed-solomon-erasure (GF(2^8), the Backblaze/klauspost port) with its
 /// C SIMD kernels.
 #[derive(Debug)]
