@@ -17,8 +17,12 @@ use crate::target::{Target, master_addr};
 use crate::units::{ByteSize, human};
 
 fn client(master: Option<&str>) -> anyhow::Result<FilesetClient> {
+    client_with(master, ClientConfig::default())
+}
+
+fn client_with(master: Option<&str>, config: ClientConfig) -> anyhow::Result<FilesetClient> {
     let addr = master_addr(master)?;
-    Ok(FilesetClient::new(&addr, StripeClient::new(ClientConfig::default()))?)
+    Ok(FilesetClient::new(&addr, StripeClient::new(config))?)
 }
 
 /// Says which master could not be reached, instead of a transport error.
@@ -312,6 +316,9 @@ pub struct GetArgs {
     /// Read mode: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     pub mode: ReadMode,
+    /// Stripes beyond k an accelerated read asks for at once (default: all m).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub accelerated_extra: Option<u16>,
     #[arg(long)]
     pub json: bool,
 }
@@ -320,7 +327,10 @@ pub async fn get(master: Option<&str>, a: &GetArgs) -> anyhow::Result<()> {
     if !a.target.path.is_empty() {
         bail!("get copies whole versions; use `tessera cat {}` for one file", a.target);
     }
-    let fc = client(master)?;
+    let fc = client_with(
+        master,
+        ClientConfig { accelerated_extra: a.accelerated_extra.map(usize::from), ..Default::default() },
+    )?;
     let t = Instant::now();
     let v = fc.open(&a.target.fileset, a.target.version).await?;
     let b = bar(v.manifest.packed_len(), "get");

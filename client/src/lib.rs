@@ -43,11 +43,20 @@ pub struct ClientConfig {
     pub fetch_timeout: Duration,
     pub connect_timeout: Duration,
     pub hedge: HedgePolicy,
-    /// Stripes an accelerated read asks for at once; `None` means all n.
-    pub accelerated_stripes: Option<usize>,
+    /// Stripes beyond k an accelerated read asks for at once (at least one
+    /// is always asked); `None` means all m, so every stripe of the item.
+    /// Fewer costs the servers less where they share CPUs or disks.
+    pub accelerated_extra: Option<usize>,
     pub class: RequestClass,
     /// Bytes per write message.
     pub write_chunk: usize,
+}
+
+impl ClientConfig {
+    /// Stripes an accelerated read of a RS(k, m) item asks for at once.
+    pub fn accelerated_stripes(&self, k: usize, m: usize) -> usize {
+        k + self.accelerated_extra.map_or(m, |e| e.clamp(1, m))
+    }
 }
 
 impl Default for ClientConfig {
@@ -56,7 +65,7 @@ impl Default for ClientConfig {
             fetch_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             hedge: HedgePolicy::default(),
-            accelerated_stripes: None,
+            accelerated_extra: None,
             class: RequestClass::Serving,
             write_chunk: 1 << 20,
         }
@@ -206,4 +215,19 @@ fn futures_are_send(c: &StripeClient, loc: &ItemLocation) {
     assert_send(c.read(loc, 0..1, ReadMode::Normal));
     assert_send(c.rebuild_stripes(loc, &[]));
     assert_send(c.write_item(loc.item, loc.layout, Bytes::new(), &[]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientConfig;
+
+    #[test]
+    fn accelerated_reads_ask_for_k_plus_between_one_and_m_stripes() {
+        let all = ClientConfig::default();
+        assert_eq!(all.accelerated_stripes(6, 3), 9);
+        let extra = |e| ClientConfig { accelerated_extra: Some(e), ..Default::default() };
+        assert_eq!(extra(1).accelerated_stripes(6, 3), 7);
+        assert_eq!(extra(0).accelerated_stripes(6, 3), 7, "always more than k");
+        assert_eq!(extra(5).accelerated_stripes(10, 4), 14, "never more than n");
+    }
 }

@@ -147,7 +147,7 @@ async fn run_session(
 ) -> (Result<Delivered, ClientError>, ReadReport) {
     let cfg = client.config();
     let layout = loc.layout;
-    let (k, n) = (layout.k(), layout.n());
+    let k = layout.k();
     let mut report = ReadReport::default();
     let now = Instant::now();
     let std_now = std::time::Instant::now();
@@ -184,7 +184,7 @@ async fn run_session(
     let policy = SessionPolicy {
         mode,
         extra_stripes: cfg.hedge.extra_stripes,
-        accelerated_stripes: cfg.accelerated_stripes.unwrap_or(n),
+        accelerated_stripes: cfg.accelerated_stripes(k, layout.m()),
     };
     let mut session = ReadSession::new(k, range.clone(), wants.clone(), policy, sources.clone());
 

@@ -115,6 +115,10 @@ struct RunArgs {
     /// How root volumes read stripes: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     read_mode: ReadMode,
+    /// Stripes beyond k an accelerated read asks for at once (default: all
+    /// m). One or two cost the chunkservers less where they share CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    accelerated_extra: Option<u16>,
     /// HTTP address of /metrics, /healthz and the control API (/volumes).
     #[arg(long, default_value = "0.0.0.0:7501")]
     metrics_listen: SocketAddr,
@@ -173,7 +177,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--endpoint {}: only unix:// endpoints are served", a.endpoint))?;
     let node_id = a.node_id.clone().context("--node-id (or NODE_NAME) is required")?;
     let master = a.master.clone().context("--master (or TESSERA_MASTER) is required")?;
-    let files = FilesetClient::new(&master, StripeClient::new(ClientConfig::default()))?;
+    let stripes = StripeClient::new(ClientConfig {
+        accelerated_extra: a.accelerated_extra.map(usize::from),
+        ..Default::default()
+    });
+    let files = FilesetClient::new(&master, stripes)?;
     let config = NodeConfig {
         node_id,
         master,

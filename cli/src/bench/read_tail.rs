@@ -51,6 +51,10 @@ pub struct ReadTailArgs {
     /// Read modes to measure.
     #[arg(long, value_delimiter = ',', default_value = "normal,hedged,accelerated")]
     pub modes: Vec<ReadMode>,
+    /// Stripes beyond k an accelerated read asks for at once (default: all m).
+    /// Fewer costs the servers less when they share CPUs with each other.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub accelerated_extra: Option<u16>,
     /// Print one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +80,9 @@ pub struct TailResult {
     pub m: usize,
     pub unit: u64,
     pub servers: usize,
+    /// Stripes each accelerated read asked for (accelerated runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerated_stripes: Option<usize>,
 }
 
 /// The items a run reads, with their bytes for verification.
@@ -154,6 +161,7 @@ pub async fn measure(
     reads: usize,
     budget: Duration,
 ) -> anyhow::Result<TailResult> {
+    let asked = config.accelerated_stripes(ds.locations[0].layout.k(), ds.locations[0].layout.m());
     let client = StripeClient::new(config);
     let layout = ds.locations[0].layout;
     let mut lat = Vec::with_capacity(reads);
@@ -209,6 +217,7 @@ pub async fn measure(
         m: layout.m(),
         unit: layout.stripe_unit() as u64,
         servers: 0,
+        accelerated_stripes: (mode == ReadMode::Accelerated).then_some(asked),
     })
 }
 
@@ -225,7 +234,10 @@ pub async fn run(
     anyhow::ensure!(args.slow + args.hang <= args.servers, "cannot fault more servers than are started");
     let cluster = LocalCluster::start(launcher, args.servers, None).await?;
     let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
-    let config = bench_client_config(Duration::from_millis(args.timeout_ms));
+    let config = ClientConfig {
+        accelerated_extra: args.accelerated_extra.map(usize::from),
+        ..bench_client_config(Duration::from_millis(args.timeout_ms))
+    };
     let budget = Duration::from_secs(args.max_seconds);
     let mut results = Vec::new();
     let mut scenarios: Vec<(&'static str, cs::Faults, usize)> = vec![("healthy", cs::Faults::default(), 0)];
