@@ -316,7 +316,8 @@ pub struct GetArgs {
     /// Read mode: normal, hedged or accelerated.
     #[arg(long, default_value = "hedged")]
     pub mode: ReadMode,
-    /// Stripes beyond k an accelerated read asks for at once (default: all m).
+    /// With --mode accelerated: stripes beyond k each read asks for at once
+    /// (default: all m).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub accelerated_extra: Option<u16>,
     #[arg(long)]
@@ -326,6 +327,9 @@ pub struct GetArgs {
 pub async fn get(master: Option<&str>, a: &GetArgs) -> anyhow::Result<()> {
     if !a.target.path.is_empty() {
         bail!("get copies whole versions; use `tessera cat {}` for one file", a.target);
+    }
+    if a.accelerated_extra.is_some() && a.mode != ReadMode::Accelerated {
+        bail!("--accelerated-extra applies to --mode accelerated, not {}", a.mode);
     }
     let fc = client_with(
         master,

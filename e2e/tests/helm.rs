@@ -63,7 +63,7 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     // Accelerated reads ask for every stripe unless the values say how many extra.
     assert!(!rendered.contains("--accelerated-extra"), "{rendered}");
     let (ok, extra, err) = helm(home.path(), &["template", "t", chart, "--set", "csi.acceleratedExtra=1"]);
-    assert!(ok && extra.contains("- --accelerated-extra=1"), "{err}");
+    assert!(ok && extra.contains("- --accelerated-extra=1"), "{err}{extra}");
     let manifest = home.path().join("rendered.yaml");
     std::fs::write(&manifest, &rendered).unwrap();
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");

@@ -120,15 +120,18 @@ impl BitmatrixEncoder {
                 let mut acc = [_mm256_setzero_si256(); BATCH];
                 for &s in src {
                     for (g, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: s points at packet b of a stripe; base + g *
-                        // GROUP + 32 <= len for every g < BATCH.
+                        // SAFETY: s is a stripe's start plus b * PACKET, and
+                        // b * PACKET + base + g * GROUP + PACKET <= len for
+                        // every b < 8 and g < BATCH, as base steps by
+                        // GROUP * BATCH below len.
                         let v = unsafe { _mm256_loadu_si256(s.add(base + g * GROUP) as *const __m256i) };
                         *a = _mm256_xor_si256(*a, v);
                     }
                 }
                 let d = outs[r / 8].wrapping_add((r % 8) * PACKET + base);
                 for (g, a) in acc.iter().enumerate() {
-                    // SAFETY: as above, within the parity stripe of `len` bytes.
+                    // SAFETY: d is a parity stripe's start plus (r % 8) *
+                    // PACKET + base; the same bound as above holds.
                     unsafe { _mm256_storeu_si256(d.add(g * GROUP) as *mut __m256i, *a) };
                 }
             }

@@ -161,9 +161,9 @@ pub async fn measure(
     reads: usize,
     budget: Duration,
 ) -> anyhow::Result<TailResult> {
-    let asked = config.accelerated_stripes(ds.locations[0].layout.k(), ds.locations[0].layout.m());
-    let client = StripeClient::new(config);
     let layout = ds.locations[0].layout;
+    let asked = config.accelerated_stripes(layout.k(), layout.m());
+    let client = StripeClient::new(config);
     let mut lat = Vec::with_capacity(reads);
     let mut fetched = 0u64;
     let mut returned = 0u64;
@@ -266,8 +266,8 @@ pub async fn run(
 
 pub fn print_header() {
     println!(
-        "{:<9} {:<12} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7} {:>12}",
-        "scenario", "mode", "reads", "p50 ms", "p99 ms", "p99.9 ms", "MB/s", "amplif", "hedges (won)"
+        "{:<9} {:<16} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7} {:>12}",
+        "scenario", "mode (stripes)", "reads", "p50 ms", "p99 ms", "p99.9 ms", "MB/s", "amplif", "hedges (won)"
     );
 }
 
@@ -276,9 +276,12 @@ pub fn print_row(r: &TailResult, json: bool) {
         println!("{}", serde_json::to_string(r).expect("results serialize"));
     } else {
         println!(
-            "{:<9} {:<12} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>8.0} {:>7.3} {:>12}",
+            "{:<9} {:<16} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>8.0} {:>7.3} {:>12}",
             r.scenario,
-            r.mode,
+            match r.accelerated_stripes {
+                Some(n) => format!("{} ({n})", r.mode),
+                None => r.mode.clone(),
+            },
             r.reads,
             r.p50_ms,
             r.p99_ms,
