@@ -3,12 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use tessera_core::units::{parse_duration, parse_rate};
 
 use crate::classes::{ClassLimits, RequestClass};
 use crate::quotas::QuotaConfig;
+use crate::scrub::ScrubConfig;
 use crate::server::{self, Config};
 
 /// Run a chunkserver: store stripes on local data directories and serve them over gRPC.
@@ -70,6 +73,23 @@ pub struct ChunkserverArgs {
     /// Rack of this server's node (failure domain; the node is --node-id).
     #[arg(long, default_value = "default")]
     pub rack: String,
+    /// Most bytes per second the background scrubber reads to check every
+    /// stored block against its checksum (e.g. 8MiB/s); 0 turns it off. It
+    /// runs in the repair class, so serving reads go first.
+    #[arg(long, default_value = "8MiB/s", value_parser = parse_rate)]
+    pub scrub_bandwidth: u64,
+    /// Time from the start of one full scrub pass to the start of the next
+    /// (e.g. 7d); a pass that takes longer is followed at once.
+    #[arg(long, default_value = "7d", value_parser = parse_period)]
+    pub scrub_period: Duration,
+}
+
+fn parse_period(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 /// The line printed on stdout once the server is ready, for whoever started it.
@@ -105,6 +125,7 @@ impl ChunkserverArgs {
                 q
             },
             enable_fault_injection: self.enable_fault_injection,
+            scrub: ScrubConfig { bytes_per_sec: self.scrub_bandwidth, period: self.scrub_period },
             master: self.master.clone().map(|m| {
                 let identity = crate::registrar::Identity {
                     server_id: node_id.clone(),
@@ -146,21 +167,7 @@ fn parse_quota(s: &str) -> Result<(RequestClass, u64), String> {
         let names: Vec<_> = RequestClass::ALL.iter().map(|c| c.as_str()).collect();
         format!("quota {s:?}: unknown class {class:?} (one of {})", names.join(", "))
     })?;
-    let rate = rate.strip_suffix("/s").unwrap_or(rate);
-    let split = rate.find(|c: char| !c.is_ascii_digit()).unwrap_or(rate.len());
-    let (digits, unit) = rate.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("quota {s:?}: the rate must start with a whole number"))?;
-    let scale: u64 = match unit {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => return Err(format!("quota {s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
-    };
-    let rate = n.checked_mul(scale).ok_or_else(|| format!("quota {s:?}: the rate is too large"))?;
+    let rate = parse_rate(rate).map_err(|e| format!("quota {s:?}: {e}"))?;
     Ok((class, rate))
 }
 
@@ -177,5 +184,19 @@ mod tests {
         assert!(parse_quota("scrub=1M").unwrap_err().contains("unknown class \"scrub\""));
         assert!(parse_quota("repair=fast").unwrap_err().contains("whole number"));
         assert!(parse_quota("repair=5PB").unwrap_err().contains("unknown unit \"PB\""));
+        let args = |extra: &[&str]| {
+            #[derive(clap::Parser)]
+            struct T {
+                #[command(flatten)]
+                a: ChunkserverArgs,
+            }
+            let base = ["t", "--data-dir", "/tmp/x"];
+            <T as clap::Parser>::try_parse_from(base.iter().chain(extra)).map(|t| t.a)
+        };
+        let a = args(&["--scrub-bandwidth", "64MiB/s", "--scrub-period", "1d"]).unwrap();
+        assert_eq!(a.config().scrub, ScrubConfig { bytes_per_sec: 64 << 20, period: Duration::from_secs(86_400) });
+        assert_eq!(args(&[]).unwrap().config().scrub, ScrubConfig::default());
+        let e = args(&["--scrub-period", "0s"]).err().unwrap().to_string();
+        assert!(e.contains("--scrub-period"), "{e}");
     }
 }

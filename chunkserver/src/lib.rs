@@ -5,7 +5,8 @@
 //! (admission per request class), [`quotas`] (usage quotas and per-stripe
 //! queues), [`faults`] (run-time fault injection),
 //! [`stats`] (per-device bandwidth windows), [`metrics`] (Prometheus),
-//! [`registrar`] (reports to the master),
+//! [`registrar`] (reports to the master), [`scrub`] (background
+//! verification of every stored block),
 //! [`service`] (gRPC handlers and status codes), [`fast_read`] (ReadStripe
 //! without copies) and [`server`] (wiring).
 
@@ -15,6 +16,7 @@ pub mod faults;
 pub mod metrics;
 pub mod quotas;
 pub mod registrar;
+pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod stats;

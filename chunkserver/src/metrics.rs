@@ -58,6 +58,18 @@ pub struct Metrics {
     /// A running total kept by the stripe queues, published at scrape time.
     pub quota_bypassed: Family<ClassLabels, Gauge>,
     pub stripe_waiting: Family<ClassLabels, Gauge>,
+    /// Stripes taken out of service, by what found them (read, scrub, verify).
+    pub quarantined: Family<FoundLabels, Counter>,
+    pub scrubbed_bytes: Counter,
+    pub scrub_errors: Counter,
+    pub scrub_passes: Counter,
+    pub scrub_last_pass: Gauge<f64, AtomicU64>,
+    pub scrub_pass_seconds: Gauge<f64, AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FoundLabels {
+    pub found_by: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -85,6 +97,12 @@ impl Default for Metrics {
             quota_exceeded: Family::default(),
             quota_bypassed: Family::default(),
             stripe_waiting: Family::default(),
+            quarantined: Family::default(),
+            scrubbed_bytes: Counter::default(),
+            scrub_errors: Counter::default(),
+            scrub_passes: Counter::default(),
+            scrub_last_pass: Gauge::default(),
+            scrub_pass_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Data requests by operation, class and gRPC code", m.requests.clone());
@@ -127,6 +145,20 @@ impl Default for Metrics {
             "Requests waiting for a turn on a busy stripe",
             m.stripe_waiting.clone(),
         );
+        registry.register(
+            "quarantined_stripes",
+            "Stripes taken out of service because a block failed its checksum, by what found it",
+            m.quarantined.clone(),
+        );
+        registry.register("scrubbed_bytes", "Stripe bytes the scrubber verified", m.scrubbed_bytes.clone());
+        registry.register("scrub_errors", "Corrupt stripes the scrubber found", m.scrub_errors.clone());
+        registry.register("scrub_passes", "Full scrub passes over every stored stripe", m.scrub_passes.clone());
+        registry.register(
+            "scrub_last_pass_timestamp_seconds",
+            "Unix time at which the last full scrub pass ended (0: none yet)",
+            m.scrub_last_pass.clone(),
+        );
+        registry.register("scrub_pass_seconds", "How long the last full scrub pass took", m.scrub_pass_seconds.clone());
         Self { registry, ..m }
     }
 }

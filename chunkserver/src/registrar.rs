@@ -1,6 +1,7 @@
 //! Reporting to the master: register with the server's address and topology,
 //! send the full inventory, then heartbeat every second with free space,
-//! read bandwidth and the stripes stored or removed since the last beat.
+//! read bandwidth and the stripes stored, removed or quarantined since the
+//! last beat (a quarantine sends a beat at once).
 //! When the master answers that it does not know the server (it restarted),
 //! everything starts over; the master rebuilds its index from these reports.
 
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::service::Shared;
 use crate::stats::DEFAULT_WINDOW_SECS;
+use crate::store::Change;
 
 /// Heartbeat period.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -97,7 +99,12 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // A quarantined stripe is news the master must have at once: it
+        // starts the rebuild.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.quarantined.notified() => {}
+        }
         let Some(changes) = shared.store.take_changes() else { return Ok(()) };
         let (free, total) = space(shared);
         let read: f64 = shared.reads.iter().map(|w| w.rate(Instant::now(), DEFAULT_WINDOW_SECS)).sum();
@@ -107,8 +114,9 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
             free_bytes: free,
             total_bytes: total,
             read_bytes_per_sec: read,
-            added: changes.iter().filter(|c| c.1).map(|c| wire(&c.0)).collect(),
-            removed: changes.iter().filter(|c| !c.1).map(|c| wire(&c.0)).collect(),
+            added: changes.iter().filter(|c| c.1 == Change::Stored).map(|c| wire(&c.0)).collect(),
+            removed: changes.iter().filter(|c| c.1 != Change::Stored).map(|c| wire(&c.0)).collect(),
+            quarantined: changes.iter().filter(|c| c.1 == Change::Quarantined).map(|c| wire(&c.0)).collect(),
         };
         if client.heartbeat(req).await?.into_inner().reregister {
             return Ok(());

@@ -19,6 +19,7 @@ use crate::classes::{Admission, ClassLimits};
 use crate::fast_read::FastReads;
 use crate::quotas::QuotaConfig;
 use crate::registrar;
+use crate::scrub::{self, ScrubConfig};
 use crate::service::{ChunkserverService, FaultService, Shared};
 use crate::store::StripeStore;
 
@@ -41,6 +42,7 @@ pub struct Config {
     /// Usage quotas and the per-stripe queues.
     pub quotas: QuotaConfig,
     pub enable_fault_injection: bool,
+    pub scrub: ScrubConfig,
     /// Report to this master (host:port) as this identity.
     pub master: Option<(String, registrar::Identity)>,
 }
@@ -114,6 +116,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             registrar::run(shared, master, identity, stop).await;
+            Ok(())
+        }));
+    }
+    {
+        let (shared, stop, cfg) = (shared.clone(), stop_rx.clone(), config.scrub);
+        tasks.push(tokio::spawn(async move {
+            scrub::run(shared, cfg, stop).await;
             Ok(())
         }));
     }

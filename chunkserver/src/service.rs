@@ -8,14 +8,14 @@ use std::time::Instant;
 use futures::Stream;
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_server::FaultInjection};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, debug_span, error, info, warn};
 
 use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
-use crate::metrics::{ClassLabels, DirLabels, FaultLabels, Metrics, OpLabels, RequestLabels};
+use crate::metrics::{ClassLabels, DirLabels, FaultLabels, FoundLabels, Metrics, OpLabels, RequestLabels};
 use crate::quotas::{QuotaConfig, StripeQueues};
 use crate::stats::{DEFAULT_WINDOW_SECS, RateWindow};
 use crate::store::{StoreError, StripeHeader, StripeStore, WriteStart};
@@ -56,6 +56,27 @@ pub struct Shared {
     pub writes: Vec<RateWindow>,
     /// Metric labels of each data dir, built once rather than per request.
     dir_labels: Vec<DirLabels>,
+    /// Woken when a stripe is quarantined, so the registrar tells the master
+    /// at once rather than at the next heartbeat.
+    pub quarantined: Notify,
+}
+
+/// What found a corrupt stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundBy {
+    Read,
+    Scrub,
+    Verify,
+}
+
+impl FoundBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoundBy::Read => "read",
+            FoundBy::Scrub => "scrub",
+            FoundBy::Verify => "verify",
+        }
+    }
 }
 
 impl Shared {
@@ -73,6 +94,35 @@ impl Shared {
             writes: (0..n).map(|_| RateWindow::new(origin)).collect(),
             dir_labels: store.dirs().iter().map(|d| DirLabels { data_dir: d.path.display().to_string() }).collect(),
             store,
+            quarantined: Notify::new(),
+        }
+    }
+
+    /// Takes a stripe with a block failing its checksum out of service:
+    /// counts it, moves the file aside and wakes the registrar to tell the
+    /// master, which rebuilds it elsewhere. Returns whether this call did it.
+    pub async fn quarantine(&self, stripe: StripeId, dir: usize, found_by: FoundBy, error: &StoreError) -> bool {
+        self.metrics.checksum_failures.get_or_create(self.dir_label(dir)).inc();
+        error!(%stripe, found_by = found_by.as_str(), %error, "corrupt block on disk; quarantining the stripe");
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.quarantine(&stripe)).await {
+            Ok(Ok(true)) => {
+                self.metrics.quarantined.get_or_create(&FoundLabels { found_by: found_by.as_str() }).inc();
+                self.quarantined.notify_one();
+                true
+            }
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                // Out of the index already, so it is not served and the
+                // master hears of it; only the file could not be moved.
+                error!(%stripe, error = %e, "could not move a corrupt stripe to quarantine");
+                self.quarantined.notify_one();
+                true
+            }
+            Err(e) => {
+                error!(%stripe, error = %e, "quarantine task failed");
+                false
+            }
         }
     }
 
@@ -143,8 +193,7 @@ impl Shared {
                         let (data, meta) = match read {
                             Ok(x) => x,
                             Err(e @ StoreError::Corrupt { .. }) => {
-                                s.metrics.checksum_failures.get_or_create(s.dir_label(meta.dir)).inc();
-                                error!(%stripe, error = %e, "corrupt block on disk");
+                                s.quarantine(stripe, meta.dir, FoundBy::Read, &e).await;
                                 return Err(Status::from(e));
                             }
                             Err(e) => return Err(Status::from(e)),
@@ -430,6 +479,51 @@ impl Chunkserver for ChunkserverService {
             })
             .collect();
         Ok(Response::new(cs::StatsResponse { window_secs: window, devices, classes, node_id: s.node_id.clone() }))
+    }
+
+    async fn verify_stripe(
+        &self,
+        request: Request<cs::VerifyStripeRequest>,
+    ) -> Result<Response<cs::VerifyStripeResponse>, Status> {
+        let started = Instant::now();
+        let stripe = parse_stripe(request.get_ref().stripe.as_ref(), "stripe")?;
+        let result = self.verify(stripe).instrument(debug_span!("verify_stripe", %stripe)).await;
+        let code = result.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code());
+        self.shared.observe("verify", RequestClass::Repair, started, code);
+        result.map(Response::new)
+    }
+}
+
+impl ChunkserverService {
+    /// Verifies a whole stripe now, in the repair class, a chunk at a time.
+    async fn verify(&self, stripe: StripeId) -> Result<cs::VerifyStripeResponse, Status> {
+        let s = &self.shared;
+        let Some(meta) = s.store.get(&stripe) else {
+            return Err(Status::not_found(format!("stripe {stripe} is not stored on {}", s.node_id)));
+        };
+        let bs = meta.block_size as u64;
+        let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
+        let mut off = 0;
+        while off < meta.length {
+            let len = chunk.min(meta.length - off);
+            let _permit = s.admission.admit(RequestClass::Repair).await;
+            let _turn = s.stripe_queues.enter(stripe, RequestClass::Repair).await;
+            let store = s.store.clone();
+            match tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await.map_err(join_error)? {
+                Ok(_) => {}
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    s.quarantine(stripe, meta.dir, FoundBy::Verify, &e).await;
+                    return Ok(cs::VerifyStripeResponse { intact: false, quarantined: true });
+                }
+                // Deleted or quarantined meanwhile.
+                Err(StoreError::NotFound(_)) => {
+                    return Ok(cs::VerifyStripeResponse { intact: false, quarantined: false });
+                }
+                Err(e) => return Err(Status::from(e)),
+            }
+            off += len;
+        }
+        Ok(cs::VerifyStripeResponse { intact: true, quarantined: false })
     }
 }
 

@@ -47,18 +47,19 @@ const FILESET: &str = "demo";
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.servers >= 9, "--servers: RS(6,3) over three zones needs at least 9 chunkservers");
-    println!("Tessera demo: a master and {} chunkservers in 3 zones on loopback.\n", args.servers);
+    crate::outln!("Tessera demo: a master and {} chunkservers in 3 zones on loopback.\n", args.servers);
 
-    print!("[1/6] Starting the master and {} chunkserver processes ... ", args.servers);
+    crate::out!("[1/6] Starting the master and {} chunkserver processes ... ", args.servers);
     let t = Instant::now();
-    let spec = ClusterSpec { servers: args.servers, zones: 3, master: true, master_args: vec![] };
+    let spec =
+        ClusterSpec { servers: args.servers, zones: 3, master: true, master_args: vec![], chunkserver_args: vec![] };
     let mut cluster = LocalCluster::start_spec(Launcher::from_env()?, &spec, None).await?;
     let fc = FilesetClient::new(
         &cluster.master_addr().expect("started with a master"),
         StripeClient::new(ClientConfig::default()),
     )?;
     wait_registered(&fc, args.servers).await?;
-    println!("done in {:.1} s", t.elapsed().as_secs_f64());
+    crate::outln!("done in {:.1} s", t.elapsed().as_secs_f64());
 
     let scratch = tempfile::Builder::new().prefix("tessera-demo-").tempdir()?;
     let src = scratch.path().join("sample");
@@ -70,7 +71,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     let (small, small_bytes) = generate(&src.join("env"), Mix::Small, &tree, 1)?;
     let (large, large_bytes) = generate(&src.join("model"), Mix::Large, &tree, 2)?;
-    println!(
+    crate::outln!(
         "[2/6] A sample fileset: {small} small files ({}) and {large} large one ({}) in {}",
         human(small_bytes),
         human(large_bytes),
@@ -99,7 +100,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let status = fc.master().status(ms::StatusRequest { fileset: FILESET.into() }).await?.into_inner();
     let per_zone: Vec<String> =
         status.filesets[0].stripes_per_domain.iter().map(|d| format!("{} {}", d.domain, d.stripes)).collect();
-    println!(
+    crate::outln!(
         "[3/6] put {FILESET}@{}: {} files, {} in {} items of RS(6,3) in {secs:.2} s ({:.0} MB/s, fsync on every chunkserver)",
         v.id,
         v.files,
@@ -107,7 +108,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         v.items.len(),
         v.bytes as f64 / secs / 1e6
     );
-    println!(
+    crate::outln!(
         "      stripes per zone: {} (at most 3 of an item's 9 in one zone, so any zone can go down)",
         per_zone.join(", ")
     );
@@ -127,7 +128,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let config = bench_client_config(Duration::from_millis(200));
     let budget = Duration::from_secs(30);
-    println!("[4/6] Reading the items back, {} reads per mode, healthy cluster", args.reads);
+    crate::outln!("[4/6] Reading the items back, {} reads per mode, healthy cluster", args.reads);
     let mut healthy = Vec::new();
     for mode in ReadMode::ALL {
         let r = measure("healthy", &ds, mode, config.clone(), 10, args.reads, budget).await?;
@@ -136,9 +137,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     let slow = &cluster.servers[0];
-    println!(
+    crate::outln!(
         "[5/6] Slowing {} down by {} ms per request (fault injection) and reading again",
-        slow.node_id, args.slow_latency_ms
+        slow.node_id,
+        args.slow_latency_ms
     );
     slow.set_faults(cs::Faults { latency_ms: args.slow_latency_ms, ..Default::default() }).await?;
     let mut slowed = Vec::new();
@@ -151,14 +153,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let slow_name = slow.node_id.clone();
 
     let zone = cluster.zone("z1");
-    println!("[6/6] Stopping zone z1 ({} chunkservers) and copying {FILESET}@{} out with get", zone.len(), v.id);
+    crate::outln!("[6/6] Stopping zone z1 ({} chunkservers) and copying {FILESET}@{} out with get", zone.len(), v.id);
     for &i in &zone {
         cluster.servers[i].kill().await?;
     }
     let dest = scratch.path().join("copy");
     let t = Instant::now();
     let got = open.get(fc.stripes(), &dest, ReadMode::Hedged, &|_| {}).await?;
-    println!(
+    crate::outln!(
         "      {} files, {} directories, {} in {:.2} s, every file checked against its SHA-256 from the manifest",
         got.files,
         got.dirs,
@@ -171,29 +173,31 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let base = healthy[0].p99_ms;
     let (n, h, a) = (&slowed[0], &slowed[1], &slowed[2]);
-    println!("\nWhat hedging did with {slow_name} slowed by {} ms:", args.slow_latency_ms);
-    println!(
+    crate::outln!("\nWhat hedging did with {slow_name} slowed by {} ms:", args.slow_latency_ms);
+    crate::outln!(
         "  normal reads wait for every data stripe: p99 {:.1} ms, {:.1}x the healthy p99 of {:.1} ms.",
         n.p99_ms,
         n.p99_ms / base,
         base
     );
-    println!(
+    crate::outln!(
         "  hedged reads rebuilt the slow stripe from parity in {} of {} reads: p99 {:.1} ms ({:.2}x healthy),",
         h.hedges_won,
         h.reads,
         h.p99_ms,
         h.p99_ms / base
     );
-    println!("    fetching {:.2} bytes per byte returned.", h.amplification);
-    println!(
+    crate::outln!("    fetching {:.2} bytes per byte returned.", h.amplification);
+    crate::outln!(
         "  accelerated reads asked all 9 stripes at once and kept the first 6: p99 {:.1} ms ({:.2}x healthy),",
         a.p99_ms,
         a.p99_ms / base
     );
-    println!("    fetching {:.2} bytes per byte returned (at most n/k = 1.50).", a.amplification);
-    println!("Every read was checked byte for byte, and every block against its CRC32C.");
-    println!("Next: `tessera local up` keeps a cluster running; `tessera put DIR --fileset NAME` stores your own.");
+    crate::outln!("    fetching {:.2} bytes per byte returned (at most n/k = 1.50).", a.amplification);
+    crate::outln!("Every read was checked byte for byte, and every block against its CRC32C.");
+    crate::outln!(
+        "Next: `tessera local up` keeps a cluster running; `tessera put DIR --fileset NAME` stores your own."
+    );
     Ok(())
 }
 
@@ -210,8 +214,14 @@ async fn wait_registered(fc: &FilesetClient, servers: usize) -> anyhow::Result<(
 }
 
 fn line(r: &TailResult) {
-    println!(
+    crate::outln!(
         "      {:<12} p50 {:>6.1} ms   p99 {:>6.1} ms   {:>5.0} MB/s   amplification {:.2}   hedges {} (won {})",
-        r.mode, r.p50_ms, r.p99_ms, r.mb_per_s, r.amplification, r.hedges, r.hedges_won
+        r.mode,
+        r.p50_ms,
+        r.p99_ms,
+        r.mb_per_s,
+        r.amplification,
+        r.hedges,
+        r.hedges_won
     );
 }

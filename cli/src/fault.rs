@@ -87,7 +87,7 @@ async fn inject(a: &InjectArgs) -> anyhow::Result<()> {
         };
         c.set_faults(f).await?.into_inner()
     };
-    println!(
+    crate::outln!(
         "{}: latency {} ms, bandwidth cap {}, hang {}, error rate {}, corrupt rate {}",
         a.server,
         now.latency_ms,
@@ -118,7 +118,7 @@ async fn control(verb: &str, t: &TargetArgs) -> anyhow::Result<()> {
     s.read_to_string(&mut resp).await?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let ok = head.starts_with("HTTP/1.1 200");
-    print!("{body}");
+    crate::out!("{body}");
     anyhow::ensure!(ok, "the local cluster refused: {}", body.trim());
     Ok(())
 }

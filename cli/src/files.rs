@@ -16,24 +16,60 @@ use tessera_proto::ms;
 use crate::target::{Target, master_addr};
 use crate::units::{ByteSize, human};
 
-fn client(master: Option<&str>) -> anyhow::Result<FilesetClient> {
-    client_with(master, ClientConfig::default())
+/// Which master the commands talk to, and how long they wait for it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// host:port; `None` finds the local cluster's.
+    pub master: Option<String>,
+    /// Deadline of each call to the master.
+    pub timeout: Duration,
 }
 
-fn client_with(master: Option<&str>, config: ClientConfig) -> anyhow::Result<FilesetClient> {
-    let addr = master_addr(master)?;
-    Ok(FilesetClient::new(&addr, StripeClient::new(config))?)
-}
-
-/// Says which master could not be reached, instead of a transport error.
-pub fn explain(master: Option<&str>, e: anyhow::Error) -> anyhow::Error {
-    let unreachable = e.downcast_ref::<tonic::Status>().map(|s| s.code()) == Some(tonic::Code::Unavailable)
-        || matches!(e.downcast_ref::<tessera_client::fileset::FilesetError>(), Some(tessera_client::fileset::FilesetError::Master(s)) if s.code() == tonic::Code::Unavailable && s.message().contains("connect"));
-    if unreachable {
-        let addr = master_addr(master).unwrap_or_default();
-        return anyhow::anyhow!("cannot reach the master at {addr}: is it running? ({e})");
+impl Remote {
+    fn master(&self) -> Option<&str> {
+        self.master.as_deref()
     }
-    e
+}
+
+fn client(r: &Remote) -> anyhow::Result<FilesetClient> {
+    client_with(r, ClientConfig::default())
+}
+
+fn client_with(r: &Remote, config: ClientConfig) -> anyhow::Result<FilesetClient> {
+    let addr = master_addr(r.master())?;
+    Ok(FilesetClient::with_timeout(&addr, StripeClient::new(config), r.timeout)?)
+}
+
+/// The sentence a user reads for an error: which master could not be
+/// reached or did not answer in time, and the server's own words rather
+/// than a raw gRPC status.
+pub fn explain(r: &Remote, e: &anyhow::Error) -> String {
+    use tessera_client::fileset::FilesetError;
+    let addr = || master_addr(r.master()).unwrap_or_else(|_| "(none found)".into());
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        let status = cause.downcast_ref::<tonic::Status>().or(match cause.downcast_ref::<FilesetError>() {
+            Some(FilesetError::Master(s)) => Some(s),
+            _ => None,
+        });
+        let Some(s) = status else {
+            parts.push(cause.to_string());
+            continue;
+        };
+        // A status's own sources are transport detail: it ends the chain.
+        let timed_out = s.code() == tonic::Code::DeadlineExceeded
+            || (s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired"));
+        parts.push(if timed_out {
+            format!("the master at {} did not answer within {:?} (--timeout)", addr(), r.timeout)
+        } else if s.code() == tonic::Code::Unavailable {
+            format!("cannot reach the master at {}: is it running? ({})", addr(), s.message())
+        } else {
+            s.message().to_string()
+        });
+        break;
+    }
+    parts.dedup();
+    parts.join(": ")
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
@@ -50,30 +86,36 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 /// differs, which is an error).
 #[derive(Debug, Clone, Args, Default)]
 pub struct SpecArgs {
-    /// Data stripes per item (default 6).
-    #[arg(long)]
+    /// Data stripes per item, 1 to 255 (default 6).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub k: Option<u32>,
-    /// Parity stripes per item (default 3).
-    #[arg(long)]
+    /// Parity stripes per item, at least 1 (default 3).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub m: Option<u32>,
     /// Stripe unit (default 1MiB).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_size)]
     pub unit: Option<ByteSize>,
     /// Checksum block size (default 64KiB).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_size)]
     pub block: Option<ByteSize>,
     /// Failure-domain level the placement rule applies to: region, zone, rack or node (default zone).
     #[arg(long)]
     pub level: Option<String>,
     /// Most stripes of an item per domain (default m).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_domain: Option<u32>,
     /// Repair urgency: high (at once) or low (after the grace period; the default).
     #[arg(long)]
     pub availability: Option<String>,
-    /// Versions kept (default 1).
-    #[arg(long)]
+    /// Versions kept, at least 1 (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
+    /// Stripes of an item that must be stored for a write to succeed when
+    /// fewer than k + m servers can take them, k to k + m (default k + 1).
+    /// The missing stripes are rebuilt once placement allows; until then
+    /// the item survives fewer losses. k + m never writes degraded.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_write_stripes: Option<u32>,
     /// How volumes of this fileset read unless they say otherwise: normal,
     /// hedged or accelerated (default: each reader's own).
     #[arg(long, value_parser = ["normal", "hedged", "accelerated"])]
@@ -91,6 +133,7 @@ impl SpecArgs {
             || self.availability.is_some()
             || self.keep.is_some()
             || self.read_mode.is_some()
+            || self.min_write_stripes.is_some()
     }
 
     fn apply(&self, name: &str, base: Option<ms::FilesetSpec>) -> ms::FilesetSpec {
@@ -126,8 +169,19 @@ impl SpecArgs {
         if let Some(m) = &self.read_mode {
             s.read_mode = m.clone();
         }
+        if let Some(w) = self.min_write_stripes {
+            s.min_write_stripes = w;
+        }
         s
     }
+}
+
+fn positive_size(s: &str) -> Result<ByteSize, String> {
+    let b: ByteSize = s.parse()?;
+    if b.0 == 0 {
+        return Err("must be larger than zero".into());
+    }
+    Ok(b)
 }
 
 /// Upload a directory (or one file) as a new version of a fileset.
@@ -140,7 +194,7 @@ pub struct PutArgs {
     pub fileset: String,
     /// Fail if the fileset does not exist instead of creating it (ingest
     /// pods use this so a deleted Fileset is not brought back).
-    #[arg(long, conflicts_with_all = ["k", "m", "unit", "block", "level", "max_per_domain", "availability", "keep", "read_mode"])]
+    #[arg(long, conflicts_with_all = ["k", "m", "unit", "block", "level", "max_per_domain", "availability", "keep", "read_mode", "min_write_stripes"])]
     pub existing: bool,
     #[command(flatten)]
     pub spec: SpecArgs,
@@ -152,8 +206,8 @@ pub struct PutArgs {
     pub json: bool,
 }
 
-pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
-    let fc = client(master)?;
+pub async fn put(r: &Remote, a: &PutArgs) -> anyhow::Result<()> {
+    let fc = client(r)?;
     // Bad paths are refused before anything exists on the master.
     let root = a.path.clone();
     let entries = tokio::task::spawn_blocking(move || scan(&root)).await??;
@@ -173,7 +227,7 @@ pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
         Err(s) if s.code() == tonic::Code::NotFound => {
             fc.create_fileset(a.spec.apply(&a.fileset, None), true).await?;
         }
-        Err(s) => return Err(anyhow::anyhow!("master: {}", s.message())),
+        Err(s) => return Err(s.into()),
     }
     let total: u64 = entries.iter().filter(|e| e.kind == SourceKind::File).map(|e| e.size).sum();
     let b = bar(total, "put");
@@ -184,12 +238,12 @@ pub async fn put(master: Option<&str>, a: &PutArgs) -> anyhow::Result<()> {
     b.finish_and_clear();
     let v = v?;
     if a.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"fileset": v.fileset, "version": v.id, "files": v.files, "bytes": v.bytes, "items": v.items.len(), "seconds": t.elapsed().as_secs_f64()})
         );
     } else {
-        println!(
+        crate::outln!(
             "{}@{}: {} files, {} in {} items ({:.1} s)",
             v.fileset,
             v.id,
@@ -235,21 +289,26 @@ fn print_entry(e: &Entry) {
         EntryKind::Symlink { target } => format!(" -> {target}"),
         _ => String::new(),
     };
-    println!("{} {:>10} {:>8} {}{}", mode_string(e), e.size, format!("{}d ago", age / 86400), e.path, link);
+    crate::outln!("{} {:>10} {:>8} {}{}", mode_string(e), e.size, format!("{}d ago", age / 86400), e.path, link);
 }
 
-pub async fn ls(master: Option<&str>, a: &LsArgs) -> anyhow::Result<()> {
-    let fc = client(master)?;
+pub async fn ls(r: &Remote, a: &LsArgs) -> anyhow::Result<()> {
+    let fc = client(r)?;
     let Some(t) = &a.target else {
         let list = fc.master().list_filesets(ms::ListFilesetsRequest {}).await?.into_inner().filesets;
-        println!(
+        crate::outln!(
             "{:<24} {:>8} {:>8} {:>12} {:>6} {:>11}",
-            "FILESET", "LATEST", "VERSIONS", "LAYOUT", "AVAIL", "READ MODE"
+            "FILESET",
+            "LATEST",
+            "VERSIONS",
+            "LAYOUT",
+            "AVAIL",
+            "READ MODE"
         );
         for f in list {
             let spec = f.spec.unwrap_or_default();
             let l = spec.layout.unwrap_or_default();
-            println!(
+            crate::outln!(
                 "{:<24} {:>8} {:>8} {:>12} {:>6} {:>11}",
                 spec.name,
                 f.latest_version,
@@ -291,18 +350,18 @@ pub struct CatArgs {
     pub mode: ReadMode,
 }
 
-pub async fn cat(master: Option<&str>, a: &CatArgs) -> anyhow::Result<()> {
+pub async fn cat(r: &Remote, a: &CatArgs) -> anyhow::Result<()> {
     if a.target.path.is_empty() {
         bail!("cat needs a file: NAME[@VERSION]/PATH");
     }
-    let fc = client(master)?;
+    let fc = client(r)?;
     let v = fc.open(&a.target.fileset, a.target.version).await?;
     let parts = v.read_file(fc.stripes(), &a.target.path, a.mode).await?;
     let mut out = std::io::stdout().lock();
     for p in parts {
-        out.write_all(&p)?;
+        out.write_all(&p).inspect_err(crate::output::exit_if_closed)?;
     }
-    out.flush()?;
+    out.flush().inspect_err(crate::output::exit_if_closed)?;
     Ok(())
 }
 
@@ -324,17 +383,15 @@ pub struct GetArgs {
     pub json: bool,
 }
 
-pub async fn get(master: Option<&str>, a: &GetArgs) -> anyhow::Result<()> {
+pub async fn get(r: &Remote, a: &GetArgs) -> anyhow::Result<()> {
     if !a.target.path.is_empty() {
         bail!("get copies whole versions; use `tessera cat {}` for one file", a.target);
     }
     if a.accelerated_extra.is_some() && a.mode != ReadMode::Accelerated {
         bail!("--accelerated-extra applies to --mode accelerated, not {}", a.mode);
     }
-    let fc = client_with(
-        master,
-        ClientConfig { accelerated_extra: a.accelerated_extra.map(usize::from), ..Default::default() },
-    )?;
+    let fc =
+        client_with(r, ClientConfig { accelerated_extra: a.accelerated_extra.map(usize::from), ..Default::default() })?;
     let t = Instant::now();
     let v = fc.open(&a.target.fileset, a.target.version).await?;
     let b = bar(v.manifest.packed_len(), "get");
@@ -343,12 +400,12 @@ pub async fn get(master: Option<&str>, a: &GetArgs) -> anyhow::Result<()> {
     b.finish_and_clear();
     let stats = stats?;
     if a.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"fileset": a.target.fileset, "version": v.id(), "files": stats.files, "dirs": stats.dirs, "symlinks": stats.symlinks, "bytes": stats.bytes, "seconds": t.elapsed().as_secs_f64()})
         );
     } else {
-        println!(
+        crate::outln!(
             "{}@{} -> {}: {} files, {} directories, {} symlinks, {} verified ({:.1} s)",
             a.target.fileset,
             v.id(),
@@ -369,13 +426,13 @@ pub struct VersionsArgs {
     pub fileset: String,
 }
 
-pub async fn versions(master: Option<&str>, a: &VersionsArgs) -> anyhow::Result<()> {
-    let fc = client(master)?;
+pub async fn versions(r: &Remote, a: &VersionsArgs) -> anyhow::Result<()> {
+    let fc = client(r)?;
     let list =
         fc.master().list_versions(ms::ListVersionsRequest { fileset: a.fileset.clone() }).await?.into_inner().versions;
-    println!("{:>8} {:>10} {:>10} {:>7} {:>20} PINS", "VERSION", "FILES", "SIZE", "ITEMS", "CREATED");
+    crate::outln!("{:>8} {:>10} {:>10} {:>7} {:>20} PINS", "VERSION", "FILES", "SIZE", "ITEMS", "CREATED");
     for v in list {
-        println!(
+        crate::outln!(
             "{:>8} {:>10} {:>10} {:>7} {:>20} {}",
             v.id,
             v.files,
@@ -397,8 +454,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> {
-    let fc = client(master)?;
+pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
+    let fc = client(r)?;
     let s =
         fc.master().status(ms::StatusRequest { fileset: a.fileset.clone().unwrap_or_default() }).await?.into_inner();
     if a.json {
@@ -410,6 +467,8 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
                     "name": f.name, "items": f.items, "items_by_redundancy": f.items_by_redundancy,
                     "degraded": f.degraded, "unrecoverable": f.unrecoverable, "repairing": f.repairing,
                     "level": f.level, "placement_violations": f.placement_violations,
+                    "corrupt_stripes_found": f.corrupt_stripes_found, "corrupt_stripes_rebuilt": f.corrupt_stripes_rebuilt,
+                    "degraded_writes": f.degraded_writes,
                     "stripes_per_domain": f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect::<std::collections::BTreeMap<_, _>>(),
                 })
             })
@@ -417,27 +476,40 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
         let servers: Vec<_> = s
             .servers
             .iter()
-            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "free_bytes": v.free_bytes, "read_bytes_per_sec": v.read_bytes_per_sec, "zone": v.topology.clone().unwrap_or_default().zone}))
+            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "free_bytes": v.free_bytes, "read_bytes_per_sec": v.read_bytes_per_sec, "zone": v.topology.clone().unwrap_or_default().zone, "failure_count": v.failure_count}))
             .collect();
-        println!(
+        crate::outln!(
             "{}",
-            serde_json::json!({"servers": servers, "filesets": fs, "repaired_stripes": s.repaired_stripes, "repaired_bytes": s.repaired_bytes, "collected_stripes": s.collected_stripes})
+            serde_json::json!({"servers": servers, "filesets": fs, "repaired_stripes": s.repaired_stripes, "repaired_bytes": s.repaired_bytes, "collected_stripes": s.collected_stripes,
+                "relearning": s.relearning, "corrupt_stripes_found": s.corrupt_stripes_found, "corrupt_stripes_rebuilt": s.corrupt_stripes_rebuilt, "corrupt_reports": s.corrupt_reports})
         );
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
-        "SERVER", "ADDRESS", "ZONE", "STATE", "STRIPES", "FREE", "READ/S"
+        "SERVER",
+        "ADDRESS",
+        "ZONE",
+        "STATE",
+        "STRIPES",
+        "FREE",
+        "READ/S"
     );
+    // A local cluster also says which of its processes are not running.
+    let local = if r.master.is_none() { crate::target::LocalState::load().ok() } else { None };
+    let stopped =
+        |id: &str| local.as_ref().and_then(|l| l.servers.iter().find(|s| s.id == id)).is_some_and(|s| !s.running);
     for v in &s.servers {
-        let state = if !v.live {
+        let state = if stopped(&v.server_id) {
+            "stopped"
+        } else if !v.live {
             "lost"
         } else if v.down {
             "out"
         } else {
             "up"
         };
-        println!(
+        crate::outln!(
             "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
             v.server_id,
             v.address,
@@ -448,19 +520,46 @@ pub async fn status(master: Option<&str>, a: &StatusArgs) -> anyhow::Result<()> 
             human(v.read_bytes_per_sec as u64)
         );
     }
-    for f in &s.filesets {
-        println!(
-            "\n{}: {} items; by redundancy left (0..m): {:?}; degraded {}, unrecoverable {}, repairing {}, placement violations {}",
-            f.name, f.items, f.items_by_redundancy, f.degraded, f.unrecoverable, f.repairing, f.placement_violations
+    if s.relearning {
+        crate::outln!(
+            "\nThe master started moments ago and is relearning where stripes are from the {} chunkservers that have reported so far;\nredundancy below is incomplete until they all have.",
+            s.servers.len()
         );
-        let per: Vec<String> = f.stripes_per_domain.iter().map(|d| format!("{}={}", d.domain, d.stripes)).collect();
-        println!("  stripes per {}: {}", f.level, per.join(" "));
     }
-    println!(
-        "\nrepaired {} stripes ({}); collected {} stripes",
+    for f in &s.filesets {
+        if s.relearning {
+            crate::outln!("\n{}: {} items; redundancy not known yet (relearning locations)", f.name, f.items);
+            continue;
+        }
+        crate::outln!(
+            "\n{}: {} items; by redundancy left (0..m): {:?}; degraded {}, unrecoverable {}, repairing {}, placement violations {}",
+            f.name,
+            f.items,
+            f.items_by_redundancy,
+            f.degraded,
+            f.unrecoverable,
+            f.repairing,
+            f.placement_violations
+        );
+        if f.corrupt_stripes_found > 0 || f.degraded_writes > 0 {
+            crate::outln!(
+                "  corrupt stripes found {} (quarantined), rebuilt {}; items written degraded {}",
+                f.corrupt_stripes_found,
+                f.corrupt_stripes_rebuilt,
+                f.degraded_writes
+            );
+        }
+        let per: Vec<String> = f.stripes_per_domain.iter().map(|d| format!("{}={}", d.domain, d.stripes)).collect();
+        crate::outln!("  stripes per {}: {}", f.level, per.join(" "));
+    }
+    crate::outln!(
+        "\nrepaired {} stripes ({}); collected {} stripes; corrupt stripes found {}, rebuilt {}; readers' corrupt-block reports {}",
         s.repaired_stripes,
         human(s.repaired_bytes),
-        s.collected_stripes
+        s.collected_stripes,
+        s.corrupt_stripes_found,
+        s.corrupt_stripes_rebuilt,
+        s.corrupt_reports
     );
     Ok(())
 }
@@ -472,16 +571,16 @@ pub struct RmArgs {
     pub target: Target,
 }
 
-pub async fn rm(master: Option<&str>, a: &RmArgs) -> anyhow::Result<()> {
-    let fc = client(master)?;
+pub async fn rm(r: &Remote, a: &RmArgs) -> anyhow::Result<()> {
+    let fc = client(r)?;
     let mut mc = fc.master();
     if a.target.version != 0 {
         mc.delete_version(ms::DeleteVersionRequest { fileset: a.target.fileset.clone(), version: a.target.version })
             .await?;
-        println!("deleted {}@{}", a.target.fileset, a.target.version);
+        crate::outln!("deleted {}@{}", a.target.fileset, a.target.version);
     } else {
         let r = mc.delete_fileset(ms::DeleteFilesetRequest { name: a.target.fileset.clone() }).await?.into_inner();
-        println!("deleted fileset {} ({} versions)", a.target.fileset, r.versions_deleted);
+        crate::outln!("deleted fileset {} ({} versions)", a.target.fileset, r.versions_deleted);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod fault;
 pub mod files;
 pub mod local;
 pub mod local_up;
+pub mod output;
 pub mod promote;
 pub mod target;
 pub mod units;

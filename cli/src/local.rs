@@ -20,6 +20,20 @@ use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Names the process that started a local cluster's child.
+pub const PARENT_ENV: &str = "TESSERA_LOCAL_PARENT";
+
+/// In a child of a local cluster (`PARENT_ENV` set): asks the kernel to
+/// send SIGTERM when the parent dies, and exits at once if it already has.
+pub fn exit_with_parent() {
+    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The parent may have died before the request took effect.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        std::process::exit(1);
+    }
+}
+
 /// How processes are started.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -68,6 +82,10 @@ impl Proc {
     async fn spawn(program: &Path, args: Vec<String>, log: PathBuf, name: &str) -> anyhow::Result<(Self, Ready)> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = Command::new(program);
+        // The child asks the kernel to stop it when this process dies, so a
+        // killed `tessera local up` leaves nothing running (see
+        // `exit_with_parent`).
+        cmd.env(PARENT_ENV, std::process::id().to_string());
         cmd.args(&args)
             .env("TOKIO_WORKER_THREADS", std::env::var("TESSERA_CHUNKSERVER_THREADS").unwrap_or_else(|_| "2".into()))
             .env("RUST_LOG", std::env::var("TESSERA_CHUNKSERVER_LOG").unwrap_or_else(|_| "info".into()))
@@ -100,6 +118,19 @@ impl Proc {
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Whether the process still runs; one that exited (killed from
+    /// outside, crashed) is reaped and forgotten, with how it ended.
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status)
+            }
+            _ => None,
+        }
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -150,6 +181,12 @@ impl LocalServer {
         self.proc.child.is_some()
     }
 
+    /// Notices whether the process exited on its own (or was killed from
+    /// outside): returns how, once.
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.reap()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
     }
@@ -194,6 +231,11 @@ impl LocalMaster {
         self.proc.child.is_some()
     }
 
+    /// As [`LocalServer::reap`].
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.reap()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
     }
@@ -225,6 +267,8 @@ pub struct ClusterSpec {
     pub master: bool,
     /// Extra arguments for `tessera master` (timeouts, graces).
     pub master_args: Vec<String>,
+    /// Extra arguments for every chunkserver (scrub rate, limits).
+    pub chunkserver_args: Vec<String>,
 }
 
 /// A set of local processes.
@@ -241,7 +285,7 @@ impl LocalCluster {
     /// Starts `n` chunkservers without a master under `root` (a temporary
     /// dir if `None`).
     pub async fn start(launcher: Launcher, n: usize, root: Option<&Path>) -> anyhow::Result<Self> {
-        let spec = ClusterSpec { servers: n, zones: 1, master: false, master_args: vec![] };
+        let spec = ClusterSpec { servers: n, zones: 1, master: false, master_args: vec![], chunkserver_args: vec![] };
         Self::start_spec(launcher, &spec, root).await
     }
 
@@ -290,6 +334,7 @@ impl LocalCluster {
                     args.extend(["--master".to_string(), m.clone(), "--zone".into(), zone.clone()]);
                     args.extend(["--rack".to_string(), format!("rack{i}")]);
                 }
+                args.extend(spec.chunkserver_args.iter().cloned());
                 let program = launcher.chunkserver.clone();
                 async move {
                     std::fs::create_dir_all(&dir)?;

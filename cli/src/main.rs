@@ -16,6 +16,10 @@ struct Cli {
     /// The master (host:port); by default the local cluster's.
     #[arg(long, global = true, env = "TESSERA_MASTER")]
     master: Option<String>,
+    /// How long to wait for each answer of the master (e.g. 10s, 500ms);
+    /// a command fails naming the master when it does not answer in time.
+    #[arg(long, global = true, env = "TESSERA_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,15 +67,24 @@ enum LocalCommand {
     Up(local_up::UpArgs),
 }
 
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = tessera_core::units::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or(cli.log);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let master = cli.master.as_deref();
+    let r = files::Remote { master: cli.master.clone(), timeout: cli.timeout };
+    let master = &r;
     let result = match cli.command {
         Command::Demo(a) => demo::run(&a).await,
         Command::Local(LocalCommand::Up(a)) => local_up::up(&a).await,
@@ -85,8 +98,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Promote(a) => promote::run(&a).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Fault(f) => fault::run(&f).await,
-        Command::Chunkserver(a) => a.run().await,
-        Command::Master(a) => a.run().await,
+        Command::Chunkserver(a) => {
+            tessera_cli::local::exit_with_parent();
+            a.run().await
+        }
+        Command::Master(a) => {
+            tessera_cli::local::exit_with_parent();
+            a.run().await
+        }
     };
-    result.map_err(|e| files::explain(master, e))
+    if let Err(e) = result {
+        // `tessera cat big | head`: the reader went away, which is no error.
+        if e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        {
+            std::process::exit(0);
+        }
+        eprintln!("error: {}", files::explain(&r, &e));
+        std::process::exit(1);
+    }
 }

@@ -34,7 +34,7 @@ pub async fn run(a: &PromoteArgs) -> anyhow::Result<()> {
         .with_context(|| format!("no answer from the node plugin at {} within {} s", a.node, a.timeout))??;
     anyhow::ensure!(status == 200, "the node plugin at {} refused: {} {}", a.node, status, body.trim());
     let v: serde_json::Value = serde_json::from_str(&body).context("the node plugin's answer")?;
-    println!(
+    crate::outln!(
         "{}@{}: {} files, {} bytes from {}",
         v["fileset"].as_str().unwrap_or_default(),
         v["version"],

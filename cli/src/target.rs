@@ -25,6 +25,18 @@ pub struct LocalState {
     pub master: String,
     pub control: String,
     pub servers: Vec<LocalServerState>,
+    /// The `tessera local up` process, and the master's process (0: not
+    /// running), so a later `local up` can clean up after a killed one.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub master_pid: u32,
+    #[serde(default = "yes")]
+    pub master_running: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +45,12 @@ pub struct LocalServerState {
     pub grpc: String,
     pub zone: String,
     pub running: bool,
+    /// Its process id while it runs.
+    #[serde(default)]
+    pub pid: u32,
+    /// How it ended, if it exited without being asked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<String>,
 }
 
 impl LocalState {

@@ -50,6 +50,10 @@ pub struct ClientConfig {
     pub class: RequestClass,
     /// Bytes per write message.
     pub write_chunk: usize,
+    /// Give up on one stripe write after this long (a frozen server): the
+    /// stripe goes elsewhere or, if enough others are stored, is left for
+    /// repair.
+    pub write_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -68,6 +72,7 @@ impl Default for ClientConfig {
             accelerated_extra: None,
             class: RequestClass::Serving,
             write_chunk: 1 << 20,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -178,7 +183,22 @@ impl StripeClient {
         data: Bytes,
         servers: &[String],
     ) -> Result<ItemLocation, ClientError> {
-        write::write_item(self, item, layout, data, servers).await
+        write::write_item(self, item, layout, data, servers, layout.n()).await
+    }
+
+    /// As [`Self::write_item`], but `servers` may have "" for stripes no
+    /// server was placed for, and the write succeeds once at least `min`
+    /// stripes are durable (a degraded write). The location names the
+    /// stripes stored; the others are the master's to rebuild.
+    pub async fn write_item_degraded(
+        &self,
+        item: ItemId,
+        layout: Layout,
+        data: Bytes,
+        servers: &[String],
+        min: usize,
+    ) -> Result<ItemLocation, ClientError> {
+        write::write_item(self, item, layout, data, servers, min).await
     }
 
     /// Rebuilds the stripes `targets` names ((index, server address)) of an

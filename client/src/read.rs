@@ -246,6 +246,9 @@ async fn run_session(
                 }
                 Err(e) => {
                     report.failed_fetches += 1;
+                    if let FetchError::Checksum { server, .. } = &e {
+                        report.corrupt_in_transit.push((loc.stripe(stripe), server.clone()));
+                    }
                     if matches!(e, FetchError::Checksum { .. } | FetchError::Status { code: tonic::Code::DataLoss, .. }) {
                         report.checksum_failures += 1;
                         warn!(stripe = %loc.stripe(stripe), error = %e, "corrupt stripe data; rebuilding from other stripes");

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tessera_core::ids::StripeId;
 use tessera_core::read_plan::ReadMode;
 
 /// What one read did.
@@ -24,6 +25,10 @@ pub struct ReadReport {
     pub failed_fetches: u32,
     /// Blocks that failed a checksum, on the server's disk or in transit.
     pub checksum_failures: u32,
+    /// Stripes whose blocks arrived failing their checksum (the server's
+    /// own check passed, so it does not know), with the server that sent
+    /// them: to be reported to the master.
+    pub corrupt_in_transit: Vec<(StripeId, String)>,
 }
 
 impl ReadReport {
@@ -35,6 +40,7 @@ impl ReadReport {
         self.rebuilt += s.rebuilt;
         self.failed_fetches += s.failed_fetches;
         self.checksum_failures += s.checksum_failures;
+        self.corrupt_in_transit.extend(s.corrupt_in_transit.iter().cloned());
     }
 }
 

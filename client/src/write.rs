@@ -17,12 +17,16 @@ use crate::{ClientError, ItemLocation, RequestClass, StripeClient};
 /// Attempts per stripe when the server is momentarily unavailable.
 const ATTEMPTS: u32 = 3;
 
+/// Writes an item's stripes to `servers` (one per stripe index; "" where no
+/// server was placed). Succeeds when at least `min` stripes are durable; the
+/// location then names only the stripes stored.
 pub(crate) async fn write_item(
     client: &StripeClient,
     item: ItemId,
     layout: Layout,
     data: Bytes,
     servers: &[String],
+    min: usize,
 ) -> Result<ItemLocation, ClientError> {
     let n = layout.n();
     if servers.len() != n {
@@ -30,9 +34,27 @@ pub(crate) async fn write_item(
     }
     let len = data.len() as u64;
     let stripes = encode(client, item, layout, data)?;
-    let targets: Vec<(usize, String)> = servers.iter().cloned().enumerate().collect();
-    write_stripes(client, item, layout, stripes, &targets).await?;
-    Ok(ItemLocation { item, layout, item_len: len, servers: servers.iter().cloned().map(Some).collect() })
+    let targets: Vec<(usize, String)> = servers.iter().cloned().enumerate().filter(|(_, s)| !s.is_empty()).collect();
+    let results = write_each(client, item, layout, &stripes, &targets).await;
+    let mut stored = vec![None; n];
+    let mut first_error = None;
+    for ((i, addr), r) in targets.iter().zip(results) {
+        match r {
+            Ok(()) => stored[*i] = Some(addr.clone()),
+            Err(e) => {
+                debug!(stripe = %StripeId::new(item, *i as u16), error = %e, "stripe write failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let count = stored.iter().flatten().count();
+    if count < min.min(n) {
+        return Err(match first_error {
+            Some(e) => e,
+            None => ClientError::Locations { item, expected: min, got: targets.len() },
+        });
+    }
+    Ok(ItemLocation { item, layout, item_len: len, servers: stored })
 }
 
 /// Rebuilds the stripes `targets` names (index, server) of an item from the
@@ -79,9 +101,7 @@ fn encode(client: &StripeClient, item: ItemId, layout: Layout, data: Bytes) -> R
     Ok(stripes)
 }
 
-/// Writes the stripes `targets` names, in parallel. Waits for every one even
-/// when one fails, so no write is left running on a server after this
-/// returns.
+/// Writes the stripes `targets` names, all of them.
 async fn write_stripes(
     client: &StripeClient,
     item: ItemId,
@@ -89,19 +109,47 @@ async fn write_stripes(
     stripes: Vec<Bytes>,
     targets: &[(usize, String)],
 ) -> Result<(), ClientError> {
-    let handles: Vec<_> = targets.iter().map(|(_, a)| client.server(a)).collect::<Result<_, _>>()?;
+    write_each(client, item, layout, &stripes, targets).await.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
+
+/// Writes the stripes `targets` names, in parallel, each within the write
+/// deadline. Waits for every one even when one fails, so no write is left
+/// running on a server after this returns.
+async fn write_each(
+    client: &StripeClient,
+    item: ItemId,
+    layout: Layout,
+    stripes: &[Bytes],
+    targets: &[(usize, String)],
+) -> Vec<Result<(), ClientError>> {
     let cfg = client.config();
     let writes: Vec<_> = targets
         .iter()
-        .zip(&handles)
-        .map(|((i, _), h)| {
+        .map(|(i, addr)| {
             let id = StripeId::new(item, *i as u16);
-            write_stripe(h, id, stripes[*i].clone(), layout.block_size(), cfg.class, cfg.write_chunk)
+            let bytes = stripes[*i].clone();
+            async move {
+                let h = client.server(addr)?;
+                let deadline = cfg.write_timeout;
+                match tokio::time::timeout(
+                    deadline,
+                    write_stripe(&h, id, bytes, layout.block_size(), cfg.class, cfg.write_chunk),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Write {
+                        stripe: id,
+                        server: addr.clone(),
+                        code: tonic::Code::DeadlineExceeded,
+                        message: format!("no answer within {deadline:?}"),
+                    }),
+                }
+            }
         })
         .collect();
-    let results = futures::future::join_all(writes).await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
+    futures::future::join_all(writes).await
 }
 
 async fn write_stripe(

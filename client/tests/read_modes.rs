@@ -33,6 +33,7 @@ impl Cluster {
                 limits: Default::default(),
                 quotas: Default::default(),
                 enable_fault_injection: true,
+                scrub: Default::default(),
                 master: None,
             })
             .await

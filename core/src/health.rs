@@ -20,7 +20,10 @@ pub struct FailurePolicy {
 
 impl Default for FailurePolicy {
     fn default() -> Self {
-        Self { down_at: 5.0, up_below: 2.0, half_life: Duration::from_secs(60) }
+        // One outage (a restart, a short freeze) counts once and never
+        // takes a server out; three within a few minutes do, and it stays
+        // out until it has been quiet for about a minute.
+        Self { down_at: 3.0, up_below: 1.5, half_life: Duration::from_secs(60) }
     }
 }
 
@@ -30,11 +33,13 @@ pub struct FailureCounter {
     count: f64,
     at: Option<Instant>,
     down: bool,
+    /// When the last failure was counted.
+    last: Option<Instant>,
 }
 
 impl Default for FailureCounter {
     fn default() -> Self {
-        Self { count: 0.0, at: None, down: false }
+        Self { count: 0.0, at: None, down: false, last: None }
     }
 }
 
@@ -54,9 +59,21 @@ impl FailureCounter {
     pub fn record(&mut self, now: Instant, policy: &FailurePolicy) {
         self.decay(now, policy);
         self.count += 1.0;
+        self.last = Some(now);
         if self.count >= policy.down_at {
             self.down = true;
         }
+    }
+
+    /// Counts a failure unless one was counted within `window`: one outage
+    /// seen by many clients (every write to a dead server fails) is one
+    /// failure, not one per request, so a single restart never takes a
+    /// server out of placement; only outages that keep coming do.
+    pub fn record_distinct(&mut self, now: Instant, window: Duration, policy: &FailurePolicy) {
+        if self.last.is_some_and(|l| now.saturating_duration_since(l) < window) {
+            return;
+        }
+        self.record(now, policy);
     }
 
     /// Whether the server is out of service at `now`.
@@ -103,6 +120,28 @@ mod tests {
             down_at_end = f.is_down(t, &p);
         }
         assert!(down_at_end, "count {}", f.count());
+    }
+
+    #[test]
+    fn one_outage_reported_many_times_is_one_failure() {
+        let p = FailurePolicy::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(5);
+        let mut c = FailureCounter::default();
+        // A dead server: every client's every write fails for a few seconds.
+        for i in 0..200 {
+            c.record_distinct(t0 + Duration::from_millis(20 * i), window, &p);
+        }
+        assert!(c.count() < 2.0, "count {}", c.count());
+        assert!(!c.is_down(t0 + Duration::from_secs(5), &p), "one outage does not take it out");
+        // Outages every ten seconds do, and keep it out while they go on.
+        let mut f = FailureCounter::default();
+        for i in 0..12 {
+            for j in 0..20 {
+                f.record_distinct(t0 + Duration::from_secs(10 * i) + Duration::from_millis(50 * j), window, &p);
+            }
+        }
+        assert!(f.is_down(t0 + Duration::from_secs(120), &p), "count {}", f.count());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! This crate owns the erasure codec, the arithmetic that maps bytes to items,
 //! stripes and blocks, block checksums, per-chunkserver latency tracking, the
 //! read planner, the manifest format, placement across failure domains,
-//! chunkserver health, repair decisions, retention and usage quotas. It never touches a disk, a socket or a clock: callers pass time
+//! chunkserver health, repair decisions, retention, usage quotas and the units of command lines. It never touches a disk, a socket or a clock: callers pass time
 //! and observations in, and the functions here decide. That keeps every rule
 //! unit- and property-testable without a network.
 
@@ -19,3 +19,4 @@ pub mod quota;
 pub mod read_plan;
 pub mod repair;
 pub mod retention;
+pub mod units;

@@ -5,7 +5,9 @@
 //! dead server, or in a domain taken down for maintenance, is not reachable).
 //! Items of high-availability filesets below the threshold are rebuilt at
 //! once; everything else waits out a grace period, so planned drains and
-//! restarts do not start repair storms.
+//! restarts do not start repair storms. Stripes known to be gone for good
+//! (quarantined as corrupt, or never written by a degraded write) cannot
+//! come back, so their items never wait.
 
 use std::time::{Duration, Instant};
 
@@ -67,10 +69,21 @@ pub fn effective_redundancy(reachable: usize, k: usize) -> i64 {
     reachable as i64 - k as i64
 }
 
-/// Decides for an item with `reachable` of its `k + m` stripes reachable,
-/// missing since `since`.
+/// What is known of an item's missing stripes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    /// Stripes reachable now, of k + m.
+    pub reachable: usize,
+    /// Of the missing ones, how many are gone for good: quarantined as
+    /// corrupt, or never written (a degraded write). Waiting cannot bring
+    /// these back, so they do not wait for the grace.
+    pub gone_for_good: usize,
+}
+
+/// Decides for an item with `missing.reachable` of its `k + m` stripes
+/// reachable, missing since `since`.
 pub fn decide(
-    reachable: usize,
+    missing: Missing,
     k: usize,
     m: usize,
     availability: Availability,
@@ -79,11 +92,15 @@ pub fn decide(
     policy: &RepairPolicy,
 ) -> RepairDecision {
     let (threshold, grace) = (policy.threshold, policy.grace);
+    let reachable = missing.reachable;
     if reachable >= k + m {
         return RepairDecision::Healthy;
     }
     if reachable < k {
         return RepairDecision::Unrecoverable;
+    }
+    if missing.gone_for_good > 0 {
+        return RepairDecision::Now;
     }
     let er = effective_redundancy(reachable, k);
     if availability == Availability::High && er < threshold as i64 {
@@ -102,7 +119,8 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_secs(900);
         let p = RepairPolicy { threshold: 3, grace };
-        let d = |reachable, av, now| decide(reachable, 6, 3, av, t0, now, &p);
+        let at = |reachable| Missing { reachable, gone_for_good: 0 };
+        let d = |reachable, av, now| decide(at(reachable), 6, 3, av, t0, now, &p);
         assert_eq!(d(9, Availability::High, t0), RepairDecision::Healthy);
         assert_eq!(d(8, Availability::High, t0), RepairDecision::Now);
         assert_eq!(d(8, Availability::Low, t0), RepairDecision::At(t0 + grace));
@@ -110,8 +128,19 @@ mod tests {
         assert_eq!(d(5, Availability::High, t0), RepairDecision::Unrecoverable);
         // A lower threshold defers high-availability items that still have margin.
         let lower = RepairPolicy { threshold: 2, grace };
-        assert_eq!(decide(8, 6, 3, Availability::High, t0, t0, &lower), RepairDecision::At(t0 + grace));
-        assert_eq!(decide(7, 6, 3, Availability::High, t0, t0, &lower), RepairDecision::Now);
+        assert_eq!(decide(at(8), 6, 3, Availability::High, t0, t0, &lower), RepairDecision::At(t0 + grace));
+        assert_eq!(decide(at(7), 6, 3, Availability::High, t0, t0, &lower), RepairDecision::Now);
         assert_eq!(effective_redundancy(5, 6), -1);
+    }
+
+    #[test]
+    fn stripes_gone_for_good_are_rebuilt_at_once_whatever_the_class() {
+        let t0 = Instant::now();
+        let p = RepairPolicy { threshold: 3, grace: Duration::from_secs(900) };
+        let corrupt = Missing { reachable: 8, gone_for_good: 1 };
+        assert_eq!(decide(corrupt, 6, 3, Availability::Low, t0, t0, &p), RepairDecision::Now);
+        // Nothing to rebuild from is still nothing to rebuild from.
+        let lost = Missing { reachable: 5, gone_for_good: 1 };
+        assert_eq!(decide(lost, 6, 3, Availability::Low, t0, t0, &p), RepairDecision::Unrecoverable);
     }
 }

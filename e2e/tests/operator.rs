@@ -113,6 +113,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
             limits: Default::default(),
             quotas: Default::default(),
             enable_fault_injection: false,
+            scrub: Default::default(),
             master: Some((
                 master.clone(),
                 Identity {

@@ -41,7 +41,7 @@ use crate::ingest;
 use crate::ingest_pod::{self, IngestPodConfig, PodIngest};
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
-use crate::master::maintenance::Deleter;
+use crate::master::maintenance::Chores;
 use crate::master::server::{self, Config as MasterServerConfig};
 use crate::master::state::NodeInfo;
 use crate::master::{Master, MasterConfig, MasterError};
@@ -245,7 +245,7 @@ async fn serve_as_leader(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         master: running.master.clone(),
-        deleter: running.deleter.clone(),
+        chores: running.chores.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         resync: config.resync,
         files: FilesetClient::new(&own_master, StripeClient::new(ClientConfig::default()))?,
@@ -326,7 +326,7 @@ async fn watch_nodes(nodes: Api<Node>, master: Arc<Master>) {
 struct Ctx {
     client: Client,
     master: Arc<Master>,
-    deleter: Deleter,
+    chores: Chores,
     recorder: Recorder,
     resync: Duration,
     /// A client of this replica's own master, for ingests.
@@ -569,6 +569,7 @@ fn master_spec(f: &Fileset, availability: &str, read_mode: &str) -> ms::FilesetS
         availability: availability.into(),
         keep_versions: s.retention.keep_versions,
         read_mode: read_mode.into(),
+        min_write_stripes: s.erasure.min_write_stripes.unwrap_or(0),
     }
 }
 
@@ -603,6 +604,10 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
         availability: spec.availability,
         read_mode: spec.read_mode,
+        relearning: st.relearning,
+        corrupt_stripes_found: f.corrupt_stripes_found,
+        corrupt_stripes_rebuilt: f.corrupt_stripes_rebuilt,
+        degraded_writes: f.degraded_writes,
     }))
 }
 
@@ -654,7 +659,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
             Action::DeleteData => {
                 let (versions, deletions) = ctx.master.delete_fileset(&name)?;
                 info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");
-                ctx.deleter.delete(deletions);
+                ctx.chores.delete(deletions);
             }
             Action::RemoveFinalizer => {
                 let list: Vec<String> = finalizers.iter().filter(|x| *x != FINALIZER).cloned().collect();

@@ -40,6 +40,12 @@ pub struct MasterFileset {
     pub availability: String,
     /// How readers fetch stripes by default; empty: their own choice.
     pub read_mode: String,
+    /// The master started moments ago and is still hearing from
+    /// chunkservers: its redundancy figures are incomplete.
+    pub relearning: bool,
+    pub corrupt_stripes_found: u64,
+    pub corrupt_stripes_rebuilt: u64,
+    pub degraded_writes: u64,
 }
 
 impl Default for MasterFileset {
@@ -53,6 +59,10 @@ impl Default for MasterFileset {
             stripes_per_domain: Vec::new(),
             availability: "low".into(),
             read_mode: String::new(),
+            relearning: false,
+            corrupt_stripes_found: 0,
+            corrupt_stripes_rebuilt: 0,
+            degraded_writes: 0,
         }
     }
 }
@@ -301,13 +311,34 @@ pub fn decide(o: &Observed) -> Decision {
     } else {
         "full"
     };
-    status.redundancy = o.master.as_ref().map(|_| RedundancyStatus {
-        items_full: master.items_full,
-        items_reduced: master.items_reduced,
-        items_unrecoverable: master.items_unrecoverable,
-        summary: summary.into(),
-    });
-    status.stripes_per_domain = master.stripes_per_domain.iter().cloned().collect();
+    let found_before = status.redundancy.as_ref().map_or(0, |r| r.corrupt_stripes_found);
+    if master.corrupt_stripes_found > found_before {
+        events.push(EventNote {
+            warning: true,
+            reason: "CorruptStripe",
+            message: format!(
+                "{} stripes found corrupt and quarantined ({} rebuilt so far)",
+                master.corrupt_stripes_found - found_before,
+                master.corrupt_stripes_rebuilt
+            ),
+        });
+    }
+    // While the master relearns locations after a restart its figures are
+    // incomplete: the last known ones stand, and no condition changes on
+    // them (no alarm about items that have simply not been reported yet).
+    let relearning = master.relearning && o.master.is_some();
+    if !relearning {
+        status.redundancy = o.master.as_ref().map(|_| RedundancyStatus {
+            items_full: master.items_full,
+            items_reduced: master.items_reduced,
+            items_unrecoverable: master.items_unrecoverable,
+            summary: summary.into(),
+            corrupt_stripes_found: master.corrupt_stripes_found,
+            corrupt_stripes_rebuilt: master.corrupt_stripes_rebuilt,
+            degraded_writes: master.degraded_writes,
+        });
+        status.stripes_per_domain = master.stripes_per_domain.iter().cloned().collect();
+    }
 
     let ready = current.is_some() && master.items_unrecoverable == 0;
     let (ready_reason, ready_message) = match (current, &failed) {
@@ -343,6 +374,13 @@ pub fn decide(o: &Observed) -> Decision {
     let previous = std::mem::take(&mut status.conditions);
     for (kind, on, reason, message) in conditions {
         let was = previous.iter().find(|c| c.type_ == kind);
+        if relearning
+            && matches!(kind, "Ready" | "Degraded" | "Repairing")
+            && let Some(c) = was
+        {
+            status.conditions.push(c.clone());
+            continue;
+        }
         if kind == "Degraded" && on && was.is_none_or(|c| c.status != "True") {
             events.push(EventNote { warning: true, reason: "Degraded", message: message.clone() });
         }
@@ -491,6 +529,55 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "IngestFailed"));
         assert!(ready.message.contains("404"));
         assert!(d.events.iter().any(|e| e.warning && e.reason == "IngestFailed"));
+    }
+
+    #[test]
+    fn a_relearning_master_changes_no_condition_and_corruption_is_an_event() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
+        let healthy = decide(&o);
+        o.status = healthy.status.unwrap();
+        // Right after a master restart nothing has been reported yet: every
+        // item looks unrecoverable. Neither Degraded nor Ready may move.
+        o.now = at(100);
+        o.master = Some(MasterFileset {
+            versions: vec![version(1)],
+            items_unrecoverable: 171,
+            relearning: true,
+            ..Default::default()
+        });
+        let d = decide(&o);
+        assert_eq!(cond(&d, "Degraded").status, "False");
+        assert_eq!((cond(&d, "Ready").status.as_str(), &cond(&d, "Ready").last_transition_time), ("True", &at(0)));
+        assert_eq!(d.status.as_ref().unwrap().redundancy.as_ref().unwrap().summary, "full", "last known figures");
+        assert!(d.events.iter().all(|e| e.reason != "Degraded"), "{:?}", d.events);
+        // Once relearned, the truth: here, a quarantined stripe.
+        o.status = d.status.unwrap();
+        o.master = Some(MasterFileset {
+            versions: vec![version(1)],
+            items_full: 170,
+            items_reduced: 1,
+            corrupt_stripes_found: 1,
+            ..Default::default()
+        });
+        let d = decide(&o);
+        assert_eq!(cond(&d, "Degraded").status, "True");
+        let r = d.status.as_ref().unwrap().redundancy.clone().unwrap();
+        assert_eq!((r.corrupt_stripes_found, r.corrupt_stripes_rebuilt), (1, 0));
+        assert!(d.events.iter().any(|e| e.warning && e.reason == "CorruptStripe"), "{:?}", d.events);
+        // Rebuilt: no second CorruptStripe event for the same stripe.
+        o.status = d.status.unwrap();
+        o.master = Some(MasterFileset {
+            versions: vec![version(1)],
+            items_full: 171,
+            corrupt_stripes_found: 1,
+            corrupt_stripes_rebuilt: 1,
+            ..Default::default()
+        });
+        let d = decide(&o);
+        assert_eq!(cond(&d, "Degraded").status, "False");
+        assert!(d.events.iter().all(|e| e.reason != "CorruptStripe"), "{:?}", d.events);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -225,12 +225,22 @@ pub enum WriteStart {
     New(StripeWriter),
 }
 
+/// What happened to a stripe, as the master's heartbeats report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Stored,
+    Removed,
+    /// Taken out of service because a block failed its checksum: lost here
+    /// for good, the file kept under `quarantine/` for inspection.
+    Quarantined,
+}
+
 #[derive(Debug, Default)]
 struct Index {
     stripes: HashMap<StripeId, StripeMeta>,
-    /// Stripes stored (true) or removed (false) since the last
+    /// Stripes stored, removed or quarantined since the last
     /// [`StripeStore::take_changes`], for the master's heartbeats.
-    changes: Vec<(StripeId, bool)>,
+    changes: Vec<(StripeId, Change)>,
     /// The change log overflowed: only a full inventory is accurate now.
     overflowed: bool,
 }
@@ -239,9 +249,9 @@ struct Index {
 const MAX_CHANGES: usize = 100_000;
 
 impl Index {
-    fn changed(&mut self, id: StripeId, present: bool) {
+    fn changed(&mut self, id: StripeId, change: Change) {
         if self.changes.len() < MAX_CHANGES {
-            self.changes.push((id, present));
+            self.changes.push((id, change));
         } else {
             self.overflowed = true;
         }
@@ -411,7 +421,7 @@ impl StripeStore {
             let Some(meta) = idx.stripes.remove(id) else {
                 return Ok(false);
             };
-            idx.changed(*id, false);
+            idx.changed(*id, Change::Removed);
             meta
         };
         let path = self.dirs[meta.dir].stripe_path(id);
@@ -429,35 +439,82 @@ impl StripeStore {
     }
 
     /// Moves a stripe whose bytes fail their checksums out of service, so it
-    /// is reported missing (and repaired) rather than served.
-    pub fn quarantine(&self, id: &StripeId) -> Result<(), StoreError> {
+    /// is reported lost (and rebuilt elsewhere) rather than served. The file
+    /// is kept under `quarantine/` with a unique suffix for inspection.
+    /// Returns whether this call took it out (`false`: it was not in service).
+    pub fn quarantine(&self, id: &StripeId) -> Result<bool, StoreError> {
         let meta = {
             let mut idx = self.index.write().unwrap();
             let Some(meta) = idx.stripes.remove(id) else {
-                return Ok(());
+                return Ok(false);
             };
-            idx.changed(*id, false);
+            idx.changed(*id, Change::Quarantined);
             meta
         };
         let dir = &self.dirs[meta.dir];
         let from = dir.stripe_path(id);
         let qdir = dir.quarantine();
         fs::create_dir_all(&qdir).map_err(io_err("create", &qdir))?;
-        let to = qdir.join(id.to_string());
+        let to = qdir.join(format!("{id}.{:016x}", rand::random::<u64>()));
         fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+        fsync_dir(&qdir)?;
+        if let Some(parent) = from.parent() {
+            fsync_dir(parent)?;
+        }
         warn!(stripe = %id, to = %to.display(), "quarantined a corrupt stripe");
-        Ok(())
+        Ok(true)
+    }
+
+    /// Checks `[offset, offset + length)` of a stripe (as [`Self::read`]
+    /// takes ranges) against its block checksums, reading the device rather
+    /// than the page cache where the filesystem allows it (O_DIRECT), so a
+    /// scrub finds what is on disk and does not evict what serving reads
+    /// keep cached. Returns the bytes checked.
+    pub fn verify(&self, id: &StripeId, offset: u64, length: u64) -> Result<u64, StoreError> {
+        let (meta, range) = self.resolve(id, offset, length)?;
+        let path = self.dirs[meta.dir].stripe_path(id);
+        let not_found = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound(*id),
+            _ => StoreError::Io { op: "open", path: path.clone(), source: e },
+        };
+        let direct = OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&path);
+        let buf = match direct {
+            Ok(file) => read_direct(&file, meta.data_offset + range.start, (range.end - range.start) as usize)
+                .map_err(|e| StoreError::Io { op: "read", path: path.clone(), source: e })?,
+            // Filesystems without O_DIRECT (tmpfs) are read through the cache.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                let file = File::open(&path).map_err(not_found)?;
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                file.read_exact_at(&mut buf, meta.data_offset + range.start).map_err(|e| StoreError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: e,
+                })?;
+                buf
+            }
+            Err(e) => return Err(not_found(e)),
+        };
+        let bs = meta.block_size as usize;
+        let first = (range.start / bs as u64) as usize;
+        let last = (range.end as usize).div_ceil(bs);
+        checksum::verify_blocks(&buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| StoreError::Corrupt {
+            stripe: *id,
+            path: path.clone(),
+            mismatch,
+        })?;
+        Ok(range.end - range.start)
     }
 
     fn publish(&self, id: StripeId, meta: StripeMeta) {
         let mut idx = self.index.write().unwrap();
         idx.stripes.insert(id, meta);
-        idx.changed(id, true);
+        idx.changed(id, Change::Stored);
     }
 
-    /// The stripes stored and removed since the last call, or `None` when
-    /// too many changed to keep track (send a full inventory instead).
-    pub fn take_changes(&self) -> Option<Vec<(StripeId, bool)>> {
+    /// The stripes stored, removed and quarantined since the last call, or
+    /// `None` when too many changed to keep track (send a full inventory
+    /// instead).
+    pub fn take_changes(&self) -> Option<Vec<(StripeId, Change)>> {
         let mut idx = self.index.write().unwrap();
         let changes = std::mem::take(&mut idx.changes);
         if std::mem::take(&mut idx.overflowed) { None } else { Some(changes) }
@@ -535,6 +592,36 @@ fn scan(dir: &DataDir, di: usize, index: &mut Index) -> Result<usize, StoreError
         }
     }
     Ok(found)
+}
+
+/// Reads `len` bytes at `at` from a file opened with O_DIRECT: the range is
+/// widened to whole 4 KiB pages into a page-aligned buffer, and the part
+/// asked for is returned.
+fn read_direct(file: &File, at: u64, len: usize) -> io::Result<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let start = at / PAGE as u64 * PAGE as u64;
+    let skip = (at - start) as usize;
+    let span = (skip + len).div_ceil(PAGE) * PAGE;
+    // An over-allocated buffer whose aligned window is used: no unsafe.
+    let mut raw = vec![0u8; span + PAGE];
+    let pad = raw.as_ptr().align_offset(PAGE);
+    let window = &mut raw[pad..pad + span];
+    let mut filled = 0;
+    while filled < skip + len {
+        let n = file.read_at(&mut window[filled..], start + filled as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stripe file is shorter than its header says"));
+        }
+        filled += n;
+        if !filled.is_multiple_of(PAGE) {
+            // Only the end of the file ends a direct read off a page boundary.
+            break;
+        }
+    }
+    if filled < skip + len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stripe file is shorter than its header says"));
+    }
+    Ok(window[skip..skip + len].to_vec())
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {

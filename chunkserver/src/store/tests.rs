@@ -183,8 +183,31 @@ fn a_flipped_byte_on_disk_is_reported_with_its_block() {
     }
     // Blocks outside the damage still read.
     assert_eq!(&store.read(&id(1, 4), 8192, 0).unwrap().0[..], &data[8192..]);
-    store.quarantine(&id(1, 4)).unwrap();
+    // A verify (the scrubber's read, from the device) finds the same block.
+    match store.verify(&id(1, 4), 0, 0) {
+        Err(StoreError::Corrupt { mismatch, .. }) => assert_eq!(mismatch.block, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.verify(&id(1, 4), 8192, 0).unwrap(), 4096);
+    // An intact stripe whose end is not on a page (the direct read's tail).
+    let odd = bytes(10_000, 3);
+    write(&store, id(2, 0), &odd, 4096).unwrap();
+    assert_eq!(store.verify(&id(2, 0), 0, 0).unwrap(), 10_000, "the intact stripe verifies whole");
+    assert_eq!(store.verify(&id(2, 0), 4096, 0).unwrap(), 10_000 - 4096);
+    let _ = store.take_changes();
+    assert!(store.quarantine(&id(1, 4)).unwrap());
+    assert!(!store.quarantine(&id(1, 4)).unwrap(), "only the first quarantine takes it out");
     assert!(matches!(store.read(&id(1, 4), 0, 0), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.verify(&id(1, 4), 0, 0), Err(StoreError::NotFound(_))));
+    assert_eq!(store.take_changes().unwrap(), vec![(id(1, 4), Change::Quarantined)]);
+    // Kept for inspection, under a name of its own so a second quarantine of
+    // the same stripe (after it was rebuilt here) keeps the first.
+    let kept: Vec<String> = fs::read_dir(d.path().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].starts_with(&format!("{}.", id(1, 4))), "{kept:?}");
 }
 
 #[test]

@@ -131,17 +131,17 @@ pub fn run(args: &CodecArgs) -> anyhow::Result<CodecReport> {
 
 pub fn print(r: &CodecReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        crate::outln!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
-    println!("codec {} RS({},{}) unit {}", r.backend, r.k, r.m, ByteSize(r.unit));
-    println!(
+    crate::outln!("codec {} RS({},{}) unit {}", r.backend, r.k, r.m, ByteSize(r.unit));
+    crate::outln!(
         "  memcpy  {:6.2} GB/s  (baseline, same {} bytes, one core)",
         r.memcpy_gbps,
         ByteSize(r.k as u64 * r.unit)
     );
-    println!("  encode  {:6.2} GB/s  {:.2}x memcpy", r.encode_gbps, r.encode_vs_memcpy);
-    println!(
+    crate::outln!("  encode  {:6.2} GB/s  {:.2}x memcpy", r.encode_gbps, r.encode_vs_memcpy);
+    crate::outln!(
         "  decode  {:6.2} GB/s  {:.2}x memcpy  ({} data stripes lost)",
         r.decode_gbps,
         r.decode_vs_memcpy,

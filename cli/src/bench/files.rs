@@ -229,7 +229,7 @@ impl Bench {
             .prefix("tessera-bench-")
             .tempdir_in(scratch)
             .with_context(|| format!("making a scratch dir in {}", scratch.display()))?;
-        let spec = ClusterSpec { servers, zones, master: true, master_args };
+        let spec = ClusterSpec { servers, zones, master: true, master_args, chunkserver_args: vec![] };
         let cluster = LocalCluster::start_spec(Launcher::from_env()?, &spec, data_root).await?;
         let addr = cluster.master_addr().expect("started with a master");
         let client = FilesetClient::new(&addr, StripeClient::new(ClientConfig::default()))?;
@@ -393,17 +393,26 @@ pub async fn run_repair(a: &RepairArgs) -> anyhow::Result<RepairReport> {
 }
 
 pub fn print_files_header() {
-    println!(
+    crate::outln!(
         "{:<4} {:<6} {:>7} {:>10} {:>9} {:>10} {:>9} {:>10} {:>9} {:>7}",
-        "op", "mix", "files", "MB", "seconds", "files/s", "MB/s", "cp files/s", "cp MB/s", "ratio"
+        "op",
+        "mix",
+        "files",
+        "MB",
+        "seconds",
+        "files/s",
+        "MB/s",
+        "cp files/s",
+        "cp MB/s",
+        "ratio"
     );
 }
 
 pub fn print_files_row(r: &FilesReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        crate::outln!("{}", serde_json::to_string(r)?);
     } else {
-        println!(
+        crate::outln!(
             "{:<4} {:<6} {:>7} {:>10.1} {:>9.2} {:>10.0} {:>9.1} {:>10.0} {:>9.1} {:>6.2}x",
             r.op,
             r.mix.name(),
@@ -422,16 +431,16 @@ pub fn print_files_row(r: &FilesReport, json: bool) -> anyhow::Result<()> {
 
 pub fn print_repair(r: &RepairReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        crate::outln!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
     let limit = match r.repair_limit_mib_per_sec {
         0 => "unlimited".to_string(),
         n => format!("limit {n} MiB/s"),
     };
-    println!("lost {} holding {} stripes", r.lost_server, r.lost_stripes);
-    println!("noticed after {:.1} s (heartbeat timeout)", r.detect_seconds);
-    println!(
+    crate::outln!("lost {} holding {} stripes", r.lost_server, r.lost_stripes);
+    crate::outln!("noticed after {:.1} s (heartbeat timeout)", r.detect_seconds);
+    crate::outln!(
         "rebuilt {} stripes, {:.1} MB in {:.2} s: {:.1} MB/s ({limit}); cp -r to tmpfs {:.1} MB/s",
         r.repaired_stripes,
         r.repaired_bytes as f64 / 1e6,
@@ -439,6 +448,6 @@ pub fn print_repair(r: &RepairReport, json: bool) -> anyhow::Result<()> {
         r.repair_mb_per_sec,
         r.cp_mb_per_sec
     );
-    println!("placement violations afterwards: {}", r.placement_violations);
+    crate::outln!("placement violations afterwards: {}", r.placement_violations);
     Ok(())
 }

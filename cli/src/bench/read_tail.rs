@@ -265,17 +265,25 @@ pub async fn run(
 }
 
 pub fn print_header() {
-    println!(
+    crate::outln!(
         "{:<9} {:<16} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7} {:>12}",
-        "scenario", "mode (stripes)", "reads", "p50 ms", "p99 ms", "p99.9 ms", "MB/s", "amplif", "hedges (won)"
+        "scenario",
+        "mode (stripes)",
+        "reads",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "MB/s",
+        "amplif",
+        "hedges (won)"
     );
 }
 
 pub fn print_row(r: &TailResult, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).expect("results serialize"));
+        crate::outln!("{}", serde_json::to_string(r).expect("results serialize"));
     } else {
-        println!(
+        crate::outln!(
             "{:<9} {:<16} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>8.0} {:>7.3} {:>12}",
             r.scenario,
             match r.accelerated_stripes {

@@ -127,11 +127,16 @@ pub async fn run(args: &SeqReadArgs, launcher: Launcher) -> anyhow::Result<SeqRe
 
 pub fn print(r: &SeqReadReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        crate::outln!("{}", serde_json::to_string(r)?);
     } else {
-        println!("sequential read of {} ({} mode, {} items in flight)", crate::units::human(r.bytes), r.mode, r.depth);
-        println!("  raw loopback TCP  {:6.2} GB/s  (baseline: one connection, best of the runs)", r.tcp_gbps);
-        println!("  tessera client    {:6.2} GB/s  {:.2}x loopback TCP", r.read_gbps, r.ratio);
+        crate::outln!(
+            "sequential read of {} ({} mode, {} items in flight)",
+            crate::units::human(r.bytes),
+            r.mode,
+            r.depth
+        );
+        crate::outln!("  raw loopback TCP  {:6.2} GB/s  (baseline: one connection, best of the runs)", r.tcp_gbps);
+        crate::outln!("  tessera client    {:6.2} GB/s  {:.2}x loopback TCP", r.read_gbps, r.ratio);
     }
     Ok(())
 }

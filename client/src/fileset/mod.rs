@@ -58,6 +58,10 @@ impl From<tonic::Status> for FilesetError {
     }
 }
 
+/// How long a call to the master may take by default: its calls are
+/// metadata only, answered in milliseconds when it is healthy.
+pub const DEFAULT_MASTER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client of the master and the chunkservers.
 #[derive(Debug, Clone)]
 pub struct FilesetClient {
@@ -66,13 +70,21 @@ pub struct FilesetClient {
 }
 
 impl FilesetClient {
-    /// Connects (lazily) to the master at `addr` (host:port).
+    /// Connects (lazily) to the master at `addr` (host:port); each call
+    /// waits at most [`DEFAULT_MASTER_TIMEOUT`].
     pub fn new(addr: &str, stripes: Arc<StripeClient>) -> Result<Self, FilesetError> {
+        Self::with_timeout(addr, stripes, DEFAULT_MASTER_TIMEOUT)
+    }
+
+    /// As [`Self::new`], with each call to the master given up after
+    /// `timeout` (connecting included: a frozen master accepts connections
+    /// but never answers).
+    pub fn with_timeout(addr: &str, stripes: Arc<StripeClient>, timeout: Duration) -> Result<Self, FilesetError> {
         let bad = |reason: String| FilesetError::Connect { addr: addr.to_string(), reason };
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(60));
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .timeout(timeout);
         let master = MasterClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20);
         Ok(Self { master, stripes })
     }

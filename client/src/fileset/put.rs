@@ -7,9 +7,10 @@
 //! commit: until the master has the commit, nothing of the version is
 //! visible, and if the writer dies its stripes are collected as orphans.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::Read;
 use std::path::Path;
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -55,8 +56,14 @@ pub(super) async fn put(
     let mut master = fc.master();
     let begun = master.begin_version(ms::BeginVersionRequest { fileset: fileset.to_string() }).await?.into_inner();
     let layout = layout_from_wire(begun.layout.as_ref())?;
-    let session = begun.session;
+    // A master that predates degraded writes sends 0: every stripe then.
+    let min = match begun.min_write_stripes as usize {
+        0 => layout.n(),
+        v => v.min(layout.n()),
+    };
+    let session = Session { id: begun.session, min, failed: Mutex::new(BTreeSet::new()) };
     let result = write_version(fc, &session, layout, entries, options, progress).await;
+    let session = session.id;
     match result {
         Ok(commit) => Ok(master.commit_version(commit).await?.into_inner()),
         Err(e) => {
@@ -73,10 +80,26 @@ pub(super) fn layout_from_wire(l: Option<&ms::Layout>) -> Result<Layout, Fileset
         .map_err(|e| FilesetError::Master(tonic::Status::internal(format!("the master sent a bad layout: {e}"))))
 }
 
+/// One write session as the writer keeps it.
+struct Session {
+    id: String,
+    /// Stripes per item that must be durable.
+    min: usize,
+    /// Chunkservers that failed a write in this session: not asked again,
+    /// and told to the master with every allocation so it places elsewhere.
+    failed: Mutex<BTreeSet<String>>,
+}
+
+impl Session {
+    fn failed(&self) -> Vec<String> {
+        self.failed.lock().unwrap().iter().cloned().collect()
+    }
+}
+
 /// Writes the data and the manifest; returns the commit request.
 async fn write_version(
     fc: &FilesetClient,
-    session: &str,
+    session: &Session,
     layout: Layout,
     entries: Vec<SourceEntry>,
     options: &PutOptions,
@@ -139,7 +162,7 @@ async fn write_version(
     let manifest_items = mwriter.finish().await?;
     debug!(files, bytes = total, items = items.len(), manifest_bytes = encoded.len(), "version written");
     Ok(ms::CommitVersionRequest {
-        session: session.to_string(),
+        session: session.id.clone(),
         items,
         manifest: Some(ms::ManifestRef {
             items: manifest_items,
@@ -207,7 +230,7 @@ type ItemWrite<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(usize, ms::It
 /// Places and writes items, a few at a time, retrying failed ones elsewhere.
 struct ItemWriter<'a> {
     fc: &'a FilesetClient,
-    session: &'a str,
+    session: &'a Session,
     layout: Layout,
     options: &'a PutOptions,
     allocated: VecDeque<ms::ItemLocation>,
@@ -216,7 +239,7 @@ struct ItemWriter<'a> {
 }
 
 impl<'a> ItemWriter<'a> {
-    fn new(fc: &'a FilesetClient, session: &'a str, layout: Layout, options: &'a PutOptions) -> Self {
+    fn new(fc: &'a FilesetClient, session: &'a Session, layout: Layout, options: &'a PutOptions) -> Self {
         Self {
             fc,
             session,
@@ -234,10 +257,10 @@ impl<'a> ItemWriter<'a> {
                 .fc
                 .master()
                 .allocate_items(ms::AllocateItemsRequest {
-                    session: self.session.to_string(),
+                    session: self.session.id.clone(),
                     count: ALLOCATE_BATCH,
                     stripe_length: stripe_len,
-                    failed_servers: vec![],
+                    failed_servers: self.session.failed(),
                 })
                 .await?;
             self.allocated.extend(resp.into_inner().items);
@@ -268,7 +291,7 @@ impl<'a> ItemWriter<'a> {
 
 async fn write_one(
     fc: &FilesetClient,
-    session: &str,
+    session: &Session,
     layout: Layout,
     index: usize,
     data: Bytes,
@@ -280,17 +303,35 @@ async fn write_one(
     loop {
         let item = ItemId::from_bytes(&at.item)
             .map_err(|e| tonic::Status::internal(format!("the master sent a bad item id: {e}")))?;
-        match fc.stripes().write_item(item, layout, data.clone(), &at.servers).await {
-            Ok(_) => return Ok((index, ms::ItemRef { item: at.item, length: len })),
+        // Servers that failed this session since the item was placed are
+        // left out: their stripes are missing from the start.
+        let failed = session.failed();
+        let servers: Vec<String> =
+            at.servers.iter().map(|s| if failed.contains(s) { String::new() } else { s.clone() }).collect();
+        match fc.stripes().write_item_degraded(item, layout, data.clone(), &servers, session.min).await {
+            Ok(loc) => {
+                let missing: Vec<u32> =
+                    loc.servers.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i as u32).collect();
+                for (i, s) in servers.iter().enumerate() {
+                    if !s.is_empty() && loc.servers[i].is_none() {
+                        session.failed.lock().unwrap().insert(s.clone());
+                    }
+                }
+                if !missing.is_empty() {
+                    warn!(%item, ?missing, "item written degraded; the master rebuilds the missing stripes");
+                }
+                return Ok((index, ms::ItemRef { item: at.item, length: len, missing_stripes: missing }));
+            }
             Err(ClientError::Write { server, code, message, .. }) if attempt < attempts => {
                 warn!(%item, %server, ?code, %message, attempt, "item write failed; placing it elsewhere");
+                session.failed.lock().unwrap().insert(server);
                 let resp = fc
                     .master()
                     .allocate_items(ms::AllocateItemsRequest {
-                        session: session.to_string(),
+                        session: session.id.clone(),
                         count: 1,
                         stripe_length: layout.stripe_len(len).map_err(ClientError::from)? as u64,
-                        failed_servers: vec![server],
+                        failed_servers: session.failed(),
                     })
                     .await?;
                 at = resp

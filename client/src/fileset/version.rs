@@ -18,9 +18,12 @@ use tessera_core::manifest::{Entry, EntryKind, Manifest};
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::ms;
 
+use tessera_proto::ms::master_client::MasterClient;
+use tonic::transport::Channel;
+
 use super::put::layout_from_wire;
 use super::{FilesetClient, FilesetError};
-use crate::{ItemLocation, StripeClient};
+use crate::{ItemLocation, ReadReport, StripeClient};
 
 /// Items read ahead when copying a whole version.
 const READ_AHEAD: usize = 4;
@@ -35,6 +38,31 @@ pub struct OpenVersion {
     pub manifest: Manifest,
     /// The data items, in packed-stream order.
     items: Vec<ItemLocation>,
+    /// Where blocks that arrive failing their checksum are reported.
+    master: MasterClient<Channel>,
+}
+
+/// How long a report of a corrupt block may hold up the read that found it.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells the master of stripes whose blocks arrived failing their checksum,
+/// so it has their servers verify them. Best effort: the read itself was
+/// already served from other stripes.
+async fn report_corrupt(master: &MasterClient<Channel>, report: &ReadReport) {
+    for (stripe, server) in &report.corrupt_in_transit {
+        let req = ms::ReportCorruptStripeRequest {
+            stripe: Some(tessera_proto::cs::StripeRef {
+                item: stripe.item.as_bytes().to_vec().into(),
+                index: u32::from(stripe.index),
+            }),
+            server: server.clone(),
+            detail: "a block failed its checksum at the reader".into(),
+        };
+        let mut m = master.clone();
+        if let Err(e) = tokio::time::timeout(REPORT_TIMEOUT, m.report_corrupt_stripe(req)).await {
+            tracing::debug!(%stripe, error = %e, "could not report a corrupt stripe to the master");
+        }
+    }
 }
 
 /// What a copy of a version did.
@@ -74,7 +102,8 @@ pub(super) async fn open(fc: &FilesetClient, fileset: &str, version: u64) -> Res
     let manifest_items = locations(layout, &mref.items, &resp.locations)?;
     let mut encoded = Vec::with_capacity(mref.length as usize);
     for loc in &manifest_items {
-        let (data, _) = fc.stripes().read(loc, 0..loc.item_len, ReadMode::Hedged).await?;
+        let (data, report) = fc.stripes().read(loc, 0..loc.item_len, ReadMode::Hedged).await?;
+        report_corrupt(&fc.master(), &report).await;
         for p in data.parts() {
             encoded.extend_from_slice(p);
         }
@@ -88,7 +117,7 @@ pub(super) async fn open(fc: &FilesetClient, fileset: &str, version: u64) -> Res
     }
     let manifest = Manifest::decode(&encoded).map_err(|e| bad(e.to_string()))?;
     let items = locations(layout, &v.items, &resp.locations)?;
-    Ok(OpenVersion { version: v, layout, manifest, items })
+    Ok(OpenVersion { version: v, layout, manifest, items, master: fc.master() })
 }
 
 impl OpenVersion {
@@ -119,7 +148,8 @@ impl OpenVersion {
                 version: self.id(),
                 reason: format!("no item {i}"),
             })?;
-            let (data, _) = client.read(loc, r, mode).await?;
+            let (data, report) = client.read(loc, r, mode).await?;
+            report_corrupt(&self.master, &report).await;
             out.extend(data.parts().iter().cloned());
         }
         Ok(out)
@@ -178,7 +208,8 @@ impl OpenVersion {
         let mut failure = None;
         while let Some(r) = reads.next().await {
             match r {
-                Ok((data, _)) => {
+                Ok((data, report)) => {
+                    report_corrupt(&self.master, &report).await;
                     progress(data.len() as u64);
                     if data.parts().iter().any(|p| tx.send(p.clone()).is_err()) {
                         break; // the writer stopped: its error says why

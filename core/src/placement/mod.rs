@@ -116,6 +116,21 @@ pub fn choose(
     exclude: &[usize],
     rng: &mut impl Rng,
 ) -> Result<Vec<usize>, PlacementError> {
+    choose_at_least(candidates, n, n, policy, existing, exclude, rng)
+}
+
+/// As [`choose`], but settles for fewer than `n` (never fewer than `min`)
+/// when the policy and the candidates cannot hold `n`: a degraded write. The
+/// result is then as large as any valid choice can be.
+pub fn choose_at_least(
+    candidates: &[Candidate],
+    n: usize,
+    min: usize,
+    policy: PlacementPolicy,
+    existing: &HashMap<String, usize>,
+    exclude: &[usize],
+    rng: &mut impl Rng,
+) -> Result<Vec<usize>, PlacementError> {
     if policy.max_per_domain == 0 {
         return Err(PlacementError::ZeroPerDomain);
     }
@@ -143,7 +158,7 @@ pub fn choose(
             out.push(i);
         }
     }
-    if out.len() < n {
+    if out.len() < min.min(n) {
         let mut per: HashMap<String, usize> = HashMap::new();
         for &i in &eligible {
             *per.entry(candidates[i].topology.domain(policy.level)).or_insert(0) += 1;
@@ -153,7 +168,7 @@ pub fn choose(
             .map(|(d, c)| (*c).min(policy.max_per_domain.saturating_sub(existing.get(d).copied().unwrap_or(0))))
             .sum();
         return Err(PlacementError::Unsatisfiable {
-            wanted: n,
+            wanted: min.min(n),
             level: policy.level,
             max_per_domain: policy.max_per_domain,
             domains: per.len(),

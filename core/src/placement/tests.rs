@@ -53,6 +53,19 @@ fn too_few_zones_is_an_error_naming_the_constraint() {
 }
 
 #[test]
+fn one_server_down_of_nine_still_places_eight() {
+    // z0 has lost a server: it can take two stripes, the others three each.
+    let c: Vec<Candidate> = grid(3, 1, 3).into_iter().skip(1).collect();
+    let p = PlacementPolicy { level: Level::Zone, max_per_domain: 3 };
+    let mut rng = StdRng::seed_from_u64(2);
+    assert!(choose(&c, 9, p, &HashMap::new(), &[], &mut rng).is_err());
+    let chosen = choose_at_least(&c, 9, 7, p, &HashMap::new(), &[], &mut rng).unwrap();
+    assert_eq!(chosen.len(), 8);
+    let err = choose_at_least(&c, 9, 9, p, &HashMap::new(), &[], &mut rng).unwrap_err();
+    assert!(matches!(err, PlacementError::Unsatisfiable { wanted: 9, capacity: 8, .. }), "{err}");
+}
+
+#[test]
 fn repair_counts_the_stripes_still_in_place() {
     let c = grid(3, 1, 4);
     let p = PlacementPolicy { level: Level::Zone, max_per_domain: 3 };
@@ -231,6 +244,43 @@ proptest! {
                 }
                 let capacity: usize = room.iter().map(|(d, free)| (*free).min(m.saturating_sub(*existing.get(d).unwrap_or(&0)))).sum();
                 prop_assert!(capacity < lost.len(), "a valid repair existed: capacity {} for {}", capacity, lost.len());
+            }
+            Err(e) => prop_assert!(false, "{}", e),
+        }
+    }
+
+    /// Degraded writes: with a minimum below n, a placement holds as many
+    /// stripes as the naive capacity (per domain, the lesser of its servers
+    /// and the limit) allows, up to n; it keeps the bound; and it fails only
+    /// when that capacity is below the minimum.
+    #[test]
+    fn degraded_placements_take_all_the_room_there_is(
+        c in topology_strategy(),
+        k in 1usize..8,
+        m in 1usize..4,
+        level_i in 0usize..4,
+        seed in any::<u64>(),
+    ) {
+        let n = k + m;
+        let min = k + 1;
+        let level = Level::ALL[level_i];
+        let p = PlacementPolicy { level, max_per_domain: m };
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for x in &c {
+            *per.entry(x.topology.domain(level)).or_insert(0) += 1;
+        }
+        let capacity: usize = per.values().map(|v| (*v).min(m)).sum();
+        let mut rng = StdRng::seed_from_u64(seed);
+        match choose_at_least(&c, n, min, p, &HashMap::new(), &[], &mut rng) {
+            Ok(chosen) => {
+                prop_assert_eq!(chosen.len(), capacity.min(n));
+                prop_assert!(chosen.len() >= min);
+                let counts = domain_counts(chosen.iter().map(|&i| &c[i].topology), level);
+                prop_assert!(counts.values().all(|&v| v <= m), "{:?}", counts);
+            }
+            Err(PlacementError::Unsatisfiable { wanted, capacity: reported, .. }) => {
+                prop_assert!(capacity < min);
+                prop_assert_eq!((wanted, reported), (min, capacity));
             }
             Err(e) => prop_assert!(false, "{}", e),
         }

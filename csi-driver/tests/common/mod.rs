@@ -48,6 +48,7 @@ impl Cluster {
                     limits: Default::default(),
                     quotas: Default::default(),
                     enable_fault_injection: true,
+                    scrub: Default::default(),
                     master: Some((
                         addr.clone(),
                         Identity {

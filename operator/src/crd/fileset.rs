@@ -110,6 +110,7 @@ pub struct PvcSource {
 #[x_kube(validation = Rule::new("self.k + self.m <= 256").message("spec.erasure: k + m must be at most 256"))]
 #[x_kube(validation = Rule::new("self.stripeUnit % 64 == 0").message("spec.erasure.stripeUnit must be a multiple of 64 bytes"))]
 #[x_kube(validation = Rule::new("self.blockSize % 64 == 0").message("spec.erasure.blockSize must be a multiple of 64 bytes"))]
+#[x_kube(validation = Rule::new("!has(self.minWriteStripes) || (self.minWriteStripes >= self.k && self.minWriteStripes <= self.k + self.m)").message("spec.erasure.minWriteStripes must be between k and k + m"))]
 pub struct Erasure {
     /// Data stripes per item.
     #[serde(default = "default_k")]
@@ -127,6 +128,13 @@ pub struct Erasure {
     #[serde(default = "default_block_size")]
     #[schemars(range(min = 64, max = 16777216))]
     pub block_size: u64,
+    /// Stripes of an item that must be stored for a write to succeed when
+    /// fewer than k + m chunkservers can take them (servers down); the rest
+    /// are rebuilt once placement allows. Default k + 1; k + m never writes
+    /// degraded. Fewer means writes go on through more failures, and items
+    /// written then survive fewer losses until they are rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_write_stripes: Option<u32>,
 }
 
 fn default_k() -> u32 {
@@ -144,7 +152,13 @@ fn default_block_size() -> u64 {
 
 impl Default for Erasure {
     fn default() -> Self {
-        Self { k: default_k(), m: default_m(), stripe_unit: default_stripe_unit(), block_size: default_block_size() }
+        Self {
+            k: default_k(),
+            m: default_m(),
+            stripe_unit: default_stripe_unit(),
+            block_size: default_block_size(),
+            min_write_stripes: None,
+        }
     }
 }
 
@@ -268,4 +282,15 @@ pub struct RedundancyStatus {
     pub items_unrecoverable: u64,
     /// `full`, `reduced`, or `lost` for kubectl.
     pub summary: String,
+    /// Stripes their chunkservers found corrupt (a block failing its
+    /// checksum on a read or a scrub) and quarantined, and how many of
+    /// those have been rebuilt, since the master started.
+    #[serde(default)]
+    pub corrupt_stripes_found: u64,
+    #[serde(default)]
+    pub corrupt_stripes_rebuilt: u64,
+    /// Items written with fewer than k + m stripes (servers were down),
+    /// since the master started; they are rebuilt as placement allows.
+    #[serde(default)]
+    pub degraded_writes: u64,
 }

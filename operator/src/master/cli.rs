@@ -42,19 +42,7 @@ pub struct MasterArgs {
     pub repair_parallelism: usize,
 }
 
-/// Durations like `500ms`, `10s`, `15m`, `2h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 15m, 2h)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
-    })
-}
+pub use tessera_core::units::parse_duration;
 
 impl MasterArgs {
     pub fn config(&self) -> Config {
@@ -64,6 +52,9 @@ impl MasterArgs {
             metrics_listen: Some(self.metrics_listen),
             master: MasterConfig {
                 heartbeat_timeout: self.heartbeat_timeout,
+                // Servers register again within a heartbeat or two; the
+                // window ends with the first timeout they could miss.
+                relearn_window: self.heartbeat_timeout,
                 repair_grace: self.repair_grace,
                 orphan_grace: self.orphan_grace,
                 session_lease: self.session_lease,
@@ -90,18 +81,5 @@ impl MasterArgs {
         }
         tracing::info!("shutting down");
         running.shutdown().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("5 days").is_err());
     }
 }

@@ -1,12 +1,14 @@
 //! The master's background loop: notices chunkservers that stopped reporting
 //! and write sessions that expired, runs the repairs the model decides on
-//! (rate-limited, in the repair request class), and deletes stripes that
-//! deleted versions or crashed writers left behind.
+//! (rate-limited, in the repair request class), deletes stripes that
+//! deleted versions or crashed writers left behind, and asks chunkservers to
+//! verify stripes readers found corrupt.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_client::{ItemLocation, StripeClient};
+use tessera_core::ids::StripeId;
 use tessera_proto::cs;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
@@ -17,30 +19,45 @@ use super::state::{Deletion, RepairJob};
 /// Deletions running at once.
 const DELETE_PARALLELISM: usize = 16;
 
-/// Queues stripe deletions for the loop to carry out.
-#[derive(Debug, Clone)]
-pub struct Deleter {
-    tx: mpsc::UnboundedSender<Vec<Deletion>>,
+/// Work the gRPC handlers hand to the loop.
+#[derive(Debug)]
+pub enum Chore {
+    Delete(Vec<Deletion>),
+    /// Ask the server at `address` to verify a stripe a reader found corrupt.
+    Verify {
+        stripe: StripeId,
+        address: String,
+    },
 }
 
-impl Deleter {
+/// Queues chores for the loop to carry out.
+#[derive(Debug, Clone)]
+pub struct Chores {
+    tx: mpsc::UnboundedSender<Chore>,
+}
+
+impl Chores {
     pub fn delete(&self, d: Vec<Deletion>) {
         if !d.is_empty() {
-            let _ = self.tx.send(d);
+            let _ = self.tx.send(Chore::Delete(d));
         }
+    }
+
+    pub fn verify(&self, stripe: StripeId, address: String) {
+        let _ = self.tx.send(Chore::Verify { stripe, address });
     }
 }
 
-pub fn deleter() -> (Deleter, mpsc::UnboundedReceiver<Vec<Deletion>>) {
+pub fn chores() -> (Chores, mpsc::UnboundedReceiver<Chore>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Deleter { tx }, rx)
+    (Chores { tx }, rx)
 }
 
 /// Runs until `stop` turns true.
 pub async fn run(
     master: Arc<Master>,
     client: Arc<StripeClient>,
-    mut deletions: mpsc::UnboundedReceiver<Vec<Deletion>>,
+    mut chores: mpsc::UnboundedReceiver<Chore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let repairs = Arc::new(Semaphore::new(master.config.repair_parallelism.max(1)));
@@ -61,7 +78,15 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => Wake::Tick,
             _ = repaired.notified() => Wake::Repaired,
-            d = deletions.recv() => d.map_or(Wake::Tick, Wake::Delete),
+            c = chores.recv() => match c {
+                Some(Chore::Delete(d)) => Wake::Delete(d),
+                Some(Chore::Verify { stripe, address }) => {
+                    let client = client.clone();
+                    tokio::spawn(async move { verify(&client, stripe, &address).await });
+                    continue;
+                }
+                None => Wake::Tick,
+            },
         };
         let now = Instant::now();
         let plan = !matches!(wake, Wake::Delete(_));
@@ -125,6 +150,31 @@ async fn repair(client: &StripeClient, job: &RepairJob, limiter: &RateLimiter) -
         }
     }
 }
+
+/// Asks a chunkserver to check a stripe a reader found corrupt. If it fails
+/// there the server quarantines it and its next heartbeat (sent at once)
+/// starts the rebuild; nothing else is needed here.
+async fn verify(client: &StripeClient, stripe: StripeId, address: &str) {
+    let Ok(server) = client.server(address) else { return };
+    let req = cs::VerifyStripeRequest {
+        stripe: Some(cs::StripeRef { item: stripe.item.as_bytes().to_vec().into(), index: stripe.index as u32 }),
+    };
+    match tokio::time::timeout(VERIFY_TIMEOUT, server.client().verify_stripe(req)).await {
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            if r.intact {
+                info!(%stripe, server = %address, "a stripe reported corrupt verified intact (damaged in transit)");
+            } else {
+                warn!(%stripe, server = %address, quarantined = r.quarantined, "a stripe reported corrupt failed its verify");
+            }
+        }
+        Ok(Err(e)) => debug!(%stripe, server = %address, error = %e, "verify failed"),
+        Err(_) => warn!(%stripe, server = %address, "verify got no answer within {VERIFY_TIMEOUT:?}"),
+    }
+}
+
+/// A verify reads one stripe (a few MiB at most) in the repair class.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn delete(client: &StripeClient, d: &Deletion) -> bool {
     let Ok(server) = client.server(&d.address) else { return false };

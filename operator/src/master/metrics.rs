@@ -59,8 +59,14 @@ pub fn render(master: &Master, now: Instant) -> Result<String, std::fmt::Error> 
     let repairing = Family::<FilesetLabels, Gauge>::default();
     let unrecoverable = Family::<FilesetLabels, Gauge>::default();
     let violations = Family::<FilesetLabels, Gauge>::default();
+    let corrupt_found = Family::<FilesetLabels, Counter>::default();
+    let corrupt_rebuilt = Family::<FilesetLabels, Counter>::default();
+    let degraded_writes = Family::<FilesetLabels, Counter>::default();
     for f in &st.filesets {
         let l = FilesetLabels { fileset: f.name.clone() };
+        corrupt_found.get_or_create(&l).inc_by(f.corrupt_stripes_found);
+        corrupt_rebuilt.get_or_create(&l).inc_by(f.corrupt_stripes_rebuilt);
+        degraded_writes.get_or_create(&l).inc_by(f.degraded_writes);
         items.get_or_create(&l).set(f.items as i64);
         degraded.get_or_create(&l).set(f.degraded as i64);
         repairing.get_or_create(&l).set(f.repairing as i64);
@@ -82,6 +88,24 @@ pub fn render(master: &Master, now: Instant) -> Result<String, std::fmt::Error> 
         "Items with more stripes in one failure domain than the policy allows",
         violations,
     );
+
+    registry.register(
+        "corrupt_stripes_found",
+        "Stripes quarantined as corrupt by their chunkservers since the master started",
+        corrupt_found,
+    );
+    registry.register("corrupt_stripes_rebuilt", "Corrupt stripes rebuilt since the master started", corrupt_rebuilt);
+    registry.register(
+        "degraded_writes",
+        "Items written with fewer than k + m stripes since the master started",
+        degraded_writes,
+    );
+    let reports = Counter::<u64>::default();
+    reports.inc_by(st.corrupt_reports);
+    registry.register("corrupt_block_reports", "Readers' reports of blocks failing their checksum", reports);
+    let relearning = Gauge::<i64>::default();
+    relearning.set(st.relearning as i64);
+    registry.register("relearning", "1 while the master relearns stripe locations after its start", relearning);
 
     let repaired_stripes = Counter::<u64>::default();
     repaired_stripes.inc_by(st.repaired_stripes);

@@ -75,6 +75,10 @@ impl From<MasterError> for tonic::Status {
 pub struct MasterConfig {
     /// A chunkserver not heard from for this long is not live.
     pub heartbeat_timeout: Duration,
+    /// After a start, how long the master waits for chunkservers to report
+    /// before it trusts its location index: status says it is relearning,
+    /// and no repair is planned.
+    pub relearn_window: Duration,
     /// A write session not used for this long ends; its items become orphans.
     pub session_lease: Duration,
     /// Stripes no version and no session owns are deleted after this long.
@@ -95,6 +99,7 @@ impl Default for MasterConfig {
     fn default() -> Self {
         Self {
             heartbeat_timeout: Duration::from_secs(5),
+            relearn_window: Duration::from_secs(5),
             session_lease: Duration::from_secs(120),
             orphan_grace: Duration::from_secs(600),
             repair_grace: Duration::from_secs(15 * 60),

@@ -35,6 +35,15 @@ pub struct FilesetRecord {
     /// written before it existed read as empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub read_mode: String,
+    /// Stripes of an item that must be durable for a write to succeed when
+    /// fewer than k + m servers can take them; 0 (records written before it
+    /// existed) means k + 1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_write_stripes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl FilesetRecord {
@@ -71,7 +80,18 @@ impl FilesetRecord {
         } else {
             spec.read_mode.parse::<ReadMode>().map_err(|e| bad("read_mode", e.to_string()))?.to_string()
         };
+        let min_write_stripes = match spec.min_write_stripes as usize {
+            0 => 0,
+            v if (k..=k + m).contains(&v) => v,
+            v => {
+                return Err(bad(
+                    "min_write_stripes",
+                    format!("{v} is outside {k}..={} (k..=k+m): fewer than k stripes cannot be read back", k + m),
+                ));
+            }
+        };
         Ok(Self {
+            min_write_stripes,
             name: spec.name.clone(),
             k,
             m,
@@ -97,6 +117,15 @@ impl FilesetRecord {
         }
     }
 
+    /// Stripes of an item a write must store: the fileset's setting, or
+    /// k + 1 (one stripe of margin, as Ceph's min_size), never more than n.
+    pub fn min_write_stripes(&self) -> usize {
+        match self.min_write_stripes {
+            0 => (self.k + 1).min(self.k + self.m),
+            v => v,
+        }
+    }
+
     pub fn availability(&self) -> Availability {
         self.availability.parse().expect("records hold validated availability")
     }
@@ -112,6 +141,7 @@ impl FilesetRecord {
             availability: self.availability.clone(),
             keep_versions: self.keep_versions as u32,
             read_mode: self.read_mode.clone(),
+            min_write_stripes: self.min_write_stripes as u32,
         }
     }
 
@@ -192,7 +222,9 @@ pub struct VersionRecord {
 impl VersionRecord {
     pub fn to_wire(&self) -> ms::Version {
         let refs = |v: &[ItemRecord]| {
-            v.iter().map(|i| ms::ItemRef { item: i.id.as_bytes().to_vec().into(), length: i.len }).collect()
+            v.iter()
+                .map(|i| ms::ItemRef { item: i.id.as_bytes().to_vec().into(), length: i.len, ..Default::default() })
+                .collect()
         };
         ms::Version {
             fileset: self.fileset.clone(),

@@ -39,7 +39,7 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub master: Arc<Master>,
     /// Deletes stripes in the background (what the master's decisions release).
-    pub deleter: maintenance::Deleter,
+    pub chores: maintenance::Chores,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -69,9 +69,9 @@ pub async fn start_with_store(config: Config, store: Arc<dyn MetaStore>) -> anyh
     })
     .await??;
     let client = StripeClient::new(ClientConfig { class: RequestClass::Repair, ..Default::default() });
-    let (deleter, deletions) = maintenance::deleter();
+    let (chores, queue) = maintenance::chores();
     let (stop, stop_rx) = watch::channel(false);
-    let svc = MasterService::new(master.clone(), deleter.clone());
+    let svc = MasterService::new(master.clone(), chores.clone());
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -105,11 +105,11 @@ pub async fn start_with_store(config: Config, store: Arc<dyn MetaStore>) -> anyh
     }
     let m = master.clone();
     tasks.push(tokio::spawn(async move {
-        maintenance::run(m, client, deletions, stop_rx).await;
+        maintenance::run(m, client, queue, stop_rx).await;
         Ok(())
     }));
     info!(%addr, metrics = ?metrics_addr, data_dir = %config.data_dir.display(), "master started");
-    Ok(Running { addr, metrics_addr, master, deleter, stop, tasks })
+    Ok(Running { addr, metrics_addr, master, chores, stop, tasks })
 }
 
 async fn metrics(axum::extract::State(master): axum::extract::State<Arc<Master>>) -> impl axum::response::IntoResponse {

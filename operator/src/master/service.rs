@@ -7,19 +7,19 @@ use tessera_proto::ms::{self, master_server, registry_server};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Master;
-use super::maintenance::Deleter;
+use super::maintenance::Chores;
 use super::state::stripe_from_wire;
 
 /// Both services over one master.
 #[derive(Debug, Clone)]
 pub struct MasterService {
     master: Arc<Master>,
-    deleter: Deleter,
+    chores: Chores,
 }
 
 impl MasterService {
-    pub fn new(master: Arc<Master>, deleter: Deleter) -> Self {
-        Self { master, deleter }
+    pub fn new(master: Arc<Master>, chores: Chores) -> Self {
+        Self { master, chores }
     }
 }
 
@@ -86,7 +86,7 @@ impl master_server::Master for MasterService {
         request: Request<ms::DeleteFilesetRequest>,
     ) -> Result<Response<ms::DeleteFilesetResponse>, Status> {
         let (count, deletions) = self.master.delete_fileset(&request.get_ref().name)?;
-        self.deleter.delete(deletions);
+        self.chores.delete(deletions);
         Ok(Response::new(ms::DeleteFilesetResponse { versions_deleted: count }))
     }
 
@@ -94,11 +94,12 @@ impl master_server::Master for MasterService {
         &self,
         request: Request<ms::BeginVersionRequest>,
     ) -> Result<Response<ms::BeginVersionResponse>, Status> {
-        let (session, layout) = self.master.begin_version(&request.get_ref().fileset, Instant::now())?;
+        let (session, layout, min) = self.master.begin_version(&request.get_ref().fileset, Instant::now())?;
         Ok(Response::new(ms::BeginVersionResponse {
             session,
             layout: Some(super::records::layout_to_wire(&layout)),
             lease_secs: self.master.config.session_lease.as_secs() as u32,
+            min_write_stripes: min as u32,
         }))
     }
 
@@ -126,7 +127,7 @@ impl master_server::Master for MasterService {
         request: Request<ms::CommitVersionRequest>,
     ) -> Result<Response<ms::Version>, Status> {
         let (version, deletions) = self.master.commit_version(request.get_ref(), Instant::now())?;
-        self.deleter.delete(deletions);
+        self.chores.delete(deletions);
         Ok(Response::new(version.to_wire()))
     }
 
@@ -167,7 +168,7 @@ impl master_server::Master for MasterService {
         if req.version == 0 {
             return Err(Status::invalid_argument("version: name the version to delete"));
         }
-        self.deleter.delete(self.master.delete_version(&req.fileset, req.version)?);
+        self.chores.delete(self.master.delete_version(&req.fileset, req.version)?);
         Ok(Response::new(ms::DeleteVersionResponse {}))
     }
 
@@ -185,5 +186,22 @@ impl master_server::Master for MasterService {
 
     async fn status(&self, request: Request<ms::StatusRequest>) -> Result<Response<ms::StatusResponse>, Status> {
         Ok(Response::new(self.master.status(&request.get_ref().fileset, Instant::now())?))
+    }
+
+    async fn report_corrupt_stripe(
+        &self,
+        request: Request<ms::ReportCorruptStripeRequest>,
+    ) -> Result<Response<ms::ReportCorruptStripeResponse>, Status> {
+        let r = request.get_ref();
+        let Some(stripe) = r.stripe.as_ref().and_then(stripe_from_wire) else {
+            return Err(Status::invalid_argument("stripe is required (16-byte item, index below 65536)"));
+        };
+        if r.server.is_empty() {
+            return Err(Status::invalid_argument("server is required"));
+        }
+        if let Some(address) = self.master.corrupt_reported(stripe, &r.server) {
+            self.chores.verify(stripe, address);
+        }
+        Ok(Response::new(ms::ReportCorruptStripeResponse {}))
     }
 }

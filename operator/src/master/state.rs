@@ -4,7 +4,7 @@
 //! metadata store, and the work decisions call for (deleting, rebuilding
 //! stripes) is handed back to the caller rather than done here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,8 +59,27 @@ pub struct ItemInfo {
 struct Session {
     fileset: String,
     expires: Instant,
-    /// Allocated items and the server of each stripe.
+    /// Allocated items and the server id of each stripe ("" where none
+    /// could be placed: a degraded write).
     items: HashMap<ItemId, Vec<String>>,
+}
+
+/// Why a stripe is gone for good: no server will report it again, so its
+/// item is rebuilt without waiting for the grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Quarantined by its chunkserver: a block failed its checksum.
+    Corrupt,
+    /// Never written: the version was written degraded.
+    NotWritten,
+}
+
+/// What happened to a fileset's stripes since the master started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossCounts {
+    pub corrupt_found: u64,
+    pub corrupt_rebuilt: u64,
+    pub degraded_writes: u64,
 }
 
 /// A stripe to delete from a server.
@@ -98,7 +117,12 @@ struct State {
     /// Items whose lost stripes cannot be placed now; logged once, not every pass.
     unplaceable: HashSet<ItemId>,
     repairing: HashSet<ItemId>,
+    /// Stripes known gone for good, by item and index.
+    gone: HashMap<ItemId, BTreeMap<u16, Loss>>,
+    /// By fileset name.
+    losses: HashMap<String, LossCounts>,
     orphan_since: HashMap<ItemId, Instant>,
+    corrupt_reports: u64,
     repaired_stripes: u64,
     repaired_bytes: u64,
     collected_stripes: u64,
@@ -152,9 +176,10 @@ impl Master {
     }
 
     /// Whether the master may still be waiting for chunkservers to report
-    /// after it started: they all should within a heartbeat timeout.
+    /// after it started (they heartbeat every second and register again at
+    /// once when their master changed).
     pub fn warming_up(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) < self.config.heartbeat_timeout
+        now.saturating_duration_since(self.started) < self.config.relearn_window
     }
 
     /// Whether every item of a version has at least k stripes located.
@@ -177,10 +202,12 @@ impl Master {
         let State { servers, locations, .. } = &mut *st;
         match servers.get_mut(&req.server_id) {
             Some(s) => {
-                // Coming back after being given up on counts against it: a
+                // A restart is one failure: counted here if the server came
+                // back before it was missed, or already when it was given
+                // up on. One restart never takes it out of placement; a
                 // server that keeps dropping out stops receiving stripes.
-                if !s.live {
-                    s.failures.record(now, &policy);
+                if s.live {
+                    s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
                 }
                 for stripe in s.stripes.drain() {
                     forget_location(locations, &stripe, &req.server_id);
@@ -262,13 +289,11 @@ impl Master {
         if st.epoch != req.master_epoch {
             return false;
         }
-        let policy = self.config.failure;
         let State { servers, locations, .. } = &mut *st;
         let Some(s) = servers.get_mut(&req.server_id) else { return false };
-        if !s.live {
-            s.failures.record(now, &policy);
-            s.live = true;
-        }
+        // Back after being given up on (frozen, or cut off): the outage was
+        // counted when it was noticed.
+        s.live = true;
         s.last_seen = now;
         s.free_bytes = req.free_bytes;
         s.total_bytes = req.total_bytes;
@@ -283,7 +308,27 @@ impl Master {
                 forget_location(locations, &stripe, &req.server_id);
             }
         }
+        for stripe in req.quarantined.iter().filter_map(stripe_from_wire) {
+            st.stripe_lost(stripe, Loss::Corrupt, &req.server_id);
+        }
         true
+    }
+
+    /// A reader received a block of `stripe` from the server at `address`
+    /// that failed its checksum. Returns the address to ask for a verify if
+    /// that server is known to hold the stripe (the check that decides: a
+    /// block damaged in transit leaves the stripe in service).
+    pub fn corrupt_reported(&self, stripe: StripeId, address: &str) -> Option<String> {
+        let mut st = self.state.lock().unwrap();
+        st.corrupt_reports += 1;
+        let s = st.servers.values().find(|s| s.address == address)?;
+        warn!(%stripe, server = %s.id, "a reader received a block failing its checksum; asking the server to verify");
+        s.stripes.contains(&stripe).then(|| s.address.clone())
+    }
+
+    /// Corruption and degraded writes counted so far, by fileset.
+    pub fn losses(&self, fileset: &str) -> LossCounts {
+        self.state.lock().unwrap().losses.get(fileset).copied().unwrap_or_default()
     }
 
     /// Marks servers not heard from in time as not live; returns their ids.
@@ -294,7 +339,7 @@ impl Master {
         for s in st.servers.values_mut() {
             if s.live && !is_live(s.last_seen, now, self.config.heartbeat_timeout) {
                 s.live = false;
-                s.failures.record(now, &policy);
+                s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
                 warn!(server = %s.id, "chunkserver stopped reporting");
                 gone.push(s.id.clone());
             }
@@ -390,16 +435,19 @@ impl Master {
 
     // ---- Writing versions ----
 
-    pub fn begin_version(&self, fileset: &str, now: Instant) -> Result<(String, Layout), MasterError> {
+    /// Starts a write session; returns it with the layout and the stripes
+    /// per item that must be durable.
+    pub fn begin_version(&self, fileset: &str, now: Instant) -> Result<(String, Layout, usize), MasterError> {
         let mut st = self.state.lock().unwrap();
         let f = st.filesets.get(fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.into()))?;
         let layout = f.layout();
+        let min = f.min_write_stripes();
         let id = format!("{:032x}", rand::random::<u128>());
         st.sessions.insert(
             id.clone(),
             Session { fileset: fileset.into(), expires: now + self.config.session_lease, items: HashMap::new() },
         );
-        Ok((id, layout))
+        Ok((id, layout, min))
     }
 
     /// Chooses servers for `count` new items of a write session.
@@ -414,9 +462,11 @@ impl Master {
     ) -> Result<Vec<ms::ItemLocation>, MasterError> {
         let mut st = self.state.lock().unwrap();
         let policy = self.config.failure;
+        // Every writer reports a dead server on every item: one outage is
+        // counted once.
         for addr in failed {
             if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || &s.id == addr) {
-                s.failures.record(now, &policy);
+                s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
             }
         }
         let fileset = {
@@ -451,17 +501,25 @@ impl Master {
         }
         let mut out = Vec::with_capacity(count);
         let mut placed = Vec::with_capacity(count);
+        let min = f.min_write_stripes();
         for _ in 0..count {
-            let chosen = placement::choose(&candidates, n, f.policy(), &HashMap::new(), &[], rng)?;
+            // With fewer than n placeable servers the write goes on with as
+            // many as the policy allows (at least the minimum); the stripes
+            // without a server are the last parity ones, rebuilt later.
+            let chosen = placement::choose_at_least(&candidates, n, min, f.policy(), &HashMap::new(), &[], rng)?;
             let item = ItemId(rng.random());
-            let servers: Vec<String> = chosen.iter().map(|&i| ids[i].clone()).collect();
+            let servers: Vec<String> =
+                (0..n).map(|i| chosen.get(i).map(|&c| ids[c].clone()).unwrap_or_default()).collect();
             // Account the space so a burst of allocations spreads out.
             for &i in &chosen {
                 candidates[i].free_bytes = candidates[i].free_bytes.saturating_sub(stripe_len);
             }
             out.push(ms::ItemLocation {
                 item: item.as_bytes().to_vec().into(),
-                servers: servers.iter().map(|id| st.servers[id].address.clone()).collect(),
+                servers: servers
+                    .iter()
+                    .map(|id| st.servers.get(id).map(|s| s.address.clone()).unwrap_or_default())
+                    .collect(),
             });
             placed.push((item, servers));
         }
@@ -481,15 +539,42 @@ impl Master {
         let mut st = self.state.lock().unwrap();
         let session = st.sessions.get(&req.session).ok_or_else(|| MasterError::SessionNotFound(req.session.clone()))?;
         let fileset = session.fileset.clone();
-        let parse = |refs: &[ms::ItemRef], field| -> Result<Vec<ItemRecord>, MasterError> {
+        let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.clone()))?;
+        let (n, min) = (f.k + f.m, f.min_write_stripes());
+        // Stripes not stored, by item: those the writer reports, and those
+        // no server was placed for.
+        let mut missing: HashMap<ItemId, BTreeSet<u16>> = HashMap::new();
+        let mut parse = |refs: &[ms::ItemRef], field| -> Result<Vec<ItemRecord>, MasterError> {
             refs.iter()
                 .map(|r| {
                     let id = item_id(&r.item, field)?;
-                    if !session.items.contains_key(&id) {
+                    let Some(servers) = session.items.get(&id) else {
                         return Err(MasterError::ItemNotAllocated {
                             session: req.session.clone(),
                             item: id.to_string(),
                         });
+                    };
+                    let mut gone: BTreeSet<u16> = (0..n).filter(|&i| servers[i].is_empty()).map(|i| i as u16).collect();
+                    for &i in &r.missing_stripes {
+                        if i as usize >= n {
+                            return Err(MasterError::InvalidSpec {
+                                field: "items.missing_stripes",
+                                reason: format!("item {id} has no stripe {i} (n = {n})"),
+                            });
+                        }
+                        gone.insert(i as u16);
+                    }
+                    if n - gone.len() < min {
+                        return Err(MasterError::InvalidSpec {
+                            field: "items.missing_stripes",
+                            reason: format!(
+                                "item {id} has {} of its {n} stripes stored; the fileset needs at least {min}",
+                                n - gone.len()
+                            ),
+                        });
+                    }
+                    if !gone.is_empty() {
+                        missing.insert(id, gone);
                     }
                     Ok(ItemRecord { id, len: r.length })
                 })
@@ -526,13 +611,28 @@ impl Master {
         let session = st.sessions.remove(&req.session).expect("checked above");
         for (item, servers) in session.items {
             if record.all_items().any(|i| i.id == item) {
+                let gone = missing.get(&item);
                 for (index, sid) in servers.iter().enumerate() {
+                    if gone.is_some_and(|g| g.contains(&(index as u16))) {
+                        continue;
+                    }
                     let stripe = StripeId::new(item, index as u16);
                     if let Some(s) = st.servers.get_mut(sid)
                         && s.stripes.insert(stripe)
                     {
                         add_location(&mut st.locations, &stripe, sid);
                     }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let stripes: usize = missing.values().map(|g| g.len()).sum();
+            warn!(fileset = %fileset, items = missing.len(), stripes, "version written degraded; the missing stripes are rebuilt as placement allows");
+            st.losses.entry(fileset.clone()).or_default().degraded_writes += missing.len() as u64;
+            for (item, gone) in missing {
+                let entry = st.gone.entry(item).or_default();
+                for i in gone {
+                    entry.insert(i, Loss::NotWritten);
                 }
             }
         }
@@ -645,6 +745,11 @@ impl Master {
     /// rebuild it now, and plans the repairs of those that are due (at most
     /// `max` new jobs). Items being repaired already are skipped.
     pub fn plan_repairs(&self, now: Instant, max: usize, rng: &mut impl Rng) -> Vec<RepairJob> {
+        // Right after a start the index is still being relearned: items
+        // whose servers have not reported yet are not lost.
+        if self.warming_up(now) {
+            return Vec::new();
+        }
         let mut st = self.state.lock().unwrap();
         let policy = self.config.failure;
         let mut down = HashSet::new();
@@ -665,11 +770,17 @@ impl Master {
             if count == n {
                 st.missing_since.remove(&item);
                 st.unplaceable.remove(&item);
+                st.gone.remove(&item);
                 continue;
             }
             let since = *st.missing_since.entry(item).or_insert(now);
             let rp = RepairPolicy { threshold: f.m, grace: self.config.repair_grace };
-            let decision = repair::decide(count, f.k, f.m, f.availability(), since, now, &rp);
+            let gone_for_good = st
+                .gone
+                .get(&item)
+                .map_or(0, |g| g.keys().filter(|&&i| reachable.get(i as usize).is_some_and(|r| r.is_none())).count());
+            let missing = repair::Missing { reachable: count, gone_for_good };
+            let decision = repair::decide(missing, f.k, f.m, f.availability(), since, now, &rp);
             if decision == RepairDecision::Unrecoverable {
                 warn!(%item, fileset = %info.fileset, reachable = count, k = f.k, "item has fewer than k stripes reachable");
             }
@@ -738,6 +849,7 @@ impl Master {
             return;
         }
         let stripe_len = job.layout.stripe_len(job.len).unwrap_or(0) as u64;
+        let fileset = st.items.get(&job.item).map(|i| i.fileset.clone());
         for (idx, sid, _) in &job.targets {
             let stripe = StripeId::new(job.item, *idx as u16);
             if let Some(s) = st.servers.get_mut(sid)
@@ -747,6 +859,15 @@ impl Master {
             }
             st.repaired_stripes += 1;
             st.repaired_bytes += stripe_len;
+            let loss = st.gone.get_mut(&job.item).and_then(|g| g.remove(&(*idx as u16)));
+            if loss == Some(Loss::Corrupt)
+                && let Some(f) = &fileset
+            {
+                st.losses.entry(f.clone()).or_default().corrupt_rebuilt += 1;
+            }
+        }
+        if st.gone.get(&job.item).is_some_and(|g| g.is_empty()) {
+            st.gone.remove(&job.item);
         }
         st.missing_since.remove(&job.item);
         st.unplaceable.remove(&job.item);
@@ -868,7 +989,11 @@ impl Master {
                     violations += 1;
                 }
             }
+            let losses = st.losses.get(&f.name).copied().unwrap_or_default();
             filesets.push(ms::FilesetStatus {
+                corrupt_stripes_found: losses.corrupt_found,
+                corrupt_stripes_rebuilt: losses.corrupt_rebuilt,
+                degraded_writes: losses.degraded_writes,
                 name: f.name.clone(),
                 items,
                 items_by_redundancy: by_redundancy,
@@ -883,13 +1008,37 @@ impl Master {
                 placement_violations: violations,
             });
         }
+        let all = st.losses.values().fold(LossCounts::default(), |a, l| LossCounts {
+            corrupt_found: a.corrupt_found + l.corrupt_found,
+            corrupt_rebuilt: a.corrupt_rebuilt + l.corrupt_rebuilt,
+            degraded_writes: a.degraded_writes + l.degraded_writes,
+        });
         Ok(ms::StatusResponse {
+            relearning: self.warming_up(now),
+            corrupt_stripes_found: all.corrupt_found,
+            corrupt_stripes_rebuilt: all.corrupt_rebuilt,
+            corrupt_reports: st.corrupt_reports,
             servers,
             filesets,
             repaired_stripes: st.repaired_stripes,
             repaired_bytes: st.repaired_bytes,
             collected_stripes: st.collected_stripes,
         })
+    }
+}
+
+impl State {
+    /// A stripe its server has taken out of service for good.
+    fn stripe_lost(&mut self, stripe: StripeId, loss: Loss, server: &str) {
+        let Some(info) = self.items.get(&stripe.item) else {
+            warn!(%stripe, %server, "a stripe of no published version was quarantined");
+            return;
+        };
+        warn!(%stripe, fileset = %info.fileset, %server, ?loss, "stripe lost for good; rebuilding it");
+        if loss == Loss::Corrupt {
+            self.losses.entry(info.fileset.clone()).or_default().corrupt_found += 1;
+        }
+        self.gone.entry(stripe.item).or_default().insert(stripe.index, loss);
     }
 }
 
@@ -968,6 +1117,7 @@ fn forget_version(st: &mut State, v: &VersionRecord) -> Vec<Deletion> {
     for i in v.all_items() {
         st.items.remove(&i.id);
         st.missing_since.remove(&i.id);
+        st.gone.remove(&i.id);
         st.unplaceable.remove(&i.id);
         for (idx, sid) in st.locations.get(&i.id).cloned().unwrap_or_default() {
             if let Some(s) = st.servers.get(&sid) {

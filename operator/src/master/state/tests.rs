@@ -11,6 +11,8 @@ fn master() -> Arc<Master> {
 fn master_with(store: Arc<dyn MetaStore>) -> Arc<Master> {
     let config = MasterConfig {
         heartbeat_timeout: Duration::from_secs(3),
+        // Most tests start with every server reported.
+        relearn_window: Duration::ZERO,
         orphan_grace: Duration::from_secs(60),
         repair_grace: Duration::from_secs(900),
         ..Default::default()
@@ -68,9 +70,10 @@ fn create(m: &Master, name: &str, availability: &str, keep: u32) {
 
 /// Writes a version of `items` data items and one manifest item.
 fn write_version(m: &Master, fileset: &str, items: usize, now: Instant, rng: &mut StdRng) -> VersionRecord {
-    let (session, _) = m.begin_version(fileset, now).unwrap();
+    let (session, _, _) = m.begin_version(fileset, now).unwrap();
     let alloc = m.allocate_items(&session, items + 1, 4096, &[], now, rng).unwrap();
-    let refs: Vec<ms::ItemRef> = alloc.iter().map(|a| ms::ItemRef { item: a.item.clone(), length: 6 * 4096 }).collect();
+    let refs: Vec<ms::ItemRef> =
+        alloc.iter().map(|a| ms::ItemRef { item: a.item.clone(), length: 6 * 4096, ..Default::default() }).collect();
     let (v, _) = m
         .commit_version(
             &ms::CommitVersionRequest {
@@ -117,7 +120,7 @@ fn uncommitted_sessions_publish_nothing_and_their_stripes_become_orphans() {
     let epoch = register_nine(&m, t0);
     create(&m, "data", "low", 1);
     let mut rng = StdRng::seed_from_u64(2);
-    let (session, _) = m.begin_version("data", t0).unwrap();
+    let (session, _, _) = m.begin_version("data", t0).unwrap();
     let alloc = m.allocate_items(&session, 1, 4096, &[], t0, &mut rng).unwrap();
     // The writer stored its stripes, and the servers reported them, then it died.
     let item = ItemId::from_bytes(&alloc[0].item).unwrap();
@@ -152,12 +155,12 @@ fn commits_may_only_name_items_of_their_session() {
     let t0 = Instant::now();
     register_nine(&m, t0);
     create(&m, "data", "low", 1);
-    let (session, _) = m.begin_version("data", t0).unwrap();
+    let (session, _, _) = m.begin_version("data", t0).unwrap();
     let err = m
         .commit_version(
             &ms::CommitVersionRequest {
                 session,
-                items: vec![ms::ItemRef { item: vec![9; 16].into(), length: 1 }],
+                items: vec![ms::ItemRef { item: vec![9; 16].into(), length: 1, ..Default::default() }],
                 manifest: Some(ms::ManifestRef { sha256: vec![0; 32].into(), ..Default::default() }),
                 ..Default::default()
             },
@@ -304,7 +307,7 @@ fn placement_errors_and_full_disks_are_clear() {
         );
     }
     create(&m, "data", "low", 1);
-    let (session, _) = m.begin_version("data", t0).unwrap();
+    let (session, _, _) = m.begin_version("data", t0).unwrap();
     let err = m.allocate_items(&session, 1, 4096, &[], t0, &mut StdRng::seed_from_u64(6)).unwrap_err();
     assert!(err.to_string().contains("at most 3 per zone"), "{err}");
     let err = m.allocate_items(&session, 1, 2 << 30, &[], t0, &mut StdRng::seed_from_u64(6)).unwrap_err();
@@ -346,9 +349,12 @@ fn a_flapping_server_is_kept_out_of_placement() {
     let st = m.status("", t).unwrap();
     let cs0 = st.servers.iter().find(|s| s.server_id == "cs0").unwrap();
     assert!(cs0.live && cs0.down, "{cs0:?}");
-    // With cs0 out, z0 has two servers: RS(6,3) at three per zone cannot be placed.
-    let (session, _) = m.begin_version("data", t).unwrap();
-    assert!(m.allocate_items(&session, 1, 4096, &[], t, &mut StdRng::seed_from_u64(7)).is_err());
+    // With cs0 out, z0 has two servers: RS(6,3) at three per zone is placed
+    // degraded, eight stripes, none on cs0.
+    let (session, _, _) = m.begin_version("data", t).unwrap();
+    let alloc = m.allocate_items(&session, 1, 4096, &[], t, &mut StdRng::seed_from_u64(7)).unwrap();
+    assert_eq!(alloc[0].servers.iter().filter(|s| s.is_empty()).count(), 1);
+    assert!(!alloc[0].servers.contains(&"127.0.0.1:7000".to_string()));
 }
 
 #[test]
@@ -508,7 +514,7 @@ fn nodes_in_maintenance_get_no_stripes_and_theirs_are_repaired_by_availability()
     for j in &jobs {
         m.repair_done(j, true);
     }
-    let (session, _) = m.begin_version("hot", t0).unwrap();
+    let (session, _, _) = m.begin_version("hot", t0).unwrap();
     let alloc = m.allocate_items(&session, 20, 4096, &[], t0, &mut rng).unwrap();
     assert!(alloc.iter().all(|a| !a.servers.contains(&"127.0.0.1:7004".to_string())), "no new stripes on cs4");
     // Re-registering (a restart) keeps what the cluster said of the node.
@@ -549,4 +555,181 @@ fn a_read_mode_set_from_a_priority_is_kept_and_can_be_cleared() {
     assert_eq!(master_with(store).get_fileset("models").unwrap().spec.unwrap().read_mode, "");
     let missing = m.set_read_mode("nope", Some(ReadMode::Normal)).unwrap_err();
     assert!(matches!(missing, MasterError::FilesetNotFound(_)), "{missing:?}");
+}
+
+fn quarantine(m: &Master, server: usize, stripe: StripeId, now: Instant) {
+    let wire =
+        tessera_proto::cs::StripeRef { item: stripe.item.as_bytes().to_vec().into(), index: stripe.index as u32 };
+    let req = ms::HeartbeatRequest {
+        server_id: format!("cs{server}"),
+        master_epoch: m.epoch(),
+        free_bytes: 1 << 40,
+        removed: vec![wire.clone()],
+        quarantined: vec![wire],
+        ..Default::default()
+    };
+    assert!(m.heartbeat(&req, now));
+}
+
+/// The server holding stripe `index` of `item`.
+fn holder(m: &Master, item: ItemId, index: u16) -> usize {
+    let st = m.state.lock().unwrap();
+    let (_, sid) = st.locations[&item].iter().find(|(i, _)| *i == index).cloned().unwrap();
+    sid.trim_start_matches("cs").parse().unwrap()
+}
+
+#[test]
+fn a_quarantined_stripe_is_rebuilt_at_once_even_for_low_availability() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "cold", "low", 1);
+    let mut rng = StdRng::seed_from_u64(21);
+    let v = write_version(&m, "cold", 2, t0, &mut rng);
+    let item = v.items[0].id;
+    let server = holder(&m, item, 2);
+    quarantine(&m, server, StripeId::new(item, 2), t0);
+    let f = &m.status("cold", t0).unwrap().filesets[0];
+    assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt), (1, 1, 0));
+    // No grace: a quarantined stripe never comes back.
+    let jobs = m.plan_repairs(t0, 100, &mut rng);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].item, jobs[0].targets.len(), jobs[0].targets[0].0), (item, 1, 2));
+    m.repair_done(&jobs[0], true);
+    let st = m.status("cold", t0).unwrap();
+    let f = &st.filesets[0];
+    assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt), (0, 1, 1));
+    assert_eq!((st.corrupt_stripes_found, st.corrupt_stripes_rebuilt), (1, 1));
+    // A lost server's stripes still wait for the grace.
+    let t1 = t0 + Duration::from_secs(4);
+    beat_all_but(&m, 12, &[holder(&m, item, 5)], t1);
+    m.expire_servers(t1);
+    assert!(m.plan_repairs(t1, 100, &mut rng).is_empty());
+}
+
+#[test]
+fn a_reader_report_asks_the_holder_to_verify_and_nothing_more() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let mut rng = StdRng::seed_from_u64(22);
+    let v = write_version(&m, "data", 1, t0, &mut rng);
+    let item = v.items[0].id;
+    let at = holder(&m, item, 1);
+    let addr = format!("127.0.0.1:{}", 7000 + at);
+    assert_eq!(m.corrupt_reported(StripeId::new(item, 1), &addr), Some(addr.clone()));
+    // Another server does not hold it: nothing to verify there.
+    let other = format!("127.0.0.1:{}", 7000 + (at + 1) % 9);
+    assert_eq!(m.corrupt_reported(StripeId::new(item, 1), &other), None);
+    let st = m.status("data", t0).unwrap();
+    assert_eq!((st.corrupt_reports, st.filesets[0].degraded, st.corrupt_stripes_found), (2, 0, 0));
+}
+
+#[test]
+fn a_clean_restart_is_placeable_at_once_and_one_outage_reported_by_every_writer_counts_once() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    // cs0 dies; every writer reports it on every item before it is found out.
+    let t1 = t0 + Duration::from_secs(1);
+    let (session, _, _) = m.begin_version("data", t1).unwrap();
+    let mut rng = StdRng::seed_from_u64(23);
+    for _ in 0..50 {
+        let _ = m.allocate_items(&session, 1, 4096, &["127.0.0.1:7000".to_string()], t1, &mut rng);
+    }
+    let t2 = t0 + Duration::from_secs(5);
+    beat_all_but(&m, 9, &[0], t2);
+    m.expire_servers(t2);
+    // It restarts and registers again two seconds later.
+    let t3 = t2 + Duration::from_secs(2);
+    beat_all_but(&m, 9, &[0], t3);
+    register_server(&m, 0, 3, t3);
+    let st = m.status("", t3).unwrap();
+    let cs0 = st.servers.iter().find(|s| s.server_id == "cs0").unwrap();
+    assert!(cs0.live && !cs0.down, "{cs0:?}");
+    assert!(cs0.failure_count < 2.0, "one outage: {cs0:?}");
+    // Placeable at once: RS(6,3) at three per zone needs every server of z0.
+    let alloc = m.allocate_items(&session, 4, 4096, &[], t3, &mut rng).unwrap();
+    assert!(alloc.iter().all(|a| a.servers.iter().all(|s| !s.is_empty())), "{alloc:?}");
+    assert!(alloc.iter().all(|a| a.servers.contains(&"127.0.0.1:7000".to_string())));
+}
+
+#[test]
+fn with_a_server_out_items_are_written_degraded_and_rebuilt_when_it_returns() {
+    let m = master();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let t1 = t0 + Duration::from_secs(4);
+    beat_all_but(&m, 9, &[4], t1);
+    m.expire_servers(t1);
+    let mut rng = StdRng::seed_from_u64(24);
+    let (session, _, min) = m.begin_version("data", t1).unwrap();
+    assert_eq!(min, 7, "k + 1 by default");
+    let alloc = m.allocate_items(&session, 3, 4096, &[], t1, &mut rng).unwrap();
+    for a in &alloc {
+        assert_eq!(a.servers.iter().filter(|s| s.is_empty()).count(), 1, "eight of nine placed: {a:?}");
+        assert!(a.servers[8].is_empty(), "the last parity stripe waits");
+    }
+    // The writer also lost stripe 0 of the first item on the way.
+    let mut refs: Vec<ms::ItemRef> =
+        alloc.iter().map(|a| ms::ItemRef { item: a.item.clone(), length: 6 * 4096, ..Default::default() }).collect();
+    refs[1].missing_stripes = vec![0];
+    let commit = |refs: Vec<ms::ItemRef>| ms::CommitVersionRequest {
+        session: session.clone(),
+        items: refs[1..].to_vec(),
+        manifest: Some(ms::ManifestRef { items: vec![refs[0].clone()], length: 100, sha256: vec![0; 32].into() }),
+        files: 1,
+        bytes: 1,
+    };
+    // Fewer than the minimum is refused, naming the field.
+    let mut short = refs.clone();
+    short[2].missing_stripes = vec![0, 1];
+    let err = m.commit_version(&commit(short), t1).unwrap_err();
+    assert!(err.to_string().contains("missing_stripes") && err.to_string().contains("at least 7"), "{err}");
+    m.commit_version(&commit(refs), t1).unwrap();
+    let f = m.status("data", t1).unwrap().filesets[0].clone();
+    assert_eq!((f.degraded, f.degraded_writes, f.items_by_redundancy.clone()), (3, 3, vec![0, 1, 2, 0]));
+    // Not placeable yet: repair waits without breaking the policy.
+    assert!(m.plan_repairs(t1, 100, &mut rng).is_empty());
+    // cs4 returns: everything missing is rebuilt at once (no grace: it was never written).
+    let t2 = t1 + Duration::from_secs(1);
+    register_server(&m, 4, 3, t2);
+    let jobs = m.plan_repairs(t2, 100, &mut rng);
+    assert_eq!(jobs.iter().map(|j| j.targets.len()).sum::<usize>(), 4, "{jobs:?}");
+    for j in &jobs {
+        m.repair_done(j, true);
+    }
+    let f = m.status("data", t2).unwrap().filesets[0].clone();
+    assert_eq!((f.degraded, f.placement_violations), (0, 0));
+    // min_write_stripes is validated and kept.
+    let bad = m
+        .create_fileset(&ms::FilesetSpec { name: "strict".into(), min_write_stripes: 10, ..Default::default() }, false);
+    assert!(bad.unwrap_err().to_string().contains("min_write_stripes"));
+    m.create_fileset(&ms::FilesetSpec { name: "strict".into(), min_write_stripes: 9, ..Default::default() }, false)
+        .unwrap();
+    let (s2, _, min) = m.begin_version("strict", t2).unwrap();
+    assert_eq!(min, 9);
+    beat_all_but(&m, 9, &[4], t2 + Duration::from_secs(4));
+    m.expire_servers(t2 + Duration::from_secs(4));
+    assert!(m.allocate_items(&s2, 1, 4096, &[], t2 + Duration::from_secs(4), &mut rng).is_err(), "never degraded");
+}
+
+#[test]
+fn right_after_a_start_the_master_is_relearning_and_plans_no_repair() {
+    let store = Arc::new(MemStore::default());
+    let config = MasterConfig { relearn_window: Duration::from_secs(3600), ..Default::default() };
+    let m = Master::new(store, config).unwrap();
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "hot", "high", 1);
+    let mut rng = StdRng::seed_from_u64(25);
+    write_version(&m, "hot", 2, t0, &mut rng);
+    beat_all_but(&m, 9, &[3], t0 + Duration::from_secs(10));
+    m.expire_servers(t0 + Duration::from_secs(10));
+    let st = m.status("hot", t0 + Duration::from_secs(10)).unwrap();
+    assert!(st.relearning);
+    assert!(m.plan_repairs(t0 + Duration::from_secs(10), 100, &mut rng).is_empty());
 }

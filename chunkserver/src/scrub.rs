@@ -1,0 +1,136 @@
+//! The scrubber: reads every stored block back in the background and checks
+//! it against its CRC32C, so corruption on stripes nobody reads is found and
+//! rebuilt before more losses make it fatal.
+//!
+//! It runs in the repair request class (its own concurrency limit, and the
+//! per-stripe queues let serving reads go first) at a bounded rate, a whole
+//! pass at a time: a pass visits the stripes stored when it began, and the
+//! next pass starts one period after the last one began (at once if a pass
+//! took longer). A corrupt stripe is quarantined and the master told at
+//! once, exactly as when a serving read finds it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::classes::RequestClass;
+use crate::service::{FoundBy, READ_CHUNK, Shared};
+use crate::store::StoreError;
+
+/// How fast and how often to scrub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubConfig {
+    /// Bytes read per second at most; 0 turns the scrubber off.
+    pub bytes_per_sec: u64,
+    /// Time from the start of one full pass to the start of the next.
+    pub period: Duration,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        // Low enough to go unnoticed beside serving reads on one disk; a
+        // pass over 1 TB then takes about a day and a half.
+        Self { bytes_per_sec: 8 << 20, period: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+/// Runs passes until `stop` turns true.
+pub async fn run(shared: Arc<Shared>, config: ScrubConfig, mut stop: watch::Receiver<bool>) {
+    if config.bytes_per_sec == 0 {
+        info!("scrubber off (--scrub-bandwidth 0)");
+        return;
+    }
+    loop {
+        let began = Instant::now();
+        let pass = scrub_pass(&shared, config.bytes_per_sec);
+        let stats = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            s = pass => s,
+        };
+        let took = began.elapsed();
+        shared.metrics.scrub_passes.inc();
+        shared.metrics.scrub_pass_seconds.set(took.as_secs_f64());
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        shared.metrics.scrub_last_pass.set(unix);
+        info!(
+            stripes = stats.stripes,
+            bytes = stats.bytes,
+            corrupt = stats.corrupt,
+            seconds = took.as_secs_f64(),
+            "scrub pass done"
+        );
+        if took > config.period {
+            warn!(
+                seconds = took.as_secs(),
+                period = config.period.as_secs(),
+                "a scrub pass took longer than --scrub-period; raise --scrub-bandwidth to keep up"
+            );
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep_until(began + config.period) => {}
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PassStats {
+    stripes: u64,
+    bytes: u64,
+    corrupt: u64,
+}
+
+/// One pass over the stripes stored now, paced to `rate` bytes per second.
+async fn scrub_pass(shared: &Arc<Shared>, rate: u64) -> PassStats {
+    let mut stats = PassStats::default();
+    let mut next = Instant::now();
+    for (stripe, _, _) in shared.store.inventory() {
+        let Some(meta) = shared.store.get(&stripe) else { continue };
+        let bs = meta.block_size as u64;
+        let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
+        let mut off = 0;
+        stats.stripes += 1;
+        while off < meta.length {
+            let len = chunk.min(meta.length - off);
+            tokio::time::sleep_until(next).await;
+            let result = {
+                let _permit = shared.admission.admit(RequestClass::Repair).await;
+                let turn = shared.stripe_queues.enter(stripe, RequestClass::Repair).await;
+                let store = shared.store.clone();
+                let r = tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await;
+                turn.charge(len);
+                r
+            };
+            next =
+                next.max(Instant::now() - Duration::from_secs(1)) + Duration::from_secs_f64(len as f64 / rate as f64);
+            match result {
+                Ok(Ok(n)) => {
+                    stats.bytes += n;
+                    shared.metrics.scrubbed_bytes.inc_by(n);
+                }
+                Ok(Err(e @ StoreError::Corrupt { .. })) => {
+                    stats.corrupt += 1;
+                    shared.metrics.scrub_errors.inc();
+                    shared.quarantine(stripe, meta.dir, FoundBy::Scrub, &e).await;
+                    break;
+                }
+                // Deleted or quarantined since the pass began.
+                Ok(Err(StoreError::NotFound(_))) => break,
+                Ok(Err(e)) => {
+                    warn!(%stripe, error = %e, "scrub could not read a stripe");
+                    break;
+                }
+                Err(e) => {
+                    warn!(%stripe, error = %e, "scrub task failed");
+                    break;
+                }
+            }
+            off += len;
+        }
+        debug!(%stripe, "scrubbed");
+    }
+    stats
+}

@@ -1,0 +1,64 @@
+//! Durations and rates as people write them on command lines and in
+//! configuration: `500ms`, `10s`, `15m`, `2h`, `7d`; `8MiB/s`, `200MB`.
+
+use std::time::Duration;
+
+/// Durations like `500ms`, `10s`, `15m`, `2h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 15m, 2h, 7d)"))?;
+    let secs = |mul: u64| n.checked_mul(mul).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m, h or d")),
+    }
+}
+
+/// Bytes per second with an optional decimal or binary unit and an optional
+/// `/s`: `8MiB/s`, `200MB`, `1G`, `4096`.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let rate = s.strip_suffix("/s").unwrap_or(s);
+    let split = rate.find(|c: char| !c.is_ascii_digit()).unwrap_or(rate.len());
+    let (digits, unit) = rate.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?}: a rate starts with a whole number (e.g. 8MiB/s)"))?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?}: the rate is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!(parse_rate("8MiB/s"), Ok(8 << 20));
+        assert_eq!(parse_rate("3G"), Ok(3_000_000_000));
+        assert_eq!(parse_rate("10"), Ok(10));
+        assert!(parse_rate("fast").unwrap_err().contains("whole number"));
+        assert!(parse_rate("5PB").unwrap_err().contains("unknown unit \"PB\""));
+    }
+}
