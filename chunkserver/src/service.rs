@@ -103,7 +103,7 @@ impl Shared {
     /// master, which rebuilds it elsewhere. Returns whether this call did it.
     pub async fn quarantine(&self, stripe: StripeId, dir: usize, found_by: FoundBy, error: &StoreError) -> bool {
         self.metrics.checksum_failures.get_or_create(self.dir_label(dir)).inc();
-        error!(%stripe, found_by = found_by.as_str(), %error, "corrupt block on disk; quarantining the stripe");
+        error!(%stripe, found_by = %found_by.as_str(), %error, "corrupt block on disk; quarantining the stripe");
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.quarantine(&stripe)).await {
             Ok(Ok(true)) => {
