@@ -13,7 +13,7 @@ use tessera_core::layout::Layout;
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::cs;
 
-use crate::local::{Launcher, LocalCluster};
+use crate::local::{ClusterSpec, Launcher, LocalCluster};
 
 /// Measure read latency of every read mode, healthy and under injected faults.
 #[derive(Debug, Clone, Args)]
@@ -55,6 +55,11 @@ pub struct ReadTailArgs {
     /// Fewer costs the servers less when they share CPUs with each other.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub accelerated_extra: Option<u16>,
+    /// Also measure healthy reads while every chunkserver scrubs at this
+    /// rate (e.g. 8MiB/s, the chunkserver's default), on a second cluster
+    /// with the same data, right after the runs without a scrub.
+    #[arg(long, value_parser = tessera_core::units::parse_rate)]
+    pub scrub_bandwidth: Option<u64>,
     /// Print one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +88,10 @@ pub struct TailResult {
     /// Stripes each accelerated read asked for (accelerated runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerated_stripes: Option<usize>,
+    /// Bytes per second the scrubbers verified during the run (scrubbing
+    /// runs only), over all servers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_mb_per_s: Option<f64>,
 }
 
 /// The items a run reads, with their bytes for verification.
@@ -218,6 +227,7 @@ pub async fn measure(
         unit: layout.stripe_unit() as u64,
         servers: 0,
         accelerated_stripes: (mode == ReadMode::Accelerated).then_some(asked),
+        scrub_mb_per_s: None,
     })
 }
 
@@ -232,7 +242,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<TailResult>> {
     let layout = args.layout.layout()?;
     anyhow::ensure!(args.slow + args.hang <= args.servers, "cannot fault more servers than are started");
-    let cluster = LocalCluster::start(launcher, args.servers, None).await?;
+    let cluster = LocalCluster::start(launcher.clone(), args.servers, None).await?;
     let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
     let config = ClientConfig {
         accelerated_extra: args.accelerated_extra.map(usize::from),
@@ -261,7 +271,47 @@ pub async fn run(
             s.clear_faults().await?;
         }
     }
+    if let Some(rate) = args.scrub_bandwidth {
+        drop(cluster);
+        // The same data on servers that scrub without pause.
+        let spec = ClusterSpec {
+            servers: args.servers,
+            zones: 1,
+            master: false,
+            master_args: vec![],
+            chunkserver_args: vec![format!("--scrub-bandwidth={rate}"), "--scrub-period=1s".into()],
+        };
+        let cluster = LocalCluster::start_spec(launcher, &spec, None).await?;
+        let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
+        for &mode in &args.modes {
+            let before = scrubbed_bytes(&cluster).await?;
+            let t = Instant::now();
+            let mut r = measure("scrubbing", &ds, mode, config.clone(), args.warmup, args.reads, budget).await?;
+            let scrubbed = scrubbed_bytes(&cluster).await? - before;
+            anyhow::ensure!(scrubbed > 0, "the scrubbers did not run during the measurement");
+            r.scrub_mb_per_s = Some(scrubbed as f64 / t.elapsed().as_secs_f64() / 1e6);
+            r.servers = args.servers;
+            out(&r);
+            results.push(r);
+        }
+    }
     Ok(results)
+}
+
+/// Bytes the cluster's scrubbers have verified so far, from their /metrics.
+async fn scrubbed_bytes(cluster: &LocalCluster) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut total = 0;
+    for s in &cluster.servers {
+        let addr = s.metrics.ok_or_else(|| anyhow::anyhow!("{} has no metrics endpoint", s.node_id))?;
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await?;
+        let line = text.lines().find(|l| l.starts_with("tessera_chunkserver_scrubbed_bytes_total "));
+        total += line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
 }
 
 pub fn print_header() {
