@@ -162,8 +162,16 @@ async fn a_flipped_byte_on_disk_is_data_loss_naming_the_stripe_and_block() {
     assert!(err.message().contains(&name) && err.message().contains("block 2"), "{}", err.message());
     let metrics = http_get(&server.metrics, "/metrics");
     assert!(metrics.contains("tessera_chunkserver_checksum_failures_total{data_dir="), "{metrics}");
+    // The stripe is out of service for good: never served again, its file
+    // kept under quarantine/.
+    assert!(metrics.contains("tessera_chunkserver_quarantined_stripes_total{found_by=\"read\"} 1"), "{metrics}");
+    assert_eq!(read_all(&mut c, 3).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert!(!path.exists());
+    let kept: Vec<_> = std::fs::read_dir(server.dir.path().join("data/quarantine")).unwrap().collect();
+    assert_eq!(kept.len(), 1);
 
     // Fault injection is validated and reported back.
+    c.write_stripe(futures::stream::iter(write_messages(3, &data, 4096))).await.unwrap();
     let mut f = FaultInjectionClient::connect(format!("http://{}", server.grpc)).await.unwrap();
     let bad = f.set_faults(cs::Faults { error_rate: 2.0, ..Default::default() }).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);

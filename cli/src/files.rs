@@ -60,7 +60,7 @@ pub fn explain(r: &Remote, e: &anyhow::Error) -> String {
         let timed_out = s.code() == tonic::Code::DeadlineExceeded
             || (s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired"));
         parts.push(if timed_out {
-            format!("the master at {} did not answer within {:?} (--timeout)", addr(), r.timeout)
+            format!("the master at {} did not answer within {:?} (--master-timeout)", addr(), r.timeout)
         } else if s.code() == tonic::Code::Unavailable {
             format!("cannot reach the master at {}: is it running? ({})", addr(), s.message())
         } else {

@@ -18,8 +18,8 @@ struct Cli {
     master: Option<String>,
     /// How long to wait for each answer of the master (e.g. 10s, 500ms);
     /// a command fails naming the master when it does not answer in time.
-    #[arg(long, global = true, env = "TESSERA_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
-    timeout: std::time::Duration,
+    #[arg(long, global = true, env = "TESSERA_MASTER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    master_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,7 +84,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let r = files::Remote { master: cli.master.clone(), timeout: cli.timeout };
+    let r = files::Remote { master: cli.master.clone(), timeout: cli.master_timeout };
     let master = &r;
     let result = match cli.command {
         Command::Demo(a) => demo::run(&a).await,
@@ -117,5 +117,14 @@ async fn main() {
         }
         eprintln!("error: {}", files::explain(&r, &e));
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Catches, among others, a global flag whose name a subcommand reuses.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

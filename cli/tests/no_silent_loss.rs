@@ -180,9 +180,11 @@ fn frozen_processes_meet_deadlines_with_clear_messages() {
     // A frozen master: each command ends at its deadline, naming the master.
     let master = up.pid("master");
     signal(master, "STOP");
-    for cmd in
-        [&["versions", "frozen", "--timeout", "2s"][..], &["status", "--timeout", "2s"], &["ls", "--timeout", "2s"]]
-    {
+    for cmd in [
+        &["versions", "frozen", "--master-timeout", "2s"][..],
+        &["status", "--master-timeout", "2s"],
+        &["ls", "--master-timeout", "2s"],
+    ] {
         let t = Instant::now();
         let out = up.run(cmd);
         let took = t.elapsed();
