@@ -176,7 +176,7 @@ async fn clean_up_after(dir: &std::path::Path) -> anyhow::Result<()> {
     let path = LocalState::path(dir);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let Ok(old) = serde_json::from_str::<LocalState>(&text) else { return Ok(()) };
-    if old.pid != std::process::id() && alive_with(old.pid, "local") {
+    if old.pid != std::process::id() && alive_with(old.pid, "local up") {
         anyhow::bail!(
             "a local cluster already runs with data dir {} (tessera local up, pid {}); stop it with Ctrl-C or `kill {}`",
             dir.display(),

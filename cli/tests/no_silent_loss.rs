@@ -209,8 +209,10 @@ fn right_after_a_master_restart_status_says_it_is_relearning() {
     let mut saw_relearning = false;
     let t = Instant::now();
     loop {
+        assert!(t.elapsed() < Duration::from_secs(30), "the master did not come back and settle");
         let st = up.status();
         if st.is_null() {
+            std::thread::sleep(Duration::from_millis(50));
             continue; // the master is still starting
         }
         let relearning = st["relearning"].as_bool().unwrap();

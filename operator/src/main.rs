@@ -90,6 +90,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         lease_duration: a.lease_duration,
         master: MasterConfig {
             heartbeat_timeout: a.heartbeat_timeout,
+            relearn_window: a.heartbeat_timeout,
             repair_grace: a.repair_grace,
             repair_bytes_per_sec: a.repair_mib_per_sec << 20,
             ..Default::default()

@@ -322,9 +322,13 @@ async fn write_one(
                 }
                 return Ok((index, ms::ItemRef { item: at.item, length: len, missing_stripes: missing }));
             }
-            Err(ClientError::Write { server, code, message, .. }) if attempt < attempts => {
-                warn!(%item, %server, ?code, %message, attempt, "item write failed; placing it elsewhere");
-                session.failed.lock().unwrap().insert(server);
+            Err(e @ (ClientError::Write { .. } | ClientError::Locations { .. })) if attempt < attempts => {
+                // Too few stripes stored (or too few servers left once the
+                // session's failed ones are taken out): place it again.
+                warn!(%item, error = %e, attempt, "item write failed; placing it elsewhere");
+                if let ClientError::Write { server, .. } = e {
+                    session.failed.lock().unwrap().insert(server);
+                }
                 let resp = fc
                     .master()
                     .allocate_items(ms::AllocateItemsRequest {

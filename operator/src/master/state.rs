@@ -39,6 +39,10 @@ pub struct Server {
     /// Its node is cordoned or not ready (Kubernetes): no new stripes, and
     /// its stripes count as unavailable for repair.
     pub maintenance: bool,
+    /// The current outage was counted against it already (by a writer's
+    /// report, the heartbeat timeout or a re-registration); cleared by the
+    /// next heartbeat. One outage is one failure.
+    pub outage_counted: bool,
 }
 
 /// What the cluster says about a node, overriding what its server reported.
@@ -206,8 +210,9 @@ impl Master {
                 // back before it was missed, or already when it was given
                 // up on. One restart never takes it out of placement; a
                 // server that keeps dropping out stops receiving stripes.
-                if s.live {
+                if !s.outage_counted {
                     s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
+                    s.outage_counted = true;
                 }
                 for stripe in s.stripes.drain() {
                     forget_location(locations, &stripe, &req.server_id);
@@ -234,6 +239,7 @@ impl Master {
                         failures: FailureCounter::default(),
                         stripes: HashSet::new(),
                         maintenance: false,
+                        outage_counted: false,
                     },
                 );
             }
@@ -292,8 +298,9 @@ impl Master {
         let State { servers, locations, .. } = &mut *st;
         let Some(s) = servers.get_mut(&req.server_id) else { return false };
         // Back after being given up on (frozen, or cut off): the outage was
-        // counted when it was noticed.
+        // counted when it was noticed, and it is over.
         s.live = true;
+        s.outage_counted = false;
         s.last_seen = now;
         s.free_bytes = req.free_bytes;
         s.total_bytes = req.total_bytes;
@@ -339,7 +346,9 @@ impl Master {
         for s in st.servers.values_mut() {
             if s.live && !is_live(s.last_seen, now, self.config.heartbeat_timeout) {
                 s.live = false;
-                s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
+                if !std::mem::replace(&mut s.outage_counted, true) {
+                    s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
+                }
                 warn!(server = %s.id, "chunkserver stopped reporting");
                 gone.push(s.id.clone());
             }
@@ -465,7 +474,9 @@ impl Master {
         // Every writer reports a dead server on every item: one outage is
         // counted once.
         for addr in failed {
-            if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || &s.id == addr) {
+            if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || &s.id == addr)
+                && !std::mem::replace(&mut s.outage_counted, true)
+            {
                 s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
             }
         }
