@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use tessera_core::units::{parse_duration, parse_rate};
+use tessera_core::units::{parse_positive_duration, parse_rate};
 
 use crate::classes::{ClassLimits, RequestClass};
 use crate::quotas::QuotaConfig;
@@ -80,16 +80,23 @@ pub struct ChunkserverArgs {
     pub scrub_bandwidth: u64,
     /// Time from the start of one full scrub pass to the start of the next
     /// (e.g. 7d); a pass that takes longer is followed at once.
-    #[arg(long, default_value = "7d", value_parser = parse_period)]
+    #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     pub scrub_period: Duration,
 }
 
-fn parse_period(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err("must be longer than zero".into());
+/// Names the process that started a local cluster's child.
+pub const PARENT_ENV: &str = "TESSERA_LOCAL_PARENT";
+
+/// In a child of a local cluster (`tessera local up`, the demo, tests; they
+/// set `PARENT_ENV`): asks the kernel to send SIGTERM when the parent dies,
+/// and exits at once if it already has. A killed supervisor leaves nothing.
+pub fn exit_with_parent() {
+    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The parent may have died before the request took effect.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        std::process::exit(1);
     }
-    Ok(d)
 }
 
 /// The line printed on stdout once the server is ready, for whoever started it.
@@ -144,6 +151,7 @@ impl ChunkserverArgs {
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> anyhow::Result<()> {
+        exit_with_parent();
         let config = self.config();
         let running = server::start(config.clone()).await?;
         let ready =

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::service::Shared;
 use crate::stats::DEFAULT_WINDOW_SECS;
 use crate::store::Change;
+use tessera_core::ids::StripeId;
 
 /// Heartbeat period.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -42,8 +43,11 @@ pub async fn run(shared: Arc<Shared>, master: String, id: Identity, mut stop: wa
         }
     };
     let client = RegistryClient::new(endpoint.connect_lazy());
+    // Quarantined stripes not yet acknowledged by a master: they outlive a
+    // failed heartbeat and a re-registration (an inventory only omits them).
+    let mut unreported = Vec::new();
     loop {
-        let session = session(&shared, client.clone(), &id);
+        let session = session(&shared, client.clone(), &id, &mut unreported);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             r = session => {
@@ -59,8 +63,22 @@ pub async fn run(shared: Arc<Shared>, master: String, id: Identity, mut stop: wa
     }
 }
 
+/// Keeps the quarantined stripes of `changes` in `unreported` (once each).
+fn note_quarantined(changes: &[(StripeId, Change)], unreported: &mut Vec<StripeId>) {
+    for (s, c) in changes {
+        if *c == Change::Quarantined && !unreported.contains(s) {
+            unreported.push(*s);
+        }
+    }
+}
+
 /// One registration: returns when the master asks to register again, or on error.
-async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Identity) -> Result<(), tonic::Status> {
+async fn session(
+    shared: &Shared,
+    mut client: RegistryClient<Channel>,
+    id: &Identity,
+    unreported: &mut Vec<StripeId>,
+) -> Result<(), tonic::Status> {
     let (free, total) = space(shared);
     let epoch = client
         .register(ms::RegisterRequest {
@@ -74,7 +92,7 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
         .into_inner()
         .master_epoch;
     // Changes before the snapshot are in it; changes after go in heartbeats.
-    let _ = shared.store.take_changes();
+    note_quarantined(&shared.store.take_changes().0, unreported);
     let all: Vec<cs::StripeRef> = shared.store.inventory().into_iter().map(|(s, _, _)| wire(&s)).collect();
     let count = all.len();
     let mut batches: Vec<ms::InventoryReport> = all
@@ -105,7 +123,11 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
             _ = tick.tick() => {}
             _ = shared.quarantined.notified() => {}
         }
-        let Some(changes) = shared.store.take_changes() else { return Ok(()) };
+        let (changes, overflowed) = shared.store.take_changes();
+        note_quarantined(&changes, unreported);
+        if overflowed {
+            return Ok(());
+        }
         let (free, total) = space(shared);
         let read: f64 = shared.reads.iter().map(|w| w.rate(Instant::now(), DEFAULT_WINDOW_SECS)).sum();
         let req = ms::HeartbeatRequest {
@@ -115,16 +137,23 @@ async fn session(shared: &Shared, mut client: RegistryClient<Channel>, id: &Iden
             total_bytes: total,
             read_bytes_per_sec: read,
             added: changes.iter().filter(|c| c.1 == Change::Stored).map(|c| wire(&c.0)).collect(),
-            removed: changes.iter().filter(|c| c.1 != Change::Stored).map(|c| wire(&c.0)).collect(),
-            quarantined: changes.iter().filter(|c| c.1 == Change::Quarantined).map(|c| wire(&c.0)).collect(),
+            removed: changes
+                .iter()
+                .filter(|c| c.1 == Change::Removed)
+                .map(|c| wire(&c.0))
+                .chain(unreported.iter().map(wire))
+                .collect(),
+            quarantined: unreported.iter().map(wire).collect(),
         };
         if client.heartbeat(req).await?.into_inner().reregister {
             return Ok(());
         }
+        // Accepted: the master has them.
+        unreported.clear();
     }
 }
 
-fn wire(s: &tessera_core::ids::StripeId) -> cs::StripeRef {
+fn wire(s: &StripeId) -> cs::StripeRef {
     cs::StripeRef { item: s.item.as_bytes().to_vec().into(), index: u32::from(s.index) }
 }
 

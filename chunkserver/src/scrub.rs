@@ -16,9 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::classes::RequestClass;
-use crate::service::{FoundBy, READ_CHUNK, Shared};
-use crate::store::StoreError;
+use crate::service::{FoundBy, Shared, Verified};
 
 /// How fast and how often to scrub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,51 +84,40 @@ struct PassStats {
 /// One pass over the stripes stored now, paced to `rate` bytes per second.
 async fn scrub_pass(shared: &Arc<Shared>, rate: u64) -> PassStats {
     let mut stats = PassStats::default();
-    let mut next = Instant::now();
+    let mut pacer = Pacer::new(rate);
     for (stripe, _, _) in shared.store.inventory() {
-        let Some(meta) = shared.store.get(&stripe) else { continue };
-        let bs = meta.block_size as u64;
-        let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
-        let mut off = 0;
         stats.stripes += 1;
-        while off < meta.length {
-            let len = chunk.min(meta.length - off);
-            tokio::time::sleep_until(next).await;
-            let result = {
-                let _permit = shared.admission.admit(RequestClass::Repair).await;
-                let turn = shared.stripe_queues.enter(stripe, RequestClass::Repair).await;
-                let store = shared.store.clone();
-                let r = tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await;
-                turn.charge(len);
-                r
-            };
-            next =
-                next.max(Instant::now() - Duration::from_secs(1)) + Duration::from_secs_f64(len as f64 / rate as f64);
-            match result {
-                Ok(Ok(n)) => {
-                    stats.bytes += n;
-                    shared.metrics.scrubbed_bytes.inc_by(n);
-                }
-                Ok(Err(e @ StoreError::Corrupt { .. })) => {
-                    stats.corrupt += 1;
-                    shared.metrics.scrub_errors.inc();
-                    shared.quarantine(stripe, meta.dir, FoundBy::Scrub, &e).await;
-                    break;
-                }
-                // Deleted or quarantined since the pass began.
-                Ok(Err(StoreError::NotFound(_))) => break,
-                Ok(Err(e)) => {
-                    warn!(%stripe, error = %e, "scrub could not read a stripe");
-                    break;
-                }
-                Err(e) => {
-                    warn!(%stripe, error = %e, "scrub task failed");
-                    break;
-                }
+        match shared.verify_stripe(stripe, FoundBy::Scrub, Some(&mut pacer)).await {
+            Ok(Verified::Intact(n)) => stats.bytes += n,
+            Ok(Verified::Quarantined) => {
+                stats.corrupt += 1;
+                shared.metrics.scrub_errors.inc();
             }
-            off += len;
+            // Deleted or quarantined since the pass began.
+            Ok(Verified::Gone) => {}
+            Err(e) => warn!(%stripe, error = %e, "scrub could not read a stripe"),
         }
         debug!(%stripe, "scrubbed");
     }
     stats
+}
+
+/// Spaces reads to a rate, allowing a second's burst after a pause.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    bytes_per_sec: u64,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self { bytes_per_sec, next: Instant::now() }
+    }
+
+    /// Waits until `bytes` more may be read.
+    pub(crate) async fn take(&mut self, bytes: u64) {
+        tokio::time::sleep_until(self.next).await;
+        let earliest = Instant::now() - Duration::from_secs(1);
+        self.next = self.next.max(earliest) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+    }
 }

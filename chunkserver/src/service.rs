@@ -61,6 +61,24 @@ pub struct Shared {
     pub quarantined: Notify,
 }
 
+/// What a whole-stripe verify found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Every block matched; this many bytes were checked.
+    Intact(u64),
+    /// A block failed: the stripe is quarantined now.
+    Quarantined,
+    /// It was deleted or quarantined by someone else meanwhile.
+    Gone,
+}
+
+/// Bytes per read of a stripe with blocks of `block_size`: whole blocks,
+/// about [`READ_CHUNK`].
+fn chunk_len(block_size: u32) -> u64 {
+    let bs = u64::from(block_size);
+    ((READ_CHUNK as u64 / bs).max(1)) * bs
+}
+
 /// What found a corrupt stripe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FoundBy {
@@ -182,7 +200,7 @@ impl Shared {
                     let turn = s.stripe_queues.enter(stripe, class).await;
                     s.enter().await?;
                     let bs = meta.block_size as u64;
-                    let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
+                    let chunk = chunk_len(meta.block_size);
                     let mut off = range.start;
                     while off < range.end {
                         let len = chunk.min(range.end - off);
@@ -241,6 +259,53 @@ impl Shared {
             .instrument(span),
         );
         Ok(rx)
+    }
+
+    /// Checks every block of a stripe against its CRC, a chunk at a time in
+    /// the repair class (so serving reads go first), each chunk after
+    /// `pacer` allows it; a stripe that fails is quarantined. Used by the
+    /// scrubber and by VerifyStripe.
+    pub(crate) async fn verify_stripe(
+        &self,
+        stripe: StripeId,
+        found_by: FoundBy,
+        mut pacer: Option<&mut crate::scrub::Pacer>,
+    ) -> Result<Verified, StoreError> {
+        let Some(meta) = self.store.get(&stripe) else { return Ok(Verified::Gone) };
+        let chunk = chunk_len(meta.block_size);
+        let mut off = 0;
+        while off < meta.length {
+            let len = chunk.min(meta.length - off);
+            if let Some(p) = pacer.as_deref_mut() {
+                p.take(len).await;
+            }
+            let result = {
+                let _permit = self.admission.admit(RequestClass::Repair).await;
+                let turn = self.stripe_queues.enter(stripe, RequestClass::Repair).await;
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await;
+                turn.charge(len);
+                r.map_err(|e| StoreError::Io {
+                    op: "verify",
+                    path: self.store.dirs()[meta.dir].path.clone(),
+                    source: e.into(),
+                })?
+            };
+            match result {
+                Ok(n) if found_by == FoundBy::Scrub => {
+                    self.metrics.scrubbed_bytes.inc_by(n);
+                }
+                Ok(_) => {}
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    self.quarantine(stripe, meta.dir, found_by, &e).await;
+                    return Ok(Verified::Quarantined);
+                }
+                Err(StoreError::NotFound(_)) => return Ok(Verified::Gone),
+                Err(e) => return Err(e),
+            }
+            off += len;
+        }
+        Ok(Verified::Intact(meta.length))
     }
 
     /// Refreshes the gauges before a scrape.
@@ -487,43 +552,23 @@ impl Chunkserver for ChunkserverService {
     ) -> Result<Response<cs::VerifyStripeResponse>, Status> {
         let started = Instant::now();
         let stripe = parse_stripe(request.get_ref().stripe.as_ref(), "stripe")?;
-        let result = self.verify(stripe).instrument(debug_span!("verify_stripe", %stripe)).await;
+        let s = &self.shared;
+        if s.store.get(&stripe).is_none() {
+            return Err(Status::not_found(format!("stripe {stripe} is not stored on {}", s.node_id)));
+        }
+        let result = match s
+            .verify_stripe(stripe, FoundBy::Verify, None)
+            .instrument(debug_span!("verify_stripe", %stripe))
+            .await
+        {
+            Ok(Verified::Intact(_)) => Ok(cs::VerifyStripeResponse { intact: true, quarantined: false }),
+            Ok(Verified::Quarantined) => Ok(cs::VerifyStripeResponse { intact: false, quarantined: true }),
+            Ok(Verified::Gone) => Ok(cs::VerifyStripeResponse { intact: false, quarantined: false }),
+            Err(e) => Err(Status::from(e)),
+        };
         let code = result.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code());
         self.shared.observe("verify", RequestClass::Repair, started, code);
         result.map(Response::new)
-    }
-}
-
-impl ChunkserverService {
-    /// Verifies a whole stripe now, in the repair class, a chunk at a time.
-    async fn verify(&self, stripe: StripeId) -> Result<cs::VerifyStripeResponse, Status> {
-        let s = &self.shared;
-        let Some(meta) = s.store.get(&stripe) else {
-            return Err(Status::not_found(format!("stripe {stripe} is not stored on {}", s.node_id)));
-        };
-        let bs = meta.block_size as u64;
-        let chunk = ((READ_CHUNK as u64 / bs).max(1)) * bs;
-        let mut off = 0;
-        while off < meta.length {
-            let len = chunk.min(meta.length - off);
-            let _permit = s.admission.admit(RequestClass::Repair).await;
-            let _turn = s.stripe_queues.enter(stripe, RequestClass::Repair).await;
-            let store = s.store.clone();
-            match tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await.map_err(join_error)? {
-                Ok(_) => {}
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    s.quarantine(stripe, meta.dir, FoundBy::Verify, &e).await;
-                    return Ok(cs::VerifyStripeResponse { intact: false, quarantined: true });
-                }
-                // Deleted or quarantined meanwhile.
-                Err(StoreError::NotFound(_)) => {
-                    return Ok(cs::VerifyStripeResponse { intact: false, quarantined: false });
-                }
-                Err(e) => return Err(Status::from(e)),
-            }
-            off += len;
-        }
-        Ok(cs::VerifyStripeResponse { intact: true, quarantined: false })
     }
 }
 

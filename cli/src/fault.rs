@@ -74,9 +74,13 @@ pub async fn run(cmd: &FaultCommand) -> anyhow::Result<()> {
 
 async fn inject(a: &InjectArgs) -> anyhow::Result<()> {
     let addr = resolve(&a.server)?;
-    let mut c = FaultInjectionClient::connect(format!("http://{addr}")).await?;
+    // The chunkserver's own words, naming it (not the master's).
+    let said = |s: tonic::Status| anyhow::anyhow!("chunkserver {addr}: {}", s.message());
+    let mut c = FaultInjectionClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach chunkserver {addr}: {e}"))?;
     let now = if a.show {
-        c.get_faults(cs::GetFaultsRequest {}).await?.into_inner()
+        c.get_faults(cs::GetFaultsRequest {}).await.map_err(said)?.into_inner()
     } else {
         let f = cs::Faults {
             latency_ms: a.latency_ms,
@@ -85,7 +89,7 @@ async fn inject(a: &InjectArgs) -> anyhow::Result<()> {
             error_rate: a.error_rate,
             corrupt_rate: a.corrupt_rate,
         };
-        c.set_faults(f).await?.into_inner()
+        c.set_faults(f).await.map_err(said)?.into_inner()
     };
     crate::outln!(
         "{}: latency {} ms, bandwidth cap {}, hang {}, error rate {}, corrupt rate {}",

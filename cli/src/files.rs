@@ -463,9 +463,12 @@ pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
             .filesets
             .iter()
             .map(|f| {
+                // While relearning, redundancy is not known yet: null, not
+                // figures that would say items are lost.
+                let known = |v: serde_json::Value| if s.relearning { serde_json::Value::Null } else { v };
                 serde_json::json!({
-                    "name": f.name, "items": f.items, "items_by_redundancy": f.items_by_redundancy,
-                    "degraded": f.degraded, "unrecoverable": f.unrecoverable, "repairing": f.repairing,
+                    "name": f.name, "items": f.items, "items_by_redundancy": known(f.items_by_redundancy.clone().into()),
+                    "degraded": known(f.degraded.into()), "unrecoverable": known(f.unrecoverable.into()), "repairing": f.repairing,
                     "level": f.level, "placement_violations": f.placement_violations,
                     "corrupt_stripes_found": f.corrupt_stripes_found, "corrupt_stripes_rebuilt": f.corrupt_stripes_rebuilt,
                     "degraded_writes": f.degraded_writes,

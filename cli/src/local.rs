@@ -20,19 +20,7 @@ use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Names the process that started a local cluster's child.
-pub const PARENT_ENV: &str = "TESSERA_LOCAL_PARENT";
-
-/// In a child of a local cluster (`PARENT_ENV` set): asks the kernel to
-/// send SIGTERM when the parent dies, and exits at once if it already has.
-pub fn exit_with_parent() {
-    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
-    // The parent may have died before the request took effect.
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        std::process::exit(1);
-    }
-}
+pub use tessera_chunkserver::cli::{PARENT_ENV, exit_with_parent};
 
 /// How processes are started.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ struct Cli {
     master: Option<String>,
     /// How long to wait for each answer of the master (e.g. 10s, 500ms);
     /// a command fails naming the master when it does not answer in time.
-    #[arg(long, global = true, env = "TESSERA_MASTER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    #[arg(long, global = true, env = "TESSERA_MASTER_TIMEOUT", default_value = "10s", value_parser = tessera_core::units::parse_positive_duration)]
     master_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
@@ -67,14 +67,6 @@ enum LocalCommand {
     Up(local_up::UpArgs),
 }
 
-fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let d = tessera_core::units::parse_duration(s)?;
-    if d.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(d)
-}
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -99,10 +91,7 @@ async fn main() {
         Command::Promote(a) => promote::run(&a).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Fault(f) => fault::run(&f).await,
-        Command::Chunkserver(a) => {
-            tessera_cli::local::exit_with_parent();
-            a.run().await
-        }
+        Command::Chunkserver(a) => a.run().await,
         Command::Master(a) => {
             tessera_cli::local::exit_with_parent();
             a.run().await

@@ -19,6 +19,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// As [`parse_duration`], refusing zero (timeouts, periods).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 /// Bytes per second with an optional decimal or binary unit and an optional
 /// `/s`: `8MiB/s`, `200MB`, `1G`, `4096`.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -51,6 +60,8 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_positive_duration("0s").unwrap_err(), "must be longer than zero");
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

@@ -531,13 +531,18 @@ mod tests {
         assert!(d.events.iter().any(|e| e.warning && e.reason == "IngestFailed"));
     }
 
-    #[test]
-    fn a_relearning_master_changes_no_condition_and_corruption_is_an_event() {
+    /// Version 1 of 171 items stored at full redundancy, its status decided.
+    fn ready_at_full_redundancy() -> Observed {
         let mut o = observed(spec("https://x/a.tar"));
         o.status.ingested_source = Some(source_key(&o.spec.source));
         o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
-        let healthy = decide(&o);
-        o.status = healthy.status.unwrap();
+        o.status = decide(&o).status.unwrap();
+        o
+    }
+
+    #[test]
+    fn a_relearning_master_changes_no_condition_and_corruption_is_an_event() {
+        let mut o = ready_at_full_redundancy();
         // Right after a master restart nothing has been reported yet: every
         // item looks unrecoverable. Neither Degraded nor Ready may move.
         o.now = at(100);
@@ -582,11 +587,7 @@ mod tests {
 
     #[test]
     fn degraded_and_repairing_follow_the_master_and_keep_their_transition_times() {
-        let mut o = observed(spec("https://x/a.tar"));
-        o.status.ingested_source = Some(source_key(&o.spec.source));
-        o.master = Some(MasterFileset { versions: vec![version(1)], items_full: 171, ..Default::default() });
-        let healthy = decide(&o);
-        o.status = healthy.status.unwrap();
+        let mut o = ready_at_full_redundancy();
         o.now = at(100);
         o.master = Some(MasterFileset {
             versions: vec![version(1)],

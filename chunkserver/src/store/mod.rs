@@ -250,7 +250,9 @@ const MAX_CHANGES: usize = 100_000;
 
 impl Index {
     fn changed(&mut self, id: StripeId, change: Change) {
-        if self.changes.len() < MAX_CHANGES {
+        // Quarantines are rare and only the change log carries them to the
+        // master (an inventory just omits the stripe): never dropped.
+        if self.changes.len() < MAX_CHANGES || change == Change::Quarantined {
             self.changes.push((id, change));
         } else {
             self.overflowed = true;
@@ -390,14 +392,7 @@ impl StripeStore {
             // the `filled` bytes already initialised.
             unsafe { buf.set_len(filled) };
         }
-        let bs = meta.block_size as usize;
-        let first = (range.start / bs as u64) as usize;
-        let last = (range.end as usize).div_ceil(bs);
-        checksum::verify_blocks(&buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| StoreError::Corrupt {
-            stripe: *id,
-            path: path.clone(),
-            mismatch,
-        })?;
+        check_blocks(id, &meta, &range, &buf, &path)?;
         Ok((Bytes::from(buf), meta))
     }
 
@@ -473,35 +468,29 @@ impl StripeStore {
     pub fn verify(&self, id: &StripeId, offset: u64, length: u64) -> Result<u64, StoreError> {
         let (meta, range) = self.resolve(id, offset, length)?;
         let path = self.dirs[meta.dir].stripe_path(id);
-        let not_found = |e: io::Error| match e.kind() {
+        let (at, len) = (meta.data_offset + range.start, (range.end - range.start) as usize);
+        let open_failed = |e: io::Error| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound(*id),
             _ => StoreError::Io { op: "open", path: path.clone(), source: e },
         };
+        let read_failed = |e: io::Error| StoreError::Io { op: "read", path: path.clone(), source: e };
+        // EINVAL, at the open or the first read, is a filesystem without
+        // O_DIRECT (tmpfs, some FUSE and network ones): read it through the
+        // cache instead.
+        let einval = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
         let direct = OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&path);
-        let buf = match direct {
-            Ok(file) => read_direct(&file, meta.data_offset + range.start, (range.end - range.start) as usize)
-                .map_err(|e| StoreError::Io { op: "read", path: path.clone(), source: e })?,
-            // Filesystems without O_DIRECT (tmpfs) are read through the cache.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                let file = File::open(&path).map_err(not_found)?;
-                let mut buf = vec![0u8; (range.end - range.start) as usize];
-                file.read_exact_at(&mut buf, meta.data_offset + range.start).map_err(|e| StoreError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source: e,
-                })?;
+        let buf = match direct.map(|file| read_direct(&file, at, len)) {
+            Ok(Ok(buf)) => buf,
+            Ok(Err(e)) | Err(e) if einval(&e) => {
+                let file = File::open(&path).map_err(open_failed)?;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, at).map_err(read_failed)?;
                 buf
             }
-            Err(e) => return Err(not_found(e)),
+            Ok(Err(e)) => return Err(read_failed(e)),
+            Err(e) => return Err(open_failed(e)),
         };
-        let bs = meta.block_size as usize;
-        let first = (range.start / bs as u64) as usize;
-        let last = (range.end as usize).div_ceil(bs);
-        checksum::verify_blocks(&buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| StoreError::Corrupt {
-            stripe: *id,
-            path: path.clone(),
-            mismatch,
-        })?;
+        check_blocks(id, &meta, &range, &buf, &path)?;
         Ok(range.end - range.start)
     }
 
@@ -511,13 +500,13 @@ impl StripeStore {
         idx.changed(id, Change::Stored);
     }
 
-    /// The stripes stored, removed and quarantined since the last call, or
-    /// `None` when too many changed to keep track (send a full inventory
-    /// instead).
-    pub fn take_changes(&self) -> Option<Vec<(StripeId, Change)>> {
+    /// The stripes stored, removed and quarantined since the last call, and
+    /// whether the log overflowed (too many changes to keep: send a full
+    /// inventory instead; quarantines are kept even then).
+    pub fn take_changes(&self) -> (Vec<(StripeId, Change)>, bool) {
         let mut idx = self.index.write().unwrap();
         let changes = std::mem::take(&mut idx.changes);
-        if std::mem::take(&mut idx.overflowed) { None } else { Some(changes) }
+        (changes, std::mem::take(&mut idx.overflowed))
     }
 }
 
@@ -592,6 +581,24 @@ fn scan(dir: &DataDir, di: usize, index: &mut Index) -> Result<usize, StoreError
         }
     }
     Ok(found)
+}
+
+/// Checks the bytes of `range` of a stripe against their blocks' stored CRCs.
+fn check_blocks(
+    id: &StripeId,
+    meta: &StripeMeta,
+    range: &std::ops::Range<u64>,
+    buf: &[u8],
+    path: &Path,
+) -> Result<(), StoreError> {
+    let bs = meta.block_size as usize;
+    let first = (range.start / bs as u64) as usize;
+    let last = (range.end as usize).div_ceil(bs);
+    checksum::verify_blocks(buf, first, bs, &meta.crcs[first..last]).map_err(|mismatch| StoreError::Corrupt {
+        stripe: *id,
+        path: path.to_path_buf(),
+        mismatch,
+    })
 }
 
 /// Reads `len` bytes at `at` from a file opened with O_DIRECT: the range is

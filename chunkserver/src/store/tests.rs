@@ -199,7 +199,7 @@ fn a_flipped_byte_on_disk_is_reported_with_its_block() {
     assert!(!store.quarantine(&id(1, 4)).unwrap(), "only the first quarantine takes it out");
     assert!(matches!(store.read(&id(1, 4), 0, 0), Err(StoreError::NotFound(_))));
     assert!(matches!(store.verify(&id(1, 4), 0, 0), Err(StoreError::NotFound(_))));
-    assert_eq!(store.take_changes().unwrap(), vec![(id(1, 4), Change::Quarantined)]);
+    assert_eq!(store.take_changes(), (vec![(id(1, 4), Change::Quarantined)], false));
     // Kept for inspection, under a name of its own so a second quarantine of
     // the same stripe (after it was rebuilt here) keeps the first.
     let kept: Vec<String> = fs::read_dir(d.path().join("quarantine"))

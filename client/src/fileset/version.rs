@@ -59,8 +59,10 @@ async fn report_corrupt(master: &MasterClient<Channel>, report: &ReadReport) {
             detail: "a block failed its checksum at the reader".into(),
         };
         let mut m = master.clone();
-        if let Err(e) = tokio::time::timeout(REPORT_TIMEOUT, m.report_corrupt_stripe(req)).await {
-            tracing::debug!(%stripe, error = %e, "could not report a corrupt stripe to the master");
+        match tokio::time::timeout(REPORT_TIMEOUT, m.report_corrupt_stripe(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(%stripe, error = %e, "the master refused a corrupt-stripe report"),
+            Err(_) => tracing::debug!(%stripe, "the master did not take a corrupt-stripe report in time"),
         }
     }
 }

@@ -134,6 +134,16 @@ fn levels_parse_and_domains_nest() {
     assert_eq!(t.domain(Level::Node), "r0/z1/k2/n1-2-3");
 }
 
+/// The oracle: stripes an item can have at most, one per server and
+/// `max` per domain at `level`.
+fn naive_capacity(c: &[Candidate], level: Level, max: usize) -> usize {
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for x in c {
+        *per.entry(x.topology.domain(level)).or_insert(0) += 1;
+    }
+    per.values().map(|v| (*v).min(max)).sum()
+}
+
 fn topology_strategy() -> impl Strategy<Value = Vec<Candidate>> {
     // 1-2 regions, 1-5 zones, 1-3 racks, 1-4 nodes, ragged.
     proptest::collection::vec((0usize..2, 0usize..5, 0usize..3, 0usize..4, 1u64..1000), 1..40).prop_map(|v| {
@@ -174,11 +184,7 @@ proptest! {
         let max = m.saturating_sub(max_sub).max(1);
         let p = PlacementPolicy { level, max_per_domain: max };
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut per: HashMap<String, usize> = HashMap::new();
-        for x in &c {
-            *per.entry(x.topology.domain(level)).or_insert(0) += 1;
-        }
-        let possible: usize = per.values().map(|v| (*v).min(max)).sum();
+        let possible = naive_capacity(&c, level, max);
         match choose(&c, n, p, &HashMap::new(), &[], &mut rng) {
             Ok(chosen) => {
                 prop_assert_eq!(chosen.len(), n);
@@ -265,11 +271,7 @@ proptest! {
         let min = k + 1;
         let level = Level::ALL[level_i];
         let p = PlacementPolicy { level, max_per_domain: m };
-        let mut per: HashMap<String, usize> = HashMap::new();
-        for x in &c {
-            *per.entry(x.topology.domain(level)).or_insert(0) += 1;
-        }
-        let capacity: usize = per.values().map(|v| (*v).min(m)).sum();
+        let capacity = naive_capacity(&c, level, m);
         let mut rng = StdRng::seed_from_u64(seed);
         match choose_at_least(&c, n, min, p, &HashMap::new(), &[], &mut rng) {
             Ok(chosen) => {

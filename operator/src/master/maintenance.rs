@@ -4,6 +4,7 @@
 //! deleted versions or crashed writers left behind, and asks chunkservers to
 //! verify stripes readers found corrupt.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ pub async fn run(
 ) {
     let repairs = Arc::new(Semaphore::new(master.config.repair_parallelism.max(1)));
     let deletes = Arc::new(Semaphore::new(DELETE_PARALLELISM));
+    // Many readers may hit one bad stripe: one verify of it at a time, and
+    // few verifies at all (each reads a whole stripe).
+    let verifying: Arc<std::sync::Mutex<HashSet<(StripeId, String)>>> = Arc::default();
+    let verifies = Arc::new(Semaphore::new(VERIFY_PARALLELISM));
     let limiter = Arc::new(RateLimiter::new(master.config.repair_bytes_per_sec));
     // A finished repair frees a slot: plan the next one at once rather than
     // at the next tick, so repair throughput is not bounded by the tick.
@@ -81,8 +86,15 @@ pub async fn run(
             c = chores.recv() => match c {
                 Some(Chore::Delete(d)) => Wake::Delete(d),
                 Some(Chore::Verify { stripe, address }) => {
-                    let client = client.clone();
-                    tokio::spawn(async move { verify(&client, stripe, &address).await });
+                    let key = (stripe, address);
+                    if verifying.lock().unwrap().insert(key.clone()) {
+                        let (client, verifying, verifies) = (client.clone(), verifying.clone(), verifies.clone());
+                        tokio::spawn(async move {
+                            let _permit = verifies.acquire_owned().await.expect("never closed");
+                            verify(&client, key.0, &key.1).await;
+                            verifying.lock().unwrap().remove(&key);
+                        });
+                    }
                     continue;
                 }
                 None => Wake::Tick,
@@ -175,6 +187,8 @@ async fn verify(client: &StripeClient, stripe: StripeId, address: &str) {
 
 /// A verify reads one stripe (a few MiB at most) in the repair class.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Verifies running at once.
+const VERIFY_PARALLELISM: usize = 4;
 
 async fn delete(client: &StripeClient, d: &Deletion) -> bool {
     let Ok(server) = client.server(&d.address) else { return false };

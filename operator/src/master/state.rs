@@ -139,6 +139,9 @@ pub struct Master {
     store: Arc<dyn MetaStore>,
     state: Mutex<State>,
     started: Instant,
+    /// It started with published items whose stripes it must relearn (a
+    /// master started on an empty store has nothing to relearn).
+    relearns: bool,
 }
 
 fn now_unix() -> u64 {
@@ -172,7 +175,8 @@ impl Master {
             items = st.items.len(),
             "master loaded its records"
         );
-        Ok(Arc::new(Self { config, store, state: Mutex::new(st), started: Instant::now() }))
+        let relearns = !st.items.is_empty();
+        Ok(Arc::new(Self { config, store, state: Mutex::new(st), started: Instant::now(), relearns }))
     }
 
     pub fn epoch(&self) -> String {
@@ -183,7 +187,7 @@ impl Master {
     /// after it started (they heartbeat every second and register again at
     /// once when their master changed).
     pub fn warming_up(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) < self.config.relearn_window
+        self.relearns && now.saturating_duration_since(self.started) < self.config.relearn_window
     }
 
     /// Whether every item of a version has at least k stripes located.
@@ -1045,11 +1049,15 @@ impl State {
             warn!(%stripe, %server, "a stripe of no published version was quarantined");
             return;
         };
+        // A server repeats a quarantine until a heartbeat carrying it is
+        // accepted: count each once.
+        if self.gone.entry(stripe.item).or_default().insert(stripe.index, loss) == Some(loss) {
+            return;
+        }
         warn!(%stripe, fileset = %info.fileset, %server, ?loss, "stripe lost for good; rebuilding it");
         if loss == Loss::Corrupt {
             self.losses.entry(info.fileset.clone()).or_default().corrupt_found += 1;
         }
-        self.gone.entry(stripe.item).or_default().insert(stripe.index, loss);
     }
 }
 

@@ -589,6 +589,8 @@ fn a_quarantined_stripe_is_rebuilt_at_once_even_for_low_availability() {
     let item = v.items[0].id;
     let server = holder(&m, item, 2);
     quarantine(&m, server, StripeId::new(item, 2), t0);
+    // Sent again (the first heartbeat's answer was lost): counted once.
+    quarantine(&m, server, StripeId::new(item, 2), t0);
     let f = &m.status("cold", t0).unwrap().filesets[0];
     assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt), (1, 1, 0));
     // No grace: a quarantined stripe never comes back.
@@ -721,12 +723,17 @@ fn with_a_server_out_items_are_written_degraded_and_rebuilt_when_it_returns() {
 fn right_after_a_start_the_master_is_relearning_and_plans_no_repair() {
     let store = Arc::new(MemStore::default());
     let config = MasterConfig { relearn_window: Duration::from_secs(3600), ..Default::default() };
-    let m = Master::new(store, config).unwrap();
+    // A master on an empty store has nothing to relearn.
+    let first = Master::new(store.clone(), config.clone()).unwrap();
     let t0 = Instant::now();
-    register_nine(&m, t0);
-    create(&m, "hot", "high", 1);
+    assert!(!first.status("", t0).unwrap().relearning);
+    register_nine(&first, t0);
+    create(&first, "hot", "high", 1);
     let mut rng = StdRng::seed_from_u64(25);
-    write_version(&m, "hot", 2, t0, &mut rng);
+    write_version(&first, "hot", 2, t0, &mut rng);
+    // Its successor on the same records does, until the window ends.
+    let m = Master::new(store, config).unwrap();
+    register_nine(&m, t0);
     beat_all_but(&m, 9, &[3], t0 + Duration::from_secs(10));
     m.expire_servers(t0 + Duration::from_secs(10));
     let st = m.status("hot", t0 + Duration::from_secs(10)).unwrap();
