@@ -471,6 +471,7 @@ pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
                     "degraded": known(f.degraded.into()), "unrecoverable": known(f.unrecoverable.into()), "repairing": f.repairing,
                     "level": f.level, "placement_violations": f.placement_violations,
                     "corrupt_stripes_found": f.corrupt_stripes_found, "corrupt_stripes_rebuilt": f.corrupt_stripes_rebuilt,
+                    "corrupt_stripes_pending": f.corrupt_stripes_pending,
                     "degraded_writes": f.degraded_writes,
                     "stripes_per_domain": f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect::<std::collections::BTreeMap<_, _>>(),
                 })

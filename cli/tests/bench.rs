@@ -1,5 +1,5 @@
-//! `tessera bench read-tail` end to end: real chunkserver processes, the
-//! JSON it prints, and its refusal of a bad flag.
+//! `tessera bench read-tail` and `tessera bench soak` end to end: real
+//! chunkserver processes, the JSON they print, and refusals of bad flags.
 
 use std::process::Command;
 
@@ -31,4 +31,35 @@ fn read_tail_refuses_zero_extra_stripes_naming_the_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--accelerated-extra"), "{err}");
+}
+
+#[test]
+fn read_tail_measures_reads_while_every_server_scrubs() {
+    let out = tessera()
+        .args(["bench", "read-tail", "--items", "3", "--reads", "20", "--warmup", "2", "--unit", "64KiB"])
+        .args(["--block", "16KiB", "--modes", "hedged", "--scrub-bandwidth", "32MiB/s", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let scenarios: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(scenarios, ["healthy", "scrubbing"], "{stdout}");
+    assert!(rows[0].get("scrub_mb_per_s").is_none());
+    assert!(rows[1]["scrub_mb_per_s"].as_f64().unwrap() > 0.0, "the scrubbers ran: {stdout}");
+}
+
+/// The soak's short run: kills, freezes, corruption and a zone at random
+/// during puts and gets; every listed version exact, redundancy back.
+#[test]
+fn a_short_soak_verifies_every_version_through_faults() {
+    let out = tessera().args(["bench", "soak", "--minutes", "0.75", "--seed", "11", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let faults: u64 = r["faults"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(faults >= 3 && r["episodes"].as_u64().unwrap() >= 2, "{r}");
+    assert!(r["puts"].as_u64().unwrap() > 0 && r["gets_verified"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["versions_verified_at_end"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(r["corrupt_stripes_pending"], 0, "{r}");
 }

@@ -211,25 +211,27 @@ fn cp_r(src: &Path, dst: &Path) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-struct Bench {
-    cluster: LocalCluster,
-    client: FilesetClient,
-    scratch: tempfile::TempDir,
+/// A local cluster with a master, and a client of it, for the benchmarks.
+pub(crate) struct Bench {
+    pub(crate) cluster: LocalCluster,
+    pub(crate) client: FilesetClient,
+    pub(crate) scratch: tempfile::TempDir,
 }
 
 impl Bench {
-    async fn start(
+    pub(crate) async fn start(
         servers: usize,
         zones: usize,
         data_root: Option<&Path>,
         scratch: &Path,
         master_args: Vec<String>,
+        chunkserver_args: Vec<String>,
     ) -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new()
             .prefix("tessera-bench-")
             .tempdir_in(scratch)
             .with_context(|| format!("making a scratch dir in {}", scratch.display()))?;
-        let spec = ClusterSpec { servers, zones, master: true, master_args, chunkserver_args: vec![] };
+        let spec = ClusterSpec { servers, zones, master: true, master_args, chunkserver_args };
         let cluster = LocalCluster::start_spec(Launcher::from_env()?, &spec, data_root).await?;
         let addr = cluster.master_addr().expect("started with a master");
         let client = FilesetClient::new(&addr, StripeClient::new(ClientConfig::default()))?;
@@ -241,12 +243,12 @@ impl Bench {
         Ok(b)
     }
 
-    async fn status(&self) -> anyhow::Result<ms::StatusResponse> {
+    pub(crate) async fn status(&self) -> anyhow::Result<ms::StatusResponse> {
         Ok(self.client.master().status(ms::StatusRequest::default()).await?.into_inner())
     }
 
     /// Polls the master until `cond` holds; returns the status that satisfied it.
-    async fn until(
+    pub(crate) async fn until(
         &self,
         what: &str,
         limit: Duration,
@@ -310,7 +312,7 @@ pub async fn run_files(
     mut emit: impl FnMut(&FilesReport) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let c = &a.cluster;
-    let b = Bench::start(c.servers, c.zones, c.data_root.as_deref(), &a.tree.scratch, vec![]).await?;
+    let b = Bench::start(c.servers, c.zones, c.data_root.as_deref(), &a.tree.scratch, vec![], vec![]).await?;
     for (i, mix) in a.mix.each().into_iter().enumerate() {
         let src = b.scratch.path().join(format!("src-{}", mix.name()));
         let (files, bytes) = generate(&src, mix, &a.tree, 42 + i as u64)?;
@@ -343,7 +345,7 @@ pub async fn run_files(
 pub async fn run_repair(a: &RepairArgs) -> anyhow::Result<RepairReport> {
     let master_args =
         vec!["--heartbeat-timeout=2s".to_string(), format!("--repair-mib-per-sec={}", a.repair_mib_per_sec)];
-    let mut b = Bench::start(a.servers, a.zones, a.data_root.as_deref(), &a.tree.scratch, master_args).await?;
+    let mut b = Bench::start(a.servers, a.zones, a.data_root.as_deref(), &a.tree.scratch, master_args, vec![]).await?;
     let src = b.scratch.path().join("src-large");
     generate(&src, Mix::Large, &a.tree, 7)?;
     let cp_seconds = cp_r(&src, &b.scratch.path().join("cp-large"))?;

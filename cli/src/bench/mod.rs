@@ -5,6 +5,7 @@ pub mod codec;
 pub mod files;
 pub mod read_tail;
 pub mod seq_read;
+pub mod soak;
 
 use clap::{Args, Subcommand};
 use tessera_core::layout::{Layout, LayoutError};
@@ -56,6 +57,9 @@ pub enum BenchCommand {
     Get(files::FilesArgs),
     /// Repair throughput after a chunkserver is lost for good.
     Repair(files::RepairArgs),
+    /// Kill, freeze and corrupt at random during puts and gets; check that
+    /// every listed version reads back exact and redundancy returns.
+    Soak(soak::SoakArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -72,6 +76,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Put(a) => bench_files(&a, false).await,
         BenchCommand::Get(a) => bench_files(&a, true).await,
         BenchCommand::Repair(a) => files::print_repair(&files::run_repair(&a).await?, a.json),
+        BenchCommand::Soak(a) => soak::print(&soak::run(&a).await?, a.json),
         BenchCommand::SeqRead(a) => seq_read::print(&seq_read::run(&a, Launcher::from_env()?).await?, a.json),
     }
 }

@@ -65,7 +65,18 @@ pub(super) async fn put(
     let result = write_version(fc, &session, layout, entries, options, progress).await;
     let session = session.id;
     match result {
-        Ok(commit) => Ok(master.commit_version(commit).await?.into_inner()),
+        Ok(commit) => {
+            let manifest = commit.manifest.as_ref().map(|m| &m.items[..]).unwrap_or_default();
+            let degraded = commit.items.iter().chain(manifest).filter(|i| !i.missing_stripes.is_empty()).count();
+            if degraded > 0 {
+                warn!(
+                    fileset,
+                    items = degraded,
+                    "written degraded (servers were down); the master rebuilds the missing stripes"
+                );
+            }
+            Ok(master.commit_version(commit).await?.into_inner())
+        }
         Err(e) => {
             // Best effort: the session also expires by itself.
             let _ = master.abort_version(ms::AbortVersionRequest { session }).await;
@@ -318,7 +329,7 @@ async fn write_one(
                     }
                 }
                 if !missing.is_empty() {
-                    warn!(%item, ?missing, "item written degraded; the master rebuilds the missing stripes");
+                    debug!(%item, ?missing, "item written degraded; the master rebuilds the missing stripes");
                 }
                 return Ok((index, ms::ItemRef { item: at.item, length: len, missing_stripes: missing }));
             }

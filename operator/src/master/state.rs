@@ -977,8 +977,10 @@ impl Master {
             let mut by_redundancy = vec![0u64; f.m + 1];
             let (mut items, mut degraded, mut unrecoverable, mut repairing, mut violations) = (0, 0, 0, 0, 0);
             let mut per_domain: BTreeMap<String, u64> = BTreeMap::new();
+            let mut corrupt_pending = 0;
             for (item, _) in st.items.iter().filter(|(_, i)| i.fileset == f.name) {
                 items += 1;
+                corrupt_pending += st.gone.get(item).map_or(0, |g| g.values().filter(|l| **l == Loss::Corrupt).count());
                 let reachable = reachable_indices(&st, item, &unreachable, n);
                 let count = reachable.iter().filter(|r| r.is_some()).count();
                 if count < n {
@@ -1009,6 +1011,7 @@ impl Master {
                 corrupt_stripes_found: losses.corrupt_found,
                 corrupt_stripes_rebuilt: losses.corrupt_rebuilt,
                 degraded_writes: losses.degraded_writes,
+                corrupt_stripes_pending: corrupt_pending as u64,
                 name: f.name.clone(),
                 items,
                 items_by_redundancy: by_redundancy,

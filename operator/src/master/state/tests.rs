@@ -593,6 +593,7 @@ fn a_quarantined_stripe_is_rebuilt_at_once_even_for_low_availability() {
     quarantine(&m, server, StripeId::new(item, 2), t0);
     let f = &m.status("cold", t0).unwrap().filesets[0];
     assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt), (1, 1, 0));
+    assert_eq!(f.corrupt_stripes_pending, 1);
     // No grace: a quarantined stripe never comes back.
     let jobs = m.plan_repairs(t0, 100, &mut rng);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
@@ -600,7 +601,10 @@ fn a_quarantined_stripe_is_rebuilt_at_once_even_for_low_availability() {
     m.repair_done(&jobs[0], true);
     let st = m.status("cold", t0).unwrap();
     let f = &st.filesets[0];
-    assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt), (0, 1, 1));
+    assert_eq!(
+        (f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_rebuilt, f.corrupt_stripes_pending),
+        (0, 1, 1, 0)
+    );
     assert_eq!((st.corrupt_stripes_found, st.corrupt_stripes_rebuilt), (1, 1));
     // A lost server's stripes still wait for the grace.
     let t1 = t0 + Duration::from_secs(4);
