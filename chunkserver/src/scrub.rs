@@ -35,15 +35,20 @@ impl Default for ScrubConfig {
     }
 }
 
-/// Runs passes until `stop` turns true.
+/// Runs passes until `stop` turns true, at the rate `shared.scrub_rate`
+/// says (0: paused until it changes).
 pub async fn run(shared: Arc<Shared>, config: ScrubConfig, mut stop: watch::Receiver<bool>) {
     if config.bytes_per_sec == 0 {
         info!("scrubber off (--scrub-bandwidth 0)");
-        return;
     }
     loop {
+        let mut rate = shared.scrub_rate.subscribe();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = rate.wait_for(|r| *r > 0) => if r.is_err() { return },
+        }
         let began = Instant::now();
-        let pass = scrub_pass(&shared, config.bytes_per_sec);
+        let pass = scrub_pass(&shared, rate);
         let stats = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             s = pass => s,
@@ -82,7 +87,7 @@ struct PassStats {
 }
 
 /// One pass over the stripes stored now, paced to `rate` bytes per second.
-async fn scrub_pass(shared: &Arc<Shared>, rate: u64) -> PassStats {
+async fn scrub_pass(shared: &Arc<Shared>, rate: watch::Receiver<u64>) -> PassStats {
     let mut stats = PassStats::default();
     let mut pacer = Pacer::new(rate);
     for (stripe, _, _) in shared.store.inventory() {
@@ -102,22 +107,58 @@ async fn scrub_pass(shared: &Arc<Shared>, rate: u64) -> PassStats {
     stats
 }
 
-/// Spaces reads to a rate, allowing a second's burst after a pause.
+/// Spaces reads to a rate that may change (0 pauses). Never faster: time
+/// spent paused or reading slower is not made up afterwards.
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    bytes_per_sec: u64,
+    bytes_per_sec: watch::Receiver<u64>,
     next: Instant,
 }
 
 impl Pacer {
-    fn new(bytes_per_sec: u64) -> Self {
+    fn new(bytes_per_sec: watch::Receiver<u64>) -> Self {
         Self { bytes_per_sec, next: Instant::now() }
     }
 
     /// Waits until `bytes` more may be read.
     pub(crate) async fn take(&mut self, bytes: u64) {
         tokio::time::sleep_until(self.next).await;
-        let earliest = Instant::now() - Duration::from_secs(1);
-        self.next = self.next.max(earliest) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        // Paused: wait for a rate (a closed channel means shutting down).
+        let rate = match self.bytes_per_sec.wait_for(|r| *r > 0).await {
+            Ok(r) => *r,
+            Err(_) => return,
+        };
+        self.next = self.next.max(Instant::now()) + Duration::from_secs_f64(bytes as f64 / rate as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_keeps_to_its_rate_and_waits_while_paused() {
+        let (tx, rx) = watch::channel(8 << 20);
+        let mut p = Pacer::new(rx);
+        let t0 = Instant::now();
+        // The first chunk is free; each later one waits for the one before.
+        for _ in 0..5 {
+            p.take(4 << 20).await;
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(2), "4 x 4 MiB at 8 MiB/s");
+        // Paused: nothing moves until a rate is set again, and the pause is
+        // not made up for with a burst.
+        tx.send_replace(0);
+        let waiting = tokio::spawn(async move {
+            p.take(4 << 20).await;
+            p.take(4 << 20).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished());
+        let resumed = Instant::now();
+        tx.send_replace(4 << 20);
+        let done = waiting.await.unwrap();
+        assert_eq!(done - resumed, Duration::from_secs(1), "the second chunk waits its turn at the new rate");
     }
 }

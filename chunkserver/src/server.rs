@@ -74,7 +74,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     anyhow::ensure!(!config.data_dirs.is_empty(), "at least one --data-dir is required");
     let dirs = config.data_dirs.clone();
     let store = tokio::task::spawn_blocking(move || StripeStore::open(&dirs)).await??;
-    let shared = Arc::new(Shared::new(config.node_id.clone(), store, Admission::new(config.limits), config.quotas));
+    let shared = Arc::new(Shared::new(
+        config.node_id.clone(),
+        store,
+        Admission::new(config.limits),
+        config.quotas,
+        config.scrub.bytes_per_sec,
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::Stream;
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_server::FaultInjection};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, debug_span, error, info, warn};
@@ -59,6 +59,9 @@ pub struct Shared {
     /// Woken when a stripe is quarantined, so the registrar tells the master
     /// at once rather than at the next heartbeat.
     pub quarantined: Notify,
+    /// The scrubber's rate in bytes per second (0: paused), from
+    /// `--scrub-bandwidth`; benchmarks change it through FaultInjection.
+    pub scrub_rate: watch::Sender<u64>,
 }
 
 /// What a whole-stripe verify found.
@@ -98,7 +101,13 @@ impl FoundBy {
 }
 
 impl Shared {
-    pub fn new(node_id: String, store: Arc<StripeStore>, admission: Admission, quotas: QuotaConfig) -> Self {
+    pub fn new(
+        node_id: String,
+        store: Arc<StripeStore>,
+        admission: Admission,
+        quotas: QuotaConfig,
+        scrub_rate: u64,
+    ) -> Self {
         let origin = Instant::now();
         let n = store.dirs().len();
         Self {
@@ -113,6 +122,7 @@ impl Shared {
             dir_labels: store.dirs().iter().map(|d| DirLabels { data_dir: d.path.display().to_string() }).collect(),
             store,
             quarantined: Notify::new(),
+            scrub_rate: watch::Sender::new(scrub_rate),
         }
     }
 
@@ -280,11 +290,12 @@ impl Shared {
                 p.take(len).await;
             }
             let result = {
+                // The repair class's own slots, and no turn in the stripe's
+                // queue: a verify reads the device, not what serving reads
+                // are after, so it must never make one wait behind it.
                 let _permit = self.admission.admit(RequestClass::Repair).await;
-                let turn = self.stripe_queues.enter(stripe, RequestClass::Repair).await;
                 let store = self.store.clone();
                 let r = tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await;
-                turn.charge(len);
                 r.map_err(|e| StoreError::Io {
                     op: "verify",
                     path: self.store.dirs()[meta.dir].path.clone(),
@@ -595,5 +606,12 @@ impl FaultInjection for FaultService {
 
     async fn get_faults(&self, _request: Request<cs::GetFaultsRequest>) -> Result<Response<cs::Faults>, Status> {
         Ok(Response::new(self.shared.faults.get().to_wire()))
+    }
+
+    async fn set_scrub_rate(&self, request: Request<cs::ScrubRate>) -> Result<Response<cs::ScrubRate>, Status> {
+        let rate = request.get_ref().bytes_per_sec;
+        info!(node = %self.shared.node_id, bytes_per_sec = rate, "scrub rate changed");
+        self.shared.scrub_rate.send_replace(rate);
+        Ok(Response::new(cs::ScrubRate { bytes_per_sec: rate }))
     }
 }

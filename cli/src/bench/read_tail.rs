@@ -12,6 +12,7 @@ use tessera_core::latency::HedgePolicy;
 use tessera_core::layout::Layout;
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::cs;
+use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
 
 use crate::local::{ClusterSpec, Launcher, LocalCluster};
 
@@ -55,9 +56,9 @@ pub struct ReadTailArgs {
     /// Fewer costs the servers less when they share CPUs with each other.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub accelerated_extra: Option<u16>,
-    /// Also measure healthy reads while every chunkserver scrubs at this
-    /// rate (e.g. 8MiB/s, the chunkserver's default), on a second cluster
-    /// with the same data, right after the runs without a scrub.
+    /// Also measure healthy reads with every chunkserver scrubbing at this
+    /// rate (e.g. 8MiB/s, the chunkserver's default) beside the same reads
+    /// with the scrubbers paused, in alternating rounds on the same servers.
     #[arg(long, value_parser = tessera_core::units::parse_rate)]
     pub scrub_bandwidth: Option<u64>,
     /// Print one JSON object per line.
@@ -173,12 +174,72 @@ pub async fn measure(
     let layout = ds.locations[0].layout;
     let asked = config.accelerated_stripes(layout.k(), layout.m());
     let client = StripeClient::new(config);
-    let mut lat = Vec::with_capacity(reads);
-    let mut fetched = 0u64;
-    let mut returned = 0u64;
-    let (mut hedges, mut won, mut rebuilt) = (0u64, 0u64, 0u64);
+    let samples = sample(&client, ds, mode, warmup, reads, budget).await?;
+    Ok(samples.summary(scenario, mode, layout, asked))
+}
+
+/// What a run of reads measured, mergeable across runs.
+#[derive(Debug, Default)]
+pub struct Samples {
+    lat: Vec<Duration>,
+    busy: Duration,
+    fetched: u64,
+    returned: u64,
+    hedges: u64,
+    won: u64,
+    rebuilt: u64,
+}
+
+impl Samples {
+    fn absorb(&mut self, o: Samples) {
+        self.lat.extend(o.lat);
+        self.busy += o.busy;
+        self.fetched += o.fetched;
+        self.returned += o.returned;
+        self.hedges += o.hedges;
+        self.won += o.won;
+        self.rebuilt += o.rebuilt;
+    }
+
+    fn summary(mut self, scenario: &'static str, mode: ReadMode, layout: Layout, asked: usize) -> TailResult {
+        let lat = &mut self.lat;
+        lat.sort_unstable();
+        let q = |p: f64| ms(lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]);
+        TailResult {
+            scenario,
+            mode: mode.to_string(),
+            reads: lat.len(),
+            p50_ms: q(0.50),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: ms(*lat.last().unwrap()),
+            mb_per_s: self.returned as f64 / self.busy.as_secs_f64() / 1e6,
+            amplification: self.fetched as f64 / self.returned as f64,
+            hedges: self.hedges,
+            hedges_won: self.won,
+            rebuilt: self.rebuilt,
+            k: layout.k(),
+            m: layout.m(),
+            unit: layout.stripe_unit() as u64,
+            servers: 0,
+            accelerated_stripes: (mode == ReadMode::Accelerated).then_some(asked),
+            scrub_mb_per_s: None,
+        }
+    }
+}
+
+/// Reads with `client`; the first `warmup` reads are not measured, and the
+/// run stops early past `budget` once it has 100 samples.
+async fn sample(
+    client: &StripeClient,
+    ds: &Dataset,
+    mode: ReadMode,
+    warmup: usize,
+    reads: usize,
+    budget: Duration,
+) -> anyhow::Result<Samples> {
+    let mut s = Samples { lat: Vec::with_capacity(reads), ..Default::default() };
     let started = Instant::now();
-    let mut busy = Duration::ZERO;
     for i in 0..warmup + reads {
         let j = i % ds.locations.len();
         let loc = &ds.locations[j];
@@ -195,40 +256,19 @@ pub async fn measure(
         }
         anyhow::ensure!(at == ds.contents[j].len(), "read of item {j} returned {at} bytes");
         if i >= warmup {
-            lat.push(took);
-            busy += took;
-            fetched += report.bytes_fetched;
-            returned += report.bytes_returned;
-            hedges += report.hedges as u64;
-            won += report.hedges_won as u64;
-            rebuilt += report.rebuilt as u64;
-            if started.elapsed() > budget && lat.len() >= 100 {
+            s.lat.push(took);
+            s.busy += took;
+            s.fetched += report.bytes_fetched;
+            s.returned += report.bytes_returned;
+            s.hedges += report.hedges as u64;
+            s.won += report.hedges_won as u64;
+            s.rebuilt += report.rebuilt as u64;
+            if started.elapsed() > budget && s.lat.len() >= 100 {
                 break;
             }
         }
     }
-    lat.sort_unstable();
-    let q = |p: f64| ms(lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]);
-    Ok(TailResult {
-        scenario,
-        mode: mode.to_string(),
-        reads: lat.len(),
-        p50_ms: q(0.50),
-        p99_ms: q(0.99),
-        p999_ms: q(0.999),
-        max_ms: ms(*lat.last().unwrap()),
-        mb_per_s: returned as f64 / busy.as_secs_f64() / 1e6,
-        amplification: fetched as f64 / returned as f64,
-        hedges,
-        hedges_won: won,
-        rebuilt,
-        k: layout.k(),
-        m: layout.m(),
-        unit: layout.stripe_unit() as u64,
-        servers: 0,
-        accelerated_stripes: (mode == ReadMode::Accelerated).then_some(asked),
-        scrub_mb_per_s: None,
-    })
+    Ok(s)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -242,7 +282,15 @@ pub async fn run(
 ) -> anyhow::Result<Vec<TailResult>> {
     let layout = args.layout.layout()?;
     anyhow::ensure!(args.slow + args.hang <= args.servers, "cannot fault more servers than are started");
-    let cluster = LocalCluster::start(launcher.clone(), args.servers, None).await?;
+    // With --scrub-bandwidth the servers can scrub (continuously, a pass a
+    // second); they are paused except where a run says otherwise.
+    let chunkserver_args = match args.scrub_bandwidth {
+        Some(rate) => vec![format!("--scrub-bandwidth={rate}"), "--scrub-period=1s".into()],
+        None => vec![],
+    };
+    let spec = ClusterSpec { servers: args.servers, zones: 1, master: false, master_args: vec![], chunkserver_args };
+    let cluster = LocalCluster::start_spec(launcher, &spec, None).await?;
+    set_scrub_rate(&cluster, 0).await?;
     let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
     let config = ClientConfig {
         accelerated_extra: args.accelerated_extra.map(usize::from),
@@ -272,30 +320,52 @@ pub async fn run(
         }
     }
     if let Some(rate) = args.scrub_bandwidth {
-        drop(cluster);
-        // The same data on servers that scrub without pause.
-        let spec = ClusterSpec {
-            servers: args.servers,
-            zones: 1,
-            master: false,
-            master_args: vec![],
-            chunkserver_args: vec![format!("--scrub-bandwidth={rate}"), "--scrub-period=1s".into()],
-        };
-        let cluster = LocalCluster::start_spec(launcher, &spec, None).await?;
-        let ds = write_dataset(&cluster.addrs(), layout, args.items.max(1), 42, || {}).await?;
+        // The same servers and data with the scrubbers paused and running,
+        // in alternating rounds, so the machine's drift falls on both.
+        const ROUNDS: usize = 5;
+        let per_round = args.reads.div_ceil(ROUNDS);
         for &mode in &args.modes {
-            let before = scrubbed_bytes(&cluster).await?;
-            let t = Instant::now();
-            let mut r = measure("scrubbing", &ds, mode, config.clone(), args.warmup, args.reads, budget).await?;
-            let scrubbed = scrubbed_bytes(&cluster).await? - before;
+            let client = StripeClient::new(config.clone());
+            let (mut off, mut on) = (Samples::default(), Samples::default());
+            let (mut scrubbed, mut scrubbing) = (0, Duration::ZERO);
+            // Off, on, on, off, off, on...: neither side always goes first.
+            sample(&client, &ds, mode, args.warmup, 0, budget).await?;
+            for half in 0..2 * ROUNDS {
+                let scrub = half % 4 == 1 || half % 4 == 2;
+                set_scrub_rate(&cluster, if scrub { rate } else { 0 }).await?;
+                let (before, t) = (scrubbed_bytes(&cluster).await?, Instant::now());
+                let got = sample(&client, &ds, mode, 0, per_round, budget).await?;
+                if scrub {
+                    on.absorb(got);
+                    scrubbing += t.elapsed();
+                    scrubbed += scrubbed_bytes(&cluster).await? - before;
+                } else {
+                    off.absorb(got);
+                }
+            }
+            set_scrub_rate(&cluster, 0).await?;
             anyhow::ensure!(scrubbed > 0, "the scrubbers did not run during the measurement");
-            r.scrub_mb_per_s = Some(scrubbed as f64 / t.elapsed().as_secs_f64() / 1e6);
-            r.servers = args.servers;
-            out(&r);
-            results.push(r);
+            let asked = config.accelerated_stripes(layout.k(), layout.m());
+            let mut without = off.summary("no-scrub", mode, layout, asked);
+            let mut with = on.summary("scrubbing", mode, layout, asked);
+            with.scrub_mb_per_s = Some(scrubbed as f64 / scrubbing.as_secs_f64() / 1e6);
+            for r in [&mut without, &mut with] {
+                r.servers = args.servers;
+                out(r);
+            }
+            results.extend([without, with]);
         }
     }
     Ok(results)
+}
+
+/// Sets every server's scrub rate (0 pauses the scrubbers).
+async fn set_scrub_rate(cluster: &LocalCluster, bytes_per_sec: u64) -> anyhow::Result<()> {
+    for s in &cluster.servers {
+        let mut c = FaultInjectionClient::connect(format!("http://{}", s.grpc)).await?;
+        c.set_scrub_rate(cs::ScrubRate { bytes_per_sec }).await?;
+    }
+    Ok(())
 }
 
 /// Bytes the cluster's scrubbers have verified so far, from their /metrics.
@@ -348,5 +418,8 @@ pub fn print_row(r: &TailResult, json: bool) {
             r.amplification,
             format!("{} ({})", r.hedges, r.hedges_won)
         );
+        if let Some(rate) = r.scrub_mb_per_s {
+            crate::outln!("{:<9} (the scrubbers verified {rate:.1} MB/s meanwhile)", "");
+        }
     }
 }
