@@ -58,7 +58,6 @@ impl Control {
             control: self.control.to_string(),
             pid: std::process::id(),
             master_pid: c.master.as_ref().and_then(|m| m.pid()).unwrap_or(0),
-            master_running: c.master.as_ref().is_some_and(|m| m.is_running()),
             servers: c
                 .servers
                 .iter()

@@ -31,12 +31,6 @@ pub struct LocalState {
     pub pid: u32,
     #[serde(default)]
     pub master_pid: u32,
-    #[serde(default = "yes")]
-    pub master_running: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

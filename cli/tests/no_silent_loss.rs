@@ -269,6 +269,9 @@ fn local_mode_survives_its_own_faults_and_refuses_bad_flags() {
     wait_for("local up to notice", Duration::from_secs(10), || {
         up.local_state()["servers"].as_array().unwrap().iter().any(|s| s["id"] == "cs5" && s["running"] == false)
     });
+    let st = up.local_state();
+    let cs5 = st["servers"].as_array().unwrap().iter().find(|s| s["id"] == "cs5").unwrap();
+    assert!(cs5["exited"].as_str().unwrap_or_default().contains("signal: 9"), "how it ended: {cs5}");
     let text = up.ok(&["status"]);
     assert!(text.lines().any(|l| l.starts_with("cs5") && l.contains("stopped")), "{text}");
     let said = up.ok(&["fault", "start", "cs5"]);
@@ -314,6 +317,17 @@ fn local_mode_survives_its_own_faults_and_refuses_bad_flags() {
         wait_for("the children to die with it", Duration::from_secs(10), || children.iter().all(|p| gone(*p)));
         std::mem::replace(&mut up.home, tempfile::tempdir().unwrap())
     };
+    // Had a child outlived it (say, a chunkserver binary without the
+    // parent-death request), the next local up stops it: a stand-in whose
+    // command line names the data dir, recorded as cs0 in local.json.
+    let data_dir = home.path().join("local");
+    let mut straggler =
+        std::process::Command::new("sh").args(["-c", "sleep 300", data_dir.to_str().unwrap()]).spawn().unwrap();
+    let path = data_dir.join("local.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    st["servers"][0]["pid"] = straggler.id().into();
+    std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
     let again = LocalUp::start_in(home, 9, &[]);
     assert!(again.ok(&["ls"]).contains("many"));
+    assert!(straggler.try_wait().unwrap().is_some(), "the leftover process was stopped");
 }

@@ -118,12 +118,29 @@ pub enum ClientError {
     Unreadable { item: ItemId, needed: usize, reachable: usize, missing: Vec<(StripeId, FetchError)> },
     #[error("writing stripe {stripe} to {server}: {code:?}: {message}")]
     Write { stripe: StripeId, server: String, code: tonic::Code, message: String },
+    #[error("item {item}: {stored} stripes stored, {needed} needed; {}", format_failures(.failures))]
+    TooFewStored { item: ItemId, stored: usize, needed: usize, failures: Vec<ClientError> },
     #[error("item {item} needs {expected} stripe locations, got {got}")]
     Locations { item: ItemId, expected: usize, got: usize },
     #[error("invalid chunkserver address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
     #[error("range {start}..{end} is outside item {item} of {len} bytes")]
     Range { item: ItemId, start: u64, end: u64, len: u64 },
+}
+
+fn format_failures(f: &[ClientError]) -> String {
+    f.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl ClientError {
+    /// The chunkservers whose writes failed, for a writer to avoid.
+    pub fn failed_servers(&self) -> Vec<&str> {
+        match self {
+            ClientError::Write { server, .. } => vec![server],
+            ClientError::TooFewStored { failures, .. } => failures.iter().flat_map(|f| f.failed_servers()).collect(),
+            _ => vec![],
+        }
+    }
 }
 
 fn format_missing(m: &[(StripeId, FetchError)]) -> String {

@@ -37,22 +37,27 @@ pub(crate) async fn write_item(
     let targets: Vec<(usize, String)> = servers.iter().cloned().enumerate().filter(|(_, s)| !s.is_empty()).collect();
     let results = write_each(client, item, layout, &stripes, &targets).await;
     let mut stored = vec![None; n];
-    let mut first_error = None;
+    let mut failures = Vec::new();
     for ((i, addr), r) in targets.iter().zip(results) {
         match r {
             Ok(()) => stored[*i] = Some(addr.clone()),
             Err(e) => {
                 debug!(stripe = %StripeId::new(item, *i as u16), error = %e, "stripe write failed");
-                first_error.get_or_insert(e);
+                failures.push(e);
             }
         }
     }
-    let count = stored.iter().flatten().count();
-    if count < min.min(n) {
-        return Err(match first_error {
-            Some(e) => e,
-            None => ClientError::Locations { item, expected: min, got: targets.len() },
-        });
+    let (count, needed) = (stored.iter().flatten().count(), min.min(n));
+    if count < needed {
+        // Every stripe was needed (a plain write or a repair): the first
+        // failure is the answer, as it always was.
+        if needed == n && !failures.is_empty() {
+            return Err(failures.remove(0));
+        }
+        if failures.is_empty() {
+            return Err(ClientError::Locations { item, expected: needed, got: targets.len() });
+        }
+        return Err(ClientError::TooFewStored { item, stored: count, needed, failures });
     }
     Ok(ItemLocation { item, layout, item_len: len, servers: stored })
 }

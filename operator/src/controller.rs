@@ -541,12 +541,17 @@ fn master_name(f: &Fileset) -> String {
 async fn priority_of(client: &Client, f: &Fileset) -> Result<PriorityRef, ReconcileError> {
     let Some(name) = f.spec.priority.clone() else { return Ok(PriorityRef::Unset) };
     Ok(match Api::<Priority>::all(client.clone()).get_opt(&name).await? {
-        Some(p) => PriorityRef::Found { name, repair_class: p.spec.repair_class, read_mode: p.spec.read_policy.mode },
+        Some(p) => PriorityRef::Found {
+            name,
+            repair_class: p.spec.repair_class,
+            read_mode: p.spec.read_policy.mode,
+            min_write_redundancy: p.spec.write_policy.min_write_redundancy,
+        },
         None => PriorityRef::Missing { name },
     })
 }
 
-fn master_spec(f: &Fileset, availability: &str, read_mode: &str) -> ms::FilesetSpec {
+fn master_spec(f: &Fileset, availability: &str, read_mode: &str, priority: &PriorityRef) -> ms::FilesetSpec {
     let s: &FilesetSpec = &f.spec;
     let level = match s.placement.level {
         DomainLevel::Region => "region",
@@ -569,7 +574,7 @@ fn master_spec(f: &Fileset, availability: &str, read_mode: &str) -> ms::FilesetS
         availability: availability.into(),
         keep_versions: s.retention.keep_versions,
         read_mode: read_mode.into(),
-        min_write_stripes: s.erasure.min_write_stripes.unwrap_or(0),
+        min_write_stripes: crate::reconcile::min_write_stripes(s, priority),
     }
 }
 
@@ -604,6 +609,7 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
         availability: spec.availability,
         read_mode: spec.read_mode,
+        min_write_stripes: spec.min_write_stripes,
         relearning: st.relearning,
         corrupt_stripes_found: f.corrupt_stripes_found,
         corrupt_stripes_rebuilt: f.corrupt_stripes_rebuilt,
@@ -646,7 +652,8 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             }
             Action::CreateInMaster => {
-                ctx.master.create_fileset(&master_spec(f, availability, observed.priority.read_mode()), true)?;
+                let spec = master_spec(f, availability, observed.priority.read_mode(), &observed.priority);
+                ctx.master.create_fileset(&spec, true)?;
             }
             Action::SetAvailability { availability } => {
                 let a = if *availability == "high" { Availability::High } else { Availability::Low };
@@ -654,6 +661,9 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
             }
             Action::SetReadMode { read_mode } => {
                 ctx.master.set_read_mode(&name, read_mode.parse().ok())?;
+            }
+            Action::SetMinWriteStripes { stripes } => {
+                ctx.master.set_min_write_stripes(&name, *stripes as usize)?;
             }
             Action::StartIngest { source_key } => ctx.start_ingest(f, source_key).await?,
             Action::DeleteData => {

@@ -40,6 +40,8 @@ pub struct MasterFileset {
     pub availability: String,
     /// How readers fetch stripes by default; empty: their own choice.
     pub read_mode: String,
+    /// Stripes a write must store (0: the master's default, k + 1).
+    pub min_write_stripes: u32,
     /// The master started moments ago and is still hearing from
     /// chunkservers: its redundancy figures are incomplete.
     pub relearning: bool,
@@ -59,6 +61,7 @@ impl Default for MasterFileset {
             stripes_per_domain: Vec::new(),
             availability: "low".into(),
             read_mode: String::new(),
+            min_write_stripes: 0,
             relearning: false,
             corrupt_stripes_found: 0,
             corrupt_stripes_rebuilt: 0,
@@ -73,13 +76,13 @@ pub enum PriorityRef {
     /// No priority: low availability.
     Unset,
     /// A Priority that does not exist (yet): low availability until it does.
-    Missing {
-        name: String,
-    },
+    Missing { name: String },
     Found {
         name: String,
         repair_class: RepairClass,
         read_mode: ReadMode,
+        /// `writePolicy.minWriteRedundancy`.
+        min_write_redundancy: Option<u32>,
     },
 }
 
@@ -101,6 +104,18 @@ impl PriorityRef {
             PriorityRef::Found { read_mode: ReadMode::Accelerated, .. } => "accelerated",
             _ => "",
         }
+    }
+}
+
+/// Stripes of an item a write must store for the master's record of this
+/// fileset: the Fileset's own `minWriteStripes`, else k plus the priority's
+/// `minWriteRedundancy` (at most m), else 0 (the master's default, k + 1).
+pub fn min_write_stripes(spec: &FilesetSpec, priority: &PriorityRef) -> u32 {
+    let e = &spec.erasure;
+    match (e.min_write_stripes, priority) {
+        (Some(v), _) => v,
+        (None, PriorityRef::Found { min_write_redundancy: Some(r), .. }) => e.k + (*r).min(e.m),
+        _ => 0,
     }
 }
 
@@ -149,6 +164,11 @@ pub enum Action {
     /// plugins take a root volume's read mode when it names none.
     SetReadMode {
         read_mode: &'static str,
+    },
+    /// The stripes a write must store changed (the priority's write policy,
+    /// or a Fileset made before it had one): tell the master.
+    SetMinWriteStripes {
+        stripes: u32,
     },
     /// Fetch the source and put it as a new version.
     StartIngest {
@@ -224,6 +244,15 @@ pub fn decide(o: &Observed) -> Decision {
                     format!("volumes mounted from now on read in {read_mode} mode")
                 };
                 events.push(EventNote { warning: false, reason: "ReadModeChanged", message });
+            }
+            let stripes = min_write_stripes(&o.spec, &o.priority);
+            if m.min_write_stripes != stripes {
+                actions.push(Action::SetMinWriteStripes { stripes });
+                let message = match stripes {
+                    0 => "writes while servers are down need k + 1 stripes of each item stored".to_string(),
+                    n => format!("writes while servers are down need {n} stripes of each item stored"),
+                };
+                events.push(EventNote { warning: false, reason: "WritePolicyChanged", message });
             }
         }
     }
@@ -669,6 +698,7 @@ mod tests {
             name: "critical".into(),
             repair_class: RepairClass::High,
             read_mode: ReadMode::Hedged,
+            min_write_redundancy: None,
         };
         o.master.as_mut().unwrap().read_mode = "hedged".into();
         let d = decide(&o);
@@ -696,6 +726,7 @@ mod tests {
             name: "fast".into(),
             repair_class: RepairClass::Low,
             read_mode: ReadMode::Accelerated,
+            min_write_redundancy: None,
         };
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::SetReadMode { read_mode: "accelerated" }]);
@@ -705,5 +736,35 @@ mod tests {
         // Without a priority the master's mode is cleared: readers choose.
         o.priority = PriorityRef::Unset;
         assert_eq!(decide(&o).actions, vec![Action::SetReadMode { read_mode: "" }]);
+    }
+
+    #[test]
+    fn the_write_minimum_comes_from_the_fileset_or_its_priority() {
+        let mut o = observed(spec("https://x/a.tar"));
+        o.status.ingested_source = Some(source_key(&o.spec.source));
+        o.status.observed_generation = Some(1);
+        let strict = |r| PriorityRef::Found {
+            name: "strict".into(),
+            repair_class: RepairClass::Low,
+            read_mode: ReadMode::Hedged,
+            min_write_redundancy: Some(r),
+        };
+        o.priority = strict(3);
+        o.master.as_mut().unwrap().read_mode = "hedged".into();
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::SetMinWriteStripes { stripes: 9 }], "k + m: never degraded");
+        assert!(d.events.iter().any(|e| e.reason == "WritePolicyChanged" && e.message.contains('9')));
+        // More than m means m.
+        assert_eq!(min_write_stripes(&o.spec, &strict(7)), 9);
+        o.master.as_mut().unwrap().min_write_stripes = 9;
+        assert!(decide(&o).actions.is_empty(), "nothing to do once the master agrees");
+        // The Fileset's own setting wins over its priority's.
+        o.spec.erasure.min_write_stripes = Some(7);
+        assert_eq!(decide(&o).actions, vec![Action::SetMinWriteStripes { stripes: 7 }]);
+        // Neither: the master's default (k + 1).
+        o.spec.erasure.min_write_stripes = None;
+        o.priority = PriorityRef::Unset;
+        o.master.as_mut().unwrap().read_mode = String::new();
+        assert_eq!(decide(&o).actions, vec![Action::SetMinWriteStripes { stripes: 0 }]);
     }
 }

@@ -334,6 +334,9 @@ pub async fn run(
                 let scrub = half % 4 == 1 || half % 4 == 2;
                 set_scrub_rate(&cluster, if scrub { rate } else { 0 }).await?;
                 let (before, t) = (scrubbed_bytes(&cluster).await?, Instant::now());
+                if scrub {
+                    scrubbing_started(&cluster).await?;
+                }
                 let got = sample(&client, &ds, mode, 0, per_round, budget).await?;
                 if scrub {
                     on.absorb(got);
@@ -357,6 +360,16 @@ pub async fn run(
         }
     }
     Ok(results)
+}
+
+/// Waits until the scrubbers, just resumed, have verified something.
+async fn scrubbing_started(cluster: &LocalCluster) -> anyhow::Result<()> {
+    let (before, t) = (scrubbed_bytes(cluster).await?, Instant::now());
+    while scrubbed_bytes(cluster).await? == before {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "the scrubbers did not resume within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// Sets every server's scrub rate (0 pauses the scrubbers).

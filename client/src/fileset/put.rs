@@ -333,12 +333,22 @@ async fn write_one(
                 }
                 return Ok((index, ms::ItemRef { item: at.item, length: len, missing_stripes: missing }));
             }
-            Err(e @ (ClientError::Write { .. } | ClientError::Locations { .. })) if attempt < attempts => {
+            Err(e @ (ClientError::Write { .. } | ClientError::TooFewStored { .. } | ClientError::Locations { .. }))
+                if attempt < attempts || e.failed_servers().iter().any(|s| !failed.iter().any(|f| f == s)) =>
+            {
                 // Too few stripes stored (or too few servers left once the
-                // session's failed ones are taken out): place it again.
+                // session's failed ones are taken out): place it again, away
+                // from every server that failed. Servers failing for the
+                // first time do not use up an attempt: there are only so
+                // many, and the master says clearly when the rest cannot
+                // hold the item.
                 warn!(%item, error = %e, attempt, "item write failed; placing it elsewhere");
-                if let ClientError::Write { server, .. } = e {
-                    session.failed.lock().unwrap().insert(server);
+                let fresh = {
+                    let mut set = session.failed.lock().unwrap();
+                    e.failed_servers().into_iter().filter(|s| set.insert(s.to_string())).count()
+                };
+                if fresh == 0 {
+                    attempt += 1;
                 }
                 let resp = fc
                     .master()
@@ -355,7 +365,6 @@ async fn write_one(
                     .into_iter()
                     .next()
                     .ok_or_else(|| tonic::Status::internal("no item allocated"))?;
-                attempt += 1;
             }
             Err(e) => return Err(e.into()),
         }

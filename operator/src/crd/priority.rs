@@ -32,6 +32,22 @@ pub struct PrioritySpec {
     /// `high`: lost stripes are rebuilt at once; `low`: after the repair grace period.
     #[serde(default)]
     pub repair_class: RepairClass,
+    #[serde(default)]
+    pub write_policy: WritePolicy,
+}
+
+/// How writes of these filesets go on while chunkservers are down.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WritePolicy {
+    /// Stripes beyond k each item must have stored for a write to succeed
+    /// when fewer than k + m servers can take it (the rest are rebuilt once
+    /// placement allows): 1 by default, as Ceph's min_size = k + 1; m never
+    /// writes degraded (values above m mean m). A Fileset's own
+    /// `spec.erasure.minWriteStripes` takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 255))]
+    pub min_write_redundancy: Option<u32>,
 }
 
 /// What the operator reports of a priority.

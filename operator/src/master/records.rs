@@ -80,18 +80,8 @@ impl FilesetRecord {
         } else {
             spec.read_mode.parse::<ReadMode>().map_err(|e| bad("read_mode", e.to_string()))?.to_string()
         };
-        let min_write_stripes = match spec.min_write_stripes as usize {
-            0 => 0,
-            v if (k..=k + m).contains(&v) => v,
-            v => {
-                return Err(bad(
-                    "min_write_stripes",
-                    format!("{v} is outside {k}..={} (k..=k+m): fewer than k stripes cannot be read back", k + m),
-                ));
-            }
-        };
-        Ok(Self {
-            min_write_stripes,
+        let record = Self {
+            min_write_stripes: spec.min_write_stripes as usize,
             name: spec.name.clone(),
             k,
             m,
@@ -103,7 +93,21 @@ impl FilesetRecord {
             keep_versions: (spec.keep_versions as usize).max(1),
             created_unix: now_unix,
             read_mode,
-        })
+        };
+        record.validate_min_write_stripes()?;
+        Ok(record)
+    }
+
+    /// `min_write_stripes` is 0 (k + 1) or within k..=k+m.
+    pub fn validate_min_write_stripes(&self) -> Result<(), MasterError> {
+        let (k, n, v) = (self.k, self.k + self.m, self.min_write_stripes);
+        if v != 0 && !(k..=n).contains(&v) {
+            return Err(MasterError::InvalidSpec {
+                field: "min_write_stripes",
+                reason: format!("{v} is outside {k}..={n} (k..=k+m): fewer than k stripes cannot be read back"),
+            });
+        }
+        Ok(())
     }
 
     pub fn layout(&self) -> Layout {

@@ -337,11 +337,6 @@ impl Master {
         s.stripes.contains(&stripe).then(|| s.address.clone())
     }
 
-    /// Corruption and degraded writes counted so far, by fileset.
-    pub fn losses(&self, fileset: &str) -> LossCounts {
-        self.state.lock().unwrap().losses.get(fileset).copied().unwrap_or_default()
-    }
-
     /// Marks servers not heard from in time as not live; returns their ids.
     pub fn expire_servers(&self, now: Instant) -> Vec<String> {
         let mut st = self.state.lock().unwrap();
@@ -389,6 +384,23 @@ impl Master {
         record.availability = availability.as_str().to_string();
         self.store.put_fileset(&record)?;
         info!(fileset = %name, availability = availability.as_str(), "fileset availability changed");
+        *f = record;
+        Ok(())
+    }
+
+    /// Changes how many stripes of an item a write must store while servers
+    /// are down (its Priority's write policy changed); 0 is k + 1.
+    pub fn set_min_write_stripes(&self, name: &str, stripes: usize) -> Result<(), MasterError> {
+        let mut st = self.state.lock().unwrap();
+        let f = st.filesets.get_mut(name).ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
+        if f.min_write_stripes == stripes {
+            return Ok(());
+        }
+        let mut record = f.clone();
+        record.min_write_stripes = stripes;
+        record.validate_min_write_stripes()?;
+        self.store.put_fileset(&record)?;
+        info!(fileset = %name, min_write_stripes = record.min_write_stripes(), "fileset write minimum changed");
         *f = record;
         Ok(())
     }

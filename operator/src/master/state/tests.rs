@@ -544,6 +544,22 @@ fn a_changed_availability_changes_when_lost_stripes_are_rebuilt_and_is_kept() {
 }
 
 #[test]
+fn a_write_minimum_set_from_a_priority_is_checked_kept_and_used() {
+    let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
+    let m = master_with(store.clone());
+    let t0 = Instant::now();
+    register_nine(&m, t0);
+    create(&m, "data", "low", 1);
+    let err = m.set_min_write_stripes("data", 5).unwrap_err();
+    assert!(err.to_string().contains("min_write_stripes") && err.to_string().contains("6..=9"), "{err}");
+    m.set_min_write_stripes("data", 9).unwrap();
+    assert_eq!(master_with(store).get_fileset("data").unwrap().spec.unwrap().min_write_stripes, 9, "kept");
+    assert_eq!(m.begin_version("data", t0).unwrap().2, 9);
+    m.set_min_write_stripes("data", 0).unwrap();
+    assert_eq!(m.begin_version("data", t0).unwrap().2, 7, "0 is k + 1");
+}
+
+#[test]
 fn a_read_mode_set_from_a_priority_is_kept_and_can_be_cleared() {
     let store: Arc<dyn MetaStore> = Arc::new(MemStore::default());
     let m = master_with(store.clone());
