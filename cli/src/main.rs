@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use tessera_chunkserver::cli::ChunkserverArgs;
 use tessera_cli::{bench, demo, fault, files, local_up, promote};
-use tessera_operator::master::cli::MasterArgs;
+use tessera_master::cli::MasterArgs;
 
 /// Tessera stores immutable filesets erasure-coded across chunkservers and reads
 /// them back fast even when a server is slow, hung, dead or corrupt.

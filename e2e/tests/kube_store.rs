@@ -7,9 +7,9 @@ use kube::api::{Api, PostParams};
 use tessera_core::ids::ItemId;
 use tessera_e2e::ControlPlane;
 use tessera_operator::kube_store::{ITEMS_PER_PART, KubeStore};
-use tessera_operator::master::records::{FilesetRecord, ItemRecord, VersionRecord};
-use tessera_operator::master::store::MetaStore;
-use tessera_operator::master::{Master, MasterConfig};
+use tessera_master::records::{FilesetRecord, ItemRecord, VersionRecord};
+use tessera_master::store::MetaStore;
+use tessera_master::{Master, MasterConfig};
 use tessera_proto::ms;
 
 fn version(fileset: &str, id: u64, items: usize) -> VersionRecord {

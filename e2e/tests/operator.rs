@@ -16,7 +16,7 @@ use tessera_e2e::{ControlPlane, until};
 use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::crd::Fileset;
 use tessera_operator::ingest_pod::IngestPodConfig;
-use tessera_operator::master::MasterConfig;
+use tessera_master::MasterConfig;
 use tessera_proto::ms;
 
 const NS: &str = "tessera-system";

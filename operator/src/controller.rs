@@ -41,10 +41,10 @@ use crate::ingest;
 use crate::ingest_pod::{self, IngestPodConfig, PodIngest};
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
-use crate::master::maintenance::Chores;
-use crate::master::server::{self, Config as MasterServerConfig};
-use crate::master::state::NodeInfo;
-use crate::master::{Master, MasterConfig, MasterError};
+use tessera_master::maintenance::Chores;
+use tessera_master::server::{self, Config as MasterServerConfig};
+use tessera_master::state::NodeInfo;
+use tessera_master::{Master, MasterConfig, MasterError};
 use crate::promote;
 use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed, PriorityRef};
 use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
@@ -167,7 +167,7 @@ pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result
                     let master = shared.lock().unwrap().master.clone();
                     metrics.leader.set(i64::from(master.is_some()));
                     let tail = match master {
-                        Some(m) => crate::master::metrics::render(&m, Instant::now()).unwrap_or_default(),
+                        Some(m) => tessera_master::metrics::render(&m, Instant::now()).unwrap_or_default(),
                         None => String::from("# EOF\n"),
                     };
                     metrics.render_head() + &tail

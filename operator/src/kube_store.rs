@@ -22,8 +22,8 @@ use kube::{Client, ResourceExt};
 use tessera_core::ids::ItemId;
 
 use crate::crd::{MasterRecord, MasterRecordSpec, RecordKind};
-use crate::master::records::{FilesetRecord, ItemRecord, VersionRecord};
-use crate::master::store::{MetaStore, StoreError};
+use tessera_master::records::{FilesetRecord, ItemRecord, VersionRecord};
+use tessera_master::store::{MetaStore, StoreError};
 
 /// Items per part object: 20 000 x 48 hex digits is under 1 MB.
 pub const ITEMS_PER_PART: usize = 20_000;

@@ -1,5 +1,6 @@
-//! The Tessera operator: the master (run in its own process by `tessera
-//! local`, embedded by the operator), and the custom resources users apply.
+//! The Tessera operator: the custom resources users apply, their
+//! controllers, and the master (`tessera-master`) embedded with its records
+//! kept in `MasterRecord` objects.
 
 pub mod controller;
 pub mod crd;
@@ -7,7 +8,6 @@ pub mod ingest;
 pub mod ingest_pod;
 pub mod kube_store;
 pub mod leader;
-pub mod master;
 pub mod promote;
 pub mod reconcile;
 pub mod topology;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::ingest_pod::IngestPodConfig;
-use tessera_operator::master::MasterConfig;
-use tessera_operator::master::cli::parse_duration;
+use tessera_master::MasterConfig;
+use tessera_master::cli::parse_duration;
 
 /// The Tessera operator: the master and the Fileset controller, one leader at a time.
 #[derive(Parser)]

@@ -12,8 +12,8 @@ use tessera_chunkserver::registrar::Identity;
 use tessera_chunkserver::server::{self as cs_server, Config as CsConfig, Running as CsRunning};
 use tessera_client::fileset::{FilesetClient, PutOptions};
 use tessera_client::{ClientConfig, StripeClient};
-use tessera_operator::master::MasterConfig;
-use tessera_operator::master::server::{self as master_server, Config as MasterServerConfig, Running as MasterRunning};
+use tessera_master::MasterConfig;
+use tessera_master::server::{self as master_server, Config as MasterServerConfig, Running as MasterRunning};
 use tessera_proto::ms;
 
 pub struct Cluster {

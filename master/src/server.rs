@@ -17,10 +17,10 @@ use tracing::info;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
 
-use super::maintenance;
-use super::service::MasterService;
-use super::store::{MetaStore, RedbStore};
-use super::{Master, MasterConfig};
+use crate::maintenance;
+use crate::service::MasterService;
+use crate::store::{MetaStore, RedbStore};
+use crate::{Master, MasterConfig};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,7 +113,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn MetaStore>) -> anyh
 }
 
 async fn metrics(axum::extract::State(master): axum::extract::State<Arc<Master>>) -> impl axum::response::IntoResponse {
-    match super::metrics::render(&master, std::time::Instant::now()) {
+    match crate::metrics::render(&master, std::time::Instant::now()) {
         Ok(page) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

@@ -6,9 +6,9 @@ use std::time::Instant;
 use tessera_proto::ms::{self, master_server, registry_server};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Master;
-use super::maintenance::Chores;
-use super::state::stripe_from_wire;
+use crate::Master;
+use crate::maintenance::Chores;
+use crate::state::stripe_from_wire;
 
 /// Both services over one master.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl master_server::Master for MasterService {
         let (session, layout, min) = self.master.begin_version(&request.get_ref().fileset, Instant::now())?;
         Ok(Response::new(ms::BeginVersionResponse {
             session,
-            layout: Some(super::records::layout_to_wire(&layout)),
+            layout: Some(crate::records::layout_to_wire(&layout)),
             lease_secs: self.master.config.session_lease.as_secs() as u32,
             min_write_stripes: min as u32,
         }))

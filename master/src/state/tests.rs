@@ -1,5 +1,5 @@
 use super::*;
-use crate::master::store::MemStore;
+use crate::store::MemStore;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::time::Duration;

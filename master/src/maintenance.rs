@@ -14,8 +14,8 @@ use tessera_proto::cs;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::Master;
-use super::state::{Deletion, RepairJob};
+use crate::Master;
+use crate::state::{Deletion, RepairJob};
 
 /// Deletions running at once.
 const DELETE_PARALLELISM: usize = 16;

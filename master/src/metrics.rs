@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::Master;
+use crate::Master;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
@@ -125,8 +125,8 @@ pub fn render(master: &Master, now: Instant) -> Result<String, std::fmt::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::MasterConfig;
-    use crate::master::store::MemStore;
+    use crate::MasterConfig;
+    use crate::store::MemStore;
     use std::sync::Arc;
     use tessera_proto::ms;
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::MasterConfig;
-use super::server::{self, Config};
+use crate::MasterConfig;
+use crate::server::{self, Config};
 
 /// Run the master: fileset records, placement, stripe locations and repair.
 #[derive(Debug, Clone, Args)]

@@ -12,7 +12,7 @@ use tessera_core::read_plan::ReadMode;
 use tessera_core::repair::Availability;
 use tessera_proto::ms;
 
-use super::MasterError;
+use crate::MasterError;
 
 /// Longest fileset name, in bytes.
 pub const MAX_NAME: usize = 63;

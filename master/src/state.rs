@@ -19,9 +19,9 @@ use tessera_core::retention::{self, Retained};
 use tessera_proto::ms;
 use tracing::{info, warn};
 
-use super::records::{FilesetRecord, ItemRecord, VersionRecord};
-use super::store::MetaStore;
-use super::{MasterConfig, MasterError};
+use crate::records::{FilesetRecord, ItemRecord, VersionRecord};
+use crate::store::MetaStore;
+use crate::{MasterConfig, MasterError};
 
 /// A registered chunkserver.
 #[derive(Debug, Clone)]
@@ -732,7 +732,7 @@ impl Master {
             .collect();
         Ok(ms::GetVersionResponse {
             version: Some(v.to_wire()),
-            layout: Some(super::records::layout_to_wire(&f.layout())),
+            layout: Some(crate::records::layout_to_wire(&f.layout())),
             locations,
         })
     }

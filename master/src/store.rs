@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::records::{FilesetRecord, VersionRecord};
+use crate::records::{FilesetRecord, VersionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -165,7 +165,7 @@ impl MetaStore for MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::records::ItemRecord;
+    use crate::records::ItemRecord;
     use tessera_core::ids::ItemId;
 
     fn fileset(name: &str) -> FilesetRecord {
