@@ -30,13 +30,23 @@ impl Availability {
     }
 }
 
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown availability {0:?}: expected high or low")]
+pub struct UnknownAvailability(pub String);
+
 impl std::str::FromStr for Availability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAvailability;
+    fn from_str(s: &str) -> Result<Self, UnknownAvailability> {
         match s {
             "high" => Ok(Availability::High),
             "low" => Ok(Availability::Low),
-            _ => Err(format!("unknown availability {s:?}: expected high or low")),
+            _ => Err(UnknownAvailability(s.to_string())),
         }
     }
 }

@@ -6,10 +6,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use tessera_core::ids::ItemId;
 use tessera_e2e::ControlPlane;
-use tessera_operator::kube_store::{ITEMS_PER_PART, KubeStore};
 use tessera_master::records::{FilesetRecord, ItemRecord, VersionRecord};
 use tessera_master::store::MetaStore;
 use tessera_master::{Master, MasterConfig};
+use tessera_operator::kube_store::{ITEMS_PER_PART, KubeStore};
 use tessera_proto::ms;
 
 fn version(fileset: &str, id: u64, items: usize) -> VersionRecord {

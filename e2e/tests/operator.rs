@@ -13,10 +13,10 @@ use tessera_chunkserver::server::{self as cs_server, Config as CsConfig};
 use tessera_client::fileset::{FilesetClient, PutOptions};
 use tessera_client::{ClientConfig, StripeClient};
 use tessera_e2e::{ControlPlane, until};
+use tessera_master::MasterConfig;
 use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::crd::Fileset;
 use tessera_operator::ingest_pod::IngestPodConfig;
-use tessera_master::MasterConfig;
 use tessera_proto::ms;
 
 const NS: &str = "tessera-system";

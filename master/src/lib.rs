@@ -3,11 +3,14 @@
 //! and garbage collection.
 //!
 //! Rooms: [`records`] (the durable records), [`store`] (where they are kept),
-//! [`state`] (the in-memory model and every decision on it, no I/O),
-//! [`maintenance`] (the background loop that acts on those decisions:
+//! [`state`] (the in-memory model and every decision on it, in domain
+//! types), [`wire`] (gRPC messages to and from those types),
+//! [`maintenance`] (the background loop that acts on the decisions:
 //! liveness, repair, deletion, orphan collection), [`service`] (gRPC),
-//! [`metrics`] (Prometheus) and [`server`] (wiring). `tessera local` runs it in its own process; the
-//! operator will embed it.
+//! [`metrics`] (Prometheus) and [`server`] (wiring). `tessera master` and
+//! `tessera local` run it in its own process on the redb store; the operator
+//! embeds it with a store of Kubernetes objects. Nothing here depends on
+//! Kubernetes.
 
 pub mod cli;
 pub mod maintenance;
@@ -17,6 +20,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod wire;
 
 use std::time::Duration;
 

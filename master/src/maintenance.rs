@@ -151,9 +151,9 @@ async fn repair(client: &StripeClient, job: &RepairJob, limiter: &RateLimiter) -
         item: job.item,
         layout: job.layout,
         item_len: job.len,
-        servers: job.sources.iter().map(|a| (!a.is_empty()).then(|| a.clone())).collect(),
+        servers: job.sources.iter().map(|s| s.as_ref().map(|s| s.address.clone())).collect(),
     };
-    let targets: Vec<(usize, String)> = job.targets.iter().map(|(i, _, addr)| (*i, addr.clone())).collect();
+    let targets: Vec<(usize, String)> = job.targets.iter().map(|t| (t.index as usize, t.address.clone())).collect();
     match client.rebuild_stripes(&loc, &targets).await {
         Ok(()) => true,
         Err(e) => {

@@ -130,23 +130,25 @@ mod tests {
     use std::sync::Arc;
     use tessera_proto::ms;
 
-    #[test]
-    fn the_page_shows_servers_and_filesets_from_the_model() {
+    #[tokio::test]
+    async fn the_page_shows_servers_and_filesets_from_the_model() {
         let m = Master::new(Arc::new(MemStore::default()), MasterConfig::default()).unwrap();
         let now = Instant::now();
         for i in 0..3 {
             m.register(
-                &ms::RegisterRequest {
+                &crate::wire::registration(&ms::RegisterRequest {
                     server_id: format!("cs{i}"),
                     address: format!("127.0.0.1:{}", 7000 + i),
                     topology: Some(ms::Topology { zone: format!("z{i}"), ..Default::default() }),
                     free_bytes: 1000,
                     total_bytes: 2000,
-                },
+                })
+                .unwrap(),
                 now,
             );
         }
-        m.create_fileset(&ms::FilesetSpec { name: "models".into(), ..Default::default() }, false).unwrap();
+        let spec = ms::FilesetSpec { name: "models".into(), ..Default::default() };
+        m.create_fileset(crate::records::FilesetRecord::from_spec(&spec, 1).unwrap(), false).await.unwrap();
         let page = render(&m, now).unwrap();
         for line in [
             "tessera_master_chunkservers{state=\"up\"} 3",

@@ -10,9 +10,13 @@ use tessera_core::layout::Layout;
 use tessera_core::placement::{Level, PlacementPolicy};
 use tessera_core::read_plan::ReadMode;
 use tessera_core::repair::Availability;
-use tessera_proto::ms;
 
 use crate::MasterError;
+
+/// Seconds since the Unix epoch, as records keep times.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// Longest fileset name, in bytes.
 pub const MAX_NAME: usize = 63;
@@ -25,16 +29,18 @@ pub struct FilesetRecord {
     pub m: usize,
     pub stripe_unit: usize,
     pub block_size: usize,
-    pub level: String,
+    #[serde(with = "as_text")]
+    pub level: Level,
     pub max_per_domain: usize,
-    pub availability: String,
+    #[serde(with = "as_text")]
+    pub availability: Availability,
     pub keep_versions: usize,
     pub created_unix: u64,
-    /// How readers fetch stripes unless a volume says otherwise (`normal`,
-    /// `hedged` or `accelerated`); empty leaves it to the reader. Records
-    /// written before it existed read as empty.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub read_mode: String,
+    /// How readers fetch stripes unless a volume says otherwise; none leaves
+    /// it to the reader. Stored as its name (`normal`, `hedged`,
+    /// `accelerated`) or absent, as records written before it existed are.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_text")]
+    pub read_mode: Option<ReadMode>,
     /// Stripes of an item that must be durable for a write to succeed when
     /// fewer than k + m servers can take them; 0 (records written before it
     /// existed) means k + 1.
@@ -46,58 +52,52 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-impl FilesetRecord {
-    /// Checks a spec from a client and fills in the defaults; errors name the
-    /// offending field.
-    pub fn from_spec(spec: &ms::FilesetSpec, now_unix: u64) -> Result<Self, MasterError> {
-        validate_name(&spec.name)?;
-        let bad = |field: &'static str, reason: String| MasterError::InvalidSpec { field, reason };
-        let l = spec.layout.unwrap_or_default();
-        let k = if l.k == 0 { 6 } else { l.k as usize };
-        let m = if l.m == 0 { 3 } else { l.m as usize };
-        let unit = if l.stripe_unit == 0 { tessera_core::layout::DEFAULT_STRIPE_UNIT } else { l.stripe_unit as usize };
-        let block = if l.block_size == 0 { tessera_core::layout::DEFAULT_BLOCK_SIZE } else { l.block_size as usize };
-        Layout::new(k, m, unit, block).map_err(|e| bad("layout", e.to_string()))?;
-        let p = spec.placement.clone().unwrap_or_default();
-        let level =
-            if p.level.is_empty() { Level::Zone } else { p.level.parse().map_err(|e| bad("placement.level", e))? };
-        let max_per_domain = if p.max_per_domain == 0 { m } else { p.max_per_domain as usize };
-        if max_per_domain > m {
-            return Err(bad(
-                "placement.max_per_domain",
-                format!(
-                    "{max_per_domain} stripes per {level} would leave fewer than k readable when one {level} is down (m = {m})"
-                ),
-            ));
-        }
-        let availability = if spec.availability.is_empty() {
-            Availability::Low
-        } else {
-            spec.availability.parse().map_err(|e| bad("availability", e))?
-        };
-        let read_mode = if spec.read_mode.is_empty() {
-            String::new()
-        } else {
-            spec.read_mode.parse::<ReadMode>().map_err(|e| bad("read_mode", e.to_string()))?.to_string()
-        };
-        let record = Self {
-            min_write_stripes: spec.min_write_stripes as usize,
-            name: spec.name.clone(),
-            k,
-            m,
-            stripe_unit: unit,
-            block_size: block,
-            level: level.to_string(),
-            max_per_domain,
-            availability: availability.as_str().to_string(),
-            keep_versions: (spec.keep_versions as usize).max(1),
-            created_unix: now_unix,
-            read_mode,
-        };
-        record.validate_min_write_stripes()?;
-        Ok(record)
+/// A field kept as its name in the records (what `Display` writes and
+/// `FromStr` reads), so the stored form stays the words users know.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
     }
 
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// As [`as_text`], absent or empty for none.
+mod optional_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        if text.is_empty() { Ok(None) } else { text.parse().map(Some).map_err(serde::de::Error::custom) }
+    }
+}
+
+impl FilesetRecord {
     /// `min_write_stripes` is 0 (k + 1) or within k..=k+m.
     pub fn validate_min_write_stripes(&self) -> Result<(), MasterError> {
         let (k, n, v) = (self.k, self.k + self.m, self.min_write_stripes);
@@ -115,10 +115,7 @@ impl FilesetRecord {
     }
 
     pub fn policy(&self) -> PlacementPolicy {
-        PlacementPolicy {
-            level: self.level.parse().expect("records hold validated levels"),
-            max_per_domain: self.max_per_domain,
-        }
+        PlacementPolicy { level: self.level, max_per_domain: self.max_per_domain }
     }
 
     /// Stripes of an item a write must store: the fileset's setting, or
@@ -130,39 +127,11 @@ impl FilesetRecord {
         }
     }
 
-    pub fn availability(&self) -> Availability {
-        self.availability.parse().expect("records hold validated availability")
-    }
-
-    pub fn spec(&self) -> ms::FilesetSpec {
-        ms::FilesetSpec {
-            name: self.name.clone(),
-            layout: Some(layout_to_wire(&self.layout())),
-            placement: Some(ms::PlacementPolicy {
-                level: self.level.clone(),
-                max_per_domain: self.max_per_domain as u32,
-            }),
-            availability: self.availability.clone(),
-            keep_versions: self.keep_versions as u32,
-            read_mode: self.read_mode.clone(),
-            min_write_stripes: self.min_write_stripes as u32,
-        }
-    }
-
     /// Whether a create request asks for the same fileset as this one.
     pub fn same_as(&self, other: &FilesetRecord) -> bool {
         let mut a = self.clone();
         a.created_unix = other.created_unix;
         &a == other
-    }
-}
-
-pub fn layout_to_wire(l: &Layout) -> ms::Layout {
-    ms::Layout {
-        k: l.k() as u32,
-        m: l.m() as u32,
-        stripe_unit: l.stripe_unit() as u64,
-        block_size: l.block_size() as u64,
     }
 }
 
@@ -224,28 +193,6 @@ pub struct VersionRecord {
 }
 
 impl VersionRecord {
-    pub fn to_wire(&self) -> ms::Version {
-        let refs = |v: &[ItemRecord]| {
-            v.iter()
-                .map(|i| ms::ItemRef { item: i.id.as_bytes().to_vec().into(), length: i.len, ..Default::default() })
-                .collect()
-        };
-        ms::Version {
-            fileset: self.fileset.clone(),
-            id: self.id,
-            created_unix: self.created_unix,
-            files: self.files,
-            bytes: self.bytes,
-            items: refs(&self.items),
-            manifest: Some(ms::ManifestRef {
-                items: refs(&self.manifest_items),
-                length: self.manifest_len,
-                sha256: hex::decode(&self.manifest_sha256).unwrap_or_default().into(),
-            }),
-            pins: self.pins.clone(),
-        }
-    }
-
     /// Every item the version owns: its manifest's and its data's.
     pub fn all_items(&self) -> impl Iterator<Item = &ItemRecord> {
         self.manifest_items.iter().chain(self.items.iter())
@@ -255,46 +202,6 @@ impl VersionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_get_defaults_and_bad_fields_are_named() {
-        let spec = ms::FilesetSpec { name: "models".into(), ..Default::default() };
-        let r = FilesetRecord::from_spec(&spec, 1).unwrap();
-        assert_eq!((r.k, r.m, r.max_per_domain, r.keep_versions), (6, 3, 3, 1));
-        assert_eq!(r.level, "zone");
-        assert_eq!(r.availability, "low");
-
-        let bad = |spec: ms::FilesetSpec| FilesetRecord::from_spec(&spec, 1).unwrap_err().to_string();
-        assert!(bad(ms::FilesetSpec { name: "Bad_Name".into(), ..Default::default() }).contains("name"));
-        let e = bad(ms::FilesetSpec {
-            name: "x".into(),
-            layout: Some(ms::Layout { k: 6, m: 3, stripe_unit: 100, block_size: 0 }),
-            ..Default::default()
-        });
-        assert!(e.contains("layout") && e.contains("stripe unit 100"), "{e}");
-        let e = bad(ms::FilesetSpec {
-            name: "x".into(),
-            placement: Some(ms::PlacementPolicy { level: "floor".into(), max_per_domain: 0 }),
-            ..Default::default()
-        });
-        assert!(e.contains("placement.level"), "{e}");
-        let e = bad(ms::FilesetSpec {
-            name: "x".into(),
-            placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 4 }),
-            ..Default::default()
-        });
-        assert!(e.contains("placement.max_per_domain"), "{e}");
-        let e = bad(ms::FilesetSpec { name: "x".into(), availability: "medium".into(), ..Default::default() });
-        assert!(e.contains("availability"), "{e}");
-        let e = bad(ms::FilesetSpec { name: "x".into(), read_mode: "fastest".into(), ..Default::default() });
-        assert!(e.contains("read_mode"), "{e}");
-        let ok = FilesetRecord::from_spec(
-            &ms::FilesetSpec { name: "x".into(), read_mode: "accelerated".into(), ..Default::default() },
-            0,
-        )
-        .unwrap();
-        assert_eq!(ok.spec().read_mode, "accelerated");
-    }
 
     #[test]
     fn version_records_round_trip_through_json() {
@@ -313,5 +220,36 @@ mod tests {
         let text = serde_json::to_string(&v).unwrap();
         assert!(text.contains(&"01".repeat(16)));
         assert_eq!(serde_json::from_str::<VersionRecord>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn fileset_records_keep_their_words_and_read_older_forms() {
+        let mut f = FilesetRecord {
+            name: "a".into(),
+            k: 6,
+            m: 3,
+            stripe_unit: 4096,
+            block_size: 4096,
+            level: Level::Rack,
+            max_per_domain: 2,
+            availability: Availability::High,
+            keep_versions: 1,
+            created_unix: 1,
+            read_mode: Some(ReadMode::Hedged),
+            min_write_stripes: 0,
+        };
+        let text = serde_json::to_string(&f).unwrap();
+        assert!(text.contains(r#""level":"rack""#) && text.contains(r#""availability":"high""#), "{text}");
+        assert!(text.contains(r#""read_mode":"hedged""#), "{text}");
+        assert_eq!(serde_json::from_str::<FilesetRecord>(&text).unwrap(), f);
+        f.read_mode = None;
+        let text = serde_json::to_string(&f).unwrap();
+        assert!(!text.contains("read_mode"), "{text}");
+        // Records written by earlier masters: no read mode, or an empty one.
+        let old = text.replace(r#""created_unix":1"#, r#""created_unix":1,"read_mode":"""#);
+        assert_eq!(serde_json::from_str::<FilesetRecord>(&old).unwrap(), f);
+        let bad = text.replace(r#""level":"rack""#, r#""level":"floor""#);
+        let e = serde_json::from_str::<FilesetRecord>(&bad).unwrap_err().to_string();
+        assert!(e.contains("floor"), "{e}");
     }
 }

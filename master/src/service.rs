@@ -6,9 +6,11 @@ use std::time::Instant;
 use tessera_proto::ms::{self, master_server, registry_server};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::records::{FilesetRecord, now_unix};
+
 use crate::Master;
 use crate::maintenance::Chores;
-use crate::state::stripe_from_wire;
+use crate::wire::{self, stripe_from_wire};
 
 /// Both services over one master.
 #[derive(Debug, Clone)]
@@ -26,11 +28,8 @@ impl MasterService {
 #[tonic::async_trait]
 impl registry_server::Registry for MasterService {
     async fn register(&self, request: Request<ms::RegisterRequest>) -> Result<Response<ms::RegisterResponse>, Status> {
-        let req = request.into_inner();
-        if req.server_id.is_empty() || req.address.is_empty() {
-            return Err(Status::invalid_argument("server_id and address are required"));
-        }
-        let epoch = self.master.register(&req, Instant::now());
+        let registration = wire::registration(request.get_ref())?;
+        let epoch = self.master.register(&registration, Instant::now());
         Ok(Response::new(ms::RegisterResponse { master_epoch: epoch }))
     }
 
@@ -54,7 +53,7 @@ impl registry_server::Registry for MasterService {
         &self,
         request: Request<ms::HeartbeatRequest>,
     ) -> Result<Response<ms::HeartbeatResponse>, Status> {
-        let known = self.master.heartbeat(request.get_ref(), Instant::now());
+        let known = self.master.heartbeat(&wire::heartbeat(request.get_ref()), Instant::now());
         Ok(Response::new(ms::HeartbeatResponse { reregister: !known }))
     }
 }
@@ -67,25 +66,27 @@ impl master_server::Master for MasterService {
     ) -> Result<Response<ms::Fileset>, Status> {
         let req = request.into_inner();
         let spec = req.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        Ok(Response::new(self.master.create_fileset(&spec, req.if_absent)?))
+        let record = FilesetRecord::from_spec(&spec, now_unix())?;
+        Ok(Response::new(wire::fileset_to_wire(&self.master.create_fileset(record, req.if_absent).await?)))
     }
 
     async fn get_fileset(&self, request: Request<ms::GetFilesetRequest>) -> Result<Response<ms::Fileset>, Status> {
-        Ok(Response::new(self.master.get_fileset(&request.get_ref().name)?))
+        Ok(Response::new(wire::fileset_to_wire(&self.master.get_fileset(&request.get_ref().name)?)))
     }
 
     async fn list_filesets(
         &self,
         _request: Request<ms::ListFilesetsRequest>,
     ) -> Result<Response<ms::ListFilesetsResponse>, Status> {
-        Ok(Response::new(ms::ListFilesetsResponse { filesets: self.master.list_filesets() }))
+        let filesets = self.master.list_filesets().iter().map(wire::fileset_to_wire).collect();
+        Ok(Response::new(ms::ListFilesetsResponse { filesets }))
     }
 
     async fn delete_fileset(
         &self,
         request: Request<ms::DeleteFilesetRequest>,
     ) -> Result<Response<ms::DeleteFilesetResponse>, Status> {
-        let (count, deletions) = self.master.delete_fileset(&request.get_ref().name)?;
+        let (count, deletions) = self.master.delete_fileset(&request.get_ref().name).await?;
         self.chores.delete(deletions);
         Ok(Response::new(ms::DeleteFilesetResponse { versions_deleted: count }))
     }
@@ -97,7 +98,7 @@ impl master_server::Master for MasterService {
         let (session, layout, min) = self.master.begin_version(&request.get_ref().fileset, Instant::now())?;
         Ok(Response::new(ms::BeginVersionResponse {
             session,
-            layout: Some(crate::records::layout_to_wire(&layout)),
+            layout: Some(wire::layout_to_wire(&layout)),
             lease_secs: self.master.config.session_lease.as_secs() as u32,
             min_write_stripes: min as u32,
         }))
@@ -119,14 +120,15 @@ impl master_server::Master for MasterService {
             Instant::now(),
             &mut rand::rng(),
         )?;
-        Ok(Response::new(ms::AllocateItemsResponse { items }))
+        Ok(Response::new(ms::AllocateItemsResponse { items: items.iter().map(wire::placement_to_wire).collect() }))
     }
 
     async fn commit_version(
         &self,
         request: Request<ms::CommitVersionRequest>,
     ) -> Result<Response<ms::Version>, Status> {
-        let (version, deletions) = self.master.commit_version(request.get_ref(), Instant::now())?;
+        let commit = wire::commit(request.get_ref())?;
+        let (version, deletions) = self.master.commit_version(commit).await?;
         self.chores.delete(deletions);
         Ok(Response::new(version.to_wire()))
     }
@@ -157,7 +159,7 @@ impl master_server::Master for MasterService {
         while self.master.warming_up(Instant::now()) && !self.master.readable(&req.fileset, req.version) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Ok(Response::new(self.master.get_version(&req.fileset, req.version)?))
+        Ok(Response::new(wire::version_view_to_wire(&self.master.get_version(&req.fileset, req.version)?)))
     }
 
     async fn delete_version(
@@ -168,24 +170,24 @@ impl master_server::Master for MasterService {
         if req.version == 0 {
             return Err(Status::invalid_argument("version: name the version to delete"));
         }
-        self.chores.delete(self.master.delete_version(&req.fileset, req.version)?);
+        self.chores.delete(self.master.delete_version(&req.fileset, req.version).await?);
         Ok(Response::new(ms::DeleteVersionResponse {}))
     }
 
     async fn pin_version(&self, request: Request<ms::PinRequest>) -> Result<Response<ms::PinResponse>, Status> {
         let r = request.get_ref();
-        self.master.pin(&r.fileset, r.version, &r.holder, true)?;
+        self.master.pin(&r.fileset, r.version, &r.holder, true).await?;
         Ok(Response::new(ms::PinResponse {}))
     }
 
     async fn unpin_version(&self, request: Request<ms::PinRequest>) -> Result<Response<ms::PinResponse>, Status> {
         let r = request.get_ref();
-        self.master.pin(&r.fileset, r.version, &r.holder, false)?;
+        self.master.pin(&r.fileset, r.version, &r.holder, false).await?;
         Ok(Response::new(ms::PinResponse {}))
     }
 
     async fn status(&self, request: Request<ms::StatusRequest>) -> Result<Response<ms::StatusResponse>, Status> {
-        Ok(Response::new(self.master.status(&request.get_ref().fileset, Instant::now())?))
+        Ok(Response::new(wire::status_to_wire(self.master.status(&request.get_ref().fileset, Instant::now())?)))
     }
 
     async fn report_corrupt_stripe(

@@ -1,9 +1,9 @@
 //! Where the master keeps its durable records.
 //!
 //! [`MetaStore`] is the trait; [`RedbStore`] is the embedded implementation
-//! used by `tessera local` (one file, transactions fsynced at commit). The
-//! Kubernetes implementation (records in custom resources) comes with the
-//! operator. Publishing a version is one write of one record: a version is
+//! used by `tessera local` (one file, transactions fsynced at commit); the
+//! operator implements it with `MasterRecord` objects. The master calls it
+//! on a blocking thread and never under its state's lock. Publishing a version is one write of one record: a version is
 //! either stored whole or not at all.
 
 use std::path::Path;
@@ -13,16 +13,43 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::records::{FilesetRecord, VersionRecord};
 
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("metadata store: {0}")]
-    Backend(String),
+    /// The backend failed (disk, database or apiserver).
+    #[error("metadata store: {op}: {source}")]
+    Backend {
+        op: &'static str,
+        #[source]
+        source: Cause,
+    },
     #[error("metadata store holds a malformed record under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The thread or task carrying the write went away (shutting down).
+    #[error("metadata store stopped: {0}")]
+    Stopped(String),
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+impl StoreError {
+    /// Wraps a backend's error, naming the operation that failed.
+    pub fn backend<E: Into<Cause>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+        move |e| StoreError::Backend { op, source: e.into() }
+    }
+}
+
+/// One change to the durable records, decided by the master's state and
+/// made by the store outside its lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    PutFileset(FilesetRecord),
+    /// The fileset and all its version records.
+    DeleteFileset(String),
+    PutVersion(VersionRecord),
+    DeleteVersion {
+        fileset: String,
+        id: u64,
+    },
 }
 
 /// Durable fileset and version records.
@@ -35,6 +62,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Every version of every fileset.
     fn list_versions(&self) -> Result<Vec<VersionRecord>, StoreError>;
     fn delete_version(&self, fileset: &str, id: u64) -> Result<(), StoreError>;
+
+    /// Makes one change durable.
+    fn write(&self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::PutFileset(f) => self.put_fileset(f),
+            Write::DeleteFileset(name) => self.delete_fileset(name),
+            Write::PutVersion(v) => self.put_version(v),
+            Write::DeleteVersion { fileset, id } => self.delete_version(fileset, *id),
+        }
+    }
 }
 
 const FILESETS: TableDefinition<'static, &str, &str> = TableDefinition::new("filesets");
@@ -48,13 +85,50 @@ pub struct RedbStore {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(backend)?;
-        // Create the tables so readers never meet a missing one.
-        let tx = db.begin_write().map_err(backend)?;
-        tx.open_table(FILESETS).map_err(backend)?;
-        tx.open_table(VERSIONS).map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        Ok(Self { db })
+        let open = || -> Result<Database, redb::Error> {
+            let db = Database::create(path)?;
+            // Create the tables so readers never meet a missing one.
+            let tx = db.begin_write()?;
+            tx.open_table(FILESETS)?;
+            tx.open_table(VERSIONS)?;
+            tx.commit()?;
+            Ok(db)
+        };
+        Ok(Self { db: open().map_err(StoreError::backend("opening"))? })
+    }
+
+    /// Runs `f` in one write transaction and commits it (fsynced).
+    fn write_tx(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let run = || -> Result<(), redb::Error> {
+            let tx = self.db.begin_write()?;
+            f(&tx)?;
+            Ok(tx.commit()?)
+        };
+        run().map_err(StoreError::backend(op))
+    }
+
+    /// Every row of `table`, decoded; `key` names a row in errors.
+    fn list<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        table: TableDefinition<'static, K, &'static str>,
+        key: impl Fn(K::SelfType<'_>) -> String,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = || -> Result<Vec<(String, String)>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let t = tx.open_table(table)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((key(k.value()), v.value().to_string()));
+            }
+            Ok(out)
+        };
+        rows().map_err(StoreError::backend(op))?.into_iter().map(|(k, v)| decode(k, &v)).collect()
     }
 }
 
@@ -62,66 +136,57 @@ fn decode<T: serde::de::DeserializeOwned>(key: String, text: &str) -> Result<T, 
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { key, reason: e.to_string() })
 }
 
+fn encode<T: serde::Serialize>(op: &'static str, v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(StoreError::backend(op))
+}
+
 impl MetaStore for RedbStore {
     fn put_fileset(&self, f: &FilesetRecord) -> Result<(), StoreError> {
-        let text = serde_json::to_string(f).map_err(backend)?;
-        let tx = self.db.begin_write().map_err(backend)?;
-        tx.open_table(FILESETS).map_err(backend)?.insert(f.name.as_str(), text.as_str()).map_err(backend)?;
-        tx.commit().map_err(backend)
+        let op = "writing a fileset";
+        let text = encode(op, f)?;
+        self.write_tx(op, |tx| {
+            tx.open_table(FILESETS)?.insert(f.name.as_str(), text.as_str())?;
+            Ok(())
+        })
     }
 
     fn list_filesets(&self) -> Result<Vec<FilesetRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(FILESETS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            out.push(decode(format!("filesets/{}", k.value()), v.value())?);
-        }
-        Ok(out)
+        self.list("listing filesets", FILESETS, |name| format!("filesets/{name}"))
     }
 
     fn delete_fileset(&self, name: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(backend)?;
-        {
-            let mut versions = tx.open_table(VERSIONS).map_err(backend)?;
+        self.write_tx("deleting a fileset", |tx| {
+            let mut versions = tx.open_table(VERSIONS)?;
             let ids: Vec<u64> = versions
-                .range((name, 0)..=(name, u64::MAX))
-                .map_err(backend)?
+                .range((name, 0)..=(name, u64::MAX))?
                 .map(|r| r.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
+                .collect::<Result<_, _>>()?;
             for id in ids {
-                versions.remove((name, id)).map_err(backend)?;
+                versions.remove((name, id))?;
             }
-            tx.open_table(FILESETS).map_err(backend)?.remove(name).map_err(backend)?;
-        }
-        tx.commit().map_err(backend)
+            tx.open_table(FILESETS)?.remove(name)?;
+            Ok(())
+        })
     }
 
     fn put_version(&self, v: &VersionRecord) -> Result<(), StoreError> {
-        let text = serde_json::to_string(v).map_err(backend)?;
-        let tx = self.db.begin_write().map_err(backend)?;
-        tx.open_table(VERSIONS).map_err(backend)?.insert((v.fileset.as_str(), v.id), text.as_str()).map_err(backend)?;
-        tx.commit().map_err(backend)
+        let op = "writing a version";
+        let text = encode(op, v)?;
+        self.write_tx(op, |tx| {
+            tx.open_table(VERSIONS)?.insert((v.fileset.as_str(), v.id), text.as_str())?;
+            Ok(())
+        })
     }
 
     fn list_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(VERSIONS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            let (f, id) = k.value();
-            out.push(decode(format!("versions/{f}/{id}"), v.value())?);
-        }
-        Ok(out)
+        self.list("listing versions", VERSIONS, |(f, id)| format!("versions/{f}/{id}"))
     }
 
     fn delete_version(&self, fileset: &str, id: u64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(backend)?;
-        tx.open_table(VERSIONS).map_err(backend)?.remove((fileset, id)).map_err(backend)?;
-        tx.commit().map_err(backend)
+        self.write_tx("deleting a version", |tx| {
+            tx.open_table(VERSIONS)?.remove((fileset, id))?;
+            Ok(())
+        })
     }
 }
 

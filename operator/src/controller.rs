@@ -41,13 +41,14 @@ use crate::ingest;
 use crate::ingest_pod::{self, IngestPodConfig, PodIngest};
 use crate::kube_store::KubeStore;
 use crate::leader::Elector;
-use tessera_master::maintenance::Chores;
-use tessera_master::server::{self, Config as MasterServerConfig};
-use tessera_master::state::NodeInfo;
-use tessera_master::{Master, MasterConfig, MasterError};
 use crate::promote;
 use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed, PriorityRef};
 use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
+use tessera_master::maintenance::Chores;
+use tessera_master::records::{FilesetRecord, now_unix};
+use tessera_master::server::{self, Config as MasterServerConfig};
+use tessera_master::state::NodeInfo;
+use tessera_master::{Master, MasterConfig, MasterError};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tessera-operator";
@@ -584,9 +585,9 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         Err(MasterError::FilesetNotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let spec = m.get_fileset(name)?.spec.unwrap_or_default();
+    let record = m.get_fileset(name)?.record;
     let st = m.status(name, Instant::now())?;
-    let f = st.filesets.first().cloned().unwrap_or_default();
+    let f = st.filesets.first().cloned().ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
     let full = f.items_by_redundancy.last().copied().unwrap_or(0);
     Ok(Some(MasterFileset {
         versions: versions
@@ -607,9 +608,9 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         items_unrecoverable: f.unrecoverable,
         repairing: f.repairing,
         stripes_per_domain: f.stripes_per_domain.iter().map(|d| (d.domain.clone(), d.stripes)).collect(),
-        availability: spec.availability,
-        read_mode: spec.read_mode,
-        min_write_stripes: spec.min_write_stripes,
+        availability: record.availability.to_string(),
+        read_mode: record.read_mode.map(|m| m.to_string()).unwrap_or_default(),
+        min_write_stripes: record.min_write_stripes as u32,
         relearning: st.relearning,
         corrupt_stripes_found: f.corrupt_stripes_found,
         corrupt_stripes_rebuilt: f.corrupt_stripes_rebuilt,
@@ -653,21 +654,22 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
             }
             Action::CreateInMaster => {
                 let spec = master_spec(f, availability, observed.priority.read_mode(), &observed.priority);
-                ctx.master.create_fileset(&spec, true)?;
+                let record = FilesetRecord::from_spec(&spec, now_unix())?;
+                ctx.master.create_fileset(record, true).await?;
             }
             Action::SetAvailability { availability } => {
                 let a = if *availability == "high" { Availability::High } else { Availability::Low };
-                ctx.master.set_availability(&name, a)?;
+                ctx.master.set_availability(&name, a).await?;
             }
             Action::SetReadMode { read_mode } => {
-                ctx.master.set_read_mode(&name, read_mode.parse().ok())?;
+                ctx.master.set_read_mode(&name, read_mode.parse().ok()).await?;
             }
             Action::SetMinWriteStripes { stripes } => {
-                ctx.master.set_min_write_stripes(&name, *stripes as usize)?;
+                ctx.master.set_min_write_stripes(&name, *stripes as usize).await?;
             }
             Action::StartIngest { source_key } => ctx.start_ingest(f, source_key).await?,
             Action::DeleteData => {
-                let (versions, deletions) = ctx.master.delete_fileset(&name)?;
+                let (versions, deletions) = ctx.master.delete_fileset(&name).await?;
                 info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");
                 ctx.chores.delete(deletions);
             }

@@ -8,7 +8,8 @@
 //! the parts: a version is listed only when all of it is stored, which keeps
 //! publishing atomic as the trait requires.
 //!
-//! [`MetaStore`] is synchronous (the embedded store fsyncs in place), so
+//! [`MetaStore`] is synchronous (the embedded store fsyncs in place; the
+//! master calls it on a blocking thread, never under its state's lock), so
 //! calls are carried to a thread of their own that runs the async client and
 //! sends the answer back.
 
@@ -39,20 +40,19 @@ pub struct KubeStore {
     jobs: mpsc::Sender<Job>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 impl KubeStore {
     /// A store in `namespace`, served by a thread of its own with its own
-    /// client: callers block on it while holding the master's lock, so it
-    /// must not need any task of their runtime to make progress.
+    /// client: callers block on it (from the master's blocking threads), so
+    /// it must not need any task of their runtime to make progress.
     pub fn new(config: kube::Config, namespace: &str) -> Result<Self, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(backend)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::backend("starting the store"))?;
         let client = {
             let _guard = runtime.enter();
-            Client::try_from(config).map_err(backend)?
+            Client::try_from(config).map_err(StoreError::backend("starting the store"))?
         };
         let api: Api<MasterRecord> = Api::namespaced(client, namespace);
         std::thread::Builder::new()
@@ -62,7 +62,7 @@ impl KubeStore {
                     runtime.block_on(job(api.clone()));
                 }
             })
-            .map_err(backend)?;
+            .map_err(StoreError::backend("starting the store"))?;
         Ok(Self { jobs })
     }
 
@@ -79,8 +79,8 @@ impl KubeStore {
                 let _ = tx.send(f(api).await);
             })
         });
-        self.jobs.send(job).map_err(|_| backend("the store's thread has stopped"))?;
-        rx.recv().map_err(|_| backend("the store's thread has stopped"))?
+        self.jobs.send(job).map_err(|_| StoreError::Stopped("the kube-store thread has stopped".into()))?;
+        rx.recv().map_err(|_| StoreError::Stopped("the kube-store thread has stopped".into()))?
     }
 }
 
@@ -106,13 +106,13 @@ fn record(name: String, spec: MasterRecordSpec) -> MasterRecord {
 /// Creates the object, or replaces it if it exists.
 async fn upsert(api: &Api<MasterRecord>, mut obj: MasterRecord) -> Result<(), StoreError> {
     let name = obj.name_any();
-    match api.get_opt(&name).await.map_err(backend)? {
+    match api.get_opt(&name).await.map_err(StoreError::backend("writing a record"))? {
         Some(existing) => {
             obj.metadata.resource_version = existing.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &obj).await.map_err(backend)?;
+            api.replace(&name, &PostParams::default(), &obj).await.map_err(StoreError::backend("writing a record"))?;
         }
         None => {
-            api.create(&PostParams::default(), &obj).await.map_err(backend)?;
+            api.create(&PostParams::default(), &obj).await.map_err(StoreError::backend("writing a record"))?;
         }
     }
     Ok(())
@@ -122,7 +122,7 @@ async fn delete(api: &Api<MasterRecord>, name: &str) -> Result<(), StoreError> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(backend(e)),
+        Err(e) => Err(StoreError::backend("deleting a record")(e)),
     }
 }
 
@@ -152,7 +152,7 @@ fn decode_items(key: &str, text: &str) -> Result<Vec<ItemRecord>, StoreError> {
 
 impl MetaStore for KubeStore {
     fn put_fileset(&self, f: &FilesetRecord) -> Result<(), StoreError> {
-        let data = serde_json::to_string(f).map_err(backend)?;
+        let data = serde_json::to_string(f).map_err(StoreError::backend("writing a fileset"))?;
         let obj = record(
             fileset_name(&f.name),
             MasterRecordSpec { kind: RecordKind::Fileset, fileset: f.name.clone(), version: None, part: None, data },
@@ -162,8 +162,10 @@ impl MetaStore for KubeStore {
 
     fn list_filesets(&self) -> Result<Vec<FilesetRecord>, StoreError> {
         self.call(|api| async move {
-            let list =
-                api.list(&ListParams::default().labels(&format!("{LABEL_KIND}=fileset"))).await.map_err(backend)?;
+            let list = api
+                .list(&ListParams::default().labels(&format!("{LABEL_KIND}=fileset")))
+                .await
+                .map_err(StoreError::backend("listing filesets"))?;
             list.items
                 .iter()
                 .map(|r| {
@@ -180,7 +182,7 @@ impl MetaStore for KubeStore {
             // Version heads first, so no version is half-listed meanwhile.
             for kind in ["version", "items", "fileset"] {
                 let lp = ListParams::default().labels(&format!("{LABEL_FILESET}={name},{LABEL_KIND}={kind}"));
-                for r in api.list(&lp).await.map_err(backend)?.items {
+                for r in api.list(&lp).await.map_err(StoreError::backend("listing filesets"))?.items {
                     delete(&api, &r.name_any()).await?;
                 }
             }
@@ -192,7 +194,7 @@ impl MetaStore for KubeStore {
         let mut head = v.clone();
         let items = std::mem::take(&mut head.items);
         let parts: Vec<String> = items.chunks(ITEMS_PER_PART).map(encode_items).collect();
-        let data = serde_json::to_string(&head).map_err(backend)?;
+        let data = serde_json::to_string(&head).map_err(StoreError::backend("writing a version"))?;
         let base = version_name(&v.fileset, v.id);
         let (fileset, id) = (v.fileset.clone(), v.id);
         self.call(move |api| async move {
@@ -219,10 +221,14 @@ impl MetaStore for KubeStore {
 
     fn list_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
         self.call(|api| async move {
-            let heads =
-                api.list(&ListParams::default().labels(&format!("{LABEL_KIND}=version"))).await.map_err(backend)?;
-            let parts =
-                api.list(&ListParams::default().labels(&format!("{LABEL_KIND}=items"))).await.map_err(backend)?;
+            let heads = api
+                .list(&ListParams::default().labels(&format!("{LABEL_KIND}=version")))
+                .await
+                .map_err(StoreError::backend("listing versions"))?;
+            let parts = api
+                .list(&ListParams::default().labels(&format!("{LABEL_KIND}=items")))
+                .await
+                .map_err(StoreError::backend("listing versions"))?;
             let by_name: BTreeMap<String, &MasterRecord> = parts.items.iter().map(|p| (p.name_any(), p)).collect();
             let mut out = Vec::new();
             for h in &heads.items {
@@ -249,7 +255,7 @@ impl MetaStore for KubeStore {
         self.call(move |api| async move {
             delete(&api, &base).await?;
             let lp = ListParams::default().labels(&format!("{LABEL_FILESET}={fileset},{LABEL_KIND}=items"));
-            for r in api.list(&lp).await.map_err(backend)?.items {
+            for r in api.list(&lp).await.map_err(StoreError::backend("listing versions"))?.items {
                 if r.spec.version == Some(id) {
                     delete(&api, &r.name_any()).await?;
                 }

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tessera_operator::controller::{self, OperatorConfig};
-use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_master::MasterConfig;
 use tessera_master::cli::parse_duration;
+use tessera_operator::controller::{self, OperatorConfig};
+use tessera_operator::ingest_pod::IngestPodConfig;
 
 /// The Tessera operator: the master and the Fileset controller, one leader at a time.
 #[derive(Parser)]

@@ -45,14 +45,14 @@ impl fmt::Display for Level {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown failure-domain level {0:?}: expected region, zone, rack or node")]
+pub struct UnknownLevel(pub String);
+
 impl FromStr for Level {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Level::ALL
-            .iter()
-            .copied()
-            .find(|l| l.as_str() == s)
-            .ok_or_else(|| format!("unknown failure-domain level {s:?}: expected region, zone, rack or node"))
+    type Err = UnknownLevel;
+    fn from_str(s: &str) -> Result<Self, UnknownLevel> {
+        Level::ALL.iter().copied().find(|l| l.as_str() == s).ok_or_else(|| UnknownLevel(s.to_string()))
     }
 }
 

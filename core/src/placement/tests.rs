@@ -126,7 +126,7 @@ fn levels_parse_and_domains_nest() {
     for l in Level::ALL {
         assert_eq!(l.to_string().parse::<Level>().unwrap(), l);
     }
-    assert!("floor".parse::<Level>().unwrap_err().contains("region, zone, rack or node"));
+    assert!("floor".parse::<Level>().unwrap_err().to_string().contains("region, zone, rack or node"));
     let t = server(1, 2, 3, 0).topology;
     assert_eq!(t.domain(Level::Region), "r0");
     assert_eq!(t.domain(Level::Zone), "r0/z1");
