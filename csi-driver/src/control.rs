@@ -1,5 +1,6 @@
 //! The node plugin's control API, on its HTTP port beside `/metrics`, for
-//! the Job controller and operators:
+//! the operator (leaf promotion), `tessera promote` and cluster operators;
+//! its messages are `tessera_api::control`:
 //!
 //! - `GET /volumes`: each volume on this node (root and leaf), its root
 //!   mount, read mode and throughput;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
+use tessera_api::control::{Promoted, Throughput, VolumeInfo, VolumeKind, VolumeList};
 use tessera_core::read_plan::ReadMode;
 
 use crate::cache::{BlockCache, BlockKey};
@@ -74,34 +76,44 @@ fn root_of(plugin: &NodePlugin, volume: &str) -> Result<Arc<RootFs>, Answer> {
 }
 
 async fn list(State(plugin): State<Arc<NodePlugin>>) -> Answer {
-    let volumes: Vec<serde_json::Value> = plugin
+    let volumes = plugin
         .volume_ids()
         .into_iter()
         .map(|v| {
             let root = root_of(&plugin, &v).ok();
+            let read_mode = root.as_ref().map(|r| mode_name(r.read_mode()).to_string());
             match plugin.leaf(&v) {
                 Some(leaf) => {
                     let (read, written) = leaf.rates();
-                    serde_json::json!({
-                        "volume": v,
-                        "kind": "leaf",
-                        "root": root.as_ref().map(|r| format!("{}@{}", r.fileset(), r.version_id())),
-                        "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
-                        "read_bytes_per_sec": read,
-                        "write_bytes_per_sec": written,
-                    })
+                    VolumeInfo {
+                        kind: VolumeKind::Leaf,
+                        root: root.as_ref().map(|r| format!("{}@{}", r.fileset(), r.version_id())),
+                        volume: v,
+                        read_mode,
+                        read_bytes_per_sec: Some(read),
+                        write_bytes_per_sec: Some(written),
+                    }
                 }
-                None => serde_json::json!({
-                    "volume": v,
-                    "kind": "root",
-                    "root": plugin.root_of(&v),
-                    "read_mode": root.as_ref().map(|r| mode_name(r.read_mode())),
-                    "read_bytes_per_sec": root.as_ref().map(|r| r.read_rate()),
-                }),
+                None => VolumeInfo {
+                    kind: VolumeKind::Root,
+                    root: plugin.root_of(&v),
+                    volume: v,
+                    read_mode,
+                    read_bytes_per_sec: root.as_ref().map(|r| r.read_rate()),
+                    write_bytes_per_sec: None,
+                },
             }
         })
         .collect();
-    (StatusCode::OK, serde_json::json!({ "volumes": volumes }).to_string())
+    json(&VolumeList { volumes })
+}
+
+/// A control-API answer: the message as JSON.
+fn json(message: &impl serde::Serialize) -> Answer {
+    match serde_json::to_string(message) {
+        Ok(text) => (StatusCode::OK, text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}\n")),
+    }
 }
 
 async fn set_read_mode(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>, body: String) -> Answer {
@@ -126,27 +138,20 @@ async fn set_read_mode(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path
 async fn throughput(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<String>) -> Answer {
     if let Some(leaf) = plugin.leaf(&volume) {
         let (read, written) = leaf.rates();
-        return (
-            StatusCode::OK,
-            serde_json::json!({
-                "volume": volume,
-                "window_secs": THROUGHPUT_WINDOW_MS / 1000,
-                "read_bytes_per_sec": read,
-                "write_bytes_per_sec": written,
-            })
-            .to_string(),
-        );
+        return json(&Throughput {
+            volume,
+            window_secs: THROUGHPUT_WINDOW_MS / 1000,
+            read_bytes_per_sec: read,
+            write_bytes_per_sec: Some(written),
+        });
     }
     match root_of(&plugin, &volume) {
-        Ok(root) => (
-            StatusCode::OK,
-            serde_json::json!({
-                "volume": volume,
-                "window_secs": THROUGHPUT_WINDOW_MS / 1000,
-                "read_bytes_per_sec": root.read_rate(),
-            })
-            .to_string(),
-        ),
+        Ok(root) => json(&Throughput {
+            window_secs: THROUGHPUT_WINDOW_MS / 1000,
+            read_bytes_per_sec: root.read_rate(),
+            volume,
+            write_bytes_per_sec: None,
+        }),
         Err(e) => e,
     }
 }
@@ -157,10 +162,7 @@ async fn promote(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<Strin
         return (StatusCode::BAD_REQUEST, "the body names the fileset to promote into\n".into());
     }
     match plugin.promote(&volume, fileset).await {
-        Ok(v) => (
-            StatusCode::OK,
-            serde_json::json!({"fileset": v.fileset, "version": v.id, "files": v.files, "bytes": v.bytes}).to_string(),
-        ),
+        Ok(v) => json(&Promoted { fileset: v.fileset, version: v.id, files: v.files, bytes: v.bytes }),
         Err(e) => {
             let status = tonic::Status::from(e);
             let code = match status.code() {

@@ -16,11 +16,8 @@ use crate::csi::identity_server::Identity;
 use crate::csi::node_server::Node;
 use crate::node::NodePlugin;
 use crate::volume::{RootRef, is_leaf};
+use tessera_api::keys::{CSI_DRIVER as DRIVER_NAME, TOPOLOGY_NODE};
 
-/// The driver's name in CSIDriver objects and PersistentVolumes.
-pub const DRIVER_NAME: &str = "csi.tessera.dev";
-/// The topology key a node reports (leaf volumes live on one node).
-pub const TOPOLOGY_NODE: &str = "topology.tessera.dev/node";
 /// The volume context key kubelet sets on inline (ephemeral) volumes.
 const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 

@@ -326,7 +326,7 @@ pub fn fake_node(name: &str, zone: &str, rack: &str) -> k8s_openapi::api::core::
                 "kubernetes.io/hostname": name,
                 "topology.kubernetes.io/region": "test",
                 "topology.kubernetes.io/zone": zone,
-                "tessera.dev/rack": rack,
+                (tessera_api::keys::RACK_LABEL): rack,
                 "type": "kwok",
             },
         },

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, PostParams};
-use tessera_operator::crd::Fileset;
+use tessera_api::crd::Fileset;
 use tessera_operator::topology::{NodeState, node_state};
 
 use crate::{ControlPlane, Kwok, Proc, fake_node, free_port, tessera_bin, until};

@@ -7,8 +7,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
+use tessera_api::crd::{Fileset, Priority};
 use tessera_e2e::ControlPlane;
-use tessera_operator::crd::{Fileset, Priority};
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
 

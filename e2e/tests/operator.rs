@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use tessera_api::crd::Fileset;
 use tessera_chunkserver::registrar::Identity;
 use tessera_chunkserver::server::{self as cs_server, Config as CsConfig};
 use tessera_client::fileset::{FilesetClient, PutOptions};
@@ -15,7 +16,6 @@ use tessera_client::{ClientConfig, StripeClient};
 use tessera_e2e::{ControlPlane, until};
 use tessera_master::MasterConfig;
 use tessera_operator::controller::{self, OperatorConfig};
-use tessera_operator::crd::Fileset;
 use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_proto::ms;
 
@@ -151,7 +151,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
         (condition(&f, "Ready") == Some(("False".into(), "NoVersion".into()))).then_some(f)
     })
     .await;
-    assert!(f.metadata.finalizers.unwrap_or_default().contains(&"tessera.dev/data".to_string()));
+    assert!(f.metadata.finalizers.unwrap_or_default().contains(&tessera_api::keys::FINALIZER.to_string()));
     let layout = fc.master().get_fileset(ms::GetFilesetRequest { name: "models".into() }).await.unwrap().into_inner();
     assert_eq!(layout.spec.unwrap().layout.unwrap().stripe_unit, 65536);
 

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use tessera_api::crd::{Fileset, Priority};
 use tessera_e2e::processes::{Cluster, condition, is, start_cluster, start_operator, tessera};
 use tessera_e2e::{ControlPlane, tessera_bin, until};
-use tessera_operator::crd::{Fileset, Priority};
 
 const NODES: usize = 9;
 

@@ -9,12 +9,13 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use tessera_api::crd::Fileset;
+use tessera_api::keys::{CSI_DRIVER, TOPOLOGY_NODE};
 use tessera_csi::csi;
 use tessera_csi::csi::controller_client::ControllerClient;
 use tessera_csi::csi::node_client::NodeClient;
 use tessera_e2e::processes::{Cluster, NS, condition, is, start_cluster, tessera};
 use tessera_e2e::{ControlPlane, Proc, free_port, tessera_bin, until};
-use tessera_operator::crd::Fileset;
 
 const NODES: usize = 9;
 /// The CSI plugin's node: no Node object, so kwok leaves its pod alone.
@@ -88,7 +89,7 @@ async fn a_fileset_sourced_from_a_leaf_is_promoted_through_the_node_plugin() {
         .volume
         .unwrap();
     let topology = &leaf.accessible_topology[0].segments;
-    assert_eq!(topology.get("topology.tessera.dev/node").map(String::as_str), Some(CSI_NODE));
+    assert_eq!(topology.get(TOPOLOGY_NODE).map(String::as_str), Some(CSI_NODE));
     let staging = dir.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     NodeClient::new(channel.clone())
@@ -110,10 +111,10 @@ async fn a_fileset_sourced_from_a_leaf_is_promoted_through_the_node_plugin() {
         "metadata": {"name": "pv-tune"},
         "spec": {
             "capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"],
-            "csi": {"driver": "csi.tessera.dev", "volumeHandle": leaf.volume_id},
+            "csi": {"driver": CSI_DRIVER, "volumeHandle": leaf.volume_id},
             "claimRef": {"namespace": "default", "name": "tune"},
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "topology.tessera.dev/node", "operator": "In", "values": [CSI_NODE]}]}]}},
+                {"key": TOPOLOGY_NODE, "operator": "In", "values": [CSI_NODE]}]}]}},
         },
     }))
     .unwrap();

@@ -36,7 +36,6 @@ use tessera_proto::ms;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::crd::{DomainLevel, Fileset, FilesetSpec, Priority, PriorityStatus};
 use crate::ingest;
 use crate::ingest_pod::{self, IngestPodConfig, PodIngest};
 use crate::kube_store::KubeStore;
@@ -44,6 +43,7 @@ use crate::leader::Elector;
 use crate::promote;
 use crate::reconcile::{self, Action, FINALIZER, Ingest, MasterFileset, MasterVersion, Observed, PriorityRef};
 use crate::topology::{LabelKeys, NodeState, node_state, topology_of};
+use tessera_api::crd::{DomainLevel, Fileset, FilesetSpec, Priority, PriorityStatus};
 use tessera_master::maintenance::Chores;
 use tessera_master::records::{FilesetRecord, now_unix};
 use tessera_master::server::{self, Config as MasterServerConfig};

@@ -16,14 +16,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Fileset, PvcSource};
+use tessera_api::crd::{Fileset, PvcSource};
 
 /// Where the claim is mounted in the pod.
 pub const SOURCE_MOUNT: &str = "/source";
-/// Annotation holding the fileset an ingest pod belongs to.
-pub const FILESET_ANNOTATION: &str = "tessera.dev/fileset";
-/// Annotation holding the source key the pod ingests.
-pub const SOURCE_KEY_ANNOTATION: &str = "tessera.dev/source-key";
+pub use tessera_api::keys::{FILESET_ANNOTATION, SOURCE_KEY_ANNOTATION};
 /// Label on every ingest pod, to list them.
 pub const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "tessera-ingest");
 
@@ -149,8 +146,8 @@ pub fn state_of(pod: &Pod) -> PodIngest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::FilesetSpec;
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    use tessera_api::crd::FilesetSpec;
 
     fn fileset() -> Fileset {
         let spec: FilesetSpec = serde_json::from_value(serde_json::json!({

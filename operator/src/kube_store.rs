@@ -22,15 +22,14 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use tessera_core::ids::ItemId;
 
-use crate::crd::{MasterRecord, MasterRecordSpec, RecordKind};
+use tessera_api::crd::{MasterRecord, MasterRecordSpec, RecordKind};
 use tessera_master::records::{FilesetRecord, ItemRecord, VersionRecord};
 use tessera_master::store::{MetaStore, StoreError};
 
 /// Items per part object: 20 000 x 48 hex digits is under 1 MB.
 pub const ITEMS_PER_PART: usize = 20_000;
 
-const LABEL_FILESET: &str = "tessera.dev/fileset";
-const LABEL_KIND: &str = "tessera.dev/record";
+use tessera_api::keys::{RECORD_FILESET_LABEL as LABEL_FILESET, RECORD_KIND_LABEL as LABEL_KIND};
 
 type Job = Box<dyn FnOnce(Api<MasterRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 

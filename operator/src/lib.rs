@@ -3,7 +3,6 @@
 //! kept in `MasterRecord` objects.
 
 pub mod controller;
-pub mod crd;
 pub mod ingest;
 pub mod ingest_pod;
 pub mod kube_store;

@@ -70,7 +70,7 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crds => print!("{}", tessera_operator::crd::render_yaml()?),
+        Command::Crds => print!("{}", tessera_api::crd::render_yaml()?),
         Command::Run(a) => run(*a).await?,
     }
     Ok(())

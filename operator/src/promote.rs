@@ -12,14 +12,10 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-use crate::crd::LeafSource;
+use tessera_api::control::Promoted;
+use tessera_api::crd::LeafSource;
+use tessera_api::keys::{CSI_DRIVER, NODE_PLUGIN_SELECTOR, TOPOLOGY_NODE};
 
-/// The CSI driver's name in PersistentVolumes.
-pub const CSI_DRIVER: &str = "csi.tessera.dev";
-/// The topology key the driver reports a leaf's node under.
-pub const TOPOLOGY_NODE: &str = "topology.tessera.dev/node";
-/// Label of the CSI node plugin's pods (the chart's DaemonSet).
-pub const NODE_PLUGIN_SELECTOR: &str = "app.kubernetes.io/component=csi-node";
 /// The node plugin's control port unless its pod names one `metrics`.
 const DEFAULT_CONTROL_PORT: i32 = 7501;
 /// A promotion stores the whole leaf; past this the plugin is taken to be
@@ -44,15 +40,6 @@ pub enum PromoteError {
     Plugin { addr: String, reason: String },
     #[error(transparent)]
     Kube(#[from] kube::Error),
-}
-
-/// What the node plugin stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Promoted {
-    pub fileset: String,
-    pub version: u64,
-    pub files: u64,
-    pub bytes: u64,
 }
 
 /// The leaf volume behind a claim and the node it lives on.

@@ -11,10 +11,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{FilesetSpec, FilesetStatus, ReadMode, RedundancyStatus, RepairClass, Source, VersionStatus};
+use tessera_api::crd::{FilesetSpec, FilesetStatus, ReadMode, RedundancyStatus, RepairClass, Source, VersionStatus};
 
 /// The finalizer that keeps a Fileset until its data is deleted.
-pub const FINALIZER: &str = "tessera.dev/data";
+pub use tessera_api::keys::FINALIZER;
 
 /// A version as the master reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -462,7 +462,7 @@ pub fn human(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{HttpSource, UploadSource};
+    use tessera_api::crd::{HttpSource, UploadSource};
 
     fn at(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())

@@ -24,7 +24,7 @@ impl Default for LabelKeys {
         Self {
             region: "topology.kubernetes.io/region".into(),
             zone: "topology.kubernetes.io/zone".into(),
-            rack: "tessera.dev/rack".into(),
+            rack: tessera_api::keys::RACK_LABEL.into(),
         }
     }
 }
@@ -80,7 +80,7 @@ mod tests {
         let l = labels(&[
             ("topology.kubernetes.io/region", "eu"),
             ("topology.kubernetes.io/zone", "eu-1a"),
-            ("tessera.dev/rack", "r12"),
+            (tessera_api::keys::RACK_LABEL, "r12"),
             ("example.com/row", "row3"),
         ]);
         let t = topology_of("n7", &l, &LabelKeys::default());
