@@ -4,7 +4,7 @@
 //! It stores a sample fileset through a running master (`tessera local up`),
 //! then mounts it as real FUSE volumes: sequential reads of a large file
 //! cold (from the chunkservers), warm through passthrough from the node file
-//! store (a second mount), warm from the node block cache through the plugin
+//! store (a second mount), warm from the node cache through the plugin
 //! (a third mount, passthrough off) and warm from the page cache (the same
 //! mount again); open+read of
 //! many small files; sequential writes into a leaf; and the time to create
@@ -21,7 +21,7 @@ use tessera_client::fileset::{FilesetClient, PutOptions};
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::ms;
 
-use crate::cache::BlockCache;
+use crate::cache::NodeCache;
 use crate::fuse::mount::{mount_fuse, unmount};
 use crate::fuse::session::{self, Connection, Filesystem};
 use crate::leaffs::LeafFs;
@@ -182,7 +182,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
         std::fs::remove_file(tmpfs.join("write.bin"))?;
 
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(BlockCache::open(&work.join("cache"), 4 * c.big_bytes + (1 << 30), metrics.clone())?);
+        let cache = Arc::new(NodeCache::open(&work.join("cache"), 4 * c.big_bytes + (1 << 30), metrics.clone())?);
         let root = |volume: &'static str, name: String, v: u64| {
             let (files, cache, metrics) = (files.clone(), cache.clone(), metrics.clone());
             async move {
@@ -231,7 +231,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<serde_json::Value> {
         let rows = [
             ("sequential read, cold (chunkservers)", gbs(cold_seq), cold_seq / tmpfs_seq),
             ("sequential read, warm (passthrough, 2nd mount)", gbs(warm_pass), warm_pass / tmpfs_seq),
-            ("sequential read, warm (block cache via plugin)", gbs(warm_cache), warm_cache / tmpfs_seq),
+            ("sequential read, warm (node cache via plugin)", gbs(warm_cache), warm_cache / tmpfs_seq),
             ("sequential read, warm (page cache, same mount)", gbs(warm_page), warm_page / tmpfs_seq),
             ("small files open+read, cold", format!("{cold_small:.0} files/s"), cold_small / tmpfs_small),
             ("small files open+read, warm (node cache)", format!("{warm_small:.0} files/s"), warm_small / tmpfs_small),

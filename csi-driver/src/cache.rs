@@ -1,70 +1,121 @@
-//! The node block cache: root blocks that any volume on the node has read,
+//! The node cache: units of root data that any volume on the node has read,
 //! kept on local disk under a size threshold with least-recently-used
-//! eviction (seed 004, FIG. 4: evict before inserting until the new block
+//! eviction (seed 004, FIG. 4: evict before inserting until the new unit
 //! fits, so the cache never exceeds its threshold).
 //!
-//! Blocks are keyed by fileset, version, item and block number, so a new
-//! version never meets an old version's blocks. Each block is a file
-//! written to a temporary name and renamed, so a crash leaves whole blocks
-//! or none; on start the cache adopts what is on disk, oldest first.
+//! A *unit* ([`UNIT`], 1 MiB of an item's data) is what a root fetches and
+//! caches at once. Each unit keeps the CRC32C of every *block* ([`BLOCK`],
+//! 64 KiB) in it, computed when the bytes arrive checked from the
+//! chunkservers (or checked from a peer), stored in the unit's file before
+//! the data, and checked on every read of the unit from the disk: a unit
+//! whose block fails is dropped and fetched again. Units served to other
+//! nodes carry their checksums, which the reader checks ([`crate::peers`]),
+//! so every byte a pod reads was verified, whichever cache it came from.
+//!
+//! Units are keyed by fileset, version, item index and unit number, so a
+//! new version never meets an old version's units. Each unit is a file
+//! written to a temporary name and renamed, so a crash leaves whole units or
+//! none; on start the cache adopts what is on disk, oldest first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tessera_core::checksum::{ChecksumMismatch, block_checksums, verify_blocks};
+use tracing::warn;
 
 use crate::metrics::Metrics;
 
-/// Bytes per cached block (of an item's data). Reads fetch whole blocks.
-pub const BLOCK: u64 = 1 << 20;
+/// Bytes per cache unit (of an item's data). Roots fetch whole units.
+pub const UNIT: u64 = 1 << 20;
+
+/// Bytes per block: the unit of the CRC32C a cached unit keeps.
+pub const BLOCK: u64 = 64 << 10;
+
+/// File names of units end so; files of the format before checksums (or
+/// anything else) are removed when the cache opens.
+const SUFFIX: &str = ".unit";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockKey {
+pub struct UnitKey {
     pub fileset: String,
     pub version: u64,
-    pub item: u64,
-    pub block: u64,
+    /// The item's position in the version's item list.
+    pub item_index: u64,
+    /// The unit's position in the item.
+    pub unit: u64,
 }
 
-impl BlockKey {
+impl UnitKey {
     fn file(&self) -> PathBuf {
-        PathBuf::from(format!("{}@{}", self.fileset, self.version)).join(format!("{}-{}", self.item, self.block))
+        PathBuf::from(format!("{}@{}", self.fileset, self.version))
+            .join(format!("{}-{}{SUFFIX}", self.item_index, self.unit))
     }
 
     fn parse(dir: &str, name: &str) -> Option<Self> {
         let (fileset, version) = dir.rsplit_once('@')?;
-        let (item, block) = name.split_once('-')?;
+        let (item, unit) = name.strip_suffix(SUFFIX)?.split_once('-')?;
         Some(Self {
             fileset: fileset.to_string(),
             version: version.parse().ok()?,
-            item: item.parse().ok()?,
-            block: block.parse().ok()?,
+            item_index: item.parse().ok()?,
+            unit: unit.parse().ok()?,
         })
+    }
+}
+
+/// Blocks in `len` bytes of data.
+fn blocks_in(len: u64) -> u64 {
+    len.div_ceil(BLOCK)
+}
+
+/// The data length of a unit file of `file_len` bytes (a checksum of 4
+/// bytes per block, then the data).
+fn data_len(file_len: u64) -> u64 {
+    file_len - 4 * file_len.div_ceil(BLOCK + 4)
+}
+
+/// A unit as another node's cache holds it: its data and the checksum of
+/// each of its blocks, as stored (checked by whoever uses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUnit {
+    pub data: Bytes,
+    pub checksums: Vec<u32>,
+}
+
+impl StoredUnit {
+    /// Whether the data is what its checksums say.
+    pub fn verify(&self) -> Result<(), ChecksumMismatch> {
+        if self.checksums.len() as u64 != blocks_in(self.data.len() as u64) {
+            return Err(ChecksumMismatch { block: self.checksums.len(), expected: 0, actual: 0 });
+        }
+        verify_blocks(&self.data, 0, BLOCK as usize, &self.checksums)
     }
 }
 
 #[derive(Debug, Default)]
 struct Lru {
-    /// key -> (last use, length)
-    entries: HashMap<BlockKey, (u64, u64)>,
-    by_use: BTreeMap<u64, BlockKey>,
+    /// key -> (last use, file length)
+    entries: HashMap<UnitKey, (u64, u64)>,
+    by_use: BTreeMap<u64, UnitKey>,
     bytes: u64,
     clock: u64,
 }
 
 impl Lru {
-    fn touch(&mut self, key: &BlockKey) -> bool {
+    /// Marks a unit used; its file's length if it is cached.
+    fn touch(&mut self, key: &UnitKey) -> Option<u64> {
         self.clock += 1;
         let clock = self.clock;
-        let Some((used, _)) = self.entries.get_mut(key) else { return false };
+        let (used, len) = self.entries.get_mut(key)?;
         self.by_use.remove(used);
         *used = clock;
         self.by_use.insert(clock, key.clone());
-        true
+        Some(*len)
     }
 
-    fn insert(&mut self, key: BlockKey, len: u64) {
+    fn insert(&mut self, key: UnitKey, len: u64) {
         self.clock += 1;
         if let Some((used, old)) = self.entries.insert(key.clone(), (self.clock, len)) {
             self.by_use.remove(&used);
@@ -74,33 +125,33 @@ impl Lru {
         self.bytes += len;
     }
 
-    fn remove(&mut self, key: &BlockKey) -> Option<u64> {
+    fn remove(&mut self, key: &UnitKey) -> Option<u64> {
         let (used, len) = self.entries.remove(key)?;
         self.by_use.remove(&used);
         self.bytes -= len;
         Some(len)
     }
 
-    fn oldest(&self) -> Option<BlockKey> {
+    fn oldest(&self) -> Option<UnitKey> {
         self.by_use.values().next().cloned()
     }
 }
 
 /// A node's cache of root blocks.
 #[derive(Debug)]
-pub struct BlockCache {
+pub struct NodeCache {
     dir: PathBuf,
     threshold: u64,
     lru: Mutex<Lru>,
     metrics: Arc<Metrics>,
     /// Open block files, so a read is one pread rather than open, read, close.
-    files: Mutex<HashMap<BlockKey, Arc<std::fs::File>>>,
+    files: Mutex<HashMap<UnitKey, Arc<std::fs::File>>>,
 }
 
 /// Block files kept open at most.
 const OPEN_FILES: usize = 256;
 
-impl BlockCache {
+impl NodeCache {
     /// Opens (or creates) the cache in `dir`, adopting blocks already there
     /// and evicting the oldest if they exceed `threshold` bytes.
     pub fn open(dir: &Path, threshold: u64, metrics: Arc<Metrics>) -> std::io::Result<Self> {
@@ -116,7 +167,7 @@ impl BlockCache {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
                 let meta = f.metadata()?;
-                match BlockKey::parse(&dname, &name) {
+                match UnitKey::parse(&dname, &name) {
                     Some(key) => found.push((meta.modified().ok(), key, meta.len())),
                     // Leftovers of an interrupted write.
                     None => {
@@ -152,50 +203,88 @@ impl BlockCache {
         self.threshold
     }
 
-    pub fn contains(&self, key: &BlockKey) -> bool {
+    pub fn contains(&self, key: &UnitKey) -> bool {
         self.lru.lock().unwrap().entries.contains_key(key)
     }
 
-    /// The whole block, if cached.
-    pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
-        self.get_range(key, 0..BLOCK)
+    /// The whole unit, if cached (and whole on disk).
+    pub fn get(&self, key: &UnitKey) -> Option<Bytes> {
+        self.get_range(key, 0..UNIT)
     }
 
-    /// Bytes `range` of a cached block (reading only those), if cached.
-    /// Shorter than asked where the block ends.
-    pub fn get_range(&self, key: &BlockKey, range: std::ops::Range<u64>) -> Option<Bytes> {
-        use std::os::unix::fs::FileExt;
-        if !self.lru.lock().unwrap().touch(key) {
+    /// Bytes `range` of a cached unit, if cached: the blocks covering the
+    /// range are read and checked against their checksums. Shorter than
+    /// asked where the unit ends. A unit failing its check is dropped (and
+    /// counted): the caller fetches it again.
+    pub fn get_range(&self, key: &UnitKey, range: std::ops::Range<u64>) -> Option<Bytes> {
+        let Some(file_len) = self.lru.lock().unwrap().touch(key) else {
             self.metrics.cache_misses.inc();
             return None;
+        };
+        let len = data_len(file_len);
+        let (start, end) = (range.start.min(len), range.end.min(len));
+        if start >= end {
+            self.metrics.cache_hits.inc();
+            return Some(Bytes::new());
         }
+        let (first, last) = (start / BLOCK, blocks_in(end));
         let read = self.file(key).and_then(|f| {
-            let mut buf = vec![0u8; (range.end - range.start) as usize];
-            let mut at = 0;
-            while at < buf.len() {
-                match f.read_at(&mut buf[at..], range.start + at as u64)? {
-                    0 => break,
-                    n => at += n,
-                }
-            }
-            buf.truncate(at);
-            Ok(buf)
+            let sums = read_exact_at(&f, 4 * (last - first) as usize, 4 * first)?;
+            let from = first * BLOCK;
+            let to = (last * BLOCK).min(len);
+            let data = read_exact_at(&f, (to - from) as usize, 4 * blocks_in(len) + from)?;
+            Ok((sums, data, from))
         });
         match read {
-            Ok(data) => {
+            Ok((sums, data, from)) => {
+                let sums: Vec<u32> =
+                    sums.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                if let Err(e) = verify_blocks(&data, first as usize, BLOCK as usize, &sums) {
+                    warn!(fileset = %key.fileset, version = key.version, item_index = key.item_index, unit = key.unit, error = %e, "a cached unit failed its checksum on disk; dropping it");
+                    self.metrics.cache_units_corrupt.inc();
+                    self.drop_unit(key);
+                    self.metrics.cache_misses.inc();
+                    return None;
+                }
                 self.metrics.cache_hits.inc();
-                Some(Bytes::from(data))
+                let data = Bytes::from(data);
+                Some(data.slice((start - from) as usize..(end - from) as usize))
             }
             Err(_) => {
-                self.lru.lock().unwrap().remove(key);
-                self.files.lock().unwrap().remove(key);
+                self.drop_unit(key);
                 self.metrics.cache_misses.inc();
                 None
             }
         }
     }
 
-    fn file(&self, key: &BlockKey) -> std::io::Result<Arc<std::fs::File>> {
+    /// A whole unit with its checksums as stored, unchecked, for another
+    /// node (which checks it: end to end, across this disk and the network).
+    pub fn get_stored(&self, key: &UnitKey) -> Option<StoredUnit> {
+        let file_len = self.lru.lock().unwrap().touch(key)?;
+        let len = data_len(file_len);
+        let n = blocks_in(len);
+        let raw = self.file(key).and_then(|f| read_exact_at(&f, file_len as usize, 0));
+        let Ok(raw) = raw else {
+            self.drop_unit(key);
+            return None;
+        };
+        let raw = Bytes::from(raw);
+        let checksums =
+            raw[..4 * n as usize].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        Some(StoredUnit { data: raw.slice(4 * n as usize..), checksums })
+    }
+
+    fn drop_unit(&self, key: &UnitKey) {
+        let mut lru = self.lru.lock().unwrap();
+        if lru.remove(key).is_some() {
+            let _ = std::fs::remove_file(self.dir.join(key.file()));
+        }
+        self.files.lock().unwrap().remove(key);
+        self.metrics.cache_bytes.set(lru.bytes as i64);
+    }
+
+    fn file(&self, key: &UnitKey) -> std::io::Result<Arc<std::fs::File>> {
         if let Some(f) = self.files.lock().unwrap().get(key) {
             return Ok(f.clone());
         }
@@ -208,11 +297,17 @@ impl BlockCache {
         Ok(f)
     }
 
-    /// Stores a block, evicting the least recently used first so the cache
-    /// stays within its threshold. A block larger than the whole cache is
-    /// not stored. Failures (a full disk) only mean the block is not cached.
-    pub fn put(&self, key: &BlockKey, data: &[u8]) {
-        let len = data.len() as u64;
+    /// Stores a unit whose bytes were checked, evicting the least recently
+    /// used first so the cache stays within its threshold. A unit larger
+    /// than the whole cache is not stored. Failures (a full disk) only mean
+    /// the unit is not cached.
+    pub fn put(&self, key: &UnitKey, data: &[u8]) {
+        let mut file = Vec::with_capacity(data.len() + 4 * blocks_in(data.len() as u64) as usize);
+        for sum in block_checksums(data, BLOCK as usize) {
+            file.extend_from_slice(&sum.to_le_bytes());
+        }
+        file.extend_from_slice(data);
+        let len = file.len() as u64;
         if len > self.threshold || self.contains(key) {
             return;
         }
@@ -220,7 +315,7 @@ impl BlockCache {
         // together, so the files on disk never exceed the threshold.
         let path = self.dir.join(key.file());
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(&tmp, data));
+        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(&tmp, &file));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
             return;
@@ -253,22 +348,37 @@ impl BlockCache {
     }
 }
 
+/// `len` bytes at `offset`, or fewer where the file ends.
+fn read_exact_at(f: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut at = 0;
+    while at < buf.len() {
+        match f.read_at(&mut buf[at..], offset + at as u64)? {
+            0 => break,
+            n => at += n,
+        }
+    }
+    buf.truncate(at);
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn key(item: u64, block: u64) -> BlockKey {
-        BlockKey { fileset: "models".into(), version: 3, item, block }
+    fn key(item: u64, block: u64) -> UnitKey {
+        UnitKey { fileset: "models".into(), version: 3, item_index: item, unit: block }
     }
 
     #[test]
     fn blocks_come_back_and_versions_do_not_mix() {
         let dir = tempfile::tempdir().unwrap();
-        let c = BlockCache::open(dir.path(), 1 << 20, Arc::new(Metrics::new())).unwrap();
+        let c = NodeCache::open(dir.path(), 1 << 20, Arc::new(Metrics::new())).unwrap();
         c.put(&key(0, 0), b"v3 block");
         assert_eq!(c.get(&key(0, 0)).unwrap(), Bytes::from_static(b"v3 block"));
-        let v4 = BlockKey { version: 4, ..key(0, 0) };
+        let v4 = UnitKey { version: 4, ..key(0, 0) };
         assert!(c.get(&v4).is_none(), "another version's block is another block");
     }
 
@@ -276,7 +386,8 @@ mod tests {
     fn the_least_recently_used_block_goes_first_and_the_cache_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let c = BlockCache::open(dir.path(), 300, metrics.clone()).unwrap();
+        // Each unit's file: 100 bytes and the checksum of its one block.
+        let c = NodeCache::open(dir.path(), 3 * 104, metrics.clone()).unwrap();
         c.put(&key(0, 0), &[0; 100]);
         c.put(&key(0, 1), &[1; 100]);
         c.put(&key(0, 2), &[2; 100]);
@@ -288,8 +399,60 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("models@3")).unwrap().count(), 3, "evicted files are deleted");
         drop(c);
         // Reopened with a smaller threshold: the oldest go.
-        let c = BlockCache::open(dir.path(), 150, Arc::new(Metrics::new())).unwrap();
-        assert_eq!(c.bytes(), 100);
+        let c = NodeCache::open(dir.path(), 150, Arc::new(Metrics::new())).unwrap();
+        assert_eq!(c.bytes(), 104);
+    }
+
+    /// A unit of three blocks, the last short.
+    fn three_blocks() -> Vec<u8> {
+        (0..2 * BLOCK + 100).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn ranges_come_back_checked_and_a_unit_damaged_on_disk_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let c = NodeCache::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
+        let data = three_blocks();
+        c.put(&key(0, 0), &data);
+        for range in [0..10, BLOCK - 5..BLOCK + 5, 2 * BLOCK..2 * BLOCK + 100, 0..UNIT, 7..7] {
+            let want = &data[(range.start as usize).min(data.len())..(range.end as usize).min(data.len())];
+            assert_eq!(&c.get_range(&key(0, 0), range.clone()).unwrap()[..], want, "{range:?}");
+        }
+        // Old-format and stray files are not adopted.
+        std::fs::write(dir.path().join("models@3/0-9"), b"no checksums").unwrap();
+        drop(c);
+        let c = NodeCache::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
+        assert!(!dir.path().join("models@3/0-9").exists());
+        // Flip a byte of the second block on disk.
+        let path = dir.path().join(key(0, 0).file());
+        let mut raw = std::fs::read(&path).unwrap();
+        let at = 4 * 3 + BLOCK as usize + 17;
+        raw[at] ^= 0x40;
+        std::fs::write(&path, &raw).unwrap();
+        assert_eq!(&c.get_range(&key(0, 0), 0..10).unwrap()[..], &data[..10], "the first block is intact");
+        assert!(c.get_range(&key(0, 0), BLOCK..BLOCK + 1).is_none(), "the damaged block is not served");
+        assert_eq!(metrics.cache_units_corrupt.get(), 1);
+        assert!(!c.contains(&key(0, 0)) && !path.exists(), "the unit is dropped, to be fetched again");
+    }
+
+    #[test]
+    fn stored_units_carry_their_checksums_and_damage_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeCache::open(dir.path(), 1 << 20, Arc::new(Metrics::new())).unwrap();
+        let data = three_blocks();
+        c.put(&key(0, 1), &data);
+        let stored = c.get_stored(&key(0, 1)).unwrap();
+        assert_eq!(&stored.data[..], &data[..]);
+        assert_eq!(stored.checksums.len(), 3);
+        stored.verify().unwrap();
+        let mut bad = stored.data.to_vec();
+        bad[2 * BLOCK as usize] ^= 1;
+        let e = StoredUnit { data: bad.into(), checksums: stored.checksums.clone() }.verify().unwrap_err();
+        assert_eq!(e.block, 2);
+        let short = StoredUnit { data: stored.data.clone(), checksums: stored.checksums[..2].to_vec() };
+        assert!(short.verify().is_err(), "a checksum missing is a failure, not a pass");
+        assert!(StoredUnit { data: Bytes::new(), checksums: vec![] }.verify().is_ok());
     }
 
     proptest! {
@@ -298,7 +461,7 @@ mod tests {
         #[test]
         fn the_cache_stays_under_its_threshold(ops in proptest::collection::vec((0u64..12, 1usize..200, any::<bool>()), 1..60)) {
             let dir = tempfile::tempdir().unwrap();
-            let c = BlockCache::open(dir.path(), 500, Arc::new(Metrics::new())).unwrap();
+            let c = NodeCache::open(dir.path(), 500, Arc::new(Metrics::new())).unwrap();
             for (block, len, read) in ops {
                 if read {
                     if let Some(b) = c.get(&key(1, block)) {

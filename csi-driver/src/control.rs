@@ -12,8 +12,9 @@
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
 //!   root mount over the last ten seconds; for a leaf, read and written
 //!   through the leaf's own mount;
-//! - `GET /blocks/{fileset}/{version}/{item}/{block}`: a block of this
-//!   node's cache, for other nodes' plugins (404 when not cached here);
+//! - `GET /units/{fileset}/{version}/{item_index}/{unit}`: a unit of this
+//!   node's cache with its block checksums, for other nodes' plugins (404
+//!   when not cached here);
 //! - `POST /volumes/{volume}/promote` with a fileset name as the body: a
 //!   leaf volume's files stored as a new version of that fileset (created
 //!   with the leaf root's layout if it does not exist); answers the version.
@@ -26,7 +27,7 @@ use axum::routing::{get, post, put};
 use tessera_api::control::{Promoted, Throughput, VolumeInfo, VolumeKind, VolumeList};
 use tessera_core::read_plan::ReadMode;
 
-use crate::cache::{BlockCache, BlockKey};
+use crate::cache::{NodeCache, UnitKey};
 use crate::node::NodePlugin;
 use crate::rootfs::{RootFs, THROUGHPUT_WINDOW_MS};
 
@@ -39,22 +40,26 @@ pub fn router(plugin: Arc<NodePlugin>) -> axum::Router {
         .route("/volumes/{volume}/throughput", get(throughput))
         .route("/volumes/{volume}/promote", post(promote))
         .with_state(plugin.clone())
-        .merge(blocks_router(plugin.cache().clone()))
+        .merge(units_router(plugin.cache().clone()))
 }
 
-/// Serves this node's cached blocks to other nodes (`GET /blocks/...`).
-pub fn blocks_router(cache: Arc<BlockCache>) -> axum::Router {
-    axum::Router::new().route("/blocks/{fileset}/{version}/{item}/{block}", get(block)).with_state(cache)
+/// Serves this node's cached units to other nodes (`GET /units/...`), with
+/// their block checksums as stored: the reader checks them.
+pub fn units_router(cache: Arc<NodeCache>) -> axum::Router {
+    axum::Router::new().route("/units/{fileset}/{version}/{item_index}/{unit}", get(unit)).with_state(cache)
 }
 
-async fn block(
-    State(cache): State<Arc<BlockCache>>,
-    Path((fileset, version, item, block)): Path<(String, u64, u64, u64)>,
+async fn unit(
+    State(cache): State<Arc<NodeCache>>,
+    Path((fileset, version, item_index, unit)): Path<(String, u64, u64, u64)>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let key = BlockKey { fileset, version, item, block };
-    match tokio::task::spawn_blocking(move || cache.get(&key)).await {
-        Ok(Some(data)) => (StatusCode::OK, data).into_response(),
+    let key = UnitKey { fileset, version, item_index, unit };
+    match tokio::task::spawn_blocking(move || cache.get_stored(&key)).await {
+        Ok(Some(u)) => {
+            let sums = crate::peers::format_checksums(&u.checksums);
+            (StatusCode::OK, [(crate::peers::CHECKSUMS_HEADER, sums)], u.data).into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -167,7 +172,7 @@ async fn promote(State(plugin): State<Arc<NodePlugin>>, Path(volume): Path<Strin
             let status = tonic::Status::from(e);
             let code = match status.code() {
                 tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+                tonic::Code::FailedPrecondition | tonic::Code::Aborted => StatusCode::CONFLICT,
                 tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
                 tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,

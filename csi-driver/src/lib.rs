@@ -3,7 +3,9 @@
 //! - [`fuse`]: the FUSE protocol, a request loop that can adopt a live
 //!   connection, and mounting;
 //! - [`rootfs`]: a fileset version as a read-only filesystem;
-//! - [`cache`]: the node's block cache shared by every root volume.
+//! - [`cache`]: the node cache (1 MiB units with their blocks' CRC32C)
+//!   shared by every root volume;
+//! - [`turns`]: one operation at a time per volume, a second refused.
 
 pub mod bench;
 pub mod cache;
@@ -18,6 +20,7 @@ pub mod peers;
 pub mod rootfs;
 pub mod service;
 pub mod state;
+pub mod turns;
 pub mod volume;
 
 /// The CSI protocol (spec v1.12), generated from the spec's `csi.proto`.

@@ -88,10 +88,10 @@ struct RunArgs {
     /// The keeper's socket.
     #[arg(long, default_value = "/run/tessera-csi/keeper.sock")]
     keeper_socket: PathBuf,
-    /// The node block cache (default: <state-dir>/cache).
+    /// The node cache of root data (default: <state-dir>/cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Most bytes the node block cache holds; least recently used blocks go first.
+    /// Most bytes the node cache holds; least recently used units go first.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     cache_size: u64,
     /// Whole root files of 1 MiB and more, kept so the kernel reads them

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_evictions: Counter,
+    pub cache_units_corrupt: Counter,
+    pub peer_units_rejected: Counter,
     pub cache_bytes: Gauge,
     pub bytes_served: Family<SourceLabels, Counter>,
     pub hedges: Family<VolumeLabels, Counter>,
@@ -43,6 +45,8 @@ impl Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_evictions: Counter::default(),
+            cache_units_corrupt: Counter::default(),
+            peer_units_rejected: Counter::default(),
             cache_bytes: Gauge::default(),
             bytes_served: Family::default(),
             hedges: Family::default(),
@@ -50,12 +54,22 @@ impl Metrics {
             mounts: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("cache_hits", "Root blocks found in the node cache", m.cache_hits.clone());
-        registry.register("cache_misses", "Root blocks not in the node cache", m.cache_misses.clone());
+        registry.register("cache_hits", "Reads of root units answered by the node cache", m.cache_hits.clone());
+        registry.register("cache_misses", "Reads of root units the node cache did not have", m.cache_misses.clone());
         registry.register(
             "cache_evictions",
-            "Blocks evicted to keep the cache under its size",
+            "Units evicted to keep the cache under its size",
             m.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_units_corrupt",
+            "Cached units dropped because a block failed its CRC32C on this node's disk",
+            m.cache_units_corrupt.clone(),
+        );
+        registry.register(
+            "peer_units_rejected",
+            "Units another node's cache served that failed their CRC32C (the peer was skipped)",
+            m.peer_units_rejected.clone(),
         );
         registry.register("cache_bytes", "Bytes held by the node cache", m.cache_bytes.clone());
         registry.register("served_bytes", "Bytes read by volumes, by where they came from", m.bytes_served.clone());

@@ -24,7 +24,7 @@ use tessera_core::read_plan::ReadMode;
 use tessera_proto::ms;
 use tracing::{info, warn};
 
-use crate::cache::BlockCache;
+use crate::cache::NodeCache;
 use crate::fuse::abi::InitState;
 use crate::fuse::mount::{self, MountError};
 use crate::fuse::session::Filesystem;
@@ -36,6 +36,7 @@ use crate::passthrough::{FileStore, IoTable};
 use crate::peers::{Discovery, Peers};
 use crate::rootfs::RootFs;
 use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
+use crate::turns::Turns;
 use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
 
 #[derive(Debug, Clone)]
@@ -82,6 +83,8 @@ pub enum NodeError {
     State(#[from] StateError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Busy(#[from] crate::turns::Busy),
 }
 
 impl From<NodeError> for tonic::Status {
@@ -102,6 +105,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::InUse(_) => Code::FailedPrecondition,
             NodeError::Keeper(_) => Code::Unavailable,
             NodeError::Mount(_) | NodeError::State(_) | NodeError::Io { .. } => Code::Internal,
+            NodeError::Busy(_) => Code::Aborted,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -149,7 +153,7 @@ struct Served {
 pub struct NodePlugin {
     config: NodeConfig,
     files: FilesetClient,
-    cache: Arc<BlockCache>,
+    cache: Arc<NodeCache>,
     file_store: Option<Arc<FileStore>>,
     peers: Option<Arc<Peers>>,
     pub metrics: Arc<Metrics>,
@@ -158,7 +162,10 @@ pub struct NodePlugin {
     served: Mutex<HashMap<String, Served>>,
     /// Versions leaves are based on, when not mounted as roots.
     bases: Mutex<HashMap<String, Arc<RootFs>>>,
-    /// CSI calls one at a time: each reads and writes mounts and state.
+    /// One operation at a time per volume; a second is refused (ABORTED).
+    turns: Turns,
+    /// Then one at a time on the node: volumes share root mounts, which
+    /// each call may mount or release.
     ops: tokio::sync::Mutex<()>,
 }
 
@@ -177,14 +184,14 @@ impl NodePlugin {
         std::fs::create_dir_all(config.state_dir.join("roots")).map_err(io(&config.state_dir))?;
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(
-            BlockCache::open(&config.cache_dir, config.cache_bytes, metrics.clone()).map_err(io(&config.cache_dir))?,
+            NodeCache::open(&config.cache_dir, config.cache_bytes, metrics.clone()).map_err(io(&config.cache_dir))?,
         );
         let file_store = match &config.file_store {
             Some((dir, bytes)) => Some(Arc::new(FileStore::open(dir, *bytes).map_err(io(dir))?)),
             None => None,
         };
         let state = NodeState::load(&config.state_dir)?;
-        let peers = config.peers.clone().map(Peers::new);
+        let peers = config.peers.clone().map(|d| Peers::new(d, metrics.clone()));
         let plugin = Arc::new(Self {
             keeper: KeeperClient::new(&config.keeper_socket),
             config,
@@ -196,6 +203,7 @@ impl NodePlugin {
             state: Mutex::new(state),
             served: Mutex::default(),
             bases: Mutex::default(),
+            turns: Turns::default(),
             ops: tokio::sync::Mutex::new(()),
         });
         plugin.adopt().await?;
@@ -493,8 +501,9 @@ impl NodePlugin {
     /// CreateVolume of a leaf: pins its root version and records it. Takes
     /// the same time whatever the root's size (nothing is copied).
     pub async fn create_leaf(&self, name: &str, r: &RootRef, capacity: u64) -> Result<(String, LeafMeta), NodeError> {
-        let _one = self.ops.lock().await;
         let id = leaf_id(name);
+        let _turn = self.turns.take(&id)?;
+        let _one = self.ops.lock().await;
         if let Some(meta) = self.leaf_meta(&id)? {
             let same = meta.name == name
                 && meta.fileset == r.fileset
@@ -528,6 +537,7 @@ impl NodePlugin {
 
     /// DeleteVolume of a leaf: its data goes, its root version is unpinned.
     pub async fn delete_leaf(&self, id: &str) -> Result<(), NodeError> {
+        let _turn = self.turns.take(id)?;
         let _one = self.ops.lock().await;
         if self.state.lock().unwrap().leaves.contains_key(id) {
             return Err(NodeError::InUse(id.to_string()));
@@ -737,6 +747,7 @@ impl NodePlugin {
 
     /// NodeStageVolume: the volume's version, read-only on `staging`.
     pub async fn stage(self: &Arc<Self>, volume: &str, staging: &Path) -> Result<(), NodeError> {
+        let _turn = self.turns.take(volume)?;
         let _one = self.ops.lock().await;
         if is_leaf(volume) {
             return self.stage_leaf(volume, staging).await;
@@ -762,6 +773,8 @@ impl NodePlugin {
     /// fileset that does not exist is created with the layout and policies
     /// of the leaf's root.
     pub async fn promote(&self, volume: &str, fileset: &str) -> Result<ms::Version, NodeError> {
+        // Held while the leaf is read: it cannot be unstaged under the read.
+        let _turn = self.turns.take(volume)?;
         let record = self.state.lock().unwrap().leaves.get(volume).cloned();
         let Some(record) = record.filter(|r| is_mounted(&r.mountpoint)) else {
             return Err(NodeError::NotStaged(volume.to_string()));
@@ -788,18 +801,6 @@ impl NodePlugin {
         }
         info!(volume, fileset, root = %format!("{}@{}", record.fileset, record.version), "promoting a leaf");
         let v = self.files.put(fileset, &record.mountpoint, &PutOptions::default(), &|_| {}).await.map_err(failed)?;
-        // Unstaged while it was read (CSI calls do not wait for a promote):
-        // what was read may be the bare staging directory; take it back.
-        let still = self.state.lock().unwrap().leaves.get(volume).is_some_and(|r| r.mountpoint == record.mountpoint)
-            && is_mounted(&record.mountpoint);
-        if !still {
-            warn!(volume, fileset, version = v.id, "the leaf was unstaged while it was promoted; deleting the version");
-            let req = ms::DeleteVersionRequest { fileset: fileset.to_string(), version: v.id };
-            if let Err(e) = master.delete_version(req).await {
-                warn!(volume, fileset, version = v.id, error = %e.message(), "cannot delete the partial version");
-            }
-            return Err(NodeError::NotStaged(volume.to_string()));
-        }
         info!(volume, fileset, version = v.id, files = v.files, bytes = v.bytes, "leaf promoted");
         Ok(v)
     }
@@ -831,6 +832,7 @@ impl NodePlugin {
 
     /// NodeUnstageVolume.
     pub async fn unstage(&self, volume: &str, staging: &Path) -> Result<(), NodeError> {
+        let _turn = self.turns.take(volume)?;
         let _one = self.ops.lock().await;
         if is_leaf(volume) {
             self.unmount_leaf(volume).await?;
@@ -868,6 +870,7 @@ impl NodePlugin {
         inline: Option<&HashMap<String, String>>,
         read_only: bool,
     ) -> Result<(), NodeError> {
+        let _turn = self.turns.take(volume)?;
         let _one = self.ops.lock().await;
         let known = self.state.lock().unwrap().volumes.get(volume).cloned();
         if known.as_ref().is_some_and(|v| v.targets.contains(target)) && is_mounted(target) {
@@ -934,6 +937,7 @@ impl NodePlugin {
 
     /// NodeUnpublishVolume.
     pub async fn unpublish(&self, volume: &str, target: &Path) -> Result<(), NodeError> {
+        let _turn = self.turns.take(volume)?;
         let _one = self.ops.lock().await;
         let inline_leaf =
             self.state.lock().unwrap().leaves.get(volume).is_some_and(|l| l.ephemeral && l.mountpoint == target);
@@ -993,7 +997,12 @@ impl NodePlugin {
         self.state.lock().unwrap().volumes.get(volume).map(|v| v.root.clone())
     }
 
-    pub fn cache(&self) -> &Arc<BlockCache> {
+    /// Whether an operation on `volume` is in progress.
+    pub fn volume_busy(&self, volume: &str) -> bool {
+        self.turns.is_busy(volume)
+    }
+
+    pub fn cache(&self) -> &Arc<NodeCache> {
         &self.cache
     }
 }

@@ -1,11 +1,13 @@
-//! Other nodes' block caches as a block source. Before a root fetches a
-//! block from the chunkservers it asks a few node plugins elsewhere
-//! (`GET /blocks/{fileset}/{version}/{item}/{block}` on their control
-//! port), which answer from their node cache only; the first to have it
-//! wins. After a head start the chunkservers race them, so a slow or hung
-//! peer costs a read at most the head start. Blocks a
-//! node has read are then read by its neighbours without touching the
-//! chunkservers.
+//! Other nodes' caches as a source of units. Before a root fetches a unit
+//! from the chunkservers it asks a few node plugins elsewhere
+//! (`GET /units/{fileset}/{version}/{item_index}/{unit}` on their control
+//! port), which answer from their node cache only, with the CRC32C of each
+//! block of the unit as they stored it (header [`CHECKSUMS_HEADER`]); the
+//! first answer that passes the check wins. One that fails (the peer's disk
+//! or the network damaged it) is counted, logged with the unit's ids and
+//! skipped. After a head start the chunkservers race the peers, so a slow or
+//! hung peer costs a read at most the head start. Units a node has read are
+//! then read by its neighbours without touching the chunkservers.
 //!
 //! Peers are a fixed list (`--peers`) or every address a DNS name resolves
 //! to (`--peer-service`, a headless Service over the node plugin pods),
@@ -24,7 +26,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
-use crate::cache::BlockKey;
+use crate::cache::{StoredUnit, UnitKey};
+use crate::metrics::Metrics;
+
+/// Response header carrying a unit's block checksums: 8 hex digits each.
+pub const CHECKSUMS_HEADER: &str = "x-tessera-block-crc32c";
 
 /// Peers asked per block at most.
 const FANOUT: usize = 4;
@@ -53,16 +59,17 @@ pub struct Peers {
     head_start: Duration,
     known: Mutex<(Vec<String>, Option<Instant>)>,
     client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Peers {
-    pub fn new(discovery: Discovery) -> Arc<Self> {
-        Self::with_head_start(discovery, HEAD_START)
+    pub fn new(discovery: Discovery, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_head_start(discovery, HEAD_START, metrics)
     }
 
     /// As [`Peers::new`], giving peers `head_start` before the chunkservers
     /// are asked too.
-    pub fn with_head_start(discovery: Discovery, head_start: Duration) -> Arc<Self> {
+    pub fn with_head_start(discovery: Discovery, head_start: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(WAIT));
         connector.set_nodelay(true);
@@ -71,6 +78,7 @@ impl Peers {
             head_start,
             known: Mutex::new((Vec::new(), None)),
             client: HttpClient::builder(TokioExecutor::new()).build(connector),
+            metrics,
         })
     }
 
@@ -101,10 +109,10 @@ impl Peers {
         found
     }
 
-    /// The block from the first peer that has it cached, if any answers in
-    /// time. Peers are picked by the key, so readers of one block on
-    /// different nodes ask the same few.
-    pub async fn get(&self, key: &BlockKey) -> Option<Bytes> {
+    /// The unit from the first peer that has it cached and whose answer
+    /// passes its checksums, if any answers in time. Peers are picked by the
+    /// key, so readers of one unit on different nodes ask the same few.
+    pub async fn get(&self, key: &UnitKey) -> Option<Bytes> {
         let mut addrs = self.addresses().await;
         if addrs.is_empty() {
             return None;
@@ -112,8 +120,8 @@ impl Peers {
         // Rendezvous order: the same block maps to the same peers everywhere.
         addrs.sort_by_key(|a| std::cmp::Reverse(score(a, key)));
         addrs.truncate(FANOUT);
-        let path = format!("/blocks/{}/{}/{}/{}", key.fileset, key.version, key.item, key.block);
-        let mut asks: FuturesUnordered<_> = addrs.iter().map(|a| self.ask(a, &path)).collect();
+        let path = format!("/units/{}/{}/{}/{}", key.fileset, key.version, key.item_index, key.unit);
+        let mut asks: FuturesUnordered<_> = addrs.iter().map(|a| self.ask(a, &path, key)).collect();
         let first = async {
             while let Some(answer) = asks.next().await {
                 if let Some(b) = answer {
@@ -125,18 +133,40 @@ impl Peers {
         tokio::time::timeout(WAIT, first).await.ok().flatten()
     }
 
-    async fn ask(&self, addr: &str, path: &str) -> Option<Bytes> {
+    async fn ask(&self, addr: &str, path: &str, key: &UnitKey) -> Option<Bytes> {
         let uri: http::Uri = format!("http://{addr}{path}").parse().ok()?;
         let resp = self.client.get(uri).await.map_err(|e| debug!(peer = addr, error = %e, "peer unreachable")).ok()?;
         if !resp.status().is_success() {
             return None;
         }
-        resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+        let checksums = resp.headers().get(CHECKSUMS_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_checksums);
+        let data = resp.into_body().collect().await.ok()?.to_bytes();
+        let unit = StoredUnit { data, checksums: checksums.unwrap_or_default() };
+        match unit.verify() {
+            Ok(()) => Some(unit.data),
+            Err(e) => {
+                self.metrics.peer_units_rejected.inc();
+                warn!(peer = addr, fileset = %key.fileset, version = key.version, item_index = key.item_index, unit = key.unit, error = %e, "a peer's unit failed its checksum; skipping the peer");
+                None
+            }
+        }
     }
 }
 
+/// A unit's checksums as [`CHECKSUMS_HEADER`] carries them.
+pub fn format_checksums(sums: &[u32]) -> String {
+    sums.iter().map(|s| format!("{s:08x}")).collect()
+}
+
+fn parse_checksums(text: &str) -> Option<Vec<u32>> {
+    if !text.len().is_multiple_of(8) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len()).step_by(8).map(|i| u32::from_str_radix(&text[i..i + 8], 16).ok()).collect()
+}
+
 /// A stable pseudo-random score of a peer for a block (FNV-1a).
-fn score(addr: &str, key: &BlockKey) -> u64 {
+fn score(addr: &str, key: &UnitKey) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -147,8 +177,8 @@ fn score(addr: &str, key: &BlockKey) -> u64 {
     eat(addr.as_bytes());
     eat(key.fileset.as_bytes());
     eat(&key.version.to_le_bytes());
-    eat(&key.item.to_le_bytes());
-    eat(&key.block.to_le_bytes());
+    eat(&key.item_index.to_le_bytes());
+    eat(&key.unit.to_le_bytes());
     h
 }
 
@@ -157,10 +187,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_node_asks_the_same_peers_for_a_block() {
-        let key = |block| BlockKey { fileset: "models".into(), version: 3, item: 7, block };
+    fn checksums_travel_as_hex_and_bad_headers_are_refused() {
+        let sums = vec![0, 1, 0xdead_beef, u32::MAX];
+        assert_eq!(parse_checksums(&format_checksums(&sums)), Some(sums));
+        assert_eq!(parse_checksums(""), Some(vec![]));
+        assert_eq!(parse_checksums("1234567"), None);
+        assert_eq!(parse_checksums("1234567g"), None);
+    }
+
+    #[test]
+    fn every_node_asks_the_same_peers_for_a_unit() {
+        let key = |block| UnitKey { fileset: "models".into(), version: 3, item_index: 7, unit: block };
         let peers: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}:7501")).collect();
-        let pick = |k: &BlockKey, order: &[String]| {
+        let pick = |k: &UnitKey, order: &[String]| {
             let mut v = order.to_vec();
             v.sort_by_key(|a| std::cmp::Reverse(score(a, k)));
             v.truncate(FANOUT);

@@ -1,5 +1,5 @@
 //! A root volume's filesystem: one fileset version, read-only, served from
-//! the node block cache and the chunkservers.
+//! the node cache and the chunkservers.
 //!
 //! Node ids are derived from the version's manifest (the root directory is
 //! 1, the manifest's i-th entry is i + 2) and file handles are node ids, so
@@ -31,7 +31,7 @@ use tessera_core::quota::UsageMeter;
 use tessera_core::read_plan::ReadMode;
 use tracing::{debug, info, warn};
 
-use crate::cache::{BLOCK, BlockCache, BlockKey};
+use crate::cache::{NodeCache, UNIT, UnitKey};
 use crate::fuse::abi::{self, Attr, InHeader, InitState, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
 use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
 use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
@@ -78,10 +78,10 @@ pub struct RootFs {
     version: OpenVersion,
     tree: Tree,
     client: Arc<StripeClient>,
-    cache: Arc<BlockCache>,
+    cache: Arc<NodeCache>,
     metrics: Arc<Metrics>,
     mode: AtomicU8,
-    inflight: Arc<Mutex<std::collections::HashMap<BlockKey, Fetch>>>,
+    inflight: Arc<Mutex<std::collections::HashMap<UnitKey, Fetch>>>,
     /// Bytes read through this mount over the last seconds.
     meter: Mutex<UsageMeter<1>>,
     started: std::time::Instant,
@@ -128,7 +128,7 @@ impl RootFs {
         volume: &str,
         version: OpenVersion,
         client: Arc<StripeClient>,
-        cache: Arc<BlockCache>,
+        cache: Arc<NodeCache>,
         metrics: Arc<Metrics>,
         mode: ReadMode,
     ) -> Self {
@@ -492,9 +492,9 @@ impl RootFs {
         let mut parts = Vec::new();
         let mut last = None;
         for (item, r) in self.version.layout.items_of(start..end) {
-            for block in r.start / BLOCK..r.end.div_ceil(BLOCK) {
-                let base = block * BLOCK;
-                let want = r.start.max(base) - base..r.end.min(base + BLOCK) - base;
+            for block in r.start / UNIT..r.end.div_ceil(UNIT) {
+                let base = block * UNIT;
+                let want = r.start.max(base) - base..r.end.min(base + UNIT) - base;
                 parts.push(self.block_range(item, block, want).await?);
                 last = Some((item, block));
             }
@@ -508,8 +508,8 @@ impl RootFs {
         Ok(parts)
     }
 
-    fn key(&self, item: u64, block: u64) -> BlockKey {
-        BlockKey { fileset: self.fileset().to_string(), version: self.version_id(), item, block }
+    fn key(&self, item: u64, block: u64) -> UnitKey {
+        UnitKey { fileset: self.fileset().to_string(), version: self.version_id(), item_index: item, unit: block }
     }
 
     /// `range` of one cache block of an item: read from the cache, or the
@@ -533,7 +533,7 @@ impl RootFs {
         for _ in 0..AHEAD {
             let (i, b) = next;
             let len = items.get(i as usize).map_or(0, |l| l.item_len);
-            next = if (b + 1) * BLOCK < len { (i, b + 1) } else { (i + 1, 0) };
+            next = if (b + 1) * UNIT < len { (i, b + 1) } else { (i + 1, 0) };
             if next.0 as usize >= items.len() {
                 return;
             }
@@ -552,7 +552,7 @@ impl RootFs {
     }
 
     /// A whole block, fetched once however many readers want it.
-    async fn block(&self, key: BlockKey) -> Result<Bytes> {
+    async fn block(&self, key: UnitKey) -> Result<Bytes> {
         let fetch = {
             let mut inflight = self.inflight.lock().unwrap();
             match inflight.get(&key) {
@@ -569,17 +569,17 @@ impl RootFs {
         result
     }
 
-    fn fetch(&self, key: BlockKey) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
-        let loc = self.version.items().get(key.item as usize).cloned();
+    fn fetch(&self, key: UnitKey) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
+        let loc = self.version.items().get(key.item_index as usize).cloned();
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
         let (mode, volume, peers) = (self.read_mode(), self.volume.clone(), self.peers.clone());
         async move {
             let loc = loc.ok_or(Errno::IO)?;
-            let range: Range<u64> = key.block * BLOCK..((key.block + 1) * BLOCK).min(loc.item_len);
+            let range: Range<u64> = key.unit * UNIT..((key.unit + 1) * UNIT).min(loc.item_len);
             let want = range.end - range.start;
             let chunkservers = async {
                 let (data, report) = client.read(&loc, range, mode).await.map_err(|e| {
-                    warn!(fileset = %key.fileset, version = key.version, item = key.item, error = %e, "reading a root block failed");
+                    warn!(fileset = %key.fileset, version = key.version, item = key.item_index, error = %e, "reading a root block failed");
                     Errno::IO
                 })?;
                 metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
@@ -651,13 +651,13 @@ impl RootFs {
         let end = (start + len as u64).min(extent.end);
         let mut wanted = Vec::new();
         for (item, r) in self.version.layout.items_of(start..end) {
-            for block in r.start / BLOCK..r.end.div_ceil(BLOCK) {
-                let base = block * BLOCK;
+            for block in r.start / UNIT..r.end.div_ceil(UNIT) {
+                let base = block * UNIT;
                 let key = self.key(item, block);
                 if !self.cache.contains(&key) {
                     return None;
                 }
-                wanted.push((key, r.start.max(base) - base..r.end.min(base + BLOCK) - base));
+                wanted.push((key, r.start.max(base) - base..r.end.min(base + UNIT) - base));
             }
         }
         let mut parts = Vec::with_capacity(wanted.len());
@@ -665,7 +665,7 @@ impl RootFs {
             parts.push(self.cache.get_range(key, range.clone())?);
         }
         if let Some((key, _)) = wanted.last() {
-            self.prefetch(key.item, key.block);
+            self.prefetch(key.item_index, key.unit);
         }
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(n);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use tessera_core::read_plan::ReadMode;
-use tessera_csi::cache::BlockCache;
+use tessera_csi::cache::NodeCache;
 use tessera_csi::fuse::mount::{mount_fuse, unmount};
 use tessera_csi::fuse::session::{self, Connection};
 use tessera_csi::leaffs::{LEAF_BLOCK, LeafFs};
@@ -80,7 +80,7 @@ fn fixture() -> Fixture {
         let cluster = common::Cluster::start().await;
         let v = cluster.put("models", src.path()).await;
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(BlockCache::open(&cluster.dir.path().join("cache"), 256 << 20, metrics.clone()).unwrap());
+        let cache = Arc::new(NodeCache::open(&cluster.dir.path().join("cache"), 256 << 20, metrics.clone()).unwrap());
         let open = cluster.files.open("models", v.id).await.unwrap();
         let root = Arc::new(RootFs::new("root", open, cluster.stripes(), cache, metrics, ReadMode::Hedged));
         (cluster, root)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use tessera_core::read_plan::ReadMode;
-use tessera_csi::cache::BlockCache;
+use tessera_csi::cache::NodeCache;
 use tessera_csi::fuse::mount::{mount_fuse, mounts_at, unmount};
 use tessera_csi::fuse::session::{self, Connection};
 use tessera_csi::metrics::Metrics;
@@ -28,6 +28,16 @@ fn mount(fs: Arc<RootFs>, dir: &Path) -> std::thread::JoinHandle<Result<(), sess
     })
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
 fn digest(p: &Path) -> [u8; 32] {
     Sha256::digest(std::fs::read(p).unwrap()).into()
 }
@@ -39,7 +49,7 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
     let files = common::sample_tree(src.path());
     let v = c.put("models", src.path()).await;
     let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
+    let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
     let root = |volume: &'static str| {
         let (c, cache, metrics) = (&c, cache.clone(), metrics.clone());
         async move {
@@ -144,7 +154,7 @@ async fn large_files_pass_through_once_stored_whole() {
     common::sample_tree(src.path());
     let v = c.put("models", src.path()).await;
     let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
+    let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
     let store = Arc::new(FileStore::open(&c.dir.path().join("files"), 64 << 20).unwrap());
     let open = c.files.open("models", v.id).await.unwrap();
     let fs = Arc::new(RootFs::new("vol-p", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged));
@@ -218,9 +228,10 @@ async fn large_files_pass_through_once_stored_whole() {
     served.join().unwrap().unwrap();
 }
 
-/// A second node reads the blocks the first node's cache holds from that
-/// node's plugin, not from the chunkservers; an unreachable peer only means
-/// the chunkservers are asked.
+/// A second node reads the units the first node's cache holds from that
+/// node's plugin, not from the chunkservers; a unit damaged on the first
+/// node's disk is rejected by its checksums and read from the chunkservers;
+/// an unreachable peer only means the chunkservers are asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
     use tessera_csi::metrics::SourceLabels;
@@ -232,14 +243,14 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
     let want = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
     let node = |name: &str, peers: Option<Discovery>| {
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(BlockCache::open(&c.dir.path().join(name), 64 << 20, metrics.clone()).unwrap());
+        let cache = Arc::new(NodeCache::open(&c.dir.path().join(name), 64 << 20, metrics.clone()).unwrap());
         let c = &c;
         async move {
             let open = c.files.open("models", v.id).await.unwrap();
             let fs = RootFs::new("models@1", open, c.stripes(), cache.clone(), metrics.clone(), ReadMode::Hedged);
             // A long head start: on this shared machine a debug build's peer
             // may take longer than the default, and the race is not tested here.
-            let peers = peers.map(|d| Peers::with_head_start(d, std::time::Duration::from_secs(5)));
+            let peers = peers.map(|d| Peers::with_head_start(d, std::time::Duration::from_secs(5), metrics.clone()));
             (Arc::new(fs.with_peers(peers)), cache, metrics)
         }
     };
@@ -251,7 +262,7 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
             let thread = mount(fs, mnt.path());
             let p = mnt.path().join("models/llama/weights.bin");
             let got = tokio::task::spawn_blocking(move || std::fs::read(p).unwrap()).await.unwrap();
-            assert_eq!(got, want);
+            assert!(got == want, "the file read back differs from what was stored");
             unmount(mnt.path()).unwrap();
             thread.join().unwrap().unwrap();
         }
@@ -263,16 +274,35 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
     assert!(served(&a_metrics, "chunkservers") >= want.len() as u64);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, tessera_csi::control::blocks_router(a_cache)).await });
+    tokio::spawn(async move { axum::serve(listener, tessera_csi::control::units_router(a_cache)).await });
 
     // Node B asks A first: every block of the file comes from A.
-    let (b, _, b_metrics) = node("cache-b", Some(Discovery::Static(vec![addr]))).await;
+    let (b, _, b_metrics) = node("cache-b", Some(Discovery::Static(vec![addr.clone()]))).await;
     read_all(b).await;
     assert!(served(&b_metrics, "peers") >= want.len() as u64, "B read A's cache");
     assert!(
         served(&b_metrics, "chunkservers") < want.len() as u64 / 2,
         "only blocks A never had (B's read-ahead past the file) came from the chunkservers"
     );
+
+    // A unit in A's cache rots on A's disk. Node E asks A for it, finds it
+    // fails its checksums, counts it and reads it from the chunkservers: the
+    // file still comes back exact.
+    let unit_files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "unit")).collect();
+        v.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+        v
+    };
+    let victim = unit_files(&c.dir.path().join("cache-a")).into_iter().next().expect("A cached units");
+    let mut raw = std::fs::read(&victim).unwrap();
+    let at = raw.len() / 2;
+    raw[at] ^= 0xff;
+    std::fs::write(&victim, &raw).unwrap();
+    let (e, _, e_metrics) = node("cache-e", Some(Discovery::Static(vec![addr.clone()]))).await;
+    read_all(e).await;
+    assert!(e_metrics.peer_units_rejected.get() >= 1, "E rejected A's damaged unit");
+    assert!(served(&e_metrics, "peers") > 0, "E still read A's good units");
+    assert!(served(&e_metrics, "chunkservers") > 0, "the damaged unit came from the chunkservers");
 
     // Node C's only peer is gone: the chunkservers serve it.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
@@ -292,10 +322,10 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
         }
     });
     let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(BlockCache::open(&c.dir.path().join("cache-d"), 64 << 20, metrics.clone()).unwrap());
+    let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache-d"), 64 << 20, metrics.clone()).unwrap());
     let open = c.files.open("models", v.id).await.unwrap();
     let d = RootFs::new("models@1", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged)
-        .with_peers(Some(Peers::new(Discovery::Static(vec![hung_addr]))));
+        .with_peers(Some(Peers::new(Discovery::Static(vec![hung_addr]), metrics.clone())));
     read_all(Arc::new(d)).await;
     assert_eq!(served(&metrics, "peers"), 0);
     assert!(served(&metrics, "chunkservers") >= want.len() as u64);

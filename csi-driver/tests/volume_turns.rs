@@ -1,0 +1,66 @@
+//! Two NodeStageVolume calls for one volume at once: the second is answered
+//! ABORTED while the first runs (it never starts, so nothing is undone),
+//! and the same call succeeds once the first is done.
+
+mod common;
+
+use std::time::Duration;
+
+use common::plugin::{Node, reader};
+use common::tessera_csi;
+use tessera_csi::csi;
+use tessera_csi::fuse::mount::mounts_at;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_call_on_a_busy_volume_is_aborted_and_a_retry_succeeds() {
+    let cluster = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    cluster.put("models", src.path()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
+    let _keeper = tessera_csi(
+        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
+        &dir.path().join("keeper.log"),
+    );
+    let _plugin = node.start_plugin(0);
+    let mut first = node.client().await;
+    let mut second = node.client().await;
+    let staging = dir.path().join("staging");
+    let stage = csi::NodeStageVolumeRequest {
+        volume_id: "models@latest".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(reader()),
+        ..Default::default()
+    };
+
+    // The chunkservers hold reads: the first stage waits inside, reading
+    // the version's manifest, holding the volume's turn.
+    cluster.hang(true).await;
+    let held = {
+        let stage = stage.clone();
+        tokio::spawn(async move { first.node_stage_volume(stage).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cluster.in_flight().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the first stage never reached the chunkservers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // (The bound turns a second call queued behind the first into a
+    // failure rather than a hang.)
+    let refused = tokio::time::timeout(Duration::from_secs(60), second.node_stage_volume(stage.clone()))
+        .await
+        .expect("the second call waited for the first instead of being refused")
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    assert!(refused.message().contains("models@latest"), "the message names the volume: {}", refused.message());
+    assert!(!held.is_finished(), "the first stage was still running");
+
+    cluster.hang(false).await;
+    held.await.unwrap().expect("the first stage completes");
+    assert!(!mounts_at(&staging).is_empty());
+    second.node_stage_volume(stage).await.expect("the retry succeeds once the first is done");
+    assert_eq!(mounts_at(&staging).len(), 1, "staged once, not twice");
+}
