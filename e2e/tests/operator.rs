@@ -15,8 +15,8 @@ use tessera_client::fileset::{FilesetClient, PutOptions};
 use tessera_client::{ClientConfig, StripeClient};
 use tessera_e2e::{ControlPlane, until};
 use tessera_master::MasterConfig;
-use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::ingest_pod::IngestPodConfig;
+use tessera_operator::runtime::{self, OperatorConfig};
 use tessera_proto::ms;
 
 const NS: &str = "tessera-system";
@@ -53,6 +53,16 @@ async fn serve_tars() -> String {
     format!("http://{addr}")
 }
 
+/// The operator's /metrics page.
+async fn metrics_page(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn condition(f: &Fileset, kind: &str) -> Option<(String, String)> {
     f.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.clone(), c.reason.clone()))
 }
@@ -81,11 +91,11 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
         resync: Duration::from_millis(500),
         ingest_pods: IngestPodConfig { image: "tessera:test".into(), master_address: listen.into() },
     };
-    let op = controller::start(cp.config(), config("operator-0", "127.0.0.1:0")).await.unwrap();
+    let op = runtime::start(cp.config(), config("operator-0", "127.0.0.1:0")).await.unwrap();
     let master_addr = until("the operator to lead", async || op.master_addr()).await;
     let master = master_addr.to_string();
     // A second replica stands by: no master, not ready.
-    let standby = controller::start(cp.config(), config("operator-1", "127.0.0.1:0")).await.unwrap();
+    let standby = runtime::start(cp.config(), config("operator-1", "127.0.0.1:0")).await.unwrap();
     let ready = |addr: std::net::SocketAddr| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,6 +189,53 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     })
     .await;
 
+    // A Fileset the apiserver accepts but the master cannot (a name with a
+    // dot): a Warning event names the field, and it is not retried until it
+    // changes, while other filesets go on being reconciled.
+    let bad: Fileset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "Fileset",
+        "metadata": {"name": "bad.name"},
+        "spec": {"source": {"upload": {}}},
+    }))
+    .unwrap();
+    filesets.create(&PostParams::default(), &bad).await.unwrap();
+    let warning = until("an InvalidSpec warning", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidSpec")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad.name")
+        })
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(warning.note.as_deref().unwrap_or("").contains("name"), "{warning:?}");
+    let counter = |page: &str, name: &str| -> u64 {
+        page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+    };
+    let (ok, invalid) = (
+        "tessera_operator_reconciles_total{result=\"ok\"}",
+        "tessera_operator_reconcile_failures_total{controller=\"fileset\",kind=\"invalid\"}",
+    );
+    // Other reconciles go on (models every resync); the invalid one's count
+    // settles (its first pass adds the finalizer, which is a change) and
+    // stays while many others happen.
+    let mut settled = None;
+    for _ in 0..2 {
+        let before = counter(&metrics_page(op.http_addr).await, ok);
+        until("eight more reconciles of other filesets", async || {
+            (counter(&metrics_page(op.http_addr).await, ok) >= before + 8).then_some(())
+        })
+        .await;
+        let now = counter(&metrics_page(op.http_addr).await, invalid);
+        assert!((1..=2).contains(&now), "invalid reconciles: {now}");
+        if let Some(was) = settled {
+            assert_eq!(now, was, "the invalid fileset was retried without a change");
+        }
+        settled = Some(now);
+    }
+    filesets.delete("bad.name", &DeleteParams::default()).await.unwrap();
+    until("the invalid fileset to go", async || filesets.get_opt("bad.name").await.ok()?.is_none().then_some(())).await;
+
     // The node of cs4 is not ready (a Node object with no Ready condition):
     // its stripes count as unavailable, the fileset is Degraded with an
     // event; once the node is Ready again, so is the fileset.
@@ -264,14 +321,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     let ready = f.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(ready.message.contains("404"), "{}", ready.message);
     // The operator's metrics, with the master's after them on one page.
-    let page = {
-        let mut s = tokio::net::TcpStream::connect(op.http_addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let page = metrics_page(op.http_addr).await;
     for line in [
         "tessera_operator_leader 1",
         "tessera_operator_reconciles_total{result=\"ok\"}",
@@ -290,7 +340,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     // The operator restarts (a new replica on the same address): the master
     // comes back from its records and the chunkservers' reports.
     op.shutdown().await.unwrap();
-    let op = controller::start(cp.config(), config("operator-2", &master)).await.unwrap();
+    let op = runtime::start(cp.config(), config("operator-2", &master)).await.unwrap();
     until("the new replica to lead", async || op.master_addr()).await;
     until("every chunkserver to report again", async || {
         let st = fc.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();

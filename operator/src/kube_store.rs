@@ -120,7 +120,7 @@ async fn upsert(api: &Api<MasterRecord>, mut obj: MasterRecord) -> Result<(), St
 async fn delete(api: &Api<MasterRecord>, name: &str) -> Result<(), StoreError> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) if crate::error::is_status(&e, http::StatusCode::NOT_FOUND) => Ok(()),
         Err(e) => Err(StoreError::backend("deleting a record")(e)),
     }
 }

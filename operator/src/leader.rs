@@ -105,7 +105,7 @@ impl Elector {
         };
         match result {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) if crate::error::is_status(&e, http::StatusCode::CONFLICT) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera_master::MasterConfig;
 use tessera_master::cli::parse_duration;
-use tessera_operator::controller::{self, OperatorConfig};
 use tessera_operator::ingest_pod::IngestPodConfig;
+use tessera_operator::runtime::{self, OperatorConfig};
 
 /// The Tessera operator: the master and the Fileset controller, one leader at a time.
 #[derive(Parser)]
@@ -107,7 +107,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("tessera-master.{}.svc:{}", a.lease_namespace, a.listen.port())),
         },
     };
-    let op = controller::start(kube, config).await?;
+    let op = runtime::start(kube, config).await?;
     println!("{}", serde_json::json!({"event": "ready", "http": op.http_addr.to_string()}));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
