@@ -232,7 +232,19 @@ impl StripeClient {
         range: Range<u64>,
         mode: ReadMode,
     ) -> Result<(ItemData, ReadReport), ClientError> {
-        read::read(self, loc, range, mode).await
+        read::read(self, loc, range, mode, &self.config.hedge).await
+    }
+
+    /// As [`StripeClient::read`], hedging by `hedge` instead of the client's
+    /// own policy (a fileset's readers follow its Priority's read policy).
+    pub async fn read_with(
+        &self,
+        loc: &ItemLocation,
+        range: Range<u64>,
+        mode: ReadMode,
+        hedge: &HedgePolicy,
+    ) -> Result<(ItemData, ReadReport), ClientError> {
+        read::read(self, loc, range, mode, hedge).await
     }
 
     /// Counters and per-server latency seen so far.

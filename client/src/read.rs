@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tessera_core::codec::ErasureCoder;
-use tessera_core::latency::hedge_delay;
+use tessera_core::latency::{HedgePolicy, hedge_delay};
 use tessera_core::read_plan::{Completion, ReadMode, ReadSession, SessionPolicy, Step, StripeSource};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -61,6 +61,13 @@ impl ItemData {
 /// to record that it was late before it is aborted.
 const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How a read fetches: its mode and hedge policy.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    mode: ReadMode,
+    hedge: &'a HedgePolicy,
+}
+
 /// One session's result: the pieces of every want, arrived or rebuilt.
 type Delivered = HashMap<usize, Pieces>;
 
@@ -69,6 +76,7 @@ pub(crate) async fn read(
     loc: &ItemLocation,
     range: Range<u64>,
     mode: ReadMode,
+    hedge: &HedgePolicy,
 ) -> Result<(ItemData, ReadReport), ClientError> {
     let layout = loc.layout;
     if loc.servers.len() != layout.n() {
@@ -102,7 +110,9 @@ pub(crate) async fn read(
     // lose `Send` (a known limit of the compiler with higher-ranked lifetimes).
     let runs: Vec<_> = sessions
         .iter()
-        .map(|(r, wants)| run_session(client, loc, &handles, r.clone(), wants.clone(), mode, fetched.clone()))
+        .map(|(r, wants)| {
+            run_session(client, loc, &handles, r.clone(), wants.clone(), How { mode, hedge }, fetched.clone())
+        })
         .collect();
     let results = futures::future::join_all(runs).await;
 
@@ -142,9 +152,10 @@ async fn run_session(
     handles: &[Option<Arc<ServerHandle>>],
     range: Range<usize>,
     wants: Vec<usize>,
-    mode: ReadMode,
+    how: How<'_>,
     fetched: Arc<AtomicU64>,
 ) -> (Result<Delivered, ClientError>, ReadReport) {
+    let How { mode, hedge } = how;
     let cfg = client.config();
     let layout = loc.layout;
     let k = layout.k();
@@ -174,8 +185,8 @@ async fn run_session(
         .collect();
     let delay = if mode == ReadMode::Hedged {
         hedge_delay(
-            handles.iter().flatten().filter_map(|h| h.with_latency(|l| l.expected(std_now, bytes, cfg.hedge.quantile))),
-            &cfg.hedge,
+            handles.iter().flatten().filter_map(|h| h.with_latency(|l| l.expected(std_now, bytes, hedge.quantile))),
+            hedge,
         )
     } else {
         cfg.fetch_timeout
@@ -183,7 +194,7 @@ async fn run_session(
     let deadline = now + delay;
     let policy = SessionPolicy {
         mode,
-        extra_stripes: cfg.hedge.extra_stripes,
+        extra_stripes: hedge.extra_stripes,
         accelerated_stripes: cfg.accelerated_stripes(k, layout.m()),
     };
     let mut session = ReadSession::new(k, range.clone(), wants.clone(), policy, sources.clone());

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tessera_client::fileset::{FilesetClient, FilesetError, PutOptions};
+use tessera_core::latency::HedgePolicy;
 use tessera_core::read_plan::ReadMode;
 use tessera_proto::ms;
 use tracing::{info, warn};
@@ -245,9 +246,9 @@ impl NodePlugin {
                 Some(h) => {
                     info!(root = %key, "taking over a live fuse connection");
                     let open = self.open_version(&record.fileset, record.version).await?;
-                    let mode = self.fileset_read_mode(&record.fileset).await;
+                    let read = self.fileset_read_policy(&record.fileset).await;
                     let conn = Connection { dev: h.fd, init: record.init, adopted: true };
-                    self.serve(&key, open, mode, conn)?;
+                    self.serve(&key, open, read, conn)?;
                 }
                 None => {
                     // Keeper and plugin both gone: the connection died with
@@ -338,35 +339,44 @@ impl NodePlugin {
         self.files.open(fileset, version).await.map_err(|source| NodeError::Fileset { fileset: fileset.into(), source })
     }
 
-    /// The read mode a root of `fileset` starts in: the one its Priority
-    /// gives it (kept by the master), else the plugin's default. A volume's
-    /// `readMode` attribute and the control API override it afterwards.
-    async fn fileset_read_mode(&self, fileset: &str) -> ReadMode {
+    /// How a root of `fileset` reads: the read mode it starts in and how it
+    /// hedges, as its Priority gives them (kept by the master), else the
+    /// plugin's defaults. A volume's `readMode` attribute and the control
+    /// API change the mode afterwards.
+    async fn fileset_read_policy(&self, fileset: &str) -> (ReadMode, HedgePolicy) {
+        let default_hedge = self.files.stripes().config().hedge;
         let req = ms::GetFilesetRequest { name: fileset.to_string() };
-        match self.files.master().get_fileset(req).await {
-            Ok(f) => match f.into_inner().spec.map(|s| s.read_mode).unwrap_or_default() {
-                m if m.is_empty() => self.config.read_mode,
-                m => m.parse().unwrap_or_else(|_| {
-                    warn!(fileset, read_mode = %m, "the master names an unknown read mode; using the default");
-                    self.config.read_mode
-                }),
-            },
+        let spec = match self.files.master().get_fileset(req).await {
+            Ok(f) => f.into_inner().spec.unwrap_or_default(),
             Err(e) => {
-                warn!(fileset, error = %e, "cannot ask the master for the fileset's read mode; using the default");
-                self.config.read_mode
+                warn!(fileset, error = %e, "cannot ask the master for the fileset's read policy; using the defaults");
+                return (self.config.read_mode, default_hedge);
             }
-        }
+        };
+        let mode = match spec.read_mode.as_str() {
+            "" => self.config.read_mode,
+            m => m.parse().unwrap_or_else(|_| {
+                warn!(fileset, read_mode = %m, "the master names an unknown read mode; using the default");
+                self.config.read_mode
+            }),
+        };
+        let hedge = spec.hedge.map_or(default_hedge, |h| HedgePolicy {
+            floor: Duration::from_millis(h.delay_min_ms.into()),
+            ceiling: Duration::from_millis(h.delay_max_ms.into()),
+            extra_stripes: h.extra_stripes as usize,
+            ..default_hedge
+        });
+        (mode, hedge)
     }
 
-    /// Serves a root mount's connection on its own thread.
     fn serve(
         self: &Arc<Self>,
         key: &str,
         open: tessera_client::fileset::OpenVersion,
-        mode: ReadMode,
+        read: (ReadMode, HedgePolicy),
         conn: Connection,
     ) -> Result<(), NodeError> {
-        let fs = self.root_fs(key, open, mode);
+        let fs = self.root_fs(key, open, read);
         // The open modes of this connection's files, kept beside the node
         // state for whichever plugin serves the connection next.
         let path = self.io_table_path(key);
@@ -396,9 +406,15 @@ impl NodePlugin {
         self.spawn_session(key, fs.clone(), ServedFs::Root(fs), conn)
     }
 
-    fn root_fs(&self, key: &str, open: tessera_client::fileset::OpenVersion, mode: ReadMode) -> Arc<RootFs> {
+    fn root_fs(
+        &self,
+        key: &str,
+        open: tessera_client::fileset::OpenVersion,
+        read: (ReadMode, HedgePolicy),
+    ) -> Arc<RootFs> {
+        let (mode, hedge) = read;
         let fs = RootFs::new(key, open, self.files.stripes().clone(), self.cache.clone(), self.metrics.clone(), mode);
-        Arc::new(fs.with_peers(self.peers.clone()))
+        Arc::new(fs.with_peers(self.peers.clone()).with_hedge(hedge))
     }
 
     /// Serves a connection on its own thread.
@@ -574,8 +590,8 @@ impl NodePlugin {
             return Ok(fs.clone());
         }
         let open = self.open_version(fileset, version).await?;
-        let mode = self.fileset_read_mode(fileset).await;
-        let fs = self.root_fs(&key, open, mode);
+        let read = self.fileset_read_policy(fileset).await;
+        let fs = self.root_fs(&key, open, read);
         self.bases.lock().unwrap().insert(key, fs.clone());
         Ok(fs)
     }
@@ -686,9 +702,9 @@ impl NodePlugin {
             self.unpin(&r.fileset, open.id()).await;
             return Err(e.into());
         }
-        let mode = self.fileset_read_mode(&r.fileset).await;
-        info!(root = %key, mountpoint = %mountpoint.display(), read_mode = %mode, "mounted a root");
-        self.serve(&key, open, mode, Connection { dev, init: None, adopted: false })?;
+        let read = self.fileset_read_policy(&r.fileset).await;
+        info!(root = %key, mountpoint = %mountpoint.display(), read_mode = %read.0, hedge = ?read.1, "mounted a root");
+        self.serve(&key, open, read, Connection { dev, init: None, adopted: false })?;
         Ok((key, mountpoint))
     }
 

@@ -37,6 +37,7 @@ use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
 use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
 use crate::passthrough::{self, FileStore, IoTable};
 use crate::peers::Peers;
+use tessera_core::latency::HedgePolicy;
 
 /// The extended attribute holding a file's SHA-256 (hex).
 pub const SHA256_XATTR: &str = "user.tessera.sha256";
@@ -89,6 +90,8 @@ pub struct RootFs {
     passthrough: OnceLock<Passthrough>,
     /// Other nodes' caches, asked before the chunkservers.
     peers: Option<Arc<Peers>>,
+    /// The fileset's hedge policy; the client's when none.
+    hedge: Option<HedgePolicy>,
 }
 
 /// What a mount needs to pass large files through to the file store.
@@ -148,7 +151,20 @@ impl RootFs {
             created,
             passthrough: OnceLock::new(),
             peers: None,
+            hedge: None,
         }
+    }
+
+    /// Hedges by `hedge` (its fileset's read policy) instead of the
+    /// client's own policy.
+    pub fn with_hedge(mut self, hedge: HedgePolicy) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
+
+    /// How this root's hedged reads hedge.
+    pub fn hedge(&self) -> HedgePolicy {
+        self.hedge.unwrap_or(self.client.config().hedge)
     }
 
     /// Asks `peers` for blocks before the chunkservers.
@@ -572,13 +588,13 @@ impl RootFs {
     fn fetch(&self, key: UnitKey) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
         let loc = self.version.items().get(key.item_index as usize).cloned();
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
-        let (mode, volume, peers) = (self.read_mode(), self.volume.clone(), self.peers.clone());
+        let (mode, volume, peers, hedge) = (self.read_mode(), self.volume.clone(), self.peers.clone(), self.hedge());
         async move {
             let loc = loc.ok_or(Errno::IO)?;
             let range: Range<u64> = key.unit * UNIT..((key.unit + 1) * UNIT).min(loc.item_len);
             let want = range.end - range.start;
             let chunkservers = async {
-                let (data, report) = client.read(&loc, range, mode).await.map_err(|e| {
+                let (data, report) = client.read_with(&loc, range, mode, &hedge).await.map_err(|e| {
                     warn!(fileset = %key.fileset, version = key.version, item = key.item_index, error = %e, "reading a root block failed");
                     Errno::IO
                 })?;

@@ -232,9 +232,12 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
     let cold = filesets.get("cold").await.unwrap();
     assert!(is(&cold, "Degraded", "True"), "{:?}", cold.status);
     assert_eq!(cold.status.unwrap().redundancy.unwrap().summary, "reduced");
-    // Its priority now says high, and to read accelerated: it is rebuilt
-    // too, and the master hands node plugins the new read mode.
-    let patch = serde_json::json!({"spec": {"repairClass": "high", "readPolicy": {"mode": "accelerated"}}});
+    // Its priority now says high, and to read accelerated with its own hedge
+    // bounds: it is rebuilt too, and the master hands node plugins the new
+    // read mode and hedge tuning.
+    let patch = serde_json::json!({"spec": {"repairClass": "high", "readPolicy": {
+        "mode": "accelerated", "hedgeDelayMinMs": 7, "hedgeDelayMaxMs": 70, "extraStripes": 1,
+    }}});
     priorities.patch("bulk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     until("cold to be rebuilt", async || {
         let f = filesets.get("cold").await.ok()?;
@@ -250,6 +253,20 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
     let listing = tessera(&m, &["ls"]);
     assert_eq!(read_mode(&listing, "cold").as_deref(), Some("accelerated"), "{listing}");
     assert_eq!(read_mode(&listing, "hot").as_deref(), Some("hedged"), "critical's default read policy: {listing}");
+    let mc = tessera_proto::ms::master_client::MasterClient::connect(format!("http://{m}")).await.unwrap();
+    let hedge = |name: &str| {
+        let req = tessera_proto::ms::GetFilesetRequest { name: name.into() };
+        let mut mc = mc.clone();
+        async move { mc.get_fileset(req).await.unwrap().into_inner().spec.unwrap().hedge.unwrap() }
+    };
+    let cold_hedge = until("cold's hedge tuning in the master", async || {
+        let h = hedge("cold").await;
+        (h.delay_min_ms == 7).then_some(h)
+    })
+    .await;
+    assert_eq!((cold_hedge.delay_max_ms, cold_hedge.extra_stripes), (70, 1));
+    let hot_hedge = hedge("hot").await;
+    assert_eq!((hot_hedge.delay_min_ms, hot_hedge.delay_max_ms, hot_hedge.extra_stripes), (2, 200, 0), "the defaults");
     let events: Api<Event> = Api::namespaced(cp.client(), "default");
     let list = events.list(&ListParams::default()).await.unwrap();
     let about = |object: &str, reason: &str| {
@@ -257,9 +274,13 @@ async fn operator_and_chunkserver_processes_on_kwok_nodes_ingest_lose_a_node_and
             e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object) && e.reason.as_deref() == Some(reason)
         })
     };
-    for (object, reason) in
-        [("hot", "Degraded"), ("cold", "Degraded"), ("cold", "RepairClassChanged"), ("cold", "ReadModeChanged")]
-    {
+    for (object, reason) in [
+        ("hot", "Degraded"),
+        ("cold", "Degraded"),
+        ("cold", "RepairClassChanged"),
+        ("cold", "ReadModeChanged"),
+        ("cold", "ReadPolicyChanged"),
+    ] {
         assert!(about(object, reason), "no {reason} event for {object}");
     }
     for (i, s) in servers.iter_mut().enumerate().filter(|(i, _)| *i != 4) {

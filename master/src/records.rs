@@ -46,7 +46,23 @@ pub struct FilesetRecord {
     /// existed) means k + 1.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_write_stripes: usize,
+    /// How its readers hedge (from its Priority's read policy); none leaves
+    /// it to the readers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeTuning>,
 }
+
+/// Bounds of the adaptive hedge delay and the parity stripes asked for up
+/// front, for a fileset's hedged readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HedgeTuning {
+    pub delay_min_ms: u32,
+    pub delay_max_ms: u32,
+    pub extra_stripes: u32,
+}
+
+/// Longest hedge delay a fileset may ask for.
+pub const MAX_HEDGE_DELAY_MS: u32 = 60_000;
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -125,6 +141,25 @@ impl FilesetRecord {
             0 => (self.k + 1).min(self.k + self.m),
             v => v,
         }
+    }
+
+    /// A hedge tuning fits: min <= max <= a minute, at most m extra stripes.
+    pub fn validate_hedge(&self) -> Result<(), MasterError> {
+        let Some(h) = self.hedge else { return Ok(()) };
+        let bad = |reason: String| MasterError::InvalidSpec { field: "hedge", reason };
+        if h.delay_min_ms > h.delay_max_ms || h.delay_max_ms > MAX_HEDGE_DELAY_MS {
+            return Err(bad(format!(
+                "delay {}..{} ms: the minimum must not exceed the maximum, nor the maximum {MAX_HEDGE_DELAY_MS} ms",
+                h.delay_min_ms, h.delay_max_ms
+            )));
+        }
+        if h.extra_stripes as usize > self.m {
+            return Err(bad(format!(
+                "{} extra stripes: an item has only m = {} parity stripes",
+                h.extra_stripes, self.m
+            )));
+        }
+        Ok(())
     }
 
     /// Whether a create request asks for the same fileset as this one.
@@ -237,6 +272,7 @@ mod tests {
             created_unix: 1,
             read_mode: Some(ReadMode::Hedged),
             min_write_stripes: 0,
+            hedge: Some(HedgeTuning { delay_min_ms: 1, delay_max_ms: 50, extra_stripes: 1 }),
         };
         let text = serde_json::to_string(&f).unwrap();
         assert!(text.contains(r#""level":"rack""#) && text.contains(r#""availability":"high""#), "{text}");

@@ -9,7 +9,7 @@ use tessera_core::repair::Availability;
 use tessera_proto::{cs, ms};
 
 use crate::MasterError;
-use crate::records::{FilesetRecord, VersionRecord, validate_name};
+use crate::records::{FilesetRecord, HedgeTuning, VersionRecord, validate_name};
 use crate::state::{
     Commit, FilesetView, Heartbeat, ItemPlacement, ManifestRef, Registration, Status, VersionView, WrittenItem,
 };
@@ -64,8 +64,14 @@ impl FilesetRecord {
             keep_versions: (spec.keep_versions as usize).max(1),
             created_unix: now_unix,
             read_mode,
+            hedge: spec.hedge.map(|h| HedgeTuning {
+                delay_min_ms: h.delay_min_ms,
+                delay_max_ms: h.delay_max_ms,
+                extra_stripes: h.extra_stripes,
+            }),
         };
         record.validate_min_write_stripes()?;
+        record.validate_hedge()?;
         Ok(record)
     }
 
@@ -81,6 +87,11 @@ impl FilesetRecord {
             keep_versions: self.keep_versions as u32,
             read_mode: self.read_mode.map(|m| m.to_string()).unwrap_or_default(),
             min_write_stripes: self.min_write_stripes as u32,
+            hedge: self.hedge.map(|h| ms::HedgeTuning {
+                delay_min_ms: h.delay_min_ms,
+                delay_max_ms: h.delay_max_ms,
+                extra_stripes: h.extra_stripes,
+            }),
         }
     }
 }
@@ -308,6 +319,16 @@ mod tests {
         assert!(e.contains("availability"), "{e}");
         let e = bad(ms::FilesetSpec { name: "x".into(), read_mode: "fastest".into(), ..Default::default() });
         assert!(e.contains("read_mode"), "{e}");
+        let hedge = |min, max, extra| ms::FilesetSpec {
+            name: "x".into(),
+            hedge: Some(ms::HedgeTuning { delay_min_ms: min, delay_max_ms: max, extra_stripes: extra }),
+            ..Default::default()
+        };
+        assert!(bad(hedge(50, 10, 0)).contains("hedge"));
+        assert!(bad(hedge(1, 70_000, 0)).contains("hedge"));
+        assert!(bad(hedge(1, 10, 4)).contains("m = 3"));
+        let ok = FilesetRecord::from_spec(&hedge(1, 10, 3), 0).unwrap();
+        assert_eq!(ok.spec().hedge.unwrap().extra_stripes, 3, "kept on the way back");
         let ok = FilesetRecord::from_spec(
             &ms::FilesetSpec { name: "x".into(), read_mode: "accelerated".into(), ..Default::default() },
             0,

@@ -25,7 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::error::{Backoff, ReconcileError};
 use crate::ingests::Ingests;
 use crate::metrics::{ControllerLabels, FailureLabels, OperatorMetrics, ResultLabels};
-use crate::reconcile::{self, Action, FINALIZER, MasterFileset, MasterVersion, Observed, PriorityRef};
+use crate::reconcile::{self, Action, FINALIZER, HedgeTuning, MasterFileset, MasterVersion, Observed, PriorityRef};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tessera-operator";
@@ -52,6 +52,11 @@ async fn priority_of(client: &Client, f: &Fileset) -> Result<PriorityRef, Reconc
             repair_class: p.spec.repair_class,
             read_mode: p.spec.read_policy.mode,
             min_write_redundancy: p.spec.write_policy.min_write_redundancy,
+            hedge: HedgeTuning {
+                delay_min_ms: p.spec.read_policy.hedge_delay_min_ms,
+                delay_max_ms: p.spec.read_policy.hedge_delay_max_ms,
+                extra_stripes: p.spec.read_policy.extra_stripes,
+            },
         },
         None => PriorityRef::Missing { name },
     })
@@ -83,6 +88,11 @@ fn master_spec(f: &Fileset, priority: &PriorityRef) -> ms::FilesetSpec {
         keep_versions: s.retention.keep_versions,
         read_mode: priority.read_mode().map(|m| m.to_string()).unwrap_or_default(),
         min_write_stripes: reconcile::min_write_stripes(s, priority),
+        hedge: reconcile::hedge_for(s, priority).map(|h| ms::HedgeTuning {
+            delay_min_ms: h.delay_min_ms,
+            delay_max_ms: h.delay_max_ms,
+            extra_stripes: h.extra_stripes,
+        }),
     }
 }
 
@@ -118,6 +128,7 @@ fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterEr
         availability: record.availability,
         read_mode: record.read_mode,
         min_write_stripes: record.min_write_stripes as u32,
+        hedge: record.hedge,
         relearning: st.relearning,
         corrupt_stripes_found: f.corrupt_stripes_found,
         corrupt_stripes_rebuilt: f.corrupt_stripes_rebuilt,
@@ -205,6 +216,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
             }
             Action::SetAvailability { availability } => ctx.master.set_availability(&name, *availability).await?,
             Action::SetReadMode { read_mode } => ctx.master.set_read_mode(&name, *read_mode).await?,
+            Action::SetHedge { hedge } => ctx.master.set_hedge(&name, *hedge).await?,
             Action::SetMinWriteStripes { stripes } => {
                 ctx.master.set_min_write_stripes(&name, *stripes as usize).await?;
             }

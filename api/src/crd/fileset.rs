@@ -39,7 +39,8 @@ pub struct FilesetSpec {
     pub priority: Option<String>,
     #[serde(default)]
     pub retention: Retention,
-    /// Which nodes receive copies ahead of use.
+    /// Which nodes receive copies ahead of use. Reserved: accepted, and
+    /// nothing acts on it until distribution is built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<Distribution>,
 }

@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PrioritySpec {
-    /// Higher runs first when jobs and repairs compete.
+    /// Higher runs first when jobs and repairs compete. Reserved: accepted,
+    /// and nothing acts on it until jobs and the resource manager are built.
     pub value: i32,
     /// Share of bandwidth relative to other priorities (1 to 1000).
+    /// Reserved as `value` is.
     #[serde(default = "default_weight")]
     #[schemars(range(min = 1, max = 1000))]
     pub weight: u32,
@@ -81,7 +83,8 @@ pub struct ReadPolicy {
     #[serde(default = "default_hedge_max")]
     #[schemars(range(max = 60000))]
     pub hedge_delay_max_ms: u32,
-    /// Parity stripes requested up front in hedged mode.
+    /// Parity stripes requested up front in hedged mode (more than a
+    /// fileset's m mean m).
     #[serde(default)]
     #[schemars(range(max = 255))]
     pub extra_stripes: u32,

@@ -90,12 +90,17 @@ impl Cluster {
     /// As [`Cluster::put`], the fileset created with a default read mode (as
     /// the operator sets from its Priority).
     pub async fn put_with_read_mode(&self, fileset: &str, tree: &Path, read_mode: &str) -> ms::Version {
+        self.put_with(fileset, tree, ms::FilesetSpec { read_mode: read_mode.into(), ..Default::default() }).await
+    }
+
+    /// As [`Cluster::put`], the fileset created with the policies of `spec`
+    /// (its name, layout and placement are this cluster's).
+    pub async fn put_with(&self, fileset: &str, tree: &Path, spec: ms::FilesetSpec) -> ms::Version {
         let spec = ms::FilesetSpec {
             name: fileset.into(),
             layout: Some(ms::Layout { k: 4, m: 2, stripe_unit: 65536, block_size: 65536 }),
             placement: Some(ms::PlacementPolicy { level: "zone".into(), max_per_domain: 2 }),
-            read_mode: read_mode.into(),
-            ..Default::default()
+            ..spec
         };
         self.files.create_fileset(spec, true).await.unwrap();
         self.files.put(fileset, tree, &PutOptions::default(), &|_| {}).await.unwrap()
@@ -108,6 +113,18 @@ impl Cluster {
             let mut c = FaultInjectionClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
             c.set_faults(tessera_proto::cs::Faults { hang, ..Default::default() }).await.unwrap();
         }
+    }
+
+    /// Requests the chunkservers have answered, all classes.
+    pub async fn served(&self) -> u64 {
+        use tessera_proto::cs::chunkserver_client::ChunkserverClient;
+        let mut n = 0;
+        for s in &self.servers {
+            let mut c = ChunkserverClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
+            let st = c.stats(tessera_proto::cs::StatsRequest::default()).await.unwrap().into_inner();
+            n += st.classes.iter().map(|c| c.served).sum::<u64>();
+        }
+        n
     }
 
     /// Requests the chunkservers are working on.

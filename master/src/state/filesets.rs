@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::{Deletion, Master, State, forget_version, versions_of};
 use crate::MasterError;
-use crate::records::FilesetRecord;
+use crate::records::{FilesetRecord, HedgeTuning};
 use crate::store::Write;
 
 /// A fileset as clients see it: its record and its versions.
@@ -116,6 +116,21 @@ impl Master {
             .is_some()
         {
             info!(fileset = %name, read_mode = ?mode, "fileset read mode changed");
+        }
+        Ok(())
+    }
+
+    /// Changes how a fileset's hedged readers hedge (its Priority's read
+    /// policy changed); `None` leaves it to the readers.
+    pub async fn set_hedge(&self, name: &str, hedge: Option<HedgeTuning>) -> Result<(), MasterError> {
+        let changed = self
+            .change_fileset(name, |f| {
+                f.hedge = hedge;
+                f.validate_hedge()
+            })
+            .await?;
+        if changed.is_some() {
+            info!(fileset = %name, ?hedge, "fileset hedge tuning changed");
         }
         Ok(())
     }

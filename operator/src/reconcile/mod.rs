@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tessera_api::crd::{FilesetSpec, FilesetStatus, ReadMode, RedundancyStatus, RepairClass, Source, VersionStatus};
 use tessera_core::read_plan::ReadMode as Mode;
 use tessera_core::repair::Availability;
+pub use tessera_master::records::HedgeTuning;
 
 /// The finalizer that keeps a Fileset until its data is deleted.
 pub use tessera_api::keys::FINALIZER;
@@ -44,6 +45,8 @@ pub struct MasterFileset {
     pub read_mode: Option<Mode>,
     /// Stripes a write must store (0: the master's default, k + 1).
     pub min_write_stripes: u32,
+    /// How readers hedge; none: their own choice.
+    pub hedge: Option<HedgeTuning>,
     /// The master started moments ago and is still hearing from
     /// chunkservers: its redundancy figures are incomplete.
     pub relearning: bool,
@@ -64,6 +67,7 @@ impl Default for MasterFileset {
             availability: Availability::Low,
             read_mode: None,
             min_write_stripes: 0,
+            hedge: None,
             relearning: false,
             corrupt_stripes_found: 0,
             corrupt_stripes_rebuilt: 0,
@@ -85,6 +89,8 @@ pub enum PriorityRef {
         read_mode: ReadMode,
         /// `writePolicy.minWriteRedundancy`.
         min_write_redundancy: Option<u32>,
+        /// `readPolicy`'s hedge delay bounds and extra stripes.
+        hedge: HedgeTuning,
     },
 }
 
@@ -107,6 +113,24 @@ impl PriorityRef {
             _ => None,
         }
     }
+}
+
+impl PriorityRef {
+    /// How this priority has readers of the fileset hedge; none without a
+    /// priority (each reader's own defaults apply).
+    pub fn hedge(&self) -> Option<HedgeTuning> {
+        match self {
+            PriorityRef::Found { hedge, .. } => Some(*hedge),
+            _ => None,
+        }
+    }
+}
+
+/// How readers of this fileset hedge, for the master's record: its
+/// priority's read policy, with no more extra stripes than the code has
+/// parity stripes (more mean all m).
+pub fn hedge_for(spec: &FilesetSpec, priority: &PriorityRef) -> Option<HedgeTuning> {
+    priority.hedge().map(|h| HedgeTuning { extra_stripes: h.extra_stripes.min(spec.erasure.m), ..h })
 }
 
 /// Stripes of an item a write must store for the master's record of this
@@ -171,6 +195,11 @@ pub enum Action {
     /// or a Fileset made before it had one): tell the master.
     SetMinWriteStripes {
         stripes: u32,
+    },
+    /// The priority's hedge delay bounds or extra stripes changed: tell the
+    /// master, from which node plugins take them for new root mounts.
+    SetHedge {
+        hedge: Option<HedgeTuning>,
     },
     /// Fetch the source and put it as a new version.
     StartIngest {
@@ -254,6 +283,18 @@ pub fn decide(o: &Observed) -> Decision {
                     n => format!("writes while servers are down need {n} stripes of each item stored"),
                 };
                 events.push(EventNote { warning: false, reason: "WritePolicyChanged", message });
+            }
+            let hedge = hedge_for(&o.spec, &o.priority);
+            if m.hedge != hedge {
+                actions.push(Action::SetHedge { hedge });
+                let message = match hedge {
+                    None => "volumes mounted from now on hedge by their node's defaults".to_string(),
+                    Some(h) => format!(
+                        "volumes mounted from now on hedge after {} to {} ms with {} extra stripes",
+                        h.delay_min_ms, h.delay_max_ms, h.extra_stripes
+                    ),
+                };
+                events.push(EventNote { warning: false, reason: "ReadPolicyChanged", message });
             }
         }
     }

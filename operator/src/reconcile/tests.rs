@@ -1,6 +1,9 @@
 use super::*;
 use tessera_api::crd::{HttpSource, UploadSource};
 
+/// A Priority's read policy by default.
+const DEFAULT_HEDGE: HedgeTuning = HedgeTuning { delay_min_ms: 2, delay_max_ms: 200, extra_stripes: 0 };
+
 fn at(secs: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
 }
@@ -233,8 +236,10 @@ fn the_priority_repair_class_sets_the_master_availability() {
         repair_class: RepairClass::High,
         read_mode: ReadMode::Hedged,
         min_write_redundancy: None,
+        hedge: DEFAULT_HEDGE,
     };
     o.master.as_mut().unwrap().read_mode = Some(Mode::Hedged);
+    o.master.as_mut().unwrap().hedge = Some(DEFAULT_HEDGE);
     let d = decide(&o);
     assert_eq!(d.actions, vec![Action::SetAvailability { availability: Availability::High }]);
     assert!(d.events.iter().any(|e| e.reason == "RepairClassChanged" && e.message.contains("high")));
@@ -243,6 +248,7 @@ fn the_priority_repair_class_sets_the_master_availability() {
     // The priority goes away: back to low, with a warning on the next
     // change of the spec (not on every resync).
     o.priority = PriorityRef::Missing { name: "critical".into() };
+    o.master.as_mut().unwrap().hedge = None;
     o.master.as_mut().unwrap().read_mode = None;
     let d = decide(&o);
     assert_eq!(d.actions, vec![Action::SetAvailability { availability: Availability::Low }]);
@@ -261,7 +267,9 @@ fn the_priority_read_policy_sets_the_master_read_mode() {
         repair_class: RepairClass::Low,
         read_mode: ReadMode::Accelerated,
         min_write_redundancy: None,
+        hedge: DEFAULT_HEDGE,
     };
+    o.master.as_mut().unwrap().hedge = Some(DEFAULT_HEDGE);
     let d = decide(&o);
     assert_eq!(d.actions, vec![Action::SetReadMode { read_mode: Some(Mode::Accelerated) }]);
     assert!(d.events.iter().any(|e| e.reason == "ReadModeChanged" && e.message.contains("accelerated")));
@@ -269,6 +277,7 @@ fn the_priority_read_policy_sets_the_master_read_mode() {
     assert!(decide(&o).actions.is_empty(), "nothing to do once the master agrees");
     // Without a priority the master's mode is cleared: readers choose.
     o.priority = PriorityRef::Unset;
+    o.master.as_mut().unwrap().hedge = None;
     assert_eq!(decide(&o).actions, vec![Action::SetReadMode { read_mode: None }]);
 }
 
@@ -282,9 +291,11 @@ fn the_write_minimum_comes_from_the_fileset_or_its_priority() {
         repair_class: RepairClass::Low,
         read_mode: ReadMode::Hedged,
         min_write_redundancy: Some(r),
+        hedge: DEFAULT_HEDGE,
     };
     o.priority = strict(3);
     o.master.as_mut().unwrap().read_mode = Some(Mode::Hedged);
+    o.master.as_mut().unwrap().hedge = Some(DEFAULT_HEDGE);
     let d = decide(&o);
     assert_eq!(d.actions, vec![Action::SetMinWriteStripes { stripes: 9 }], "k + m: never degraded");
     assert!(d.events.iter().any(|e| e.reason == "WritePolicyChanged" && e.message.contains('9')));
@@ -298,6 +309,46 @@ fn the_write_minimum_comes_from_the_fileset_or_its_priority() {
     // Neither: the master's default (k + 1).
     o.spec.erasure.min_write_stripes = None;
     o.priority = PriorityRef::Unset;
+    o.master.as_mut().unwrap().hedge = None;
     o.master.as_mut().unwrap().read_mode = None;
     assert_eq!(decide(&o).actions, vec![Action::SetMinWriteStripes { stripes: 0 }]);
+}
+
+#[test]
+fn the_priority_hedge_policy_reaches_the_master_and_is_cleared_without_one() {
+    let mut o = observed(spec("https://x/a.tar"));
+    o.status.ingested_source = Some(source_key(&o.spec.source));
+    o.status.observed_generation = Some(1);
+    let tight = HedgeTuning { delay_min_ms: 1, delay_max_ms: 20, extra_stripes: 2 };
+    o.priority = PriorityRef::Found {
+        name: "tight".into(),
+        repair_class: RepairClass::Low,
+        read_mode: ReadMode::Hedged,
+        min_write_redundancy: None,
+        hedge: tight,
+    };
+    o.master.as_mut().unwrap().read_mode = Some(Mode::Hedged);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::SetHedge { hedge: Some(tight) }]);
+    assert!(d.events.iter().any(|e| e.reason == "ReadPolicyChanged" && e.message.contains("1 to 20 ms with 2")));
+    o.master.as_mut().unwrap().hedge = Some(tight);
+    assert!(decide(&o).actions.is_empty(), "nothing to do once the master agrees");
+    // More extra stripes than the code's m mean m.
+    let greedy = HedgeTuning { extra_stripes: 9, ..tight };
+    assert_eq!(
+        hedge_for(
+            &o.spec,
+            &PriorityRef::Found {
+                name: "g".into(),
+                repair_class: RepairClass::Low,
+                read_mode: ReadMode::Hedged,
+                min_write_redundancy: None,
+                hedge: greedy
+            }
+        ),
+        Some(HedgeTuning { extra_stripes: 3, ..tight })
+    );
+    o.priority = PriorityRef::Unset;
+    o.master.as_mut().unwrap().read_mode = None;
+    assert_eq!(decide(&o).actions, vec![Action::SetHedge { hedge: None }]);
 }

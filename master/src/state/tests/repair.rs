@@ -185,9 +185,19 @@ async fn a_read_mode_set_from_a_priority_is_kept_and_can_be_cleared() {
     m.set_read_mode("models", Some(ReadMode::Accelerated)).await.unwrap();
     assert_eq!(master_with(store.clone()).get_fileset("models").unwrap().record.read_mode, Some(ReadMode::Accelerated));
     m.set_read_mode("models", None).await.unwrap();
-    assert_eq!(master_with(store).get_fileset("models").unwrap().record.read_mode, None);
+    assert_eq!(master_with(store.clone()).get_fileset("models").unwrap().record.read_mode, None);
     let missing = m.set_read_mode("nope", Some(ReadMode::Normal)).await.unwrap_err();
     assert!(matches!(missing, MasterError::FilesetNotFound(_)), "{missing:?}");
+    // The hedge tuning likewise: checked, kept across a restart, clearable.
+    let tuning = crate::records::HedgeTuning { delay_min_ms: 5, delay_max_ms: 40, extra_stripes: 1 };
+    m.set_hedge("models", Some(tuning)).await.unwrap();
+    assert_eq!(master_with(store.clone()).get_fileset("models").unwrap().record.hedge, Some(tuning));
+    let too_many = crate::records::HedgeTuning { extra_stripes: 4, ..tuning };
+    let e = m.set_hedge("models", Some(too_many)).await.unwrap_err();
+    assert!(e.to_string().contains("hedge"), "{e}");
+    assert_eq!(m.get_fileset("models").unwrap().record.hedge, Some(tuning), "a refused change changes nothing");
+    m.set_hedge("models", None).await.unwrap();
+    assert_eq!(master_with(store).get_fileset("models").unwrap().record.hedge, None);
 }
 
 fn quarantine(m: &Master, server: usize, stripe: StripeId, now: Instant) {
