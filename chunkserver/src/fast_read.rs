@@ -77,11 +77,13 @@ where
 }
 
 async fn read(shared: Arc<Shared>, req: http::Request<Body>) -> http::Response<Body> {
+    let id = req.headers().get(tessera_proto::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    let id = tessera_proto::request_id(id);
     let request = match decode_request(req).await {
         Ok(r) => r,
         Err(st) => return st.into_http(),
     };
-    let rx = match shared.start_read(request) {
+    let rx = match shared.start_read(request, id) {
         Ok(rx) => rx,
         Err(st) => return st.into_http(),
     };

@@ -11,7 +11,7 @@ use tessera_proto::cs::{self, chunkserver_server::Chunkserver, fault_injection_s
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{Instrument, debug_span, error, info, warn};
+use tracing::{Instrument, debug, debug_span, error, info, warn};
 
 use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
@@ -188,6 +188,7 @@ impl Shared {
     pub fn start_read(
         self: Arc<Self>,
         req: cs::ReadStripeRequest,
+        request_id: Option<String>,
     ) -> Result<mpsc::Receiver<Result<cs::ReadStripeResponse, Status>>, Status> {
         let started = Instant::now();
         let stripe = parse_stripe(req.stripe.as_ref(), "stripe")?;
@@ -202,7 +203,8 @@ impl Shared {
             }
         };
         let (tx, rx) = mpsc::channel(2);
-        let span = debug_span!("read_stripe", %stripe, offset = range.start, len = range.end - range.start, class = class.as_str());
+        let request = request_id.as_deref().unwrap_or("-");
+        let span = debug_span!("read_stripe", request = %request, %stripe, offset = range.start, len = range.end - range.start, class = class.as_str());
         tokio::spawn(
             async move {
                 let produce = async {
@@ -265,6 +267,7 @@ impl Shared {
                     _ = tx.closed() => Code::Cancelled,
                 };
                 s.observe("read", class, started, code);
+                debug!(code = ?code, elapsed_us = started.elapsed().as_micros() as u64, "stripe read");
             }
             .instrument(span),
         );
@@ -465,7 +468,9 @@ impl Chunkserver for ChunkserverService {
     type ReadStripeStream = ReadStream;
 
     async fn read_stripe(&self, request: Request<cs::ReadStripeRequest>) -> Result<Response<ReadStream>, Status> {
-        let rx = self.shared.clone().start_read(request.into_inner())?;
+        let id = request.metadata().get(tessera_proto::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+        let id = tessera_proto::request_id(id);
+        let rx = self.shared.clone().start_read(request.into_inner(), id)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -58,6 +58,8 @@ pub(crate) struct FetchSpec {
     /// For a probe of a server believed slow: the hedge deadline, and whether
     /// the fetch beat it is recorded for the server.
     pub deadline: Option<Instant>,
+    /// The read's id, sent to the server (its logs carry it).
+    pub request: Arc<str>,
 }
 
 /// Runs a fetch with its deadline and timeout. Bytes are added to `fetched`
@@ -120,7 +122,7 @@ async fn stream(
         length: spec.range.len() as u64,
         class: spec.class as i32,
     };
-    let mut body = call_read_stripe(server, &req).await.map_err(status)?;
+    let mut body = call_read_stripe(server, &req, &spec.request).await.map_err(status)?;
     let mut decoder = ResponseDecoder::new(MAX_MESSAGE);
     let mut pieces = Pieces { range: spec.range.clone(), parts: Vec::new() };
     let mut next = spec.range.start;
@@ -230,6 +232,7 @@ fn check_block(
 async fn call_read_stripe(
     server: &ServerHandle,
     req: &cs::ReadStripeRequest,
+    request_id: &str,
 ) -> Result<tonic::body::Body, tonic::Status> {
     let mut buf = Vec::with_capacity(5 + req.encoded_len());
     buf.push(0);
@@ -240,6 +243,7 @@ async fn call_read_stripe(
         .uri(READ_STRIPE_PATH)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
+        .header(tessera_proto::REQUEST_ID_HEADER, request_id)
         .body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from(buf))))
         .expect("static request parts are valid");
     let mut channel = server.channel();

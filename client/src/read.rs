@@ -14,7 +14,7 @@ use tessera_core::read_plan::{Completion, ReadMode, ReadSession, SessionPolicy, 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::connect::ServerHandle;
 use crate::fetch::{self, FetchSpec, Pieces};
@@ -61,22 +61,54 @@ impl ItemData {
 /// to record that it was late before it is aborted.
 const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// How a read fetches: its mode and hedge policy.
-#[derive(Clone, Copy)]
+/// How a read fetches: its mode and hedge policy, and its id.
+#[derive(Clone)]
 struct How<'a> {
     mode: ReadMode,
     hedge: &'a HedgePolicy,
+    request: Arc<str>,
 }
 
 /// One session's result: the pieces of every want, arrived or rebuilt.
 type Delivered = HashMap<usize, Pieces>;
 
+/// Reads `range` of an item under a new request id, in a span carrying it
+/// and the item; the id goes to every chunkserver asked, so their logs and
+/// this client's can be joined on it.
 pub(crate) async fn read(
     client: &StripeClient,
     loc: &ItemLocation,
     range: Range<u64>,
     mode: ReadMode,
     hedge: &HedgePolicy,
+) -> Result<(ItemData, ReadReport), ClientError> {
+    let request: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+    let span = debug_span!("read", request = %request, item = %loc.item);
+    let started = Instant::now();
+    let (offset, len) = (range.start, range.end - range.start);
+    let result = read_item(client, loc, range, mode, hedge, request).instrument(span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok((_, r)) => debug!(
+            offset,
+            len,
+            mode = %mode,
+            fetches = r.fetches,
+            hedges = r.hedges,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "item read"
+        ),
+        Err(e) => debug!(offset, len, error = %e, "item read failed"),
+    });
+    result
+}
+
+async fn read_item(
+    client: &StripeClient,
+    loc: &ItemLocation,
+    range: Range<u64>,
+    mode: ReadMode,
+    hedge: &HedgePolicy,
+    request: Arc<str>,
 ) -> Result<(ItemData, ReadReport), ClientError> {
     let layout = loc.layout;
     if loc.servers.len() != layout.n() {
@@ -111,7 +143,8 @@ pub(crate) async fn read(
     let runs: Vec<_> = sessions
         .iter()
         .map(|(r, wants)| {
-            run_session(client, loc, &handles, r.clone(), wants.clone(), How { mode, hedge }, fetched.clone())
+            let how = How { mode, hedge, request: request.clone() };
+            run_session(client, loc, &handles, r.clone(), wants.clone(), how, fetched.clone())
         })
         .collect();
     let results = futures::future::join_all(runs).await;
@@ -155,7 +188,7 @@ async fn run_session(
     how: How<'_>,
     fetched: Arc<AtomicU64>,
 ) -> (Result<Delivered, ClientError>, ReadReport) {
-    let How { mode, hedge } = how;
+    let (mode, hedge) = (how.mode, how.hedge);
     let cfg = client.config();
     let layout = loc.layout;
     let k = layout.k();
@@ -231,6 +264,7 @@ async fn run_session(
                         class: cfg.class,
                         timeout: cfg.fetch_timeout,
                         deadline: probe.then_some(deadline),
+                        request: how.request.clone(),
                     };
                     let tx = tx.clone();
                     let fetched = fetched.clone();

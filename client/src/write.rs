@@ -9,7 +9,7 @@ use tessera_core::codec::ErasureCoder;
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_proto::cs;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span};
 
 use crate::connect::ServerHandle;
 use crate::{ClientError, ItemLocation, RequestClass, StripeClient};
@@ -21,6 +21,23 @@ const ATTEMPTS: u32 = 3;
 /// server was placed). Succeeds when at least `min` stripes are durable; the
 /// location then names only the stripes stored.
 pub(crate) async fn write_item(
+    client: &StripeClient,
+    item: ItemId,
+    layout: Layout,
+    data: Bytes,
+    servers: &[String],
+    min: usize,
+) -> Result<ItemLocation, ClientError> {
+    let span = debug_span!("write_item", %item, len = data.len());
+    let result = write_item_in(client, item, layout, data, servers, min).instrument(span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok(loc) => debug!(stored = loc.servers.iter().flatten().count(), "item written"),
+        Err(e) => debug!(error = %e, "item write failed"),
+    });
+    result
+}
+
+async fn write_item_in(
     client: &StripeClient,
     item: ItemId,
     layout: Layout,

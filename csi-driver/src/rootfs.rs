@@ -38,6 +38,7 @@ use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
 use crate::passthrough::{self, FileStore, IoTable};
 use crate::peers::Peers;
 use tessera_core::latency::HedgePolicy;
+use tracing::Instrument;
 
 /// The extended attribute holding a file's SHA-256 (hex).
 pub const SHA256_XATTR: &str = "user.tessera.sha256";
@@ -589,6 +590,13 @@ impl RootFs {
         let loc = self.version.items().get(key.item_index as usize).cloned();
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
         let (mode, volume, peers, hedge) = (self.read_mode(), self.volume.clone(), self.peers.clone(), self.hedge());
+        let span = tracing::debug_span!(
+            "fetch_unit",
+            fileset = %key.fileset,
+            version = key.version,
+            item_index = key.item_index,
+            unit = key.unit
+        );
         async move {
             let loc = loc.ok_or(Errno::IO)?;
             let range: Range<u64> = key.unit * UNIT..((key.unit + 1) * UNIT).min(loc.item_len);
@@ -643,6 +651,7 @@ impl RootFs {
             let _ = tokio::task::spawn_blocking(move || cache.put(&k, &b)).await;
             Ok(bytes)
         }
+        .instrument(span)
     }
 
     pub(crate) fn sha256_hex(&self, nodeid: u64) -> Option<String> {

@@ -33,7 +33,22 @@ impl LocalUp {
 
     /// With extra arguments for the master and for every chunkserver.
     pub fn start_with(home: tempfile::TempDir, servers: usize, master_args: &[&str], cs_args: &[&str]) -> Self {
+        Self::start_logging(home, servers, master_args, cs_args, None)
+    }
+
+    /// As [`LocalUp::start_with`], the processes `local up` starts logging
+    /// by `filter` (`TESSERA_CHUNKSERVER_LOG`).
+    pub fn start_logging(
+        home: tempfile::TempDir,
+        servers: usize,
+        master_args: &[&str],
+        cs_args: &[&str],
+        filter: Option<&str>,
+    ) -> Self {
         let mut cmd = Command::new(TESSERA);
+        if let Some(f) = filter {
+            cmd.env("TESSERA_CHUNKSERVER_LOG", f);
+        }
         cmd.env("TESSERA_HOME", home.path())
             .args(["local", "up", "--servers", &servers.to_string(), "--zones", "3"])
             .args(master_args.iter().map(|a| format!("--master-arg={a}")))

@@ -20,7 +20,7 @@ use tessera_core::ids::ItemId;
 use tessera_core::layout::Layout;
 use tessera_core::manifest::{Entry, EntryKind, Manifest};
 use tessera_proto::ms;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use super::scan::{SourceEntry, SourceKind, scan};
 use super::{FilesetClient, FilesetError};
@@ -62,7 +62,8 @@ pub(super) async fn put(
         v => v.min(layout.n()),
     };
     let session = Session { id: begun.session, min, failed: Mutex::new(BTreeSet::new()) };
-    let result = write_version(fc, &session, layout, entries, options, progress).await;
+    let span = debug_span!("put", fileset, session = %session.id);
+    let result = write_version(fc, &session, layout, entries, options, progress).instrument(span.clone()).await;
     let session = session.id;
     match result {
         Ok(commit) => {
@@ -75,7 +76,11 @@ pub(super) async fn put(
                     "written degraded (servers were down); the master rebuilds the missing stripes"
                 );
             }
-            Ok(master.commit_version(commit).await?.into_inner())
+            let version = master.commit_version(commit).await?.into_inner();
+            span.in_scope(|| {
+                debug!(version = version.id, files = version.files, bytes = version.bytes, "version committed")
+            });
+            Ok(version)
         }
         Err(e) => {
             // Best effort: the session also expires by itself.

@@ -20,6 +20,7 @@ use tessera_proto::ms;
 
 use tessera_proto::ms::master_client::MasterClient;
 use tonic::transport::Channel;
+use tracing::{Instrument, debug_span};
 
 use super::put::layout_from_wire;
 use super::{FilesetClient, FilesetError};
@@ -143,6 +144,16 @@ impl OpenVersion {
         range: Range<u64>,
         mode: ReadMode,
     ) -> Result<Vec<Bytes>, FilesetError> {
+        let span = debug_span!("read_version", fileset = %self.version.fileset, version = self.id());
+        self.read_items(client, range, mode).instrument(span).await
+    }
+
+    async fn read_items(
+        &self,
+        client: &StripeClient,
+        range: Range<u64>,
+        mode: ReadMode,
+    ) -> Result<Vec<Bytes>, FilesetError> {
         let mut out = Vec::new();
         for (i, r) in self.layout.items_of(range) {
             let loc = self.items.get(i as usize).ok_or_else(|| FilesetError::Manifest {
@@ -181,7 +192,8 @@ impl OpenVersion {
                 });
             }
         };
-        let parts = self.read(client, range, mode).await?;
+        let span = debug_span!("read_file", fileset = %self.version.fileset, version = self.id(), path);
+        let parts = self.read_items(client, range, mode).instrument(span).await?;
         let mut h = Sha256::new();
         parts.iter().for_each(|p| h.update(p));
         check(path, &sha, &h.finalize().into())?;
@@ -204,8 +216,9 @@ impl OpenVersion {
         let entries = self.manifest.entries().to_vec();
         let root = dest.to_path_buf();
         let writer = tokio::task::spawn_blocking(move || unpack(&root, &entries, rx));
+        let span = debug_span!("get_version", fileset = %self.version.fileset, version = self.id());
         let mut reads = futures::stream::iter(self.items.iter())
-            .map(|loc| async move { client.read(loc, 0..loc.item_len, mode).await })
+            .map(|loc| client.read(loc, 0..loc.item_len, mode).instrument(span.clone()))
             .buffered(READ_AHEAD);
         let mut failure = None;
         while let Some(r) = reads.next().await {
