@@ -208,7 +208,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     })
     .await;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
-    assert!(warning.note.as_deref().unwrap_or("").contains("name"), "{warning:?}");
+    assert!(warning.note.as_deref().unwrap_or("").contains("not a valid fileset name"), "{warning:?}");
     let counter = |page: &str, name: &str| -> u64 {
         page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
     };

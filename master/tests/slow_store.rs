@@ -2,6 +2,7 @@
 //! write held inside the store, other clients' Locate (GetVersion), Status
 //! and ListFilesets calls are answered, and they see only what is durable.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -23,6 +24,10 @@ struct GatedStore {
     shut: Mutex<bool>,
     opened: Condvar,
     entered: Mutex<mpsc::Sender<&'static str>>,
+    /// Writes waiting at the shut gate now.
+    waiting: AtomicUsize,
+    /// Writes fail while set.
+    fail: AtomicBool,
 }
 
 impl GatedStore {
@@ -33,6 +38,8 @@ impl GatedStore {
             shut: Mutex::new(false),
             opened: Condvar::new(),
             entered: Mutex::new(tx),
+            waiting: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
         };
         (Arc::new(store), rx)
     }
@@ -42,38 +49,44 @@ impl GatedStore {
         self.opened.notify_all();
     }
 
-    fn gate(&self, what: &'static str) {
+    fn gate(&self, what: &'static str) -> Result<(), StoreError> {
         let mut shut = self.shut.lock().unwrap();
         if *shut {
             let _ = self.entered.lock().unwrap().send(what);
+            self.waiting.fetch_add(1, Ordering::SeqCst);
         }
         while *shut {
             shut = self.opened.wait(shut).unwrap();
         }
+        self.waiting.store(0, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Stopped("the test fails this write".into()));
+        }
+        Ok(())
     }
 }
 
 impl MetaStore for GatedStore {
     fn put_fileset(&self, f: &FilesetRecord) -> Result<(), StoreError> {
-        self.gate("put_fileset");
+        self.gate("put_fileset")?;
         self.inner.put_fileset(f)
     }
     fn list_filesets(&self) -> Result<Vec<FilesetRecord>, StoreError> {
         self.inner.list_filesets()
     }
     fn delete_fileset(&self, name: &str) -> Result<(), StoreError> {
-        self.gate("delete_fileset");
+        self.gate("delete_fileset")?;
         self.inner.delete_fileset(name)
     }
     fn put_version(&self, v: &VersionRecord) -> Result<(), StoreError> {
-        self.gate("put_version");
+        self.gate("put_version")?;
         self.inner.put_version(v)
     }
     fn list_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
         self.inner.list_versions()
     }
     fn delete_version(&self, fileset: &str, id: u64) -> Result<(), StoreError> {
-        self.gate("delete_version");
+        self.gate("delete_version")?;
         self.inner.delete_version(fileset, id)
     }
 }
@@ -127,7 +140,9 @@ async fn publish(c: &mut MasterClient<Channel>, fileset: &str) -> ms::Version {
     .into_inner()
 }
 
-#[tokio::test]
+// Several threads: a reader stuck on the master's lock must not also stop
+// the timer that turns the stuck test into a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     let (store, entered) = GatedStore::new();
     let dir = tempfile::tempdir().unwrap();
@@ -195,5 +210,34 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     assert_eq!(created.spec.unwrap().name, "more");
     let listed = reader.list_filesets(ms::ListFilesetsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.filesets.len(), 2);
+
+    // A writer that gives up while its write is held (its deadline passed):
+    // the change is not left half done. Once the store takes it, the
+    // fileset is there, and the next change is made after it.
+    store.set_shut(true);
+    let mut quitter = client(addr).await;
+    let gave_up = tokio::spawn(async move {
+        quitter.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("late")), if_absent: false }).await
+    });
+    while store.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    gave_up.abort();
+    let _ = gave_up.await;
+    store.set_shut(false);
+    let next = reader.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("after")), if_absent: false }).await;
+    next.unwrap();
+    let listed = reader.list_filesets(ms::ListFilesetsRequest {}).await.unwrap().into_inner();
+    let mut names: Vec<String> = listed.filesets.iter().map(|f| f.spec.as_ref().unwrap().name.clone()).collect();
+    names.sort();
+    assert_eq!(names, vec!["after", "data", "late", "more"], "the abandoned create was applied");
+
+    // A store that fails a write: the caller hears so and nothing changes.
+    store.fail.store(true, Ordering::SeqCst);
+    let err = reader.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("broken")), if_absent: false }).await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::Internal);
+    store.fail.store(false, Ordering::SeqCst);
+    let listed = reader.list_filesets(ms::ListFilesetsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.filesets.len(), 4, "a failed write changed nothing");
     running.shutdown().await.unwrap();
 }

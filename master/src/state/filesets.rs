@@ -1,7 +1,9 @@
 //! Filesets: created, changed by their Priority, listed, deleted.
 
+use std::sync::Arc;
 use tessera_core::read_plan::ReadMode;
 use tessera_core::repair::Availability;
+
 use tracing::info;
 
 use super::{Deletion, Master, State, forget_version, versions_of};
@@ -32,8 +34,15 @@ impl State {
 impl Master {
     /// Creates a fileset from a validated record. With `if_absent`, a
     /// fileset of that name and the same spec is not an error.
-    pub async fn create_fileset(&self, record: FilesetRecord, if_absent: bool) -> Result<FilesetView, MasterError> {
-        let _turn = self.write_turn.lock().await;
+    pub async fn create_fileset(
+        self: &Arc<Self>,
+        record: FilesetRecord,
+        if_absent: bool,
+    ) -> Result<FilesetView, MasterError> {
+        self.change(move |m| async move { m.create_fileset_in_turn(record, if_absent).await }).await
+    }
+
+    async fn create_fileset_in_turn(&self, record: FilesetRecord, if_absent: bool) -> Result<FilesetView, MasterError> {
         {
             let st = self.state.lock().unwrap();
             if let Some(existing) = st.filesets.get(&record.name) {
@@ -53,31 +62,34 @@ impl Master {
     /// Rewrites a fileset's record with `change` applied, if it changes it.
     /// Returns the new record if it changed.
     async fn change_fileset(
-        &self,
+        self: &Arc<Self>,
         name: &str,
-        change: impl FnOnce(&mut FilesetRecord) -> Result<(), MasterError>,
+        change: impl FnOnce(&mut FilesetRecord) -> Result<(), MasterError> + Send + 'static,
     ) -> Result<Option<FilesetRecord>, MasterError> {
-        let _turn = self.write_turn.lock().await;
-        let record = {
-            let st = self.state.lock().unwrap();
-            let before = st.fileset(name)?;
-            let mut after = before.clone();
-            change(&mut after)?;
-            if &after == before {
-                return Ok(None);
-            }
-            after
-        };
-        self.persist(vec![Write::PutFileset(record.clone())]).await?;
-        self.state.lock().unwrap().filesets.insert(name.to_string(), record.clone());
-        Ok(Some(record))
+        let name = name.to_string();
+        self.change(move |m| async move {
+            let record = {
+                let st = m.state.lock().unwrap();
+                let before = st.fileset(&name)?;
+                let mut after = before.clone();
+                change(&mut after)?;
+                if &after == before {
+                    return Ok(None);
+                }
+                after
+            };
+            m.persist(vec![Write::PutFileset(record.clone())]).await?;
+            m.state.lock().unwrap().filesets.insert(name, record.clone());
+            Ok(Some(record))
+        })
+        .await
     }
 
     /// Changes how urgently a fileset's lost stripes are rebuilt (its
     /// Priority's repair class changed).
-    pub async fn set_availability(&self, name: &str, availability: Availability) -> Result<(), MasterError> {
+    pub async fn set_availability(self: &Arc<Self>, name: &str, availability: Availability) -> Result<(), MasterError> {
         if self
-            .change_fileset(name, |f| {
+            .change_fileset(name, move |f| {
                 f.availability = availability;
                 Ok(())
             })
@@ -91,9 +103,9 @@ impl Master {
 
     /// Changes how many stripes of an item a write must store while servers
     /// are down (its Priority's write policy changed); 0 is k + 1.
-    pub async fn set_min_write_stripes(&self, name: &str, stripes: usize) -> Result<(), MasterError> {
+    pub async fn set_min_write_stripes(self: &Arc<Self>, name: &str, stripes: usize) -> Result<(), MasterError> {
         let changed = self
-            .change_fileset(name, |f| {
+            .change_fileset(name, move |f| {
                 f.min_write_stripes = stripes;
                 f.validate_min_write_stripes()
             })
@@ -106,9 +118,9 @@ impl Master {
 
     /// Changes how readers fetch a fileset's stripes by default (its
     /// Priority's read policy changed); `None` leaves it to the readers.
-    pub async fn set_read_mode(&self, name: &str, mode: Option<ReadMode>) -> Result<(), MasterError> {
+    pub async fn set_read_mode(self: &Arc<Self>, name: &str, mode: Option<ReadMode>) -> Result<(), MasterError> {
         if self
-            .change_fileset(name, |f| {
+            .change_fileset(name, move |f| {
                 f.read_mode = mode;
                 Ok(())
             })
@@ -122,9 +134,9 @@ impl Master {
 
     /// Changes how a fileset's hedged readers hedge (its Priority's read
     /// policy changed); `None` leaves it to the readers.
-    pub async fn set_hedge(&self, name: &str, hedge: Option<HedgeTuning>) -> Result<(), MasterError> {
+    pub async fn set_hedge(self: &Arc<Self>, name: &str, hedge: Option<HedgeTuning>) -> Result<(), MasterError> {
         let changed = self
-            .change_fileset(name, |f| {
+            .change_fileset(name, move |f| {
                 f.hedge = hedge;
                 f.validate_hedge()
             })
@@ -147,8 +159,12 @@ impl Master {
 
     /// Deletes a fileset and its versions; returns how many versions went
     /// and the stripes to delete.
-    pub async fn delete_fileset(&self, name: &str) -> Result<(u32, Vec<Deletion>), MasterError> {
-        let _turn = self.write_turn.lock().await;
+    pub async fn delete_fileset(self: &Arc<Self>, name: &str) -> Result<(u32, Vec<Deletion>), MasterError> {
+        let name = name.to_string();
+        self.change(move |m| async move { m.delete_fileset_in_turn(&name).await }).await
+    }
+
+    async fn delete_fileset_in_turn(&self, name: &str) -> Result<(u32, Vec<Deletion>), MasterError> {
         {
             let st = self.state.lock().unwrap();
             st.fileset(name)?;
@@ -159,6 +175,8 @@ impl Master {
         self.persist(vec![Write::DeleteFileset(name.to_string())]).await?;
         let mut st = self.state.lock().unwrap();
         st.filesets.remove(name);
+        // Its open writes end with it: their items become orphans.
+        st.sessions.retain(|_, s| s.fileset != name);
         let keys: Vec<(String, u64)> = st.versions.range(versions_of(name)).map(|(k, _)| k.clone()).collect();
         let mut deletions = Vec::new();
         for key in &keys {

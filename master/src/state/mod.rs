@@ -27,6 +27,7 @@ pub use status::{DomainCount, FilesetHealth, ServerHealth, Status};
 pub use versions::{Commit, ItemPlacement, ManifestRef, VersionView, WrittenItem};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -147,6 +148,8 @@ struct State {
     /// Stripe index -> ids of servers holding a copy.
     locations: HashMap<ItemId, Vec<(u16, String)>>,
     sessions: HashMap<String, Session>,
+    /// Items of versions whose record is being written: owned already.
+    committing: HashSet<ItemId>,
     missing_since: HashMap<ItemId, Instant>,
     /// Node facts from Kubernetes, by node name.
     nodes: HashMap<String, NodeInfo>,
@@ -229,6 +232,25 @@ impl Master {
         let (Some(f), Ok(v)) = (st.filesets.get(fileset), find_version(&st, fileset, version)) else { return true };
         let none = HashSet::new();
         v.all_items().all(|i| reachable_indices(&st, &i.id, &none, f.k + f.m).iter().flatten().count() >= f.k)
+    }
+
+    /// Runs a change of the records in its write turn, as a task of its own:
+    /// a caller that stops waiting (a cancelled RPC) does not stop it half
+    /// way, so a write made durable is always applied, and the next change
+    /// is decided only after it.
+    async fn change<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, MasterError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, MasterError>> + Send,
+    {
+        let m = self.clone();
+        tokio::spawn(async move {
+            let _turn = m.write_turn.lock().await;
+            f(m.clone()).await
+        })
+        .await
+        .map_err(|e| MasterError::Store(crate::store::StoreError::Stopped(format!("a change of the records: {e}"))))?
     }
 
     /// Makes `writes` durable, in order, on a blocking thread: the store may

@@ -2,6 +2,7 @@
 //! deleting and pinning.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
@@ -160,11 +161,19 @@ impl Master {
     /// Publishes a version: every item must have been allocated in the
     /// session (whose writer saw every stripe durable). Returns the version
     /// and the stripes of versions retention now collects.
-    pub async fn commit_version(&self, c: Commit) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
-        let _turn = self.write_turn.lock().await;
+    pub async fn commit_version(self: &Arc<Self>, c: Commit) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
+        self.change(move |m| async move { m.commit_in_turn(c).await }).await
+    }
+
+    async fn commit_in_turn(&self, c: Commit) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
         let (record, placed, missing, collected) = {
-            let st = self.state.lock().unwrap();
-            let session = st.sessions.get(&c.session).ok_or_else(|| MasterError::SessionNotFound(c.session.clone()))?;
+            let mut st = self.state.lock().unwrap();
+            // A commit that waited for its turn keeps its session alive.
+            let lease = self.config.session_lease;
+            let session =
+                st.sessions.get_mut(&c.session).ok_or_else(|| MasterError::SessionNotFound(c.session.clone()))?;
+            session.expires = Instant::now() + lease;
+            let session = st.sessions.get(&c.session).expect("found above");
             let fileset = session.fileset.clone();
             let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.clone()))?;
             let (n, min) = (f.k + f.m, f.min_write_stripes());
@@ -175,7 +184,8 @@ impl Master {
                 written
                     .iter()
                     .map(|w| {
-                        let Some(servers) = session.items.get(&w.id) else {
+                        // Allocated in this session, for this fileset's code.
+                        let Some(servers) = session.items.get(&w.id).filter(|s| s.len() == n) else {
                             return Err(MasterError::ItemNotAllocated {
                                 session: c.session.clone(),
                                 item: w.id.to_string(),
@@ -233,55 +243,75 @@ impl Master {
                 .collect();
             kept.push(Retained { id, pinned: false });
             let collected = retention::collectable(&kept, f.keep_versions);
+            // Owned from now on, whatever happens to the session while the
+            // record is written: orphan collection leaves them alone.
+            st.committing.extend(record.all_items().map(|i| i.id));
             (record, placed, missing, collected)
         };
         // The durable write: after it the version exists, before it not.
         // Retention's deletions follow it (if they are lost to a crash, the
         // next commit collects those versions again).
         let fileset = record.fileset.clone();
-        let mut writes = vec![Write::PutVersion(record.clone())];
-        writes.extend(collected.iter().map(|&id| Write::DeleteVersion { fileset: fileset.clone(), id }));
-        self.persist(writes).await?;
+        if let Err(e) = self.persist(vec![Write::PutVersion(record.clone())]).await {
+            let mut st = self.state.lock().unwrap();
+            for i in record.all_items() {
+                st.committing.remove(&i.id);
+            }
+            return Err(e);
+        }
 
-        let mut st = self.state.lock().unwrap();
-        // Gone if its lease ran out meanwhile; its items are owned now.
-        st.sessions.remove(&c.session);
-        for (item, servers) in placed {
-            let gone = missing.get(&item);
-            for (index, sid) in servers.iter().enumerate() {
-                let Some(sid) = sid else { continue };
-                if gone.is_some_and(|g| g.contains(&(index as u16))) {
-                    continue;
-                }
-                let stripe = StripeId::new(item, index as u16);
-                if let Some(s) = st.servers.get_mut(sid)
-                    && s.stripes.insert(stripe)
-                {
-                    add_location(&mut st.locations, &stripe, sid);
+        {
+            let mut st = self.state.lock().unwrap();
+            st.sessions.remove(&c.session);
+            for i in record.all_items() {
+                st.committing.remove(&i.id);
+            }
+            for (item, servers) in placed {
+                let gone = missing.get(&item);
+                for (index, sid) in servers.iter().enumerate() {
+                    let Some(sid) = sid else { continue };
+                    if gone.is_some_and(|g| g.contains(&(index as u16))) {
+                        continue;
+                    }
+                    let stripe = StripeId::new(item, index as u16);
+                    if let Some(s) = st.servers.get_mut(sid)
+                        && s.stripes.insert(stripe)
+                    {
+                        add_location(&mut st.locations, &stripe, sid);
+                    }
                 }
             }
-        }
-        if !missing.is_empty() {
-            let stripes: usize = missing.values().map(|g| g.len()).sum();
-            warn!(fileset = %fileset, items = missing.len(), stripes, "version written degraded; the missing stripes are rebuilt as placement allows");
-            st.losses.entry(fileset.clone()).or_default().degraded_writes += missing.len() as u64;
-            for (item, gone) in missing {
-                let entry = st.gone.entry(item).or_default();
-                for i in gone {
-                    entry.insert(i, Loss::NotWritten);
+            if !missing.is_empty() {
+                let stripes: usize = missing.values().map(|g| g.len()).sum();
+                warn!(fileset = %fileset, items = missing.len(), stripes, "version written degraded; the missing stripes are rebuilt as placement allows");
+                st.losses.entry(fileset.clone()).or_default().degraded_writes += missing.len() as u64;
+                for (item, gone) in missing {
+                    let entry = st.gone.entry(item).or_default();
+                    for i in gone {
+                        entry.insert(i, Loss::NotWritten);
+                    }
                 }
             }
+            for i in record.all_items() {
+                st.items.insert(i.id, ItemInfo { fileset: fileset.clone(), len: i.len });
+            }
+            st.versions.insert((fileset.clone(), record.id), record.clone());
+            info!(fileset = %fileset, version = record.id, files = record.files, bytes = record.bytes, "version published");
         }
-        for i in record.all_items() {
-            st.items.insert(i.id, ItemInfo { fileset: fileset.clone(), len: i.len });
-        }
-        st.versions.insert((fileset.clone(), record.id), record.clone());
-        info!(fileset = %fileset, version = record.id, files = record.files, bytes = record.bytes, "version published");
+        // The version exists now. Retention follows, each old version on its
+        // own: one whose record cannot be deleted now stays (and is
+        // collected by a later commit).
         let mut deletions = Vec::new();
         for id in collected {
-            let v = st.versions.remove(&(fileset.clone(), id)).expect("only commits remove versions, one at a time");
-            info!(fileset = %fileset, version = id, "version collected by retention");
-            deletions.extend(forget_version(&mut st, &v));
+            if let Err(e) = self.persist(vec![Write::DeleteVersion { fileset: fileset.clone(), id }]).await {
+                warn!(fileset = %fileset, version = id, error = %e, "retention could not delete a version; a later commit will");
+                continue;
+            }
+            let mut st = self.state.lock().unwrap();
+            if let Some(v) = st.versions.remove(&(fileset.clone(), id)) {
+                info!(fileset = %fileset, version = id, "version collected by retention");
+                deletions.extend(forget_version(&mut st, &v));
+            }
         }
         Ok((record, deletions))
     }
@@ -323,8 +353,12 @@ impl Master {
         Ok(VersionView { version: v.clone(), layout: f.layout(), locations })
     }
 
-    pub async fn delete_version(&self, fileset: &str, version: u64) -> Result<Vec<Deletion>, MasterError> {
-        let _turn = self.write_turn.lock().await;
+    pub async fn delete_version(self: &Arc<Self>, fileset: &str, version: u64) -> Result<Vec<Deletion>, MasterError> {
+        let fileset = fileset.to_string();
+        self.change(move |m| async move { m.delete_version_in_turn(&fileset, version).await }).await
+    }
+
+    async fn delete_version_in_turn(&self, fileset: &str, version: u64) -> Result<Vec<Deletion>, MasterError> {
         let v = {
             let st = self.state.lock().unwrap();
             let v = find_version(&st, fileset, version)?.clone();
@@ -342,11 +376,21 @@ impl Master {
 
     /// Adds or removes a holder's pin on a version (0: the latest): a pinned
     /// version is never collected or deleted.
-    pub async fn pin(&self, fileset: &str, version: u64, holder: &str, pin: bool) -> Result<(), MasterError> {
+    pub async fn pin(
+        self: &Arc<Self>,
+        fileset: &str,
+        version: u64,
+        holder: &str,
+        pin: bool,
+    ) -> Result<(), MasterError> {
         if holder.is_empty() {
             return Err(MasterError::InvalidSpec { field: "holder", reason: "a pin needs a holder".into() });
         }
-        let _turn = self.write_turn.lock().await;
+        let (fileset, holder) = (fileset.to_string(), holder.to_string());
+        self.change(move |m| async move { m.pin_in_turn(&fileset, version, &holder, pin).await }).await
+    }
+
+    async fn pin_in_turn(&self, fileset: &str, version: u64, holder: &str, pin: bool) -> Result<(), MasterError> {
         let v = {
             let st = self.state.lock().unwrap();
             let mut v = find_version(&st, fileset, version)?.clone();

@@ -24,12 +24,15 @@ fn master_with(store: Arc<dyn MetaStore>) -> Arc<Master> {
 }
 
 /// Creates a fileset from the spec a client would send.
-async fn create_spec(m: &Master, spec: ms::FilesetSpec) -> Result<FilesetView, MasterError> {
+async fn create_spec(m: &Arc<Master>, spec: ms::FilesetSpec) -> Result<FilesetView, MasterError> {
     m.create_fileset(FilesetRecord::from_spec(&spec, 1)?, false).await
 }
 
 /// Commits what a client would send.
-async fn commit(m: &Master, req: &ms::CommitVersionRequest) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
+async fn commit(
+    m: &Arc<Master>,
+    req: &ms::CommitVersionRequest,
+) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
     m.commit_version(wire::commit(req)?).await
 }
 
@@ -82,7 +85,7 @@ fn register_in_zones(m: &Master, count: usize, zones: usize, now: Instant) -> St
     (0..count).map(|i| register_server(m, i, zones, now)).last().unwrap_or_default()
 }
 
-async fn create(m: &Master, name: &str, availability: &str, keep: u32) {
+async fn create(m: &Arc<Master>, name: &str, availability: &str, keep: u32) {
     create_spec(
         m,
         ms::FilesetSpec {
@@ -98,7 +101,7 @@ async fn create(m: &Master, name: &str, availability: &str, keep: u32) {
 }
 
 /// Writes a version of `items` data items and one manifest item.
-async fn write_version(m: &Master, fileset: &str, items: usize, now: Instant, rng: &mut StdRng) -> VersionRecord {
+async fn write_version(m: &Arc<Master>, fileset: &str, items: usize, now: Instant, rng: &mut StdRng) -> VersionRecord {
     let (session, _, _) = m.begin_version(fileset, now).unwrap();
     let alloc = m.allocate_items(&session, items + 1, 4096, &[], now, rng).unwrap();
     let refs: Vec<ms::ItemRef> = alloc.iter().map(item_ref).collect();
