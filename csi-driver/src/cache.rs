@@ -18,11 +18,14 @@
 //! none; on start the cache adopts what is on disk, oldest first.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tessera_core::checksum::{ChecksumMismatch, block_checksums, verify_blocks};
+use tessera_core::ids::ItemId;
 use tracing::warn;
 
 use crate::metrics::Metrics;
@@ -37,31 +40,25 @@ pub const BLOCK: u64 = 64 << 10;
 /// anything else) are removed when the cache opens.
 const SUFFIX: &str = ".unit";
 
+/// A unit: its item (by id, which no other item of any version ever has,
+/// so a unit cached for one version is never taken for another's) and its
+/// number in the item.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnitKey {
-    pub fileset: String,
-    pub version: u64,
-    /// The item's position in the version's item list.
-    pub item_index: u64,
-    /// The unit's position in the item.
+    pub item: ItemId,
     pub unit: u64,
 }
 
 impl UnitKey {
+    /// `<first two hex digits of the item>/<item>-<unit>.unit`.
     fn file(&self) -> PathBuf {
-        PathBuf::from(format!("{}@{}", self.fileset, self.version))
-            .join(format!("{}-{}{SUFFIX}", self.item_index, self.unit))
+        let item = self.item.to_string();
+        PathBuf::from(&item[..2]).join(format!("{item}-{}{SUFFIX}", self.unit))
     }
 
-    fn parse(dir: &str, name: &str) -> Option<Self> {
-        let (fileset, version) = dir.rsplit_once('@')?;
+    fn parse(name: &str) -> Option<Self> {
         let (item, unit) = name.strip_suffix(SUFFIX)?.split_once('-')?;
-        Some(Self {
-            fileset: fileset.to_string(),
-            version: version.parse().ok()?,
-            item_index: item.parse().ok()?,
-            unit: unit.parse().ok()?,
-        })
+        Some(Self { item: item.parse().ok()?, unit: unit.parse().ok()? })
     }
 }
 
@@ -71,9 +68,10 @@ fn blocks_in(len: u64) -> u64 {
 }
 
 /// The data length of a unit file of `file_len` bytes (a checksum of 4
-/// bytes per block, then the data).
-fn data_len(file_len: u64) -> u64 {
-    file_len - 4 * file_len.div_ceil(BLOCK + 4)
+/// bytes per block, then the data); `None` if no unit has that length.
+fn data_len(file_len: u64) -> Option<u64> {
+    let len = file_len.checked_sub(4 * file_len.div_ceil(BLOCK + 4))?;
+    (len > 0 && len + 4 * blocks_in(len) == file_len).then_some(len)
 }
 
 /// A unit as another node's cache holds it: its data and the checksum of
@@ -137,15 +135,17 @@ impl Lru {
     }
 }
 
-/// A node's cache of root blocks.
+/// A node's cache of root units.
 #[derive(Debug)]
 pub struct NodeCache {
     dir: PathBuf,
     threshold: u64,
     lru: Mutex<Lru>,
     metrics: Arc<Metrics>,
-    /// Open block files, so a read is one pread rather than open, read, close.
+    /// Open unit files, so a read is one pread rather than open, read, close.
     files: Mutex<HashMap<UnitKey, Arc<std::fs::File>>>,
+    /// Numbers the temporary files of writes.
+    writes: AtomicU64,
 }
 
 /// Block files kept open at most.
@@ -162,19 +162,21 @@ impl NodeCache {
             if !d.file_type()?.is_dir() {
                 continue;
             }
-            let dname = d.file_name().to_string_lossy().into_owned();
             for f in std::fs::read_dir(d.path())? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
                 let meta = f.metadata()?;
-                match UnitKey::parse(&dname, &name) {
-                    Some(key) => found.push((meta.modified().ok(), key, meta.len())),
-                    // Leftovers of an interrupted write.
-                    None => {
+                match UnitKey::parse(&name).filter(|k| k.file() == f.path().strip_prefix(dir).unwrap_or(&f.path())) {
+                    Some(key) if data_len(meta.len()).is_some() => found.push((meta.modified().ok(), key, meta.len())),
+                    // Leftovers of an interrupted write, a file of another
+                    // format, or one no unit could be.
+                    _ => {
                         let _ = std::fs::remove_file(f.path());
                     }
                 }
             }
+            // Directories of an older layout are left empty: remove them.
+            let _ = std::fs::remove_dir(d.path());
         }
         found.sort();
         let cache = Self {
@@ -183,6 +185,7 @@ impl NodeCache {
             lru: Mutex::new(Lru::default()),
             metrics,
             files: Mutex::default(),
+            writes: AtomicU64::new(0),
         };
         {
             let mut lru = cache.lru.lock().unwrap();
@@ -221,7 +224,7 @@ impl NodeCache {
             self.metrics.cache_misses.inc();
             return None;
         };
-        let len = data_len(file_len);
+        let len = data_len(file_len).expect("adopted and stored units have unit lengths");
         let (start, end) = (range.start.min(len), range.end.min(len));
         if start >= end {
             self.metrics.cache_hits.inc();
@@ -239,8 +242,14 @@ impl NodeCache {
             Ok((sums, data, from)) => {
                 let sums: Vec<u32> =
                     sums.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-                if let Err(e) = verify_blocks(&data, first as usize, BLOCK as usize, &sums) {
-                    warn!(fileset = %key.fileset, version = key.version, item_index = key.item_index, unit = key.unit, error = %e, "a cached unit failed its checksum on disk; dropping it");
+                let whole = data.len() as u64 == (last * BLOCK).min(len) - from && sums.len() as u64 == last - first;
+                let checked = if whole {
+                    verify_blocks(&data, first as usize, BLOCK as usize, &sums).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("its file ends early ({} bytes of data read)", data.len()))
+                };
+                if let Err(e) = checked {
+                    warn!(item = %key.item, unit = key.unit, error = %e, "a cached unit failed its check on disk; dropping it");
                     self.metrics.cache_units_corrupt.inc();
                     self.drop_unit(key);
                     self.metrics.cache_misses.inc();
@@ -262,10 +271,16 @@ impl NodeCache {
     /// node (which checks it: end to end, across this disk and the network).
     pub fn get_stored(&self, key: &UnitKey) -> Option<StoredUnit> {
         let file_len = self.lru.lock().unwrap().touch(key)?;
-        let len = data_len(file_len);
+        let len = data_len(file_len).expect("adopted and stored units have unit lengths");
         let n = blocks_in(len);
         let raw = self.file(key).and_then(|f| read_exact_at(&f, file_len as usize, 0));
-        let Ok(raw) = raw else {
+        let Ok(raw) = raw.and_then(|r| {
+            if r.len() as u64 == file_len {
+                Ok(r)
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the unit's file ends early"))
+            }
+        }) else {
             self.drop_unit(key);
             return None;
         };
@@ -308,14 +323,25 @@ impl NodeCache {
         }
         file.extend_from_slice(data);
         let len = file.len() as u64;
-        if len > self.threshold || self.contains(key) {
+        if data.is_empty() || len > self.threshold || self.contains(key) {
             return;
         }
-        // Written aside first; eviction, the rename and the count change
-        // together, so the files on disk never exceed the threshold.
+        // Written aside under a name of its own (two roots may fetch the same
+        // unit at once) and fsynced, then renamed: a crash leaves the whole
+        // unit or none. Eviction, the rename and the count change together,
+        // so the files on disk never exceed the threshold.
         let path = self.dir.join(key.file());
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(&tmp, &file));
+        let tmp =
+            path.with_extension(format!("tmp{}-{}", std::process::id(), self.writes.fetch_add(1, Ordering::Relaxed)));
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            if let Some(parent) = tmp.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::File::create(tmp)?;
+            f.write_all(&file)?;
+            f.sync_all()
+        };
+        let written = write(&tmp);
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
             return;
@@ -336,7 +362,7 @@ impl NodeCache {
         self.metrics.cache_bytes.set(lru.bytes as i64);
     }
 
-    /// Evicts least recently used blocks until `incoming` more bytes fit.
+    /// Evicts least recently used units until `incoming` more bytes fit.
     fn evict(&self, lru: &mut Lru, incoming: u64) {
         while lru.bytes + incoming > self.threshold {
             let Some(victim) = lru.oldest() else { return };
@@ -368,22 +394,33 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn key(item: u64, block: u64) -> UnitKey {
-        UnitKey { fileset: "models".into(), version: 3, item_index: item, unit: block }
+    fn key(item: u8, unit: u64) -> UnitKey {
+        UnitKey { item: ItemId([item; 16]), unit }
+    }
+
+    /// Bytes of every unit file under the cache.
+    fn on_disk(dir: &Path) -> (usize, u64) {
+        let mut files = (0, 0);
+        for d in std::fs::read_dir(dir).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).into_iter().flatten() {
+                files.0 += 1;
+                files.1 += f.unwrap().metadata().unwrap().len();
+            }
+        }
+        files
     }
 
     #[test]
-    fn blocks_come_back_and_versions_do_not_mix() {
+    fn units_come_back_and_items_do_not_mix() {
         let dir = tempfile::tempdir().unwrap();
         let c = NodeCache::open(dir.path(), 1 << 20, Arc::new(Metrics::new())).unwrap();
-        c.put(&key(0, 0), b"v3 block");
-        assert_eq!(c.get(&key(0, 0)).unwrap(), Bytes::from_static(b"v3 block"));
-        let v4 = UnitKey { version: 4, ..key(0, 0) };
-        assert!(c.get(&v4).is_none(), "another version's block is another block");
+        c.put(&key(0, 0), b"a unit");
+        assert_eq!(c.get(&key(0, 0)).unwrap(), Bytes::from_static(b"a unit"));
+        assert!(c.get(&key(1, 0)).is_none(), "another item's unit is another unit");
     }
 
     #[test]
-    fn the_least_recently_used_block_goes_first_and_the_cache_reopens() {
+    fn the_least_recently_used_unit_goes_first_and_the_cache_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         // Each unit's file: 100 bytes and the checksum of its one block.
@@ -396,7 +433,7 @@ mod tests {
         assert!(!c.contains(&key(0, 1)), "1 was the least recently used");
         assert!(c.contains(&key(0, 0)) && c.contains(&key(0, 2)) && c.contains(&key(0, 3)));
         assert_eq!(metrics.cache_evictions.get(), 1);
-        assert_eq!(std::fs::read_dir(dir.path().join("models@3")).unwrap().count(), 3, "evicted files are deleted");
+        assert_eq!(on_disk(dir.path()).0, 3, "evicted files are deleted");
         drop(c);
         // Reopened with a smaller threshold: the oldest go.
         let c = NodeCache::open(dir.path(), 150, Arc::new(Metrics::new())).unwrap();
@@ -420,10 +457,20 @@ mod tests {
             assert_eq!(&c.get_range(&key(0, 0), range.clone()).unwrap()[..], want, "{range:?}");
         }
         // Old-format and stray files are not adopted.
+        // An older layout's directory and file, a unit of an impossible
+        // length, and an empty one (a crash before the data was synced).
+        std::fs::create_dir_all(dir.path().join("models@3")).unwrap();
         std::fs::write(dir.path().join("models@3/0-9"), b"no checksums").unwrap();
+        let odd = dir.path().join(key(5, 0).file());
+        std::fs::create_dir_all(odd.parent().unwrap()).unwrap();
+        std::fs::write(&odd, [1, 2, 3]).unwrap();
+        let empty = dir.path().join(key(6, 0).file());
+        std::fs::create_dir_all(empty.parent().unwrap()).unwrap();
+        std::fs::write(&empty, []).unwrap();
         drop(c);
         let c = NodeCache::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
-        assert!(!dir.path().join("models@3/0-9").exists());
+        assert!(!dir.path().join("models@3").exists() && !odd.exists() && !empty.exists());
+        assert!(!c.contains(&key(5, 0)) && !c.contains(&key(6, 0)));
         // Flip a byte of the second block on disk.
         let path = dir.path().join(key(0, 0).file());
         let mut raw = std::fs::read(&path).unwrap();
@@ -471,8 +518,7 @@ mod tests {
                     c.put(&key(1, block), &vec![block as u8; len]);
                 }
                 prop_assert!(c.bytes() <= 500);
-                let on_disk: u64 = std::fs::read_dir(dir.path().join("models@3")).map(|d| d.map(|f| f.unwrap().metadata().unwrap().len()).sum()).unwrap_or(0);
-                prop_assert_eq!(on_disk, c.bytes());
+                prop_assert_eq!(on_disk(dir.path()).1, c.bytes());
             }
         }
     }

@@ -12,7 +12,7 @@
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
 //!   root mount over the last ten seconds; for a leaf, read and written
 //!   through the leaf's own mount;
-//! - `GET /units/{fileset}/{version}/{item_index}/{unit}`: a unit of this
+//! - `GET /units/{item}/{unit}`: a unit (by item id and number) of this
 //!   node's cache with its block checksums, for other nodes' plugins (404
 //!   when not cached here);
 //! - `POST /volumes/{volume}/promote` with a fileset name as the body: a
@@ -46,15 +46,16 @@ pub fn router(plugin: Arc<NodePlugin>) -> axum::Router {
 /// Serves this node's cached units to other nodes (`GET /units/...`), with
 /// their block checksums as stored: the reader checks them.
 pub fn units_router(cache: Arc<NodeCache>) -> axum::Router {
-    axum::Router::new().route("/units/{fileset}/{version}/{item_index}/{unit}", get(unit)).with_state(cache)
+    axum::Router::new().route("/units/{item}/{unit}", get(unit)).with_state(cache)
 }
 
 async fn unit(
     State(cache): State<Arc<NodeCache>>,
-    Path((fileset, version, item_index, unit)): Path<(String, u64, u64, u64)>,
+    Path((item, unit)): Path<(String, u64)>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let key = UnitKey { fileset, version, item_index, unit };
+    let Ok(item) = item.parse() else { return StatusCode::BAD_REQUEST.into_response() };
+    let key = UnitKey { item, unit };
     match tokio::task::spawn_blocking(move || cache.get_stored(&key)).await {
         Ok(Some(u)) => {
             let sums = crate::peers::format_checksums(&u.checksums);

@@ -1,6 +1,6 @@
 //! Other nodes' caches as a source of units. Before a root fetches a unit
 //! from the chunkservers it asks a few node plugins elsewhere
-//! (`GET /units/{fileset}/{version}/{item_index}/{unit}` on their control
+//! (`GET /units/{item}/{unit}` on their control
 //! port), which answer from their node cache only, with the CRC32C of each
 //! block of the unit as they stored it (header [`CHECKSUMS_HEADER`]); the
 //! first answer that passes the check wins. One that fails (the peer's disk
@@ -112,7 +112,7 @@ impl Peers {
     /// The unit from the first peer that has it cached and whose answer
     /// passes its checksums, if any answers in time. Peers are picked by the
     /// key, so readers of one unit on different nodes ask the same few.
-    pub async fn get(&self, key: &UnitKey) -> Option<Bytes> {
+    pub async fn get(&self, key: &UnitKey, len: u64) -> Option<Bytes> {
         let mut addrs = self.addresses().await;
         if addrs.is_empty() {
             return None;
@@ -120,8 +120,8 @@ impl Peers {
         // Rendezvous order: the same block maps to the same peers everywhere.
         addrs.sort_by_key(|a| std::cmp::Reverse(score(a, key)));
         addrs.truncate(FANOUT);
-        let path = format!("/units/{}/{}/{}/{}", key.fileset, key.version, key.item_index, key.unit);
-        let mut asks: FuturesUnordered<_> = addrs.iter().map(|a| self.ask(a, &path, key)).collect();
+        let path = format!("/units/{}/{}", key.item, key.unit);
+        let mut asks: FuturesUnordered<_> = addrs.iter().map(|a| self.ask(a, &path, key, len)).collect();
         let first = async {
             while let Some(answer) = asks.next().await {
                 if let Some(b) = answer {
@@ -133,7 +133,7 @@ impl Peers {
         tokio::time::timeout(WAIT, first).await.ok().flatten()
     }
 
-    async fn ask(&self, addr: &str, path: &str, key: &UnitKey) -> Option<Bytes> {
+    async fn ask(&self, addr: &str, path: &str, key: &UnitKey, len: u64) -> Option<Bytes> {
         let uri: http::Uri = format!("http://{addr}{path}").parse().ok()?;
         let resp = self.client.get(uri).await.map_err(|e| debug!(peer = addr, error = %e, "peer unreachable")).ok()?;
         if !resp.status().is_success() {
@@ -142,11 +142,15 @@ impl Peers {
         let checksums = resp.headers().get(CHECKSUMS_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_checksums);
         let data = resp.into_body().collect().await.ok()?.to_bytes();
         let unit = StoredUnit { data, checksums: checksums.unwrap_or_default() };
-        match unit.verify() {
+        let checked = match unit.data.len() as u64 {
+            n if n == len => unit.verify().map_err(|e| e.to_string()),
+            n => Err(format!("{n} bytes where the unit has {len}")),
+        };
+        match checked {
             Ok(()) => Some(unit.data),
             Err(e) => {
                 self.metrics.peer_units_rejected.inc();
-                warn!(peer = addr, fileset = %key.fileset, version = key.version, item_index = key.item_index, unit = key.unit, error = %e, "a peer's unit failed its checksum; skipping the peer");
+                warn!(peer = addr, item = %key.item, unit = key.unit, error = %e, "a peer's unit failed its check; skipping the peer");
                 None
             }
         }
@@ -175,9 +179,7 @@ fn score(addr: &str, key: &UnitKey) -> u64 {
         }
     };
     eat(addr.as_bytes());
-    eat(key.fileset.as_bytes());
-    eat(&key.version.to_le_bytes());
-    eat(&key.item_index.to_le_bytes());
+    eat(key.item.as_bytes());
     eat(&key.unit.to_le_bytes());
     h
 }
@@ -197,7 +199,7 @@ mod tests {
 
     #[test]
     fn every_node_asks_the_same_peers_for_a_unit() {
-        let key = |block| UnitKey { fileset: "models".into(), version: 3, item_index: 7, unit: block };
+        let key = |unit| UnitKey { item: tessera_core::ids::ItemId([7; 16]), unit };
         let peers: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}:7501")).collect();
         let pick = |k: &UnitKey, order: &[String]| {
             let mut v = order.to_vec();

@@ -509,15 +509,15 @@ impl RootFs {
         let mut parts = Vec::new();
         let mut last = None;
         for (item, r) in self.version.layout.items_of(start..end) {
-            for block in r.start / UNIT..r.end.div_ceil(UNIT) {
-                let base = block * UNIT;
+            for unit in r.start / UNIT..r.end.div_ceil(UNIT) {
+                let base = unit * UNIT;
                 let want = r.start.max(base) - base..r.end.min(base + UNIT) - base;
-                parts.push(self.block_range(item, block, want).await?);
-                last = Some((item, block));
+                parts.push(self.unit_range(item, unit, want).await?);
+                last = Some((item, unit));
             }
         }
-        if let Some((item, block)) = last {
-            self.prefetch(item, block);
+        if let Some((item, unit)) = last {
+            self.prefetch(item, unit);
         }
         if count {
             self.count_read(parts.iter().map(|p| p.len() as u64).sum());
@@ -525,28 +525,28 @@ impl RootFs {
         Ok(parts)
     }
 
-    fn key(&self, item: u64, block: u64) -> UnitKey {
-        UnitKey { fileset: self.fileset().to_string(), version: self.version_id(), item_index: item, unit: block }
+    fn key(&self, item: u64, unit: u64) -> UnitKey {
+        UnitKey { item: self.version.items()[item as usize].item, unit }
     }
 
-    /// `range` of one cache block of an item: read from the cache, or the
-    /// whole block fetched once however many reads want it at once.
-    async fn block_range(&self, item: u64, block: u64, range: Range<u64>) -> Result<Bytes> {
-        let key = self.key(item, block);
+    /// `range` of one unit of an item: read from the cache, or the whole
+    /// unit fetched once however many reads want it at once.
+    async fn unit_range(&self, item: u64, unit: u64, range: Range<u64>) -> Result<Bytes> {
+        let key = self.key(item, unit);
         if let Some(data) = self.cache.get_range(&key, range.clone()) {
             self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(data.len() as u64);
             return Ok(data);
         }
-        let data = self.block(key).await?;
+        let data = self.unit(item, key).await?;
         let end = (range.end as usize).min(data.len());
         Ok(data.slice((range.start as usize).min(end)..end))
     }
 
-    /// Sequential readers get the next blocks fetched ahead of them.
-    fn prefetch(&self, item: u64, block: u64) {
+    /// Sequential readers get the next units fetched ahead of them.
+    fn prefetch(&self, item: u64, unit: u64) {
         const AHEAD: u64 = 4;
         let items = self.version.items();
-        let mut next = (item, block);
+        let mut next = (item, unit);
         for _ in 0..AHEAD {
             let (i, b) = next;
             let len = items.get(i as usize).map_or(0, |l| l.item_len);
@@ -558,7 +558,7 @@ impl RootFs {
             if self.cache.contains(&key) || self.inflight.lock().unwrap().contains_key(&key) {
                 continue;
             }
-            let f = self.fetch(key.clone()).boxed().shared();
+            let f = self.fetch(next.0, key.clone()).boxed().shared();
             self.inflight.lock().unwrap().insert(key.clone(), f.clone());
             let inflight = self.inflight.clone();
             tokio::spawn(async move {
@@ -568,14 +568,14 @@ impl RootFs {
         }
     }
 
-    /// A whole block, fetched once however many readers want it.
-    async fn block(&self, key: UnitKey) -> Result<Bytes> {
+    /// A whole unit, fetched once however many readers want it.
+    async fn unit(&self, index: u64, key: UnitKey) -> Result<Bytes> {
         let fetch = {
             let mut inflight = self.inflight.lock().unwrap();
             match inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
-                    let f = self.fetch(key.clone()).boxed().shared();
+                    let f = self.fetch(index, key.clone()).boxed().shared();
                     inflight.insert(key.clone(), f.clone());
                     f
                 }
@@ -586,15 +586,19 @@ impl RootFs {
         result
     }
 
-    fn fetch(&self, key: UnitKey) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
-        let loc = self.version.items().get(key.item_index as usize).cloned();
+    fn fetch(
+        &self,
+        index: u64,
+        key: UnitKey,
+    ) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
+        let loc = self.version.items().get(index as usize).cloned();
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
         let (mode, volume, peers, hedge) = (self.read_mode(), self.volume.clone(), self.peers.clone(), self.hedge());
         let span = tracing::debug_span!(
             "fetch_unit",
-            fileset = %key.fileset,
-            version = key.version,
-            item_index = key.item_index,
+            fileset = %self.fileset(),
+            version = self.version_id(),
+            item = %key.item,
             unit = key.unit
         );
         async move {
@@ -603,7 +607,7 @@ impl RootFs {
             let want = range.end - range.start;
             let chunkservers = async {
                 let (data, report) = client.read_with(&loc, range, mode, &hedge).await.map_err(|e| {
-                    warn!(fileset = %key.fileset, version = key.version, item = key.item_index, error = %e, "reading a root block failed");
+                    warn!(item = %key.item, unit = key.unit, error = %e, "reading a root unit failed");
                     Errno::IO
                 })?;
                 metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
@@ -618,14 +622,14 @@ impl RootFs {
             let (bytes, source) = match peers {
                 None => (chunkservers.await?, "chunkservers"),
                 Some(peers) => {
-                    let ask = async { peers.get(&key).await.filter(|b| b.len() as u64 == want) };
+                    let ask = peers.get(&key, want);
                     tokio::pin!(ask);
                     match tokio::time::timeout(peers.head_start(), &mut ask).await {
                         Ok(Some(b)) => (b, "peers"),
                         Ok(None) => (chunkservers.await?, "chunkservers"),
                         Err(_) => {
                             tokio::pin!(chunkservers);
-                            // Whichever has the block first; a failure of one
+                            // Whichever has the unit first; a failure of one
                             // waits for the other.
                             let (mut peers_done, mut failed) = (false, None);
                             loop {
@@ -663,7 +667,7 @@ impl RootFs {
 }
 
 impl RootFs {
-    /// A read answered from the node cache alone, or `None` if any block
+    /// A read answered from the node cache alone, or `None` if any unit
     /// must be fetched.
     fn read_cached(&self, nodeid: u64, offset: u64, len: u32) -> Option<Result<Vec<Bytes>>> {
         tracing::trace!(nodeid, offset, len, "read request");
@@ -676,21 +680,21 @@ impl RootFs {
         let end = (start + len as u64).min(extent.end);
         let mut wanted = Vec::new();
         for (item, r) in self.version.layout.items_of(start..end) {
-            for block in r.start / UNIT..r.end.div_ceil(UNIT) {
-                let base = block * UNIT;
-                let key = self.key(item, block);
+            for unit in r.start / UNIT..r.end.div_ceil(UNIT) {
+                let base = unit * UNIT;
+                let key = self.key(item, unit);
                 if !self.cache.contains(&key) {
                     return None;
                 }
-                wanted.push((key, r.start.max(base) - base..r.end.min(base + UNIT) - base));
+                wanted.push((item, key, r.start.max(base) - base..r.end.min(base + UNIT) - base));
             }
         }
         let mut parts = Vec::with_capacity(wanted.len());
-        for (key, range) in &wanted {
+        for (_, key, range) in &wanted {
             parts.push(self.cache.get_range(key, range.clone())?);
         }
-        if let Some((key, _)) = wanted.last() {
-            self.prefetch(key.item_index, key.unit);
+        if let Some((item, key, _)) = wanted.last() {
+            self.prefetch(*item, key.unit);
         }
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.metrics.bytes_served.get_or_create(&SourceLabels { source: "cache" }).inc_by(n);

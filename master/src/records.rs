@@ -50,6 +50,10 @@ pub struct FilesetRecord {
     /// it to the readers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<HedgeTuning>,
+    /// The object it mirrors (the operator's Fileset: `namespace/uid`);
+    /// empty when made directly.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// Bounds of the adaptive hedge delay and the parity stripes asked for up
@@ -273,6 +277,7 @@ mod tests {
             read_mode: Some(ReadMode::Hedged),
             min_write_stripes: 0,
             hedge: Some(HedgeTuning { delay_min_ms: 1, delay_max_ms: 50, extra_stripes: 1 }),
+            owner: String::new(),
         };
         let text = serde_json::to_string(&f).unwrap();
         assert!(text.contains(r#""level":"rack""#) && text.contains(r#""availability":"high""#), "{text}");

@@ -69,6 +69,7 @@ impl FilesetRecord {
                 delay_max_ms: h.delay_max_ms,
                 extra_stripes: h.extra_stripes,
             }),
+            owner: spec.owner.clone(),
         };
         record.validate_min_write_stripes()?;
         record.validate_hedge()?;
@@ -92,6 +93,7 @@ impl FilesetRecord {
                 delay_max_ms: h.delay_max_ms,
                 extra_stripes: h.extra_stripes,
             }),
+            owner: self.owner.clone(),
         }
     }
 }

@@ -87,6 +87,7 @@ fn master_spec(f: &Fileset, priority: &PriorityRef) -> ms::FilesetSpec {
         availability: priority.availability().to_string(),
         keep_versions: s.retention.keep_versions,
         read_mode: priority.read_mode().map(|m| m.to_string()).unwrap_or_default(),
+        owner: owner_of(f),
         min_write_stripes: reconcile::min_write_stripes(s, priority),
         hedge: reconcile::hedge_for(s, priority).map(|h| ms::HedgeTuning {
             delay_min_ms: h.delay_min_ms,
@@ -96,13 +97,33 @@ fn master_spec(f: &Fileset, priority: &PriorityRef) -> ms::FilesetSpec {
     }
 }
 
-fn master_view(m: &Master, name: &str) -> Result<Option<MasterFileset>, MasterError> {
+/// What the master holds for `f`: its fileset, or the owner of another
+/// object's fileset of that name. A record without an owner (made before
+/// owners were recorded) is taken to be `f`'s.
+fn master_view(m: &Master, f: &Fileset) -> Result<(Option<MasterFileset>, Option<String>), MasterError> {
+    let name = master_name(f);
+    let record = match m.get_fileset(&name) {
+        Ok(v) => v.record,
+        Err(MasterError::FilesetNotFound(_)) => return Ok((None, None)),
+        Err(e) => return Err(e),
+    };
+    if !record.owner.is_empty() && record.owner != owner_of(f) {
+        return Ok((None, Some(record.owner)));
+    }
+    Ok((master_fileset(m, &name, record)?, None))
+}
+
+/// The owner the master records for `f`.
+fn owner_of(f: &Fileset) -> String {
+    format!("{}/{}", namespace_of(f), f.uid().unwrap_or_default())
+}
+
+fn master_fileset(m: &Master, name: &str, record: FilesetRecord) -> Result<Option<MasterFileset>, MasterError> {
     let versions = match m.list_versions(name) {
         Ok(v) => v,
         Err(MasterError::FilesetNotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let record = m.get_fileset(name)?.record;
     let st = m.status(name, Instant::now())?;
     let f = st.filesets.first().cloned().ok_or_else(|| MasterError::FilesetNotFound(name.into()))?;
     let full = f.items_by_redundancy.last().copied().unwrap_or(0);
@@ -193,13 +214,15 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
     let name = master_name(f);
     let finalizers = f.finalizers().to_vec();
     let key = reconcile::source_key(&f.spec.source);
+    let (master, name_taken_by) = master_view(&ctx.master, f)?;
     let observed = Observed {
         generation: f.metadata.generation.unwrap_or(0),
         deleting: f.metadata.deletion_timestamp.is_some(),
         has_finalizer: finalizers.iter().any(|x| x == FINALIZER),
         spec: f.spec.clone(),
         status: f.status.clone().unwrap_or_default(),
-        master: master_view(&ctx.master, &name)?,
+        master,
+        name_taken_by,
         priority: priority_of(&ctx.client, f).await?,
         ingest: ctx.ingests.ingest_of(f, &key).await?,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
@@ -207,8 +230,9 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
     let decision = reconcile::decide(&observed);
     for action in &decision.actions {
         match action {
-            // The finalizer is ours by server-side apply: applying it claims
-            // it, applying none gives it up (other finalizers are untouched).
+            // Added by server-side apply (other finalizers are untouched);
+            // removed by a patch guarded by the resourceVersion, so it goes
+            // whoever added it (an operator before server-side apply too).
             Action::AddFinalizer => apply_finalizers(&api, f, &[FINALIZER]).await?,
             Action::CreateInMaster => {
                 let record = FilesetRecord::from_spec(&master_spec(f, &observed.priority), now_unix())?;
@@ -226,7 +250,7 @@ async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, Rec
                 info!(fileset = %name, versions, stripes = deletions.len(), "deleting a fileset's data");
                 ctx.chores.delete(deletions);
             }
-            Action::RemoveFinalizer => apply_finalizers(&api, f, &[]).await?,
+            Action::RemoveFinalizer => remove_finalizer(&api, f).await?,
         }
     }
     let reference = f.object_ref(&());
@@ -270,6 +294,21 @@ async fn apply_finalizers(api: &Api<Fileset>, f: &Fileset, finalizers: &[&str]) 
         "metadata": {"name": f.name_any(), "finalizers": finalizers},
     });
     api.patch(&f.name_any(), &PatchParams::apply(MANAGER), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Removes [`FINALIZER`] from `f`, whoever added it, by a merge patch of
+/// the rest of the list that names the resourceVersion read: if the list
+/// changed since, the apiserver refuses (Conflict) and the next pass retries.
+async fn remove_finalizer(api: &Api<Fileset>, f: &Fileset) -> Result<(), ReconcileError> {
+    if !f.finalizers().iter().any(|x| x == FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = f.finalizers().iter().filter(|x| *x != FINALIZER).collect();
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": rest, "resourceVersion": f.resource_version()},
+    });
+    api.patch(&f.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 

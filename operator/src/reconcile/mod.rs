@@ -169,8 +169,12 @@ pub struct Observed {
     pub has_finalizer: bool,
     pub spec: FilesetSpec,
     pub status: FilesetStatus,
-    /// `None` when the master has no such fileset (yet, or any more).
+    /// `None` when the master has no such fileset (yet, or any more), or
+    /// when the master's fileset of this name mirrors another object.
     pub master: Option<MasterFileset>,
+    /// The other object (`namespace/uid`) whose fileset has this name:
+    /// this one is not stored, and its deletion deletes nothing.
+    pub name_taken_by: Option<String>,
     pub priority: PriorityRef,
     pub ingest: Ingest,
     pub now: Time,
@@ -238,7 +242,7 @@ pub fn decide(o: &Observed) -> Decision {
 
     if o.deleting {
         if o.has_finalizer {
-            if o.master.is_some() {
+            if o.master.is_some() && o.name_taken_by.is_none() {
                 actions.push(Action::DeleteData);
                 events.push(EventNote {
                     warning: false,
@@ -250,6 +254,24 @@ pub fn decide(o: &Observed) -> Decision {
             }
         }
         return Decision { actions, status: None, events };
+    }
+    if let Some(owner) = &o.name_taken_by {
+        // Names are cluster-wide in the master: another namespace's Fileset
+        // has this one. Nothing is created, nor ever deleted, for this one.
+        if o.status.observed_generation != Some(o.generation) {
+            events.push(EventNote {
+                warning: true,
+                reason: "NameTaken",
+                message: format!("the fileset name is taken by {owner}; names are unique across the cluster"),
+            });
+        }
+        let mut status = o.status.clone();
+        status.observed_generation = Some(o.generation);
+        let was = status.conditions.iter().find(|c| c.type_ == "Ready").cloned();
+        status.conditions.retain(|c| c.type_ != "Ready");
+        let message = format!("the name is taken by the Fileset {owner}");
+        status.conditions.push(condition(was.as_ref(), "Ready", false, "NameTaken", message, o.generation, &o.now));
+        return Decision { actions, status: Some(status), events };
     }
     if !o.has_finalizer {
         actions.push(Action::AddFinalizer);

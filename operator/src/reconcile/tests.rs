@@ -27,6 +27,7 @@ fn observed(spec: FilesetSpec) -> Observed {
         spec,
         status: FilesetStatus::default(),
         master: Some(MasterFileset::default()),
+        name_taken_by: None,
         priority: PriorityRef::Unset,
         ingest: Ingest::Idle,
         now: at(0),
@@ -351,4 +352,21 @@ fn the_priority_hedge_policy_reaches_the_master_and_is_cleared_without_one() {
     o.priority = PriorityRef::Unset;
     o.master.as_mut().unwrap().read_mode = None;
     assert_eq!(decide(&o).actions, vec![Action::SetHedge { hedge: None }]);
+}
+
+#[test]
+fn a_name_taken_by_another_namespace_is_reported_and_its_data_never_deleted() {
+    let mut o = observed(spec("https://x/a.tar"));
+    o.master = None;
+    o.name_taken_by = Some("team-a/0f1e".into());
+    o.has_finalizer = false;
+    let d = decide(&o);
+    assert!(d.actions.is_empty(), "nothing created for it: {:?}", d.actions);
+    assert!(d.events.iter().any(|e| e.warning && e.reason == "NameTaken" && e.message.contains("team-a/0f1e")));
+    let ready = d.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NameTaken"));
+    // Deleting it (with a finalizer an older operator added) deletes no data.
+    o.deleting = true;
+    o.has_finalizer = true;
+    assert_eq!(decide(&o).actions, vec![Action::RemoveFinalizer]);
 }
