@@ -35,3 +35,24 @@ pub const RECORD_FILESET_LABEL: &str = "tessera.dev/fileset";
 
 /// Label of a `MasterRecord`: what it holds (fileset, version, items).
 pub const RECORD_KIND_LABEL: &str = "tessera.dev/record";
+
+#[cfg(test)]
+mod tests {
+    /// These names are in objects and volumes already created: a change
+    /// would strand them, so it must be deliberate (and migrated).
+    #[test]
+    fn the_names_written_into_objects_stay_the_same() {
+        use super::*;
+        assert_eq!(GROUP, "tessera.dev");
+        assert_eq!(API_VERSION, "tessera.dev/v1alpha1");
+        assert_eq!(CSI_DRIVER, "csi.tessera.dev");
+        assert_eq!(TOPOLOGY_NODE, "topology.tessera.dev/node");
+        assert_eq!(RACK_LABEL, "tessera.dev/rack");
+        assert_eq!(FINALIZER, "tessera.dev/data");
+        assert_eq!(FILESET_ANNOTATION, "tessera.dev/fileset");
+        assert_eq!(SOURCE_KEY_ANNOTATION, "tessera.dev/source-key");
+        assert_eq!(RECORD_FILESET_LABEL, "tessera.dev/fileset");
+        assert_eq!(RECORD_KIND_LABEL, "tessera.dev/record");
+        assert_eq!(NODE_PLUGIN_SELECTOR, "app.kubernetes.io/component=csi-node");
+    }
+}

@@ -360,12 +360,26 @@ impl NodePlugin {
                 self.config.read_mode
             }),
         };
-        let hedge = spec.hedge.map_or(default_hedge, |h| HedgePolicy {
-            floor: Duration::from_millis(h.delay_min_ms.into()),
-            ceiling: Duration::from_millis(h.delay_max_ms.into()),
-            extra_stripes: h.extra_stripes as usize,
-            ..default_hedge
-        });
+        let hedge = match spec.hedge {
+            None => default_hedge,
+            // The master checks these; a record written otherwise is not
+            // trusted to keep the bounds in order.
+            Some(h) if h.delay_min_ms > h.delay_max_ms => {
+                warn!(
+                    fileset,
+                    min_ms = h.delay_min_ms,
+                    max_ms = h.delay_max_ms,
+                    "the master names hedge bounds out of order; using the defaults"
+                );
+                default_hedge
+            }
+            Some(h) => HedgePolicy {
+                floor: Duration::from_millis(h.delay_min_ms.into()),
+                ceiling: Duration::from_millis(h.delay_max_ms.into()),
+                extra_stripes: h.extra_stripes as usize,
+                ..default_hedge
+            },
+        };
         (mode, hedge)
     }
 

@@ -15,11 +15,16 @@ async fn the_fileset_hedge_tuning_sets_how_many_stripes_a_root_asks_for() {
     let cluster = common::Cluster::start().await;
     let src = tempfile::tempdir().unwrap();
     common::sample_tree(src.path());
-    let hedged = |hedge| ms::FilesetSpec { read_mode: "hedged".into(), hedge, ..Default::default() };
-    cluster.put_with("plain", src.path(), hedged(None)).await;
+    let hedged = |extra_stripes| ms::FilesetSpec {
+        read_mode: "hedged".into(),
+        // A hedge delay no read here reaches, so no read hedges by time and
+        // the stripes asked for are the ones asked for up front.
+        hedge: Some(ms::HedgeTuning { delay_min_ms: 30_000, delay_max_ms: 30_000, extra_stripes }),
+        ..Default::default()
+    };
+    cluster.put_with("plain", src.path(), hedged(0)).await;
     // RS(4,2): two extra stripes is every parity stripe.
-    let all = ms::HedgeTuning { delay_min_ms: 2, delay_max_ms: 200, extra_stripes: 2 };
-    cluster.put_with("eager", src.path(), hedged(Some(all))).await;
+    cluster.put_with("eager", src.path(), hedged(2)).await;
     let whole = std::fs::read(src.path().join("models/llama/weights.bin")).unwrap();
 
     let dir = tempfile::tempdir().unwrap();

@@ -68,7 +68,9 @@ impl From<MasterError> for tonic::Status {
             MasterError::Pinned { .. } => Code::FailedPrecondition,
             MasterError::Placement(_) => Code::FailedPrecondition,
             MasterError::NoSpace { .. } => Code::ResourceExhausted,
-            MasterError::Store(_) => Code::Internal,
+            // The store may answer again (the apiserver, a full disk freed):
+            // the caller may retry.
+            MasterError::Store(_) => Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())
     }

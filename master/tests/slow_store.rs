@@ -235,7 +235,7 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     // A store that fails a write: the caller hears so and nothing changes.
     store.fail.store(true, Ordering::SeqCst);
     let err = reader.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("broken")), if_absent: false }).await;
-    assert_eq!(err.unwrap_err().code(), tonic::Code::Internal);
+    assert_eq!(err.unwrap_err().code(), tonic::Code::Unavailable);
     store.fail.store(false, Ordering::SeqCst);
     let listed = reader.list_filesets(ms::ListFilesetsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.filesets.len(), 4, "a failed write changed nothing");

@@ -206,7 +206,7 @@ pub fn error_policy(f: Arc<Fileset>, e: &ReconcileError, ctx: Arc<Ctx>) -> Reque
 }
 
 fn object_key(f: &Fileset) -> String {
-    format!("{}/{}", namespace_of(f), f.name_any())
+    format!("fileset:{}/{}", namespace_of(f), f.name_any())
 }
 
 async fn reconcile_once(f: &Arc<Fileset>, ctx: &Arc<Ctx>) -> Result<Requeue, ReconcileError> {

@@ -14,7 +14,7 @@ use tessera_api::crd::{Fileset, Priority, PriorityStatus};
 use tessera_api::keys::API_VERSION;
 use tracing::{Instrument, info_span, warn};
 
-use crate::error::{Backoff, ReconcileError};
+use crate::error::ReconcileError;
 use crate::fileset::{Ctx, MANAGER};
 use crate::metrics::{ControllerLabels, FailureLabels};
 
@@ -29,7 +29,14 @@ pub async fn reconcile(p: Arc<Priority>, ctx: Arc<PriorityCtx>) -> Result<Requeu
     let result = reconcile_once(&p, &ctx).instrument(span).await;
     let seconds = started.elapsed().as_secs_f64();
     ctx.0.metrics.reconcile_seconds.get_or_create(&ControllerLabels { controller: "priority" }).observe(seconds);
+    if result.is_ok() {
+        ctx.0.backoff.succeeded(&key_of(&p));
+    }
     result
+}
+
+fn key_of(p: &Priority) -> String {
+    format!("priority:{}", p.name_any())
 }
 
 async fn reconcile_once(p: &Priority, ctx: &PriorityCtx) -> Result<Requeue, ReconcileError> {
@@ -50,12 +57,19 @@ async fn reconcile_once(p: &Priority, ctx: &PriorityCtx) -> Result<Requeue, Reco
     Ok(Requeue::requeue(ctx.resync))
 }
 
-/// Only the status is written, so every failure is the apiserver's: back off.
+/// As the Fileset controller's: an invalid object waits for a change,
+/// anything else backs off.
 pub fn error_policy(p: Arc<Priority>, e: &ReconcileError, ctx: Arc<PriorityCtx>) -> Requeue {
     let kind = e.kind();
     ctx.0.metrics.failures.get_or_create(&FailureLabels { controller: "priority", kind: kind.as_str() }).inc();
-    let key = format!("priority/{}", p.name_any());
-    let wait = ctx.0.backoff.failed(&key, kind).unwrap_or(Backoff::MAX);
-    warn!(priority = %p.name_any(), error = %e, retry_in = ?wait, "priority reconcile failed");
-    Requeue::requeue(wait)
+    match ctx.0.backoff.failed(&key_of(&p), kind) {
+        Some(wait) => {
+            warn!(priority = %p.name_any(), error = %e, retry_in = ?wait, "priority reconcile failed");
+            Requeue::requeue(wait)
+        }
+        None => {
+            warn!(priority = %p.name_any(), error = %e, "the priority cannot be applied as it is; waiting for it to change");
+            Requeue::await_change()
+        }
+    }
 }
