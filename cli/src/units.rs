@@ -37,18 +37,7 @@ impl fmt::Display for ByteSize {
 }
 
 /// A human figure for a byte count (1.5 GiB).
-pub fn human(n: u64) -> String {
-    let f = n as f64;
-    if f >= (1u64 << 30) as f64 {
-        format!("{:.1} GiB", f / (1u64 << 30) as f64)
-    } else if f >= (1u64 << 20) as f64 {
-        format!("{:.1} MiB", f / (1u64 << 20) as f64)
-    } else if f >= 1024.0 {
-        format!("{:.1} KiB", f / 1024.0)
-    } else {
-        format!("{n} B")
-    }
-}
+pub use tessera_core::units::human;
 
 #[cfg(test)]
 mod tests {

@@ -3,12 +3,21 @@
 
 use std::process::Command;
 
+/// Each test runs a cluster of its own: one at a time, so that none is
+/// starved into missing heartbeats by the others on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tessera() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
 }
 
 #[test]
 fn read_tail_reports_how_many_stripes_accelerated_reads_asked_for() {
+    let _one = serial();
     let out = tessera()
         .args(["bench", "read-tail", "--items", "2", "--reads", "5", "--warmup", "1", "--unit", "64KiB"])
         .args(["--block", "16KiB", "--modes", "normal,accelerated", "--accelerated-extra", "1", "--json"])
@@ -27,6 +36,7 @@ fn read_tail_reports_how_many_stripes_accelerated_reads_asked_for() {
 
 #[test]
 fn read_tail_refuses_zero_extra_stripes_naming_the_flag() {
+    let _one = serial();
     let out = tessera().args(["bench", "read-tail", "--accelerated-extra", "0"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -35,6 +45,7 @@ fn read_tail_refuses_zero_extra_stripes_naming_the_flag() {
 
 #[test]
 fn read_tail_measures_reads_while_every_server_scrubs() {
+    let _one = serial();
     let out = tessera()
         .args(["bench", "read-tail", "--items", "3", "--reads", "20", "--warmup", "2", "--unit", "64KiB"])
         .args(["--block", "16KiB", "--modes", "hedged", "--scrub-bandwidth", "32MiB/s", "--json"])
@@ -54,6 +65,7 @@ fn read_tail_measures_reads_while_every_server_scrubs() {
 /// during puts and gets; every listed version exact, redundancy back.
 #[test]
 fn a_short_soak_verifies_every_version_through_faults() {
+    let _one = serial();
     let out = tessera().args(["bench", "soak", "--minutes", "0.75", "--seed", "11", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -65,6 +65,11 @@ pub struct SoakReport {
     pub gets_verified: u64,
     /// Versions listed at the end, every one read back exact.
     pub versions_verified_at_end: u64,
+    /// Reads that found an item unreadable while the master had given up
+    /// on servers it could not hear from (a stalled machine), and read it
+    /// exact once every server was live again. A second failure fails the
+    /// soak.
+    pub reads_retried: u64,
     /// After each episode's faults were healed: seconds until the master
     /// reported every item at full redundancy.
     pub full_redundancy_seconds_max: f64,
@@ -189,7 +194,7 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<SoakReport> {
             let tree = *written
                 .get(&(f.to_string(), v.id))
                 .with_context(|| format!("{f}@{} is listed but was never written", v.id))?;
-            verify(&b, f, v.id, tree, &a.scratch).await?;
+            verify_retrying(&b, f, v.id, tree, &a.scratch, &mut report).await?;
             report.versions_verified_at_end += 1;
         }
     }
@@ -394,7 +399,7 @@ async fn verify_one(
     }
     let v = &versions[rng.random_range(0..versions.len())];
     let tree = *written.get(&(f.to_string(), v.id)).with_context(|| format!("{f}@{} was never written", v.id))?;
-    match verify(b, f, v.id, tree, scratch).await {
+    match verify_retrying(b, f, v.id, tree, scratch, report).await {
         Ok(()) => {
             report.gets_verified += 1;
             Ok(())
@@ -402,6 +407,38 @@ async fn verify_one(
         // Retention may delete it between the listing and the read.
         Err(e) if e.to_string().contains("has no version") => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// As [`verify`]; a version that is unreadable (too few stripes located on
+/// live servers, never wrong bytes) is read once more after every server is
+/// live again: on a machine this loaded the master sometimes misses
+/// heartbeats for longer than its timeout and gives up on servers that
+/// are fine.
+async fn verify_retrying(
+    b: &Bench,
+    fileset: &str,
+    version: u64,
+    tree: u64,
+    scratch: &Path,
+    report: &mut SoakReport,
+) -> anyhow::Result<()> {
+    match verify(b, fileset, version, tree, scratch).await {
+        Err(e) if format!("{e:#}").contains("is unreadable") => {
+            tracing::warn!(
+                fileset,
+                version,
+                error = format!("{e:#}"),
+                "a version was unreadable; reading it again once every server is live"
+            );
+            b.until("every server live again", Duration::from_secs(60), |st| {
+                !st.relearning && st.servers.iter().all(|s| s.live && !s.down)
+            })
+            .await?;
+            report.reads_retried += 1;
+            verify(b, fileset, version, tree, scratch).await
+        }
+        other => other,
     }
 }
 
@@ -461,11 +498,12 @@ pub fn print(r: &SoakReport, json: bool) -> anyhow::Result<()> {
     let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
     crate::outln!("soak (seed {}): {:.0} s, {} episodes; faults: {}", r.seed, r.seconds, r.episodes, faults.join(", "));
     crate::outln!(
-        "  puts {} (refused for want of servers {}), versions read back exact {}, at the end {}",
+        "  puts {} (refused for want of servers {}), versions read back exact {}, at the end {}; reads retried once every server was live {}",
         r.puts,
         r.puts_refused,
         r.gets_verified,
-        r.versions_verified_at_end
+        r.versions_verified_at_end,
+        r.reads_retried
     );
     crate::outln!(
         "  corrupt stripes found {}, rebuilt {} (of versions since deleted: {}); items written degraded {}",

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tessera_api::crd::{FilesetSpec, FilesetStatus, ReadMode, RedundancyStatus, RepairClass, Source, VersionStatus};
 use tessera_core::read_plan::ReadMode as Mode;
 use tessera_core::repair::Availability;
+use tessera_core::units::human;
 pub use tessera_master::records::HedgeTuning;
 
 /// The finalizer that keeps a Fileset until its data is deleted.
@@ -509,18 +510,6 @@ fn condition(
         observed_generation: Some(generation),
         last_transition_time,
     }
-}
-
-/// Sizes as kubectl users read them (binary units).
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ fn an_ingested_source_is_not_fetched_again_and_a_changed_one_is() {
     assert_eq!(cond(&d, "Ready").status, "True");
     assert_eq!(cond(&d, "Progressing").status, "False");
     let st = d.status.unwrap();
-    assert_eq!((st.current_version, st.files, st.size.as_deref()), (Some(1), Some(10), Some("1.0GiB")));
+    assert_eq!((st.current_version, st.files, st.size.as_deref()), (Some(1), Some(10), Some("1.0 GiB")));
     assert_eq!(st.redundancy.unwrap().summary, "full");
 
     o.spec = spec("https://x/b.tar");
