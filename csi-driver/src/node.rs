@@ -159,7 +159,11 @@ pub struct NodePlugin {
     peers: Option<Arc<Peers>>,
     pub metrics: Arc<Metrics>,
     keeper: KeeperClient,
-    state: Mutex<NodeState>,
+    state: Arc<Mutex<NodeState>>,
+    /// Saves of the state take turns (held on blocking threads only): each
+    /// writes the state as it is when its turn comes, so a later save never
+    /// writes older state.
+    saving: Arc<Mutex<()>>,
     served: Mutex<HashMap<String, Served>>,
     /// Versions leaves are based on, when not mounted as roots.
     bases: Mutex<HashMap<String, Arc<RootFs>>>,
@@ -172,6 +176,14 @@ pub struct NodePlugin {
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes a snapshot of `state` to `dir` in `saving`'s turn; the state's
+/// lock is held only for the copy.
+fn save_state(state: &Mutex<NodeState>, saving: &Mutex<()>, dir: &Path) -> Result<(), NodeError> {
+    let _turn = saving.lock().unwrap();
+    let snapshot = state.lock().unwrap().clone();
+    Ok(snapshot.save(dir)?)
 }
 
 fn is_mounted(path: &Path) -> bool {
@@ -201,7 +213,8 @@ impl NodePlugin {
             file_store,
             peers,
             metrics,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            saving: Arc::default(),
             served: Mutex::default(),
             bases: Mutex::default(),
             turns: Turns::default(),
@@ -216,8 +229,18 @@ impl NodePlugin {
         &self.config.node_id
     }
 
-    fn save(&self) -> Result<(), NodeError> {
-        Ok(self.state.lock().unwrap().save(&self.config.state_dir)?)
+    /// Writes the node's state durably (it fsyncs) on a blocking thread,
+    /// not on the async runtime's.
+    async fn save(&self) -> Result<(), NodeError> {
+        let (state, saving, dir) = (self.state.clone(), self.saving.clone(), self.config.state_dir.clone());
+        tokio::task::spawn_blocking(move || save_state(&state, &saving, &dir))
+            .await
+            .expect("saving the node state does not panic")
+    }
+
+    /// As [`NodePlugin::save`], on the calling thread (a FUSE session's).
+    fn save_now(&self) -> Result<(), NodeError> {
+        save_state(&self.state, &self.saving, &self.config.state_dir)
     }
 
     /// Takes over the connections the keeper holds for roots in the state.
@@ -298,7 +321,7 @@ impl NodePlugin {
             let k = self.keeper.clone();
             let _ = tokio::task::spawn_blocking(move || k.withdraw(&id)).await;
         }
-        self.save()
+        self.save().await
     }
 
     /// Deposits again whatever a restarted keeper lost.
@@ -490,7 +513,7 @@ impl NodePlugin {
                 serde_json::to_value(kept(r)).unwrap_or_default()
             }
         };
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save_now() {
             warn!(mount = %key, error = %e, "saving the node state");
         }
         let dev = self.served.lock().unwrap().get(key).and_then(|s| s.dev.try_clone().ok());
@@ -620,12 +643,12 @@ impl NodePlugin {
         let fs = Arc::new(LeafFs::open(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?);
         std::fs::create_dir_all(&record.mountpoint).map_err(io(&record.mountpoint))?;
         self.state.lock().unwrap().leaves.insert(id.to_string(), record.clone());
-        self.save()?;
+        self.save().await?;
         let dev = match mount::mount_fuse(&record.mountpoint, &format!("tessera:{id}"), false) {
             Ok(dev) => dev,
             Err(e) => {
                 self.state.lock().unwrap().leaves.remove(id);
-                self.save()?;
+                self.save().await?;
                 return Err(e.into());
             }
         };
@@ -638,7 +661,7 @@ impl NodePlugin {
         if let Err(e) = deposited {
             let _ = mount::unmount(&record.mountpoint);
             self.state.lock().unwrap().leaves.remove(id);
-            self.save()?;
+            self.save().await?;
             return Err(e.into());
         }
         info!(volume = %id, mountpoint = %record.mountpoint.display(), "mounted a leaf");
@@ -651,7 +674,7 @@ impl NodePlugin {
         mount::unmount(&record.mountpoint)?;
         self.stop_serving(&format!("leaf/{id}")).await;
         self.state.lock().unwrap().leaves.remove(id);
-        self.save()?;
+        self.save().await?;
         if record.ephemeral {
             let _ = std::fs::remove_dir_all(&record.dir);
         }
@@ -672,7 +695,7 @@ impl NodePlugin {
             })
         };
         if let Some(mp) = existing {
-            self.save()?;
+            self.save().await?;
             return Ok((key, mp));
         }
         self.files
@@ -694,12 +717,12 @@ impl NodePlugin {
             init: None,
         };
         self.state.lock().unwrap().roots.insert(key.clone(), record.clone());
-        self.save()?;
+        self.save().await?;
         let dev = match mount::mount_fuse(&mountpoint, &format!("tessera:{key}"), true) {
             Ok(dev) => dev,
             Err(e) => {
                 self.state.lock().unwrap().roots.remove(&key);
-                self.save()?;
+                self.save().await?;
                 self.unpin(&r.fileset, open.id()).await;
                 return Err(e.into());
             }
@@ -712,7 +735,7 @@ impl NodePlugin {
         if let Err(e) = deposited {
             let _ = mount::unmount(&mountpoint);
             self.state.lock().unwrap().roots.remove(&key);
-            self.save()?;
+            self.save().await?;
             self.unpin(&r.fileset, open.id()).await;
             return Err(e.into());
         }
@@ -758,7 +781,7 @@ impl NodePlugin {
             rec.users.remove(user);
             if rec.users.is_empty() { st.roots.remove(key) } else { None }
         };
-        self.save()?;
+        self.save().await?;
         let Some(rec) = gone else { return Ok(()) };
         mount::unmount(&rec.mountpoint)?;
         self.stop_serving(key).await;
@@ -789,12 +812,13 @@ impl NodePlugin {
         }
         std::fs::create_dir_all(staging).map_err(io(staging))?;
         let key = self.bind_root(&r, staging).await?;
-        let mut st = self.state.lock().unwrap();
-        let v = st.volumes.entry(volume.to_string()).or_default();
-        v.root = key;
-        v.staging = Some(staging.to_path_buf());
-        drop(st);
-        self.save()
+        {
+            let mut st = self.state.lock().unwrap();
+            let v = st.volumes.entry(volume.to_string()).or_default();
+            v.root = key;
+            v.staging = Some(staging.to_path_buf());
+        }
+        self.save().await
     }
 
     /// Stores what a leaf volume holds now as a new version of `fileset`,
@@ -854,10 +878,8 @@ impl NodePlugin {
             ephemeral: false,
         };
         self.mount_leaf(volume, record).await?;
-        let mut st = self.state.lock().unwrap();
-        st.volumes.entry(volume.to_string()).or_default().staging = Some(staging.to_path_buf());
-        drop(st);
-        self.save()
+        self.state.lock().unwrap().volumes.entry(volume.to_string()).or_default().staging = Some(staging.to_path_buf());
+        self.save().await
     }
 
     /// NodeUnstageVolume.
@@ -866,15 +888,16 @@ impl NodePlugin {
         let _one = self.ops.lock().await;
         if is_leaf(volume) {
             self.unmount_leaf(volume).await?;
-            let mut st = self.state.lock().unwrap();
-            if let Some(v) = st.volumes.get_mut(volume) {
-                v.staging = None;
-                if v.targets.is_empty() {
-                    st.volumes.remove(volume);
+            {
+                let mut st = self.state.lock().unwrap();
+                if let Some(v) = st.volumes.get_mut(volume) {
+                    v.staging = None;
+                    if v.targets.is_empty() {
+                        st.volumes.remove(volume);
+                    }
                 }
             }
-            drop(st);
-            return self.save();
+            return self.save().await;
         }
         mount::unmount(staging)?;
         let key = {
@@ -962,7 +985,7 @@ impl NodePlugin {
                 st.volumes.entry(volume.to_string()).or_default().targets.insert(target.to_path_buf());
             }
         }
-        self.save()
+        self.save().await
     }
 
     /// NodeUnpublishVolume.
@@ -986,7 +1009,7 @@ impl NodePlugin {
             }
             ephemeral.then_some(key)
         };
-        self.save()?;
+        self.save().await?;
         match release {
             Some(key) if !inline_leaf => self.release_root(&key, target).await,
             _ => Ok(()),
