@@ -9,7 +9,7 @@ use tessera_core::codec::ErasureCoder;
 use tessera_core::ids::{ItemId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_proto::cs;
-use tracing::{Instrument, debug, debug_span};
+use tracing::debug;
 
 use crate::connect::ServerHandle;
 use crate::{ClientError, ItemLocation, RequestClass, StripeClient};
@@ -20,24 +20,8 @@ const ATTEMPTS: u32 = 3;
 /// Writes an item's stripes to `servers` (one per stripe index; "" where no
 /// server was placed). Succeeds when at least `min` stripes are durable; the
 /// location then names only the stripes stored.
+#[tracing::instrument(level = "debug", skip_all, fields(%item, len = data.len()), err(level = "debug"))]
 pub(crate) async fn write_item(
-    client: &StripeClient,
-    item: ItemId,
-    layout: Layout,
-    data: Bytes,
-    servers: &[String],
-    min: usize,
-) -> Result<ItemLocation, ClientError> {
-    let span = debug_span!("write_item", %item, len = data.len());
-    let result = write_item_in(client, item, layout, data, servers, min).instrument(span.clone()).await;
-    span.in_scope(|| match &result {
-        Ok(loc) => debug!(stored = loc.servers.iter().flatten().count(), "item written"),
-        Err(e) => debug!(error = %e, "item write failed"),
-    });
-    result
-}
-
-async fn write_item_in(
     client: &StripeClient,
     item: ItemId,
     layout: Layout,
@@ -76,6 +60,7 @@ async fn write_item_in(
         }
         return Err(ClientError::TooFewStored { item, stored: count, needed, failures });
     }
+    debug!(stored = count, "item written");
     Ok(ItemLocation { item, layout, item_len: len, servers: stored })
 }
 

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::plugin::{Node, writer};
-use common::tessera_csi;
 use tessera_core::read_plan::ReadMode;
 use tessera_csi::csi;
 
@@ -50,10 +49,7 @@ async fn a_promoted_leaf_is_a_new_version_with_exactly_its_files() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = tessera_csi(
-        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
-        &dir.path().join("keeper.log"),
-    );
+    let _keeper = node.start_keeper();
     let _plugin = node.start_plugin(0);
     let mut csi = node.client().await;
     let control = node.metrics_addr(0);

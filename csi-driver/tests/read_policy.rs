@@ -6,7 +6,6 @@
 mod common;
 
 use common::plugin::{Node, reader};
-use common::tessera_csi;
 use tessera_csi::csi;
 use tessera_proto::ms;
 
@@ -29,10 +28,7 @@ async fn the_fileset_hedge_tuning_sets_how_many_stripes_a_root_asks_for() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = tessera_csi(
-        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
-        &dir.path().join("keeper.log"),
-    );
+    let _keeper = node.start_keeper();
     // No file store: every read goes through the root's own fetches.
     let _plugin = node.start_plugin_with(0, &["--file-store-size=0"]);
     let mut csi = node.client().await;

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::csi_channel;
 use common::plugin::{Node, http, read_at, reader, writer};
-use common::{csi_channel, tessera_csi};
 use tessera_csi::csi;
 use tessera_csi::csi::controller_client::ControllerClient;
 use tessera_csi::fuse::mount::mounts_at;
@@ -25,10 +25,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = tessera_csi(
-        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
-        &dir.path().join("keeper.log"),
-    );
+    let _keeper = node.start_keeper();
     // No file store at first: the reads below must reach the chunkservers,
     // not a copy stored whole after the first open. The successor has one
     // and must not pass through files of a connection it has no record of.
@@ -242,10 +239,7 @@ async fn passed_through_files_read_while_no_plugin_runs() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = tessera_csi(
-        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
-        &dir.path().join("keeper.log"),
-    );
+    let _keeper = node.start_keeper();
     let mut plugin = node.start_plugin(0);
     let mut csi = node.client().await;
     let staging = dir.path().join("staging");

@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::plugin::{Node, reader};
-use common::tessera_csi;
 use tessera_csi::csi;
 use tessera_csi::fuse::mount::mounts_at;
 
@@ -20,10 +19,7 @@ async fn a_second_call_on_a_busy_volume_is_aborted_and_a_retry_succeeds() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = tessera_csi(
-        &["keeper".into(), format!("--socket={}", dir.path().join("keeper.sock").display())],
-        &dir.path().join("keeper.log"),
-    );
+    let _keeper = node.start_keeper();
     let _plugin = node.start_plugin(0);
     let mut first = node.client().await;
     let mut second = node.client().await;

@@ -2,7 +2,7 @@
 //! write held inside the store, other clients' Locate (GetVersion), Status
 //! and ListFilesets calls are answered, and they see only what is durable.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -24,8 +24,6 @@ struct GatedStore {
     shut: Mutex<bool>,
     opened: Condvar,
     entered: Mutex<mpsc::Sender<&'static str>>,
-    /// Writes waiting at the shut gate now.
-    waiting: AtomicUsize,
     /// Writes fail while set.
     fail: AtomicBool,
 }
@@ -38,7 +36,6 @@ impl GatedStore {
             shut: Mutex::new(false),
             opened: Condvar::new(),
             entered: Mutex::new(tx),
-            waiting: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
         };
         (Arc::new(store), rx)
@@ -53,12 +50,10 @@ impl GatedStore {
         let mut shut = self.shut.lock().unwrap();
         if *shut {
             let _ = self.entered.lock().unwrap().send(what);
-            self.waiting.fetch_add(1, Ordering::SeqCst);
         }
         while *shut {
             shut = self.opened.wait(shut).unwrap();
         }
-        self.waiting.store(0, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Stopped("the test fails this write".into()));
         }
@@ -145,6 +140,12 @@ async fn publish(c: &mut MasterClient<Channel>, fileset: &str) -> ms::Version {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     let (store, entered) = GatedStore::new();
+    // Which write the store is holding, once it holds one.
+    let entered = Arc::new(Mutex::new(entered));
+    let held = || {
+        let entered = entered.clone();
+        async move { tokio::task::spawn_blocking(move || entered.lock().unwrap().recv().unwrap()).await.unwrap() }
+    };
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -180,7 +181,7 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     let create = tokio::spawn(async move {
         writer.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("more")), if_absent: false }).await
     });
-    let what = tokio::task::spawn_blocking(move || entered.recv().unwrap()).await.unwrap();
+    let what = held().await;
     assert_eq!(what, "put_fileset");
 
     // The write is held (it cannot finish before the gate opens), and
@@ -215,13 +216,12 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     // the change is not left half done. Once the store takes it, the
     // fileset is there, and the next change is made after it.
     store.set_shut(true);
-    let mut quitter = client(addr).await;
-    let gave_up = tokio::spawn(async move {
-        quitter.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("late")), if_absent: false }).await
-    });
-    while store.waiting.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    // (The caller is the master's API itself, so that dropping it drops its
+    // future: a gRPC server may or may not drop a handler whose client left.)
+    let master = running.master.clone();
+    let late = FilesetRecord::from_spec(&spec("late"), 1).unwrap();
+    let gave_up = tokio::spawn(async move { master.create_fileset(late, false).await });
+    assert_eq!(held().await, "put_fileset");
     gave_up.abort();
     let _ = gave_up.await;
     store.set_shut(false);

@@ -21,6 +21,14 @@ impl Node {
         self.dir.join("csi.sock")
     }
 
+    /// Starts the keeper that holds the plugin's FUSE connections.
+    pub fn start_keeper(&self) -> Child {
+        tessera_csi(
+            &["keeper".into(), format!("--socket={}", self.dir.join("keeper.sock").display())],
+            &self.dir.join("keeper.log"),
+        )
+    }
+
     pub fn start_plugin(&self, generation: u32) -> Child {
         self.start_plugin_with(generation, &[])
     }
