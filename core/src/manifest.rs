@@ -23,6 +23,9 @@ const FORMAT_VERSION: u8 = 1;
 pub const MAX_PATH: usize = 4096;
 /// Longest name (path component) accepted, in bytes.
 pub const MAX_NAME: usize = 255;
+/// The extended attribute under which a mounted version shows a file's
+/// SHA-256 (hex); a leaf drops it when the content changes.
+pub const SHA256_XATTR: &str = "user.tessera.sha256";
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The node cache: units of root data that any volume on the node has read,
-//! kept on local disk under a size threshold with least-recently-used
-//! eviction (seed 004, FIG. 4: evict before inserting until the new unit
-//! fits, so the cache never exceeds its threshold).
+//! kept on local disk under a size threshold. The policy (least recently
+//! used, evicted before a new unit goes in) and the unit file's layout are
+//! `tessera_core::cache`; this module keeps the files.
 //!
 //! A *unit* ([`UNIT`], 1 MiB of an item's data) is what a root fetches and
 //! caches at once. Each unit keeps the CRC32C of every *block* ([`BLOCK`],
@@ -17,24 +17,20 @@
 //! written to a temporary name and renamed, so a crash leaves whole units or
 //! none; on start the cache adopts what is on disk, oldest first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tessera_core::checksum::{ChecksumMismatch, block_checksums, verify_blocks};
+pub use tessera_core::cache::{BLOCK, UNIT};
+use tessera_core::cache::{Lru, unit_file};
+use tessera_core::checksum::ChecksumMismatch;
 use tessera_core::ids::ItemId;
 use tracing::warn;
 
 use crate::metrics::Metrics;
-
-/// Bytes per cache unit (of an item's data). Roots fetch whole units.
-pub const UNIT: u64 = 1 << 20;
-
-/// Bytes per block: the unit of the CRC32C a cached unit keeps.
-pub const BLOCK: u64 = 64 << 10;
 
 /// File names of units end so; files of the format before checksums (or
 /// anything else) are removed when the cache opens.
@@ -62,18 +58,6 @@ impl UnitKey {
     }
 }
 
-/// Blocks in `len` bytes of data.
-fn blocks_in(len: u64) -> u64 {
-    len.div_ceil(BLOCK)
-}
-
-/// The data length of a unit file of `file_len` bytes (a checksum of 4
-/// bytes per block, then the data); `None` if no unit has that length.
-fn data_len(file_len: u64) -> Option<u64> {
-    let len = file_len.checked_sub(4 * file_len.div_ceil(BLOCK + 4))?;
-    (len > 0 && len + 4 * blocks_in(len) == file_len).then_some(len)
-}
-
 /// A unit as another node's cache holds it: its data and the checksum of
 /// each of its blocks, as stored (checked by whoever uses it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,53 +69,7 @@ pub struct StoredUnit {
 impl StoredUnit {
     /// Whether the data is what its checksums say.
     pub fn verify(&self) -> Result<(), ChecksumMismatch> {
-        if self.checksums.len() as u64 != blocks_in(self.data.len() as u64) {
-            return Err(ChecksumMismatch { block: self.checksums.len(), expected: 0, actual: 0 });
-        }
-        verify_blocks(&self.data, 0, BLOCK as usize, &self.checksums)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Lru {
-    /// key -> (last use, file length)
-    entries: HashMap<UnitKey, (u64, u64)>,
-    by_use: BTreeMap<u64, UnitKey>,
-    bytes: u64,
-    clock: u64,
-}
-
-impl Lru {
-    /// Marks a unit used; its file's length if it is cached.
-    fn touch(&mut self, key: &UnitKey) -> Option<u64> {
-        self.clock += 1;
-        let clock = self.clock;
-        let (used, len) = self.entries.get_mut(key)?;
-        self.by_use.remove(used);
-        *used = clock;
-        self.by_use.insert(clock, key.clone());
-        Some(*len)
-    }
-
-    fn insert(&mut self, key: UnitKey, len: u64) {
-        self.clock += 1;
-        if let Some((used, old)) = self.entries.insert(key.clone(), (self.clock, len)) {
-            self.by_use.remove(&used);
-            self.bytes -= old;
-        }
-        self.by_use.insert(self.clock, key);
-        self.bytes += len;
-    }
-
-    fn remove(&mut self, key: &UnitKey) -> Option<u64> {
-        let (used, len) = self.entries.remove(key)?;
-        self.by_use.remove(&used);
-        self.bytes -= len;
-        Some(len)
-    }
-
-    fn oldest(&self) -> Option<UnitKey> {
-        self.by_use.values().next().cloned()
+        unit_file::verify(&self.data, 0, &self.checksums)
     }
 }
 
@@ -139,8 +77,7 @@ impl Lru {
 #[derive(Debug)]
 pub struct NodeCache {
     dir: PathBuf,
-    threshold: u64,
-    lru: Mutex<Lru>,
+    lru: Mutex<Lru<UnitKey>>,
     metrics: Arc<Metrics>,
     /// Open unit files, so a read is one pread rather than open, read, close.
     files: Mutex<HashMap<UnitKey, Arc<std::fs::File>>>,
@@ -167,7 +104,9 @@ impl NodeCache {
                 let name = f.file_name().to_string_lossy().into_owned();
                 let meta = f.metadata()?;
                 match UnitKey::parse(&name).filter(|k| k.file() == f.path().strip_prefix(dir).unwrap_or(&f.path())) {
-                    Some(key) if data_len(meta.len()).is_some() => found.push((meta.modified().ok(), key, meta.len())),
+                    Some(key) if unit_file::data_len(meta.len()).is_some() => {
+                        found.push((meta.modified().ok(), key, meta.len()))
+                    }
                     // Leftovers of an interrupted write, a file of another
                     // format, or one no unit could be.
                     _ => {
@@ -181,33 +120,37 @@ impl NodeCache {
         found.sort();
         let cache = Self {
             dir: dir.to_path_buf(),
-            threshold,
-            lru: Mutex::new(Lru::default()),
+            lru: Mutex::new(Lru::new(threshold)),
             metrics,
             files: Mutex::default(),
             writes: AtomicU64::new(0),
         };
         {
+            // Oldest first: past the threshold, the oldest go.
             let mut lru = cache.lru.lock().unwrap();
             for (_, key, len) in found {
-                lru.insert(key, len);
+                if lru.admits(len) {
+                    let victims = lru.insert(key, len);
+                    cache.evicted(victims);
+                } else {
+                    cache.evicted(vec![key]);
+                }
             }
+            cache.metrics.cache_bytes.set(lru.bytes() as i64);
         }
-        cache.make_room(0);
-        cache.metrics.cache_bytes.set(cache.bytes() as i64);
         Ok(cache)
     }
 
     pub fn bytes(&self) -> u64 {
-        self.lru.lock().unwrap().bytes
+        self.lru.lock().unwrap().bytes()
     }
 
     pub fn threshold(&self) -> u64 {
-        self.threshold
+        self.lru.lock().unwrap().threshold()
     }
 
     pub fn contains(&self, key: &UnitKey) -> bool {
-        self.lru.lock().unwrap().entries.contains_key(key)
+        self.lru.lock().unwrap().contains(key)
     }
 
     /// The whole unit, if cached (and whole on disk).
@@ -224,27 +167,26 @@ impl NodeCache {
             self.metrics.cache_misses.inc();
             return None;
         };
-        let len = data_len(file_len).expect("adopted and stored units have unit lengths");
+        let len = unit_file::data_len(file_len).expect("adopted and stored units have unit lengths");
         let (start, end) = (range.start.min(len), range.end.min(len));
         if start >= end {
             self.metrics.cache_hits.inc();
             return Some(Bytes::new());
         }
-        let (first, last) = (start / BLOCK, blocks_in(end));
+        let (first, last) = (start / BLOCK, unit_file::blocks_in(end));
         let read = self.file(key).and_then(|f| {
             let sums = read_exact_at(&f, 4 * (last - first) as usize, 4 * first)?;
             let from = first * BLOCK;
             let to = (last * BLOCK).min(len);
-            let data = read_exact_at(&f, (to - from) as usize, 4 * blocks_in(len) + from)?;
+            let data = read_exact_at(&f, (to - from) as usize, unit_file::data_offset(len) + from)?;
             Ok((sums, data, from))
         });
         match read {
             Ok((sums, data, from)) => {
-                let sums: Vec<u32> =
-                    sums.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                let sums = unit_file::checksums(&sums);
                 let whole = data.len() as u64 == (last * BLOCK).min(len) - from && sums.len() as u64 == last - first;
                 let checked = if whole {
-                    verify_blocks(&data, first as usize, BLOCK as usize, &sums).map_err(|e| e.to_string())
+                    unit_file::verify(&data, first, &sums).map_err(|e| e.to_string())
                 } else {
                     Err(format!("its file ends early ({} bytes of data read)", data.len()))
                 };
@@ -271,8 +213,8 @@ impl NodeCache {
     /// node (which checks it: end to end, across this disk and the network).
     pub fn get_stored(&self, key: &UnitKey) -> Option<StoredUnit> {
         let file_len = self.lru.lock().unwrap().touch(key)?;
-        let len = data_len(file_len).expect("adopted and stored units have unit lengths");
-        let n = blocks_in(len);
+        let len = unit_file::data_len(file_len).expect("adopted and stored units have unit lengths");
+        let n = unit_file::blocks_in(len);
         let raw = self.file(key).and_then(|f| read_exact_at(&f, file_len as usize, 0));
         let Ok(raw) = raw.and_then(|r| {
             if r.len() as u64 == file_len {
@@ -285,8 +227,7 @@ impl NodeCache {
             return None;
         };
         let raw = Bytes::from(raw);
-        let checksums =
-            raw[..4 * n as usize].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let checksums = unit_file::checksums(&raw[..4 * n as usize]);
         Some(StoredUnit { data: raw.slice(4 * n as usize..), checksums })
     }
 
@@ -296,7 +237,7 @@ impl NodeCache {
             let _ = std::fs::remove_file(self.dir.join(key.file()));
         }
         self.files.lock().unwrap().remove(key);
-        self.metrics.cache_bytes.set(lru.bytes as i64);
+        self.metrics.cache_bytes.set(lru.bytes() as i64);
     }
 
     fn file(&self, key: &UnitKey) -> std::io::Result<Arc<std::fs::File>> {
@@ -317,14 +258,13 @@ impl NodeCache {
     /// than the whole cache is not stored. Failures (a full disk) only mean
     /// the unit is not cached.
     pub fn put(&self, key: &UnitKey, data: &[u8]) {
-        let mut file = Vec::with_capacity(data.len() + 4 * blocks_in(data.len() as u64) as usize);
-        for sum in block_checksums(data, BLOCK as usize) {
-            file.extend_from_slice(&sum.to_le_bytes());
-        }
-        file.extend_from_slice(data);
+        let file = unit_file::encode(data);
         let len = file.len() as u64;
-        if data.is_empty() || len > self.threshold || self.contains(key) {
-            return;
+        {
+            let lru = self.lru.lock().unwrap();
+            if !lru.admits(len) || lru.contains(key) {
+                return;
+            }
         }
         // Written aside under a name of its own (two roots may fetch the same
         // unit at once) and fsynced, then renamed: a crash leaves the whole
@@ -347,26 +287,20 @@ impl NodeCache {
             return;
         }
         let mut lru = self.lru.lock().unwrap();
-        self.evict(&mut lru, len);
+        let victims = lru.make_room(len);
+        self.evicted(victims);
         if std::fs::rename(&tmp, &path).is_ok() {
-            lru.insert(key.clone(), len);
+            let none = lru.insert(key.clone(), len);
+            debug_assert!(none.is_empty(), "room was made");
         } else {
             let _ = std::fs::remove_file(&tmp);
         }
-        self.metrics.cache_bytes.set(lru.bytes as i64);
+        self.metrics.cache_bytes.set(lru.bytes() as i64);
     }
 
-    fn make_room(&self, incoming: u64) {
-        let mut lru = self.lru.lock().unwrap();
-        self.evict(&mut lru, incoming);
-        self.metrics.cache_bytes.set(lru.bytes as i64);
-    }
-
-    /// Evicts least recently used units until `incoming` more bytes fit.
-    fn evict(&self, lru: &mut Lru, incoming: u64) {
-        while lru.bytes + incoming > self.threshold {
-            let Some(victim) = lru.oldest() else { return };
-            lru.remove(&victim);
+    /// Deletes the files of units the policy no longer keeps.
+    fn evicted(&self, victims: Vec<UnitKey>) {
+        for victim in victims {
             self.files.lock().unwrap().remove(&victim);
             let _ = std::fs::remove_file(self.dir.join(victim.file()));
             self.metrics.cache_evictions.inc();

@@ -40,8 +40,7 @@ use crate::peers::Peers;
 use tessera_core::latency::HedgePolicy;
 use tracing::Instrument;
 
-/// The extended attribute holding a file's SHA-256 (hex).
-pub const SHA256_XATTR: &str = "user.tessera.sha256";
+pub use tessera_core::manifest::SHA256_XATTR;
 /// The window [`RootFs::read_rate`] reports over.
 pub const THROUGHPUT_WINDOW_MS: u64 = 10_000;
 /// Names and attributes never change: cache them for a day.

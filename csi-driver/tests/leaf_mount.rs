@@ -16,7 +16,7 @@ use tessera_core::read_plan::ReadMode;
 use tessera_csi::cache::NodeCache;
 use tessera_csi::fuse::mount::{mount_fuse, unmount};
 use tessera_csi::fuse::session::{self, Connection};
-use tessera_csi::leaffs::{LEAF_BLOCK, LeafFs};
+use tessera_csi::leaffs::{LEAF_UNIT, LeafFs};
 use tessera_csi::metrics::Metrics;
 use tessera_csi::rootfs::{RootFs, SHA256_XATTR};
 
@@ -115,10 +115,10 @@ fn leaves_are_private_store_only_changed_blocks_and_survive_a_remount() {
     std::fs::write(pa.join("models/extra.json"), vec![b'e'; 3000]).unwrap();
     let stored = allocated(&leaf_a.path().join("data"));
     let journal = std::fs::metadata(leaf_a.path().join("journal")).unwrap().len();
-    assert!(stored <= LEAF_BLOCK + 2 * 4096, "only the changed block and the new data: {stored} bytes");
+    assert!(stored <= LEAF_UNIT + 2 * 4096, "only the changed block and the new data: {stored} bytes");
     assert!(stored >= 4096 + 2 * 1000, "{stored}");
     assert!(journal < 8 << 10, "metadata stays small: {journal} bytes");
-    assert!(allocated(leaf_a.path()) - baseline < LEAF_BLOCK + (24 << 10), "all of the leaf");
+    assert!(allocated(leaf_a.path()) - baseline < LEAF_UNIT + (24 << 10), "all of the leaf");
 
     std::fs::create_dir(pa.join("runs")).unwrap();
     std::fs::rename(pa.join("models/config-03.json"), pa.join("runs/config.json")).unwrap();
