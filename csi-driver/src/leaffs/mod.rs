@@ -41,8 +41,6 @@ use tessera_core::quota::UsageMeter;
 /// never see them; keep the kernel's copy briefly.
 const TTL: Ttl = Ttl::secs(1);
 
-const O_ACCMODE: u32 = 0o3;
-const O_TRUNC: u32 = 0o1000;
 const RENAME_NOREPLACE: u32 = 1;
 const XATTR_CREATE: u32 = 1;
 const XATTR_REPLACE: u32 = 2;

@@ -55,7 +55,7 @@ impl Filesystem for LeafFs {
                 if inode.kind == Kind::Dir {
                     return Err(Errno::ISDIR);
                 }
-                if flags & O_TRUNC != 0 && flags & O_ACCMODE != 0 && inode.size > 0 {
+                if flags & abi::O_TRUNC != 0 && flags & abi::O_ACCMODE != 0 && inode.size > 0 {
                     let mut records = self.resize(&st, ino, &mut inode, 0)?;
                     records.push(Record::Inode { ino, inode });
                     self.commit(&mut st, &records)?;
