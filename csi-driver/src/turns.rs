@@ -3,9 +3,15 @@
 //! volume meanwhile is answered `ABORTED` at once, as the CSI spec asks of
 //! an operation already in progress, and the container orchestrator retries
 //! it later. Nothing is undone afterwards: the second call never starts.
+//!
+//! Volumes share root mounts (every volume of a version on the node uses
+//! one), so a call also waits for [`RootLocks`] on the one root it mounts or
+//! releases; calls on volumes of other roots never wait for each other.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
 
 /// The volumes with an operation in progress.
 #[derive(Debug, Default, Clone)]
@@ -47,9 +53,78 @@ impl Drop for Turn {
     }
 }
 
+/// One holder at a time per root (by its key, `fileset@version`); others
+/// wait their turn. An entry lives only while someone holds or awaits it.
+#[derive(Debug, Default, Clone)]
+pub struct RootLocks {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A root's lock, given back when dropped.
+#[derive(Debug)]
+pub struct RootLock {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    key: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl RootLocks {
+    /// Waits for the root's lock.
+    pub async fn lock(&self, key: &str) -> RootLock {
+        let mutex = self.locks.lock().unwrap().entry(key.to_string()).or_default().clone();
+        let guard = mutex.lock_owned().await;
+        RootLock { locks: self.locks.clone(), key: key.to_string(), guard: Some(guard) }
+    }
+
+    /// Roots with a holder or a waiter.
+    pub fn len(&self) -> usize {
+        self.locks.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for RootLock {
+    fn drop(&mut self) {
+        // Under the map's lock, so no one can start waiting in between:
+        // with the guard gone, only the map holds the mutex if no one waits.
+        let mut locks = self.locks.lock().unwrap();
+        drop(self.guard.take());
+        if locks.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+            locks.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn roots_lock_one_at_a_time_and_others_go_on() {
+        let locks = RootLocks::default();
+        let a = locks.lock("models@3").await;
+        let _b = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock("data@1"))
+            .await
+            .expect("another root's lock is free");
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.lock("models@3").await })
+        };
+        // The waiter registers before it can be granted; let it reach the wait.
+        while Arc::strong_count(&locks.locks.lock().unwrap()["models@3"]) < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the same root waits");
+        drop(a);
+        let again = waiter.await.unwrap();
+        assert_eq!(locks.len(), 2, "models@3 held again, data@1 held");
+        drop(again);
+        drop(_b);
+        assert!(locks.is_empty(), "no entry outlives its holders");
+    }
 
     #[test]
     fn one_turn_per_volume_and_it_comes_back() {

@@ -22,7 +22,6 @@ impl NodePlugin {
     pub async fn create_leaf(&self, name: &str, r: &RootRef, capacity: u64) -> Result<(String, LeafMeta), NodeError> {
         let id = leaf_id(name);
         let _turn = self.turns.take(&id)?;
-        let _one = self.ops.lock().await;
         if let Some(meta) = self.leaf_meta(&id)? {
             let same = meta.name == name
                 && meta.fileset == r.fileset
@@ -57,7 +56,6 @@ impl NodePlugin {
     /// DeleteVolume of a leaf: its data goes, its root version is unpinned.
     pub async fn delete_leaf(&self, id: &str) -> Result<(), NodeError> {
         let _turn = self.turns.take(id)?;
-        let _one = self.ops.lock().await;
         if self.state.lock().unwrap().leaves.contains_key(id) {
             return Err(NodeError::InUse(id.to_string()));
         }
@@ -86,6 +84,7 @@ impl NodePlugin {
     /// The version a leaf is based on, shared with its root mount if there is one.
     pub(super) async fn base(&self, fileset: &str, version: u64) -> Result<Arc<RootFs>, NodeError> {
         let key = format!("{fileset}@{version}");
+        let _root = self.root_locks.lock(&key).await;
         if let Some(fs) = self.root(&key) {
             return Ok(fs);
         }

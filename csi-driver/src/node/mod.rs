@@ -41,7 +41,7 @@ use crate::passthrough::{FileStore, IoTable};
 use crate::peers::{Discovery, Peers};
 use crate::rootfs::RootFs;
 use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
-use crate::turns::Turns;
+use crate::turns::{RootLocks, Turns};
 use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
 
 #[derive(Debug, Clone)]
@@ -173,9 +173,9 @@ pub struct NodePlugin {
     bases: Mutex<HashMap<String, Arc<RootFs>>>,
     /// One operation at a time per volume; a second is refused (ABORTED).
     turns: Turns,
-    /// Then one at a time on the node: volumes share root mounts, which
-    /// each call may mount or release.
-    ops: tokio::sync::Mutex<()>,
+    /// Volumes share root mounts: who mounts, joins or releases a root (or
+    /// opens a leaf's base) holds its lock; other roots go on.
+    root_locks: RootLocks,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -222,7 +222,7 @@ impl NodePlugin {
             served: Mutex::default(),
             bases: Mutex::default(),
             turns: Turns::default(),
-            ops: tokio::sync::Mutex::new(()),
+            root_locks: RootLocks::default(),
         });
         plugin.adopt().await?;
         tokio::spawn(plugin.clone().keep_deposited());

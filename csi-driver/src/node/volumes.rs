@@ -13,6 +13,7 @@ impl NodePlugin {
     ) -> Result<(String, PathBuf), NodeError> {
         let open = self.open_version(&r.fileset, r.version_id()).await?;
         let key = format!("{}@{}", r.fileset, open.id());
+        let _root = self.root_locks.lock(&key).await;
         let existing = {
             let mut st = self.state.lock().unwrap();
             st.roots.get_mut(&key).map(|rec| {
@@ -101,6 +102,7 @@ impl NodePlugin {
 
     /// Drops `user` from a root; the last one unmounts and unpins it.
     pub(super) async fn release_root(&self, key: &str, user: &Path) -> Result<(), NodeError> {
+        let _root = self.root_locks.lock(key).await;
         let gone = {
             let mut st = self.state.lock().unwrap();
             let Some(rec) = st.roots.get_mut(key) else { return Ok(()) };
@@ -127,7 +129,6 @@ impl NodePlugin {
     /// NodeStageVolume: the volume's version, read-only on `staging`.
     pub async fn stage(self: &Arc<Self>, volume: &str, staging: &Path) -> Result<(), NodeError> {
         let _turn = self.turns.take(volume)?;
-        let _one = self.ops.lock().await;
         if is_leaf(volume) {
             return self.stage_leaf(volume, staging).await;
         }
@@ -211,7 +212,6 @@ impl NodePlugin {
     /// NodeUnstageVolume.
     pub async fn unstage(&self, volume: &str, staging: &Path) -> Result<(), NodeError> {
         let _turn = self.turns.take(volume)?;
-        let _one = self.ops.lock().await;
         if is_leaf(volume) {
             self.unmount_leaf(volume).await?;
             {
@@ -250,7 +250,6 @@ impl NodePlugin {
         read_only: bool,
     ) -> Result<(), NodeError> {
         let _turn = self.turns.take(volume)?;
-        let _one = self.ops.lock().await;
         let known = self.state.lock().unwrap().volumes.get(volume).cloned();
         if known.as_ref().is_some_and(|v| v.targets.contains(target)) && is_mounted(target) {
             return Ok(());
@@ -317,7 +316,6 @@ impl NodePlugin {
     /// NodeUnpublishVolume.
     pub async fn unpublish(&self, volume: &str, target: &Path) -> Result<(), NodeError> {
         let _turn = self.turns.take(volume)?;
-        let _one = self.ops.lock().await;
         let inline_leaf =
             self.state.lock().unwrap().leaves.get(volume).is_some_and(|l| l.ephemeral && l.mountpoint == target);
         if inline_leaf {
