@@ -6,48 +6,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use tessera_chunkserver::faults::Faults;
-use tessera_chunkserver::server::{self, Config, Running};
 use tessera_client::{ClientConfig, ClientError, FetchError, StripeClient};
 use tessera_core::ids::ItemId;
 use tessera_core::latency::HedgePolicy;
 use tessera_core::layout::Layout;
 use tessera_core::read_plan::ReadMode;
-
-struct Cluster {
-    servers: Vec<Running>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Self {
-        let mut servers = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..n {
-            let d = tempfile::tempdir().unwrap();
-            let r = server::start(Config {
-                node_id: format!("cs{i}"),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                unix_socket: None,
-                metrics_listen: None,
-                data_dirs: vec![d.path().to_path_buf()],
-                limits: Default::default(),
-                quotas: Default::default(),
-                enable_fault_injection: true,
-                scrub: Default::default(),
-                master: None,
-            })
-            .await
-            .unwrap();
-            servers.push(r);
-            dirs.push(d);
-        }
-        Self { servers, _dirs: dirs }
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        self.servers.iter().map(|s| s.grpc_addr.to_string()).collect()
-    }
-}
+use tessera_testkit::Cluster;
 
 fn random_bytes(rng: &mut impl Rng, len: usize) -> Bytes {
     let mut v = vec![0u8; len];
@@ -69,7 +33,7 @@ fn fast_config() -> ClientConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_reads_every_range_bit_exact() {
-    let cluster = Cluster::start(9).await;
+    let cluster = Cluster::servers_only(9).await;
     let client = StripeClient::new(fast_config());
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     // 4 KiB units, 1 KiB blocks: items of 24 KiB.
@@ -95,7 +59,7 @@ async fn every_mode_reads_every_range_bit_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_an_item_is_idempotent() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::servers_only(3).await;
     let client = StripeClient::new(fast_config());
     let layout = Layout::new(2, 1, 1024, 1024).unwrap();
     let data = Bytes::from(vec![9u8; 2048]);
@@ -109,7 +73,7 @@ async fn rewriting_an_item_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_in_transit_is_caught_and_rebuilt() {
-    let cluster = Cluster::start(9).await;
+    let cluster = Cluster::servers_only(9).await;
     let client = StripeClient::new(fast_config());
     let layout = Layout::new(6, 3, 8192, 1024).unwrap();
     let data = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(1), 6 * 8192);
@@ -124,7 +88,7 @@ async fn corruption_in_transit_is_caught_and_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedged_reads_route_around_a_slow_server() {
-    let cluster = Cluster::start(9).await;
+    let cluster = Cluster::servers_only(9).await;
     let client = StripeClient::new(fast_config());
     let layout = Layout::new(6, 3, 8192, 1024).unwrap();
     let data = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(2), 6 * 8192);
@@ -147,7 +111,7 @@ async fn hedged_reads_route_around_a_slow_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_m_lost_servers_and_name_the_stripes_past_that() {
-    let mut cluster = Cluster::start(9).await;
+    let mut cluster = Cluster::servers_only(9).await;
     let client = StripeClient::new(fast_config());
     let layout = Layout::new(6, 3, 4096, 1024).unwrap();
     let data = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(3), 6 * 4096);

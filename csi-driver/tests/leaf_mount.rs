@@ -81,7 +81,7 @@ fn fixture() -> Fixture {
         let v = cluster.put("models", src.path()).await;
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(NodeCache::open(&cluster.dir.path().join("cache"), 256 << 20, metrics.clone()).unwrap());
-        let open = cluster.files.open("models", v.id).await.unwrap();
+        let open = cluster.files().open("models", v.id).await.unwrap();
         let root = Arc::new(RootFs::new("root", open, cluster.stripes(), cache, metrics, ReadMode::Hedged));
         (cluster, root)
     });
@@ -160,8 +160,8 @@ fn leaves_are_private_store_only_changed_blocks_and_survive_a_remount() {
     assert_eq!(std::fs::read_dir(pb.join("models")).unwrap().count(), 41);
     // The root's stored data is unchanged.
     let stored_root = f.rt.block_on(async {
-        let v = f.cluster.files.open("models", 0).await.unwrap();
-        let parts = v.read_file(f.cluster.files.stripes(), weights, ReadMode::Normal).await.unwrap();
+        let v = f.cluster.files().open("models", 0).await.unwrap();
+        let parts = v.read_file(f.cluster.files().stripes(), weights, ReadMode::Normal).await.unwrap();
         parts.concat()
     });
     assert_eq!(stored_root, original);

@@ -103,7 +103,7 @@ async fn a_promoted_leaf_is_a_new_version_with_exactly_its_files() {
     let check = |fileset: &'static str, version: u64, want: BTreeMap<PathBuf, String>| {
         let c = &cluster;
         async move {
-            let v = c.files.open(fileset, version).await.unwrap();
+            let v = c.files().open(fileset, version).await.unwrap();
             let dest = tempfile::tempdir().unwrap();
             let copy = dest.path().join("copy");
             v.get(&c.stripes(), &copy, ReadMode::Hedged, &|_| {}).await.unwrap();

@@ -101,8 +101,7 @@ async fn killing_the_node_plugin_leaves_mounts_and_open_files_working() {
         assert!(tokio::time::Instant::now() < deadline, "the read never reached the chunkservers");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    plugin.0.kill().unwrap();
-    plugin.0.wait().unwrap();
+    plugin.kill();
     cluster.hang(false).await;
     let (mut f2, w2) = (open.try_clone().unwrap(), whole.clone());
     let queued = std::thread::spawn(move || read_at(&mut f2, 4_200_000, 300_000) == w2[4_200_000..4_500_000]);
@@ -279,8 +278,7 @@ async fn passed_through_files_read_while_no_plugin_runs() {
     // plugin killed, every byte still reads, from the stored file.
     let mut open = std::fs::File::open(&file).unwrap();
     assert_eq!(read_at(&mut open, 0, 4096), whole[..4096]);
-    plugin.0.kill().unwrap();
-    plugin.0.wait().unwrap();
+    plugin.kill();
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     let (mut f, w) = (open.try_clone().unwrap(), whole.clone());
     let read = std::thread::spawn(move || read_at(&mut f, 0, w.len()) == w);

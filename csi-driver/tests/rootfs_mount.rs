@@ -53,7 +53,7 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
     let root = |volume: &'static str| {
         let (c, cache, metrics) = (&c, cache.clone(), metrics.clone());
         async move {
-            let open = c.files.open("models", v.id).await.unwrap();
+            let open = c.files().open("models", v.id).await.unwrap();
             Arc::new(RootFs::new(volume, open, c.stripes(), cache, metrics, ReadMode::Hedged))
         }
     };
@@ -156,7 +156,7 @@ async fn large_files_pass_through_once_stored_whole() {
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
     let store = Arc::new(FileStore::open(&c.dir.path().join("files"), 64 << 20).unwrap());
-    let open = c.files.open("models", v.id).await.unwrap();
+    let open = c.files().open("models", v.id).await.unwrap();
     let fs = Arc::new(RootFs::new("vol-p", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged));
     fs.enable_passthrough(Some(store.clone()), IoTable::open(&c.dir.path().join("io/vol-p"), false).unwrap());
     let mnt = tempfile::tempdir().unwrap();
@@ -246,7 +246,7 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
         let cache = Arc::new(NodeCache::open(&c.dir.path().join(name), 64 << 20, metrics.clone()).unwrap());
         let c = &c;
         async move {
-            let open = c.files.open("models", v.id).await.unwrap();
+            let open = c.files().open("models", v.id).await.unwrap();
             let fs = RootFs::new("models@1", open, c.stripes(), cache.clone(), metrics.clone(), ReadMode::Hedged);
             // A long head start: on this shared machine a debug build's peer
             // may take longer than the default, and the race is not tested here.
@@ -323,7 +323,7 @@ async fn other_nodes_caches_serve_blocks_before_the_chunkservers() {
     });
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache-d"), 64 << 20, metrics.clone()).unwrap());
-    let open = c.files.open("models", v.id).await.unwrap();
+    let open = c.files().open("models", v.id).await.unwrap();
     let d = RootFs::new("models@1", open, c.stripes(), cache, metrics.clone(), ReadMode::Hedged)
         .with_peers(Some(Peers::new(Discovery::Static(vec![hung_addr]), metrics.clone())));
     read_all(Arc::new(d)).await;

@@ -16,10 +16,11 @@
 
 pub mod processes;
 
+pub use tessera_testkit::{Proc, free_port, until};
+
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -50,20 +51,6 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Polls `f` every 100 ms until it gives a value; panics naming `what`
-/// after 90 s. (Conditions here are states of the cluster that no event
-/// announces to the test, such as a status the operator writes.)
-pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The path of a Tessera program (`tessera`, `tessera-operator`) built in
 /// this workspace: next to the test executable's `deps/` directory.
 /// `cargo test --workspace` builds them (each for its own package's
@@ -74,76 +61,6 @@ pub fn tessera_bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(p.exists(), "{} not found; build the programs first: cargo build --workspace --bins", p.display());
     p
-}
-
-/// A process killed when dropped, with its log for error messages.
-pub struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
-        Self::spawn_with_env(name, program, args, &[], dir)
-    }
-
-    /// Starts `program`, its output going to `dir/<name>.log`.
-    pub fn spawn_with_env(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        env: &[(&str, &Path)],
-        dir: &Path,
-    ) -> anyhow::Result<Self> {
-        let log = dir.join(format!("{name}.log"));
-        let out = fs::File::create(&log)?;
-        let child = Command::new(program)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name: name.to_string(), child, log })
-    }
-
-    /// Fails with the end of the log if the process has exited.
-    pub fn check(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}:\n{}", self.name, tail(&self.log));
-        }
-        Ok(())
-    }
-
-    /// Stops it at once (SIGKILL), as a crash or a lost node would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The end of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A running control plane (or an external cluster).
@@ -237,7 +154,7 @@ impl ControlPlane {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, tail(&p.log))).collect();
+                let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name(), p.log_tail())).collect();
                 bail!("the control plane did not become ready in {START_TIMEOUT:?}\n{}", logs.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -310,7 +227,7 @@ pub struct Kwok {
 impl Kwok {
     /// The end of kwok's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        tail(&self._proc.log)
+        self._proc.log_tail()
     }
 }
 

@@ -9,10 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use tessera_api::crd::Fileset;
-use tessera_chunkserver::registrar::Identity;
-use tessera_chunkserver::server::{self as cs_server, Config as CsConfig};
-use tessera_client::fileset::{FilesetClient, PutOptions};
-use tessera_client::{ClientConfig, StripeClient};
+use tessera_client::fileset::PutOptions;
 use tessera_e2e::{ControlPlane, until};
 use tessera_master::MasterConfig;
 use tessera_operator::ingest_pod::IngestPodConfig;
@@ -110,42 +107,8 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     standby.shutdown().await.unwrap();
 
     // Nine chunkservers in three zones report to the operator's master.
-    let dirs = tempfile::tempdir().unwrap();
-    let mut servers = Vec::new();
-    for i in 0..9 {
-        let id = format!("cs{i}");
-        let config = CsConfig {
-            node_id: id.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            unix_socket: None,
-            metrics_listen: None,
-            data_dirs: vec![dirs.path().join(&id)],
-            limits: Default::default(),
-            quotas: Default::default(),
-            enable_fault_injection: false,
-            scrub: Default::default(),
-            master: Some((
-                master.clone(),
-                Identity {
-                    server_id: id.clone(),
-                    address: String::new(),
-                    topology: ms::Topology {
-                        region: "r".into(),
-                        zone: format!("z{}", i % 3),
-                        rack: id.clone(),
-                        node: id.clone(),
-                    },
-                },
-            )),
-        };
-        servers.push(cs_server::start(config).await.unwrap());
-    }
-    let fc = FilesetClient::new(&master, StripeClient::new(ClientConfig::default())).unwrap();
-    until("every chunkserver to register", async || {
-        let st = fc.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();
-        (st.servers.iter().filter(|s| s.live).count() == 9).then_some(())
-    })
-    .await;
+    let chunkservers = tessera_testkit::Cluster::joining(&master, tessera_testkit::Servers::new(9, 3)).await;
+    let fc = chunkservers.files();
 
     // A Fileset: finalizer, master record, not ready until a version exists.
     let filesets: Api<Fileset> = Api::namespaced(cp.client(), "default");
@@ -378,7 +341,7 @@ async fn a_fileset_is_published_reported_and_deleted_with_its_data() {
     })
     .await;
 
-    for s in servers {
+    for s in chunkservers.servers {
         s.shutdown().await.unwrap();
     }
     op.shutdown().await.unwrap();

@@ -9,7 +9,7 @@ use tessera_csi::csi;
 use tessera_csi::csi::identity_client::IdentityClient;
 use tessera_csi::csi::node_client::NodeClient;
 
-use super::{Child, csi_channel, tessera_csi};
+use super::{Proc, csi_channel, tessera_csi};
 
 pub struct Node {
     pub dir: PathBuf,
@@ -22,18 +22,18 @@ impl Node {
     }
 
     /// Starts the keeper that holds the plugin's FUSE connections.
-    pub fn start_keeper(&self) -> Child {
+    pub fn start_keeper(&self) -> Proc {
         tessera_csi(
             &["keeper".into(), format!("--socket={}", self.dir.join("keeper.sock").display())],
             &self.dir.join("keeper.log"),
         )
     }
 
-    pub fn start_plugin(&self, generation: u32) -> Child {
+    pub fn start_plugin(&self, generation: u32) -> Proc {
         self.start_plugin_with(generation, &[])
     }
 
-    pub fn start_plugin_with(&self, generation: u32, extra: &[&str]) -> Child {
+    pub fn start_plugin_with(&self, generation: u32, extra: &[&str]) -> Proc {
         let mut args = vec![
             format!("--endpoint=unix://{}", self.socket().display()),
             "--node-id=node-a".into(),

@@ -1,0 +1,112 @@
+//! Programs under test as processes.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A process killed when dropped, with its log for error messages.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args`, its output going to `dir/<name>.log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], dir)
+    }
+
+    /// As [`Proc::spawn`], with environment variables set.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_logged(name, program, args, env, &dir.join(format!("{name}.log")))
+    }
+
+    /// As [`Proc::spawn_with_env`], the output going to `log`.
+    pub fn spawn_logged(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the end of the log if the process has exited.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}:\n{}", self.name, tail(&self.log));
+        }
+        Ok(())
+    }
+
+    /// Stops it at once (SIGKILL), as a crash or a lost node would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `f` every 100 ms until it gives a value; panics naming `what`
+/// after 90 s. (For states of a cluster that no event announces to the
+/// test, such as a status another process writes.)
+pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
