@@ -20,7 +20,7 @@ fn version(fileset: &str, id: u64, items: usize) -> VersionRecord {
         ItemRecord { id: ItemId(b), len: 6 << 20 }
     };
     VersionRecord {
-        fileset: fileset.into(),
+        fileset: fileset.parse().unwrap(),
         id,
         created_unix: 1_800_000_000 + id,
         files: 1000,

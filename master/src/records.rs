@@ -5,7 +5,7 @@
 //! are soft state rebuilt from chunkserver reports.
 
 use serde::{Deserialize, Serialize};
-use tessera_core::ids::ItemId;
+use tessera_core::ids::{FilesetName, ItemId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::{Level, PlacementPolicy};
 use tessera_core::read_plan::ReadMode;
@@ -18,13 +18,10 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Longest fileset name, in bytes.
-pub const MAX_NAME: usize = 63;
-
 /// What a fileset is and how its versions are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesetRecord {
-    pub name: String,
+    pub name: FilesetName,
     pub k: usize,
     pub m: usize,
     pub stripe_unit: usize,
@@ -174,23 +171,9 @@ impl FilesetRecord {
     }
 }
 
-/// Names are DNS labels, as Kubernetes object names will be.
-pub fn validate_name(name: &str) -> Result<(), MasterError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(MasterError::InvalidSpec {
-            field: "name",
-            reason: format!(
-                "{name:?} is not a valid fileset name: 1 to {MAX_NAME} lowercase letters, digits and '-', not starting or ending with '-'"
-            ),
-        })
-    }
+/// A fileset name from input, or an error naming the field.
+pub fn fileset_name(name: &str) -> Result<FilesetName, MasterError> {
+    FilesetName::new(name).map_err(|e| MasterError::InvalidSpec { field: "name", reason: e.to_string() })
 }
 
 /// An item of a version: id and length.
@@ -218,7 +201,7 @@ mod hex_item {
 /// One published version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
-    pub fileset: String,
+    pub fileset: FilesetName,
     pub id: u64,
     pub created_unix: u64,
     pub files: u64,
@@ -245,7 +228,7 @@ mod tests {
     #[test]
     fn version_records_round_trip_through_json() {
         let v = VersionRecord {
-            fileset: "a".into(),
+            fileset: "a".parse().unwrap(),
             id: 3,
             created_unix: 9,
             files: 2,
@@ -264,7 +247,7 @@ mod tests {
     #[test]
     fn fileset_records_keep_their_words_and_read_older_forms() {
         let mut f = FilesetRecord {
-            name: "a".into(),
+            name: "a".parse().unwrap(),
             k: 6,
             m: 3,
             stripe_unit: 4096,

@@ -53,7 +53,7 @@ impl registry_server::Registry for MasterService {
         &self,
         request: Request<ms::HeartbeatRequest>,
     ) -> Result<Response<ms::HeartbeatResponse>, Status> {
-        let known = self.master.heartbeat(&wire::heartbeat(request.get_ref()), Instant::now());
+        let known = self.master.heartbeat(&wire::heartbeat(request.get_ref())?, Instant::now());
         Ok(Response::new(ms::HeartbeatResponse { reregister: !known }))
     }
 }

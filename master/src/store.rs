@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use tessera_core::ids::FilesetName;
+
 use crate::records::{FilesetRecord, VersionRecord};
 
 type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -44,10 +46,10 @@ impl StoreError {
 pub enum Write {
     PutFileset(FilesetRecord),
     /// The fileset and all its version records.
-    DeleteFileset(String),
+    DeleteFileset(FilesetName),
     PutVersion(VersionRecord),
     DeleteVersion {
-        fileset: String,
+        fileset: FilesetName,
         id: u64,
     },
 }
@@ -67,9 +69,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn write(&self, w: &Write) -> Result<(), StoreError> {
         match w {
             Write::PutFileset(f) => self.put_fileset(f),
-            Write::DeleteFileset(name) => self.delete_fileset(name),
+            Write::DeleteFileset(name) => self.delete_fileset(name.as_str()),
             Write::PutVersion(v) => self.put_version(v),
-            Write::DeleteVersion { fileset, id } => self.delete_version(fileset, *id),
+            Write::DeleteVersion { fileset, id } => self.delete_version(fileset.as_str(), *id),
         }
     }
 }
@@ -240,7 +242,7 @@ mod tests {
 
     fn version(f: &str, id: u64) -> VersionRecord {
         VersionRecord {
-            fileset: f.into(),
+            fileset: f.parse().unwrap(),
             id,
             created_unix: 1,
             files: 1,
@@ -269,7 +271,8 @@ mod tests {
         }
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.list_filesets().unwrap().len(), 2);
-        let mut ids: Vec<(String, u64)> = s.list_versions().unwrap().into_iter().map(|v| (v.fileset, v.id)).collect();
+        let mut ids: Vec<(String, u64)> =
+            s.list_versions().unwrap().into_iter().map(|v| (v.fileset.to_string(), v.id)).collect();
         ids.sort();
         assert_eq!(ids, vec![("a".into(), 1), ("a".into(), 3), ("b".into(), 1)]);
         s.delete_fileset("a").unwrap();

@@ -1,7 +1,7 @@
 //! The master's gRPC messages, to and from its domain types: everything a
 //! client sends is checked here, and errors name the field.
 
-use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::ids::{ItemId, ServerId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::{Level, Topology};
 use tessera_core::read_plan::ReadMode;
@@ -9,7 +9,7 @@ use tessera_core::repair::Availability;
 use tessera_proto::{cs, ms};
 
 use crate::MasterError;
-use crate::records::{FilesetRecord, HedgeTuning, VersionRecord, validate_name};
+use crate::records::{FilesetRecord, HedgeTuning, VersionRecord, fileset_name};
 use crate::state::{
     Commit, FilesetView, Heartbeat, ItemPlacement, ManifestRef, Registration, Status, VersionView, WrittenItem,
 };
@@ -22,7 +22,7 @@ impl FilesetRecord {
     /// Checks a spec from a client and fills in the defaults; errors name the
     /// offending field.
     pub fn from_spec(spec: &ms::FilesetSpec, now_unix: u64) -> Result<Self, MasterError> {
-        validate_name(&spec.name)?;
+        let name = fileset_name(&spec.name)?;
         let l = spec.layout.unwrap_or_default();
         let k = if l.k == 0 { 6 } else { l.k as usize };
         let m = if l.m == 0 { 3 } else { l.m as usize };
@@ -53,7 +53,7 @@ impl FilesetRecord {
         };
         let record = Self {
             min_write_stripes: spec.min_write_stripes as usize,
-            name: spec.name.clone(),
+            name,
             k,
             m,
             stripe_unit: unit,
@@ -78,7 +78,7 @@ impl FilesetRecord {
 
     pub fn spec(&self) -> ms::FilesetSpec {
         ms::FilesetSpec {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             layout: Some(layout_to_wire(&self.layout())),
             placement: Some(ms::PlacementPolicy {
                 level: self.level.to_string(),
@@ -115,7 +115,7 @@ impl VersionRecord {
                 .collect()
         };
         ms::Version {
-            fileset: self.fileset.clone(),
+            fileset: self.fileset.to_string(),
             id: self.id,
             created_unix: self.created_unix,
             files: self.files,
@@ -145,14 +145,12 @@ fn topology_to_wire(t: &Topology) -> ms::Topology {
 }
 
 pub fn registration(r: &ms::RegisterRequest) -> Result<Registration, MasterError> {
-    if r.server_id.is_empty() {
-        return Err(bad("server_id", "a chunkserver registers with its id"));
-    }
+    let server_id = server_id(&r.server_id)?;
     if r.address.is_empty() {
         return Err(bad("address", "a chunkserver registers with the address it serves on"));
     }
     Ok(Registration {
-        server_id: r.server_id.clone(),
+        server_id,
         address: r.address.clone(),
         topology: topology_from_wire(r.topology.as_ref()),
         free_bytes: r.free_bytes,
@@ -160,12 +158,17 @@ pub fn registration(r: &ms::RegisterRequest) -> Result<Registration, MasterError
     })
 }
 
+/// A server id from a request, or an error naming the field.
+pub fn server_id(id: &str) -> Result<ServerId, MasterError> {
+    ServerId::new(id).map_err(|e| bad("server_id", e))
+}
+
 /// Stripe references that do not parse are left out (a newer server may
 /// report what this master cannot name).
-pub fn heartbeat(h: &ms::HeartbeatRequest) -> Heartbeat {
+pub fn heartbeat(h: &ms::HeartbeatRequest) -> Result<Heartbeat, MasterError> {
     let stripes = |refs: &[cs::StripeRef]| refs.iter().filter_map(stripe_from_wire).collect();
-    Heartbeat {
-        server_id: h.server_id.clone(),
+    Ok(Heartbeat {
+        server_id: server_id(&h.server_id)?,
         epoch: h.master_epoch.clone(),
         free_bytes: h.free_bytes,
         total_bytes: h.total_bytes,
@@ -173,7 +176,7 @@ pub fn heartbeat(h: &ms::HeartbeatRequest) -> Heartbeat {
         added: stripes(&h.added),
         removed: stripes(&h.removed),
         quarantined: stripes(&h.quarantined),
-    }
+    })
 }
 
 pub fn fileset_to_wire(f: &FilesetView) -> ms::Fileset {
@@ -245,7 +248,7 @@ pub fn status_to_wire(s: Status) -> ms::StatusResponse {
             .into_iter()
             .map(|h| ms::ServerStatus {
                 topology: Some(topology_to_wire(&h.topology)),
-                server_id: h.server_id,
+                server_id: h.server_id.into(),
                 address: h.address,
                 live: h.live,
                 down: h.down,
@@ -337,5 +340,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.spec().read_mode, "accelerated");
+    }
+
+    #[test]
+    fn server_ids_are_checked_where_they_come_in() {
+        let reg = |id: &str| ms::RegisterRequest {
+            server_id: id.into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        assert_eq!(registration(&reg("cs0")).unwrap().server_id, ServerId::new("cs0").unwrap());
+        for bad in ["", "cs 0"] {
+            let e = registration(&reg(bad)).unwrap_err();
+            assert!(matches!(e, MasterError::InvalidSpec { field: "server_id", .. }), "{bad:?}: {e}");
+            let hb = ms::HeartbeatRequest { server_id: bad.into(), ..Default::default() };
+            assert!(matches!(heartbeat(&hb), Err(MasterError::InvalidSpec { field: "server_id", .. })), "{bad:?}");
+        }
     }
 }

@@ -153,8 +153,14 @@ impl MetaStore for KubeStore {
     fn put_fileset(&self, f: &FilesetRecord) -> Result<(), StoreError> {
         let data = serde_json::to_string(f).map_err(StoreError::backend("writing a fileset"))?;
         let obj = record(
-            fileset_name(&f.name),
-            MasterRecordSpec { kind: RecordKind::Fileset, fileset: f.name.clone(), version: None, part: None, data },
+            fileset_name(f.name.as_str()),
+            MasterRecordSpec {
+                kind: RecordKind::Fileset,
+                fileset: f.name.to_string(),
+                version: None,
+                part: None,
+                data,
+            },
         );
         self.call(move |api| async move { upsert(&api, obj).await })
     }
@@ -194,8 +200,8 @@ impl MetaStore for KubeStore {
         let items = std::mem::take(&mut head.items);
         let parts: Vec<String> = items.chunks(ITEMS_PER_PART).map(encode_items).collect();
         let data = serde_json::to_string(&head).map_err(StoreError::backend("writing a version"))?;
-        let base = version_name(&v.fileset, v.id);
-        let (fileset, id) = (v.fileset.clone(), v.id);
+        let base = version_name(v.fileset.as_str(), v.id);
+        let (fileset, id) = (v.fileset.to_string(), v.id);
         self.call(move |api| async move {
             for (i, part) in parts.iter().enumerate() {
                 let spec = MasterRecordSpec {

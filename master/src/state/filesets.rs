@@ -6,7 +6,7 @@ use tessera_core::repair::Availability;
 
 use tracing::info;
 
-use super::{Deletion, Master, State, forget_version, versions_of};
+use super::{Deletion, Master, State, forget_version};
 use crate::MasterError;
 use crate::records::{FilesetRecord, HedgeTuning};
 use crate::store::Write;
@@ -22,7 +22,7 @@ pub struct FilesetView {
 
 impl State {
     fn view(&self, f: &FilesetRecord) -> FilesetView {
-        let ids: Vec<u64> = self.versions.range(versions_of(&f.name)).map(|(k, _)| k.1).collect();
+        let ids: Vec<u64> = self.versions_of(f.name.as_str()).map(|v| v.id).collect();
         FilesetView { record: f.clone(), latest_version: ids.last().copied().unwrap_or(0), versions: ids.len() as u32 }
     }
 
@@ -49,7 +49,7 @@ impl Master {
                 if if_absent && existing.same_as(&record) {
                     return Ok(st.view(existing));
                 }
-                return Err(MasterError::FilesetExists(record.name));
+                return Err(MasterError::FilesetExists(record.name.to_string()));
             }
         }
         self.persist(vec![Write::PutFileset(record.clone())]).await?;
@@ -79,7 +79,7 @@ impl Master {
                 after
             };
             m.persist(vec![Write::PutFileset(record.clone())]).await?;
-            m.state.lock().unwrap().filesets.insert(name, record.clone());
+            m.state.lock().unwrap().filesets.insert(record.name.clone(), record.clone());
             Ok(Some(record))
         })
         .await
@@ -165,25 +165,25 @@ impl Master {
     }
 
     async fn delete_fileset_in_turn(&self, name: &str) -> Result<(u32, Vec<Deletion>), MasterError> {
-        {
+        let name = {
             let st = self.state.lock().unwrap();
-            st.fileset(name)?;
-            if let Some(v) = st.versions.range(versions_of(name)).map(|(_, v)| v).find(|v| !v.pins.is_empty()) {
-                return Err(MasterError::Pinned { fileset: name.into(), version: v.id, holders: v.pins.clone() });
+            let name = st.fileset(name)?.name.clone();
+            if let Some(v) = st.versions_of(name.as_str()).find(|v| !v.pins.is_empty()) {
+                return Err(MasterError::Pinned { fileset: name.to_string(), version: v.id, holders: v.pins.clone() });
             }
-        }
-        self.persist(vec![Write::DeleteFileset(name.to_string())]).await?;
+            name
+        };
+        self.persist(vec![Write::DeleteFileset(name.clone())]).await?;
         let mut st = self.state.lock().unwrap();
-        st.filesets.remove(name);
+        st.filesets.remove(&name);
         // Its open writes end with it: their items become orphans.
         st.sessions.retain(|_, s| s.fileset != name);
-        let keys: Vec<(String, u64)> = st.versions.range(versions_of(name)).map(|(k, _)| k.clone()).collect();
+        let versions = st.versions.remove(&name).unwrap_or_default();
         let mut deletions = Vec::new();
-        for key in &keys {
-            let v = st.versions.remove(key).expect("listed above");
-            deletions.extend(forget_version(&mut st, &v));
+        for v in versions.values() {
+            deletions.extend(forget_version(&mut st, v));
         }
-        info!(fileset = %name, versions = keys.len(), "fileset deleted");
-        Ok((keys.len() as u32, deletions))
+        info!(fileset = %name, versions = versions.len(), "fileset deleted");
+        Ok((versions.len() as u32, deletions))
     }
 }

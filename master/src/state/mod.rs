@@ -28,12 +28,11 @@ pub use versions::{Commit, ItemPlacement, ManifestRef, VersionView, WrittenItem}
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tessera_core::health::FailureCounter;
-use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::ids::{FilesetName, ItemId, ServerId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::Topology;
 use tracing::info;
@@ -45,7 +44,7 @@ use crate::{MasterConfig, MasterError};
 /// A registered chunkserver.
 #[derive(Debug, Clone)]
 pub struct Server {
-    pub id: String,
+    pub id: ServerId,
     pub address: String,
     pub topology: Topology,
     pub free_bytes: u64,
@@ -74,17 +73,17 @@ pub struct NodeInfo {
 /// An item a published version owns.
 #[derive(Debug, Clone)]
 pub struct ItemInfo {
-    pub fileset: String,
+    pub fileset: FilesetName,
     pub len: u64,
 }
 
 #[derive(Debug)]
 struct Session {
-    fileset: String,
+    fileset: FilesetName,
     expires: Instant,
     /// Allocated items and the server id of each stripe (none where no
     /// server could be placed: a degraded write).
-    items: HashMap<ItemId, Vec<Option<String>>>,
+    items: HashMap<ItemId, Vec<Option<ServerId>>>,
 }
 
 /// Why a stripe is gone for good: no server will report it again, so its
@@ -115,7 +114,7 @@ pub struct Deletion {
 /// A reachable copy of a stripe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub server: String,
+    pub server: ServerId,
     pub address: String,
 }
 
@@ -123,7 +122,7 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub index: u16,
-    pub server: String,
+    pub server: ServerId,
     pub address: String,
 }
 
@@ -141,12 +140,13 @@ pub struct RepairJob {
 #[derive(Debug, Default)]
 struct State {
     epoch: String,
-    filesets: BTreeMap<String, FilesetRecord>,
-    versions: BTreeMap<(String, u64), VersionRecord>,
+    filesets: BTreeMap<FilesetName, FilesetRecord>,
+    /// Each fileset's published versions, by id.
+    versions: BTreeMap<FilesetName, BTreeMap<u64, VersionRecord>>,
     items: HashMap<ItemId, ItemInfo>,
-    servers: BTreeMap<String, Server>,
+    servers: BTreeMap<ServerId, Server>,
     /// Stripe index -> ids of servers holding a copy.
-    locations: HashMap<ItemId, Vec<(u16, String)>>,
+    locations: HashMap<ItemId, Vec<(u16, ServerId)>>,
     sessions: HashMap<String, Session>,
     /// Items of versions whose record is being written: owned already.
     committing: HashSet<ItemId>,
@@ -158,8 +158,7 @@ struct State {
     repairing: HashSet<ItemId>,
     /// Stripes known gone for good, by item and index.
     gone: HashMap<ItemId, BTreeMap<u16, Loss>>,
-    /// By fileset name.
-    losses: HashMap<String, LossCounts>,
+    losses: HashMap<FilesetName, LossCounts>,
     orphan_since: HashMap<ItemId, Instant>,
     corrupt_reports: u64,
     repaired_stripes: u64,
@@ -196,11 +195,11 @@ impl Master {
             for i in v.all_items() {
                 st.items.insert(i.id, ItemInfo { fileset: v.fileset.clone(), len: i.len });
             }
-            st.versions.insert((v.fileset.clone(), v.id), v);
+            st.insert_version(v);
         }
         info!(
             filesets = st.filesets.len(),
-            versions = st.versions.len(),
+            versions = st.versions.values().map(BTreeMap::len).sum::<usize>(),
             items = st.items.len(),
             "master loaded its records"
         );
@@ -268,9 +267,24 @@ impl Master {
     }
 }
 
-/// The keys of a fileset's versions in `State::versions`.
-fn versions_of(name: &str) -> RangeInclusive<(String, u64)> {
-    (name.to_string(), 0)..=(name.to_string(), u64::MAX)
+impl State {
+    /// A fileset's versions, oldest first.
+    fn versions_of(&self, fileset: &str) -> impl DoubleEndedIterator<Item = &VersionRecord> {
+        self.versions.get(fileset).into_iter().flat_map(BTreeMap::values)
+    }
+
+    fn insert_version(&mut self, v: VersionRecord) {
+        self.versions.entry(v.fileset.clone()).or_default().insert(v.id, v);
+    }
+
+    fn remove_version(&mut self, fileset: &str, id: u64) -> Option<VersionRecord> {
+        let of = self.versions.get_mut(fileset)?;
+        let v = of.remove(&id);
+        if of.is_empty() {
+            self.versions.remove(fileset);
+        }
+        v
+    }
 }
 
 fn find_version<'a>(st: &'a State, fileset: &str, version: u64) -> Result<&'a VersionRecord, MasterError> {
@@ -278,14 +292,11 @@ fn find_version<'a>(st: &'a State, fileset: &str, version: u64) -> Result<&'a Ve
         return Err(MasterError::FilesetNotFound(fileset.into()));
     }
     if version == 0 {
-        st.versions
-            .range(versions_of(fileset))
-            .map(|(_, v)| v)
-            .next_back()
-            .ok_or_else(|| MasterError::NoVersions(fileset.into()))
+        st.versions_of(fileset).next_back().ok_or_else(|| MasterError::NoVersions(fileset.into()))
     } else {
         st.versions
-            .get(&(fileset.to_string(), version))
+            .get(fileset)
+            .and_then(|of| of.get(&version))
             .ok_or_else(|| MasterError::VersionNotFound { fileset: fileset.into(), version })
     }
 }
@@ -307,14 +318,14 @@ fn forget_version(st: &mut State, v: &VersionRecord) -> Vec<Deletion> {
     out
 }
 
-fn add_location(locations: &mut HashMap<ItemId, Vec<(u16, String)>>, stripe: &StripeId, server: &str) {
+fn add_location(locations: &mut HashMap<ItemId, Vec<(u16, ServerId)>>, stripe: &StripeId, server: &ServerId) {
     let v = locations.entry(stripe.item).or_default();
     if !v.iter().any(|(i, s)| *i == stripe.index && s == server) {
-        v.push((stripe.index, server.to_string()));
+        v.push((stripe.index, server.clone()));
     }
 }
 
-fn forget_location(locations: &mut HashMap<ItemId, Vec<(u16, String)>>, stripe: &StripeId, server: &str) {
+fn forget_location(locations: &mut HashMap<ItemId, Vec<(u16, ServerId)>>, stripe: &StripeId, server: &ServerId) {
     if let Some(v) = locations.get_mut(&stripe.item) {
         v.retain(|(i, s)| !(*i == stripe.index && s == server));
         if v.is_empty() {
@@ -324,7 +335,7 @@ fn forget_location(locations: &mut HashMap<ItemId, Vec<(u16, String)>>, stripe: 
 }
 
 /// For each stripe index, a server holding it that is not in `unavailable`.
-fn reachable_indices(st: &State, item: &ItemId, unavailable: &HashSet<String>, n: usize) -> Vec<Option<String>> {
+fn reachable_indices(st: &State, item: &ItemId, unavailable: &HashSet<ServerId>, n: usize) -> Vec<Option<ServerId>> {
     let mut out = vec![None; n];
     for (idx, sid) in st.locations.get(item).into_iter().flatten() {
         let idx = *idx as usize;

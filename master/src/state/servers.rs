@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use tessera_core::health::{FailureCounter, is_live};
-use tessera_core::ids::StripeId;
+use tessera_core::ids::{ServerId, StripeId};
 use tessera_core::placement::Topology;
 use tracing::{info, warn};
 
@@ -14,7 +14,7 @@ use super::{Loss, Master, NodeInfo, Server, State, add_location, forget_location
 /// A chunkserver introducing itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub address: String,
     pub topology: Topology,
     pub free_bytes: u64,
@@ -22,9 +22,9 @@ pub struct Registration {
 }
 
 /// What a chunkserver reports every second.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub epoch: String,
     pub free_bytes: u64,
     pub total_bytes: u64,
@@ -41,7 +41,7 @@ impl Master {
     /// Returns the master's epoch, which the server's reports carry.
     pub fn register(&self, r: &Registration, now: Instant) -> String {
         let mut st = self.state.lock().unwrap();
-        let node = if r.topology.node.is_empty() { r.server_id.clone() } else { r.topology.node.clone() };
+        let node = if r.topology.node.is_empty() { r.server_id.to_string() } else { r.topology.node.clone() };
         let policy = self.config.failure;
         let epoch = st.epoch.clone();
         let State { servers, locations, .. } = &mut *st;
@@ -124,7 +124,7 @@ impl Master {
         s.last_seen = now;
         for stripe in stripes {
             if s.stripes.insert(*stripe) {
-                add_location(locations, stripe, server_id);
+                add_location(locations, stripe, &s.id);
             }
         }
         true
@@ -175,7 +175,7 @@ impl Master {
     }
 
     /// Marks servers not heard from in time as not live; returns their ids.
-    pub fn expire_servers(&self, now: Instant) -> Vec<String> {
+    pub fn expire_servers(&self, now: Instant) -> Vec<ServerId> {
         let mut st = self.state.lock().unwrap();
         let policy = self.config.failure;
         let mut gone = Vec::new();
@@ -195,7 +195,7 @@ impl Master {
 
 impl State {
     /// A stripe its server has taken out of service for good.
-    fn stripe_lost(&mut self, stripe: StripeId, loss: Loss, server: &str) {
+    fn stripe_lost(&mut self, stripe: StripeId, loss: Loss, server: &ServerId) {
         let Some(info) = self.items.get(&stripe.item) else {
             warn!(%stripe, %server, "a stripe of no published version was quarantined");
             return;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use tessera_core::ids::ServerId;
 use tessera_core::placement::{Level, Topology};
 
 use super::{Loss, LossCounts, Master, reachable_indices};
@@ -11,7 +12,7 @@ use crate::MasterError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerHealth {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub address: String,
     pub topology: Topology,
     pub live: bool,
@@ -88,7 +89,7 @@ impl Master {
             });
         }
         // Servers in maintenance count as unreachable, as they do for repair.
-        let unreachable: HashSet<String> =
+        let unreachable: HashSet<ServerId> =
             st.servers.values().filter(|s| !s.live || s.maintenance).map(|s| s.id.clone()).collect();
         let mut filesets = Vec::new();
         for f in st.filesets.values().filter(|f| fileset.is_empty() || f.name == fileset) {
@@ -132,7 +133,7 @@ impl Master {
                 corrupt_stripes_rebuilt: losses.corrupt_rebuilt,
                 degraded_writes: losses.degraded_writes,
                 corrupt_stripes_pending: corrupt_pending as u64,
-                name: f.name.clone(),
+                name: f.name.to_string(),
                 items,
                 items_by_redundancy: by_redundancy,
                 degraded,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use rand::Rng;
-use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::ids::{ItemId, ServerId, StripeId};
 use tessera_core::placement::{self, Candidate};
 use tessera_core::repair::{self, Availability, RepairDecision, RepairPolicy};
 use tracing::{info, warn};
@@ -75,7 +75,7 @@ impl Master {
             let mut ids = Vec::new();
             let mut candidates = Vec::new();
             let mut exclude = Vec::new();
-            let holders: HashSet<&String> =
+            let holders: HashSet<&ServerId> =
                 st.locations.get(&item).map(|v| v.iter().map(|(_, s)| s).collect()).unwrap_or_default();
             for s in st.servers.values() {
                 if down.contains(&s.id) || s.free_bytes < info.len / f.k as u64 + (64 << 10) {

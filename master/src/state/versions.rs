@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
-use tessera_core::ids::{ItemId, StripeId};
+use tessera_core::ids::{ItemId, ServerId, StripeId};
 use tessera_core::layout::Layout;
 use tessera_core::placement::{self, Candidate};
 use tessera_core::retention::{self, Retained};
@@ -14,7 +14,6 @@ use tracing::{info, warn};
 
 use super::{
     Deletion, ItemInfo, Loss, Master, Session, add_location, find_version, forget_version, now_unix, reachable_address,
-    versions_of,
 };
 use crate::MasterError;
 use crate::records::{ItemRecord, VersionRecord};
@@ -70,13 +69,10 @@ impl Master {
     pub fn begin_version(&self, fileset: &str, now: Instant) -> Result<(String, Layout, usize), MasterError> {
         let mut st = self.state.lock().unwrap();
         let f = st.filesets.get(fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.into()))?;
-        let layout = f.layout();
-        let min = f.min_write_stripes();
+        let (layout, min, fileset) = (f.layout(), f.min_write_stripes(), f.name.clone());
         let id = format!("{:032x}", rand::random::<u128>());
-        st.sessions.insert(
-            id.clone(),
-            Session { fileset: fileset.into(), expires: now + self.config.session_lease, items: HashMap::new() },
-        );
+        st.sessions
+            .insert(id.clone(), Session { fileset, expires: now + self.config.session_lease, items: HashMap::new() });
         Ok((id, layout, min))
     }
 
@@ -96,7 +92,7 @@ impl Master {
         // Every writer reports a dead server on every item: one outage is
         // counted once.
         for addr in failed {
-            if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || &s.id == addr)
+            if let Some(s) = st.servers.values_mut().find(|s| &s.address == addr || s.id == addr.as_str())
                 && !std::mem::replace(&mut s.outage_counted, true)
             {
                 s.failures.record_distinct(now, self.config.heartbeat_timeout, &policy);
@@ -107,7 +103,7 @@ impl Master {
             s.expires = now + self.config.session_lease;
             s.fileset.clone()
         };
-        let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.clone()))?.clone();
+        let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.to_string()))?.clone();
         let n = f.k + f.m;
         // Eligible: live, in service, not just reported failing, with room.
         let needed = stripe_len.saturating_add(64 << 10);
@@ -118,7 +114,7 @@ impl Master {
             if !s.live
                 || s.maintenance
                 || s.failures.is_down(now, &policy)
-                || failed.iter().any(|a| a == &s.address || a == &s.id)
+                || failed.iter().any(|a| a == &s.address || s.id == a.as_str())
             {
                 continue;
             }
@@ -141,7 +137,7 @@ impl Master {
             // without a server are the last parity ones, rebuilt later.
             let chosen = placement::choose_at_least(&candidates, n, min, f.policy(), &HashMap::new(), &[], rng)?;
             let item = ItemId(rng.random());
-            let servers: Vec<Option<String>> = (0..n).map(|i| chosen.get(i).map(|&c| ids[c].clone())).collect();
+            let servers: Vec<Option<ServerId>> = (0..n).map(|i| chosen.get(i).map(|&c| ids[c].clone())).collect();
             // Account the space so a burst of allocations spreads out.
             for &i in &chosen {
                 candidates[i].free_bytes = candidates[i].free_bytes.saturating_sub(stripe_len);
@@ -175,7 +171,7 @@ impl Master {
             session.expires = Instant::now() + lease;
             let session = st.sessions.get(&c.session).expect("found above");
             let fileset = session.fileset.clone();
-            let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.clone()))?;
+            let f = st.filesets.get(&fileset).ok_or_else(|| MasterError::FilesetNotFound(fileset.to_string()))?;
             let (n, min) = (f.k + f.m, f.min_write_stripes());
             // Stripes not stored, by item: those the writer reports, and
             // those no server was placed for.
@@ -221,7 +217,7 @@ impl Master {
             };
             let items = check(&c.items)?;
             let manifest_items = check(&c.manifest.items)?;
-            let id = st.versions.range(versions_of(&fileset)).next_back().map_or(1, |(k, _)| k.1 + 1);
+            let id = st.versions_of(fileset.as_str()).next_back().map_or(1, |v| v.id + 1);
             let record = VersionRecord {
                 fileset: fileset.clone(),
                 id,
@@ -234,13 +230,10 @@ impl Master {
                 manifest_sha256: hex::encode(c.manifest.sha256),
                 pins: vec![],
             };
-            let placed: Vec<(ItemId, Vec<Option<String>>)> =
+            let placed: Vec<(ItemId, Vec<Option<ServerId>>)> =
                 record.all_items().map(|i| (i.id, session.items.get(&i.id).cloned().expect("checked above"))).collect();
-            let mut kept: Vec<Retained> = st
-                .versions
-                .range(versions_of(&fileset))
-                .map(|(k, v)| Retained { id: k.1, pinned: !v.pins.is_empty() })
-                .collect();
+            let mut kept: Vec<Retained> =
+                st.versions_of(fileset.as_str()).map(|v| Retained { id: v.id, pinned: !v.pins.is_empty() }).collect();
             kept.push(Retained { id, pinned: false });
             let collected = retention::collectable(&kept, f.keep_versions);
             // Owned from now on, whatever happens to the session while the
@@ -295,7 +288,7 @@ impl Master {
             for i in record.all_items() {
                 st.items.insert(i.id, ItemInfo { fileset: fileset.clone(), len: i.len });
             }
-            st.versions.insert((fileset.clone(), record.id), record.clone());
+            st.insert_version(record.clone());
             info!(fileset = %fileset, version = record.id, files = record.files, bytes = record.bytes, "version published");
         }
         // The version exists now. Retention follows, each old version on its
@@ -308,7 +301,7 @@ impl Master {
                 continue;
             }
             let mut st = self.state.lock().unwrap();
-            if let Some(v) = st.versions.remove(&(fileset.clone(), id)) {
+            if let Some(v) = st.remove_version(fileset.as_str(), id) {
                 info!(fileset = %fileset, version = id, "version collected by retention");
                 deletions.extend(forget_version(&mut st, &v));
             }
@@ -333,7 +326,7 @@ impl Master {
         if !st.filesets.contains_key(fileset) {
             return Err(MasterError::FilesetNotFound(fileset.into()));
         }
-        Ok(st.versions.range(versions_of(fileset)).map(|(_, v)| v.clone()).collect())
+        Ok(st.versions_of(fileset).cloned().collect())
     }
 
     /// A version (0: the latest) with its layout and the location of every
@@ -367,9 +360,9 @@ impl Master {
             }
             v
         };
-        self.persist(vec![Write::DeleteVersion { fileset: fileset.to_string(), id: v.id }]).await?;
+        self.persist(vec![Write::DeleteVersion { fileset: v.fileset.clone(), id: v.id }]).await?;
         let mut st = self.state.lock().unwrap();
-        st.versions.remove(&(fileset.to_string(), v.id));
+        st.remove_version(fileset, v.id);
         info!(fileset = %fileset, version = v.id, "version deleted");
         Ok(forget_version(&mut st, &v))
     }
@@ -403,7 +396,7 @@ impl Master {
             v
         };
         self.persist(vec![Write::PutVersion(v.clone())]).await?;
-        self.state.lock().unwrap().versions.insert((fileset.to_string(), v.id), v);
+        self.state.lock().unwrap().insert_version(v);
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ async fn commit(
 
 /// A heartbeat as a chunkserver sends it.
 fn beat(m: &Master, req: &ms::HeartbeatRequest, now: Instant) -> bool {
-    m.heartbeat(&wire::heartbeat(req), now)
+    m.heartbeat(&wire::heartbeat(req).unwrap(), now)
 }
 
 /// The addresses of a placement as clients see them ("" for none).
@@ -231,7 +231,7 @@ async fn lost_servers_are_repaired_at_once_or_after_the_grace() {
     // Everyone but cs4 keeps reporting.
     let t1 = t0 + Duration::from_secs(4);
     beat_all_but(&m, 12, &[4], t1);
-    assert_eq!(m.expire_servers(t1), vec!["cs4".to_string()]);
+    assert_eq!(m.expire_servers(t1), vec![ServerId::new("cs4").unwrap()]);
     let jobs = m.plan_repairs(t1, 100, &mut rng);
     let hot_items = 3;
     let on_cs4 = |j: &RepairJob| j.targets.len();

@@ -218,7 +218,7 @@ fn quarantine(m: &Master, server: usize, stripe: StripeId, now: Instant) {
 fn holder(m: &Master, item: ItemId, index: u16) -> usize {
     let st = m.state.lock().unwrap();
     let (_, sid) = st.locations[&item].iter().find(|(i, _)| *i == index).cloned().unwrap();
-    sid.trim_start_matches("cs").parse().unwrap()
+    sid.as_str().trim_start_matches("cs").parse().unwrap()
 }
 
 #[tokio::test]
