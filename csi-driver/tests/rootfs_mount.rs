@@ -142,6 +142,44 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
     }
 }
 
+/// A chunkserver that damages blocks in transit: the root's reads come back
+/// exact (the reader's checks catch every damaged block and read other
+/// stripes) and the plugin reports the stripes to the master, which has the
+/// server verify them (the copy on its disk is intact: nothing is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_damaged_in_transit_are_reported_and_reads_stay_exact() {
+    let c = common::Cluster::start().await;
+    let src = tempfile::tempdir().unwrap();
+    common::sample_tree(src.path());
+    let v = c.put("models", src.path()).await;
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(NodeCache::open(&c.dir.path().join("cache"), 64 << 20, metrics.clone()).unwrap());
+    let open = c.files().open("models", v.id).await.unwrap();
+    // Damaged from now on, after the manifest was read (its reader reports
+    // on its own): only the root's reads can report.
+    c.set_faults(0, tessera_proto::cs::Faults { corrupt_rate: 1.0, ..Default::default() }).await;
+    assert_eq!(c.status().await.corrupt_reports, 0);
+    // Accelerated: every read asks all stripes, so cs0 is always among them.
+    let fs = Arc::new(RootFs::new("vol-a", open, c.stripes(), cache, metrics, ReadMode::Accelerated));
+    let mnt = tempfile::tempdir().unwrap();
+    let served = mount(fs, mnt.path());
+    let (m, s) = (mnt.path().to_path_buf(), src.path().to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let f = "models/llama/weights.bin";
+        assert_eq!(digest(&m.join(f)), digest(&s.join(f)), "exact despite the damaged blocks");
+    })
+    .await
+    .unwrap();
+    tessera_testkit::until("the master to hear of the damaged blocks", async || {
+        (c.status().await.corrupt_reports > 0).then_some(())
+    })
+    .await;
+    let status = c.status().await;
+    assert_eq!(status.corrupt_stripes_found, 0, "verified intact on the disk: nothing quarantined");
+    unmount(mnt.path()).unwrap();
+    tokio::task::spawn_blocking(move || served.join().unwrap().unwrap()).await.unwrap();
+}
+
 /// Large files are stored whole after their first open; later opens are
 /// passed through (the kernel reads the stored file and no read reaches the
 /// plugin), and opens of one inode never mix modes while any is alive.

@@ -150,10 +150,22 @@ impl Cluster {
 
     /// Makes every chunkserver hold reads unanswered (or answer again).
     pub async fn hang(&self, hang: bool) {
-        for s in &self.servers {
-            let mut c = FaultInjectionClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
-            c.set_faults(tessera_proto::cs::Faults { hang, ..Default::default() }).await.unwrap();
+        for i in 0..self.servers.len() {
+            self.set_faults(i, tessera_proto::cs::Faults { hang, ..Default::default() }).await;
         }
+    }
+
+    /// Sets chunkserver `server`'s injected faults (latency, errors,
+    /// blocks damaged in transit, ...), replacing any it had.
+    pub async fn set_faults(&self, server: usize, faults: tessera_proto::cs::Faults) {
+        let addr = self.servers[server].grpc_addr;
+        let mut c = FaultInjectionClient::connect(format!("http://{addr}")).await.unwrap();
+        c.set_faults(faults).await.unwrap();
+    }
+
+    /// The master's status of every fileset and server.
+    pub async fn status(&self) -> ms::StatusResponse {
+        self.files().master().status(ms::StatusRequest::default()).await.unwrap().into_inner()
     }
 
     /// Requests the chunkservers have answered, all classes.

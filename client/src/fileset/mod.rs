@@ -24,7 +24,7 @@ use crate::{ClientError, StripeClient};
 
 pub use put::PutOptions;
 pub use scan::{SourceEntry, SourceKind, scan};
-pub use version::{GetStats, OpenVersion};
+pub use version::{CorruptReports, GetStats, OpenVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesetError {

@@ -68,6 +68,21 @@ async fn report_corrupt(master: &MasterClient<Channel>, report: &ReadReport) {
     }
 }
 
+/// Where a reader of a version tells the master of blocks that arrived
+/// failing their checksum (readers that fetch items themselves, such as the
+/// CSI node plugin's roots, hand it their read reports).
+#[derive(Debug, Clone)]
+pub struct CorruptReports {
+    master: MasterClient<Channel>,
+}
+
+impl CorruptReports {
+    /// Sends the report's corrupt stripes, if any (best effort, bounded).
+    pub async fn send(&self, report: &ReadReport) {
+        report_corrupt(&self.master, report).await;
+    }
+}
+
 /// What a copy of a version did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GetStats {
@@ -131,6 +146,12 @@ impl OpenVersion {
     /// The data items with their locations.
     pub fn items(&self) -> &[ItemLocation] {
         &self.items
+    }
+
+    /// Where to report blocks that fail their checksum on reads of these
+    /// items made outside [`OpenVersion`]'s own methods.
+    pub fn corrupt_reports(&self) -> CorruptReports {
+        CorruptReports { master: self.master.clone() }
     }
 
     fn no_path(&self, path: &str) -> FilesetError {

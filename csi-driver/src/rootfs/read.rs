@@ -102,6 +102,7 @@ impl RootFs {
         key: UnitKey,
     ) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
         let loc = self.version.items().get(index as usize).cloned();
+        let reports = self.version.corrupt_reports();
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
         let (mode, volume, peers, hedge) = (self.read_mode(), self.volume.clone(), self.peers.clone(), self.hedge());
         let span = tracing::debug_span!(
@@ -121,6 +122,12 @@ impl RootFs {
                     Errno::IO
                 })?;
                 metrics.hedges.get_or_create(&VolumeLabels { volume }).inc_by(report.hedges as u64);
+                // Blocks that arrived damaged (the read was served from
+                // other stripes): the master has their server verify them.
+                // Off the read's path: a slow master must not slow a pod.
+                if !report.corrupt_in_transit.is_empty() {
+                    tokio::spawn(async move { reports.send(&report).await });
+                }
                 Ok::<_, Errno>(match data.parts() {
                     [one] => one.clone(),
                     parts => Bytes::from(parts.concat()),
