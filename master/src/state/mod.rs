@@ -277,6 +277,17 @@ impl State {
         self.versions.entry(v.fileset.clone()).or_default().insert(v.id, v);
     }
 
+    /// Forgets losses of items no version, commit or write session owns
+    /// (a write that ended without a commit).
+    fn prune_gone(&mut self) {
+        let State { gone, items, sessions, committing, .. } = self;
+        gone.retain(|item, _| {
+            items.contains_key(item)
+                || committing.contains(item)
+                || sessions.values().any(|s| s.items.contains_key(item))
+        });
+    }
+
     fn remove_version(&mut self, fileset: &str, id: u64) -> Option<VersionRecord> {
         let of = self.versions.get_mut(fileset)?;
         let v = of.remove(&id);

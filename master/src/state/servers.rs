@@ -196,18 +196,26 @@ impl Master {
 impl State {
     /// A stripe its server has taken out of service for good.
     fn stripe_lost(&mut self, stripe: StripeId, loss: Loss, server: &ServerId) {
-        let Some(info) = self.items.get(&stripe.item) else {
-            warn!(%stripe, %server, "a stripe of no published version was quarantined");
-            return;
+        let fileset = match self.items.get(&stripe.item) {
+            Some(info) => info.fileset.clone(),
+            // Written but not yet committed: recorded all the same, so the
+            // commit does not locate it (and the item is rebuilt).
+            None => match self.sessions.values().find(|s| s.items.contains_key(&stripe.item)) {
+                Some(session) => session.fileset.clone(),
+                None => {
+                    warn!(%stripe, %server, "a stripe of no version or write was quarantined");
+                    return;
+                }
+            },
         };
         // A server repeats a quarantine until a heartbeat carrying it is
         // accepted: count each once.
         if self.gone.entry(stripe.item).or_default().insert(stripe.index, loss) == Some(loss) {
             return;
         }
-        warn!(%stripe, fileset = %info.fileset, %server, ?loss, "stripe lost for good; rebuilding it");
+        warn!(%stripe, %fileset, %server, ?loss, "stripe lost for good; rebuilding it");
         if loss == Loss::Corrupt {
-            self.losses.entry(info.fileset.clone()).or_default().corrupt_found += 1;
+            self.losses.entry(fileset).or_default().corrupt_found += 1;
         }
     }
 }

@@ -189,6 +189,8 @@ impl Master {
                         };
                         let mut gone: BTreeSet<u16> =
                             (0..n).filter(|&i| servers[i].is_none()).map(|i| i as u16).collect();
+                        // Quarantined by their servers since they were written.
+                        gone.extend(st.gone.get(&w.id).into_iter().flat_map(|lost| lost.keys()));
                         for &i in &w.missing_stripes {
                             if i as usize >= n {
                                 return Err(MasterError::InvalidSpec {
@@ -281,7 +283,7 @@ impl Master {
                 for (item, gone) in missing {
                     let entry = st.gone.entry(item).or_default();
                     for i in gone {
-                        entry.insert(i, Loss::NotWritten);
+                        entry.entry(i).or_insert(Loss::NotWritten);
                     }
                 }
             }
@@ -310,7 +312,9 @@ impl Master {
     }
 
     pub fn abort_version(&self, session: &str) {
-        self.state.lock().unwrap().sessions.remove(session);
+        let mut st = self.state.lock().unwrap();
+        st.sessions.remove(session);
+        st.prune_gone();
     }
 
     /// Ends write sessions whose lease ran out; their items become orphans.
@@ -318,6 +322,7 @@ impl Master {
         let mut st = self.state.lock().unwrap();
         let before = st.sessions.len();
         st.sessions.retain(|_, s| s.expires > now);
+        st.prune_gone();
         before - st.sessions.len()
     }
 

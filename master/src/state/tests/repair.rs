@@ -387,3 +387,60 @@ async fn right_after_a_start_the_master_is_relearning_and_plans_no_repair() {
     assert!(st.relearning);
     assert!(m.plan_repairs(t0 + Duration::from_secs(10), 100, &mut rng).is_empty());
 }
+
+/// A stripe its server quarantines after it was written and before the
+/// version is committed: the commit does not locate it, it counts as
+/// corrupt, and it is rebuilt at once.
+#[tokio::test]
+async fn a_stripe_quarantined_before_its_commit_is_not_located_and_is_rebuilt() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 12, t0);
+    create(&m, "warm", "low", 1).await;
+    let mut rng = StdRng::seed_from_u64(31);
+    let (session, _, _) = m.begin_version("warm", t0).unwrap();
+    let alloc = m.allocate_items(&session, 2, 4096, &[], t0, &mut rng).unwrap();
+    let item = alloc[1].item;
+    let port: usize = addrs(&alloc[1])[3].rsplit(':').next().unwrap().parse().unwrap();
+    quarantine(&m, port - 7000, StripeId::new(item, 3), t0);
+    let refs: Vec<ms::ItemRef> = alloc.iter().map(item_ref).collect();
+    commit(
+        &m,
+        &ms::CommitVersionRequest {
+            session,
+            items: refs[1..].to_vec(),
+            manifest: Some(ms::ManifestRef { items: vec![refs[0].clone()], length: 100, sha256: vec![0; 32].into() }),
+            files: 1,
+            bytes: 6 * 4096,
+        },
+    )
+    .await
+    .unwrap();
+    let got = m.get_version("warm", 0).unwrap();
+    let placed = got.locations.iter().find(|l| l.item == item).unwrap();
+    assert_eq!(placed.addresses[3], None, "the quarantined stripe is not located");
+    assert_eq!(placed.addresses.iter().flatten().count(), 8);
+    let f = &m.status("warm", t0).unwrap().filesets[0];
+    assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_pending), (1, 1, 1));
+    let jobs = m.plan_repairs(t0, 100, &mut rng);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].item, jobs[0].targets.len(), jobs[0].targets[0].index), (item, 1, 3));
+    assert!(jobs[0].sources[3].is_none(), "never read from the quarantined copy");
+}
+
+/// Losses recorded for a write that never commits are forgotten with it.
+#[tokio::test]
+async fn a_quarantine_in_an_abandoned_write_is_forgotten_with_it() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 9, t0);
+    create(&m, "cold", "low", 1).await;
+    let mut rng = StdRng::seed_from_u64(32);
+    let (session, _, _) = m.begin_version("cold", t0).unwrap();
+    let alloc = m.allocate_items(&session, 1, 4096, &[], t0, &mut rng).unwrap();
+    let port: usize = addrs(&alloc[0])[0].rsplit(':').next().unwrap().parse().unwrap();
+    quarantine(&m, port - 7000, StripeId::new(alloc[0].item, 0), t0);
+    assert!(m.state.lock().unwrap().gone.contains_key(&alloc[0].item));
+    m.abort_version(&session);
+    assert!(m.state.lock().unwrap().gone.is_empty());
+}
