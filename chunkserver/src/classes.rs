@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tessera_proto::cs;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestClass {
@@ -90,6 +90,8 @@ struct Gate {
     queued: AtomicU32,
     in_flight: Arc<AtomicU32>,
     served: AtomicU64,
+    /// Told when the last request in flight ends.
+    idle: Arc<Notify>,
 }
 
 /// A snapshot of one class's queue.
@@ -113,11 +115,14 @@ pub struct Admission {
 pub struct Permit {
     _permit: OwnedSemaphorePermit,
     in_flight: Arc<AtomicU32>,
+    idle: Arc<Notify>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 }
 
@@ -133,6 +138,7 @@ impl Admission {
                     queued: AtomicU32::new(0),
                     in_flight: Arc::new(AtomicU32::new(0)),
                     served: AtomicU64::new(0),
+                    idle: Arc::new(Notify::new()),
                 }
             })
             .collect();
@@ -153,9 +159,30 @@ impl Admission {
         let unqueue = Unqueue(&gate.queued);
         let permit = gate.semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed");
         drop(unqueue);
-        gate.in_flight.fetch_add(1, Ordering::Relaxed);
+        gate.in_flight.fetch_add(1, Ordering::AcqRel);
         gate.served.fetch_add(1, Ordering::Relaxed);
-        Permit { _permit: permit, in_flight: gate.in_flight.clone() }
+        Permit { _permit: permit, in_flight: gate.in_flight.clone(), idle: gate.idle.clone() }
+    }
+
+    /// Waits until `class` has no request running or waiting, `at_most`
+    /// long; whether it went quiet. Background work (the scrubber) waits
+    /// for a gap in serving reads this way, and goes on after `at_most`
+    /// regardless, so it always makes progress.
+    pub async fn quiet(&self, class: RequestClass, at_most: std::time::Duration) -> bool {
+        let gate = &self.gates[class.slot()];
+        let deadline = tokio::time::Instant::now() + at_most;
+        loop {
+            // Registered before the check, so an end in between is not missed.
+            let ended = gate.idle.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if gate.in_flight.load(Ordering::Acquire) == 0 && gate.queued.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub fn queues(&self) -> Vec<ClassQueue> {
@@ -204,6 +231,28 @@ mod tests {
         waiting.await.unwrap();
         let q = a.queues();
         assert_eq!((q[2].in_flight, q[2].queued, q[2].served), (0, 0, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_waits_for_the_last_request_to_end_or_gives_up() {
+        let a = Arc::new(Admission::new(ClassLimits::default()));
+        let at_most = std::time::Duration::from_millis(50);
+        assert!(a.quiet(RequestClass::Serving, at_most).await, "nothing running: at once");
+        let (one, two) = (a.admit(RequestClass::Serving).await, a.admit(RequestClass::Serving).await);
+        let _repair = a.admit(RequestClass::Repair).await;
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.quiet(RequestClass::Serving, std::time::Duration::from_secs(3600)).await }
+        });
+        drop(one);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one serving request still runs");
+        drop(two);
+        assert!(waiter.await.unwrap(), "quiet once the last one ended (another class does not count)");
+        let _held = a.admit(RequestClass::Serving).await;
+        let t0 = tokio::time::Instant::now();
+        assert!(!a.quiet(RequestClass::Serving, at_most).await);
+        assert_eq!(t0.elapsed(), at_most, "gives up after at_most");
     }
 
     #[tokio::test]

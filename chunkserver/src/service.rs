@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tessera_core::ids::{ItemId, StripeId};
@@ -77,6 +77,9 @@ pub enum Verified {
 
 /// Bytes per read of a stripe with blocks of `block_size`: whole blocks,
 /// about [`READ_CHUNK`].
+/// How long a scrub read waits at most for serving reads to pause.
+const SCRUB_YIELD: Duration = Duration::from_millis(20);
+
 fn chunk_len(block_size: u32) -> u64 {
     let bs = u64::from(block_size);
     ((READ_CHUNK as u64 / bs).max(1)) * bs
@@ -291,6 +294,11 @@ impl Shared {
             let len = chunk.min(meta.length - off);
             if let Some(p) = pacer.as_deref_mut() {
                 p.take(len).await;
+            }
+            if found_by == FoundBy::Scrub {
+                // Between serving reads, not beside them (a bounded wait:
+                // under constant load the scrub still moves).
+                self.admission.quiet(RequestClass::Serving, SCRUB_YIELD).await;
             }
             let result = {
                 // The repair class's own slots, and no turn in the stripe's
