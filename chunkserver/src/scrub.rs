@@ -79,6 +79,45 @@ pub async fn run(shared: Arc<Shared>, config: ScrubConfig, mut stop: watch::Rece
     }
 }
 
+/// A thread of its own at the lowest CPU priority (nice 19) for the
+/// scrubber's reads and checksums: on a busy machine the scheduler gives
+/// serving work the cores first. Jobs run one at a time, in order.
+#[derive(Debug)]
+pub(crate) struct LowPriority {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl LowPriority {
+    pub(crate) fn start(name: &str) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            // Linux: PRIO_PROCESS with no pid sets the calling thread's nice.
+            if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                warn!(error = %e, "the scrub thread keeps normal priority");
+            }
+            // Ends when the server (the sender) is dropped.
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no scrub thread; scrub reads will wait forever");
+        }
+        Self { jobs }
+    }
+
+    /// Runs `f` on the thread and waits for its result.
+    pub(crate) async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
 #[derive(Debug, Default)]
 struct PassStats {
     stripes: u64,

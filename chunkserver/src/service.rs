@@ -62,6 +62,8 @@ pub struct Shared {
     /// The scrubber's rate in bytes per second (0: paused), from
     /// `--scrub-bandwidth`; benchmarks change it through FaultInjection.
     pub scrub_rate: watch::Sender<u64>,
+    /// Runs the scrubber's reads at the lowest CPU priority.
+    scrub_thread: crate::scrub::LowPriority,
 }
 
 /// What a whole-stripe verify found.
@@ -126,6 +128,7 @@ impl Shared {
             store,
             quarantined: Notify::new(),
             scrub_rate: watch::Sender::new(scrub_rate),
+            scrub_thread: crate::scrub::LowPriority::start("scrub"),
         }
     }
 
@@ -306,12 +309,21 @@ impl Shared {
                 // are after, so it must never make one wait behind it.
                 let _permit = self.admission.admit(RequestClass::Repair).await;
                 let store = self.store.clone();
-                let r = tokio::task::spawn_blocking(move || store.verify(&stripe, off, len)).await;
-                r.map_err(|e| StoreError::Io {
+                let io_error = |source: std::io::Error| StoreError::Io {
                     op: "verify",
                     path: self.store.dirs()[meta.dir].path.clone(),
-                    source: e.into(),
-                })?
+                    source,
+                };
+                if found_by == FoundBy::Scrub {
+                    self.scrub_thread
+                        .run(move || store.verify(&stripe, off, len))
+                        .await
+                        .ok_or_else(|| io_error(std::io::Error::other("the scrub thread is gone")))?
+                } else {
+                    tokio::task::spawn_blocking(move || store.verify(&stripe, off, len))
+                        .await
+                        .map_err(|e| io_error(e.into()))?
+                }
             };
             match result {
                 Ok(n) if found_by == FoundBy::Scrub => {
