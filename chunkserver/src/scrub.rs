@@ -175,6 +175,22 @@ impl Pacer {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn scrub_work_runs_in_order_on_a_thread_at_the_lowest_priority() {
+        let thread = LowPriority::start("scrub-test");
+        let nice = thread.run(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
+        assert_eq!(nice, 19);
+        let here = rustix::process::getpriority_process(None).unwrap();
+        assert_ne!(here, 19, "only the scrub thread is lowered");
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let runs = (0..5).map(|i| {
+            let order = order.clone();
+            thread.run(move || order.lock().unwrap().push(i))
+        });
+        futures::future::join_all(runs).await;
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_pacer_keeps_to_its_rate_and_waits_while_paused() {
         let (tx, rx) = watch::channel(8 << 20);
