@@ -149,17 +149,22 @@ impl Admission {
     /// counters as they were.
     pub async fn admit(&self, class: RequestClass) -> Permit {
         let gate = &self.gates[class.slot()];
-        gate.queued.fetch_add(1, Ordering::Relaxed);
-        struct Unqueue<'a>(&'a AtomicU32);
+        gate.queued.fetch_add(1, Ordering::AcqRel);
+        // Unqueued when admitted or when the wait is given up; the last
+        // one out of a quiet class tells those waiting for quiet.
+        struct Unqueue<'a>(&'a Gate);
         impl Drop for Unqueue<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
+                if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 && self.0.in_flight.load(Ordering::Acquire) == 0 {
+                    self.0.idle.notify_waiters();
+                }
             }
         }
-        let unqueue = Unqueue(&gate.queued);
+        let unqueue = Unqueue(gate);
         let permit = gate.semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed");
-        drop(unqueue);
+        // In flight before unqueued, so the request is never counted as neither.
         gate.in_flight.fetch_add(1, Ordering::AcqRel);
+        drop(unqueue);
         gate.served.fetch_add(1, Ordering::Relaxed);
         Permit { _permit: permit, in_flight: gate.in_flight.clone(), idle: gate.idle.clone() }
     }
@@ -244,6 +249,9 @@ mod tests {
             let a = a.clone();
             async move { a.quiet(RequestClass::Serving, std::time::Duration::from_secs(3600)).await }
         });
+        // The waiter runs until it waits (one thread, paused clock).
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "two serving requests run");
         drop(one);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "one serving request still runs");

@@ -95,13 +95,17 @@ impl LowPriority {
             if let Err(e) = rustix::process::setpriority_process(None, 19) {
                 warn!(error = %e, "the scrub thread keeps normal priority");
             }
-            // Ends when the server (the sender) is dropped.
+            // Ends when the server (the sender) is dropped. A job that
+            // panics fails alone (its caller hears nothing back), as on
+            // the blocking pool; the thread goes on with the next.
             while let Ok(job) = rx.recv() {
-                job();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    warn!("a scrub read panicked");
+                }
             }
         });
         if let Err(e) = spawned {
-            warn!(error = %e, "no scrub thread; scrub reads will wait forever");
+            warn!(error = %e, "no scrub thread: every scrub read fails until the server restarts");
         }
         Self { jobs }
     }
@@ -177,11 +181,14 @@ mod tests {
 
     #[tokio::test]
     async fn scrub_work_runs_in_order_on_a_thread_at_the_lowest_priority() {
+        let before = rustix::process::getpriority_process(None).unwrap();
         let thread = LowPriority::start("scrub-test");
         let nice = thread.run(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
         assert_eq!(nice, 19);
         let here = rustix::process::getpriority_process(None).unwrap();
-        assert_ne!(here, 19, "only the scrub thread is lowered");
+        assert_eq!(here, before, "only the scrub thread is lowered");
+        assert_eq!(thread.run(|| panic!("a bad stripe")).await, None::<()>, "a panic fails its job alone");
+        assert_eq!(thread.run(|| 7).await, Some(7), "and the thread goes on");
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runs = (0..5).map(|i| {
             let order = order.clone();

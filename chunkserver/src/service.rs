@@ -77,11 +77,11 @@ pub enum Verified {
     Gone,
 }
 
-/// Bytes per read of a stripe with blocks of `block_size`: whole blocks,
-/// about [`READ_CHUNK`].
 /// How long a scrub read waits at most for serving reads to pause.
 const SCRUB_YIELD: Duration = Duration::from_millis(20);
 
+/// Bytes per read of a stripe with blocks of `block_size`: whole blocks,
+/// about [`READ_CHUNK`].
 fn chunk_len(block_size: u32) -> u64 {
     let bs = u64::from(block_size);
     ((READ_CHUNK as u64 / bs).max(1)) * bs
@@ -315,10 +315,11 @@ impl Shared {
                     source,
                 };
                 if found_by == FoundBy::Scrub {
-                    self.scrub_thread
-                        .run(move || store.verify(&stripe, off, len))
-                        .await
-                        .ok_or_else(|| io_error(std::io::Error::other("the scrub thread is gone")))?
+                    self.scrub_thread.run(move || store.verify(&stripe, off, len)).await.ok_or_else(|| {
+                        io_error(std::io::Error::other(
+                            "the scrub read did not finish (its thread stopped or it panicked)",
+                        ))
+                    })?
                 } else {
                     tokio::task::spawn_blocking(move || store.verify(&stripe, off, len))
                         .await

@@ -13,8 +13,10 @@ use std::hash::Hash;
 /// Bytes per cache unit (of an item's data). Roots fetch whole units.
 pub const UNIT: u64 = 1 << 20;
 
-/// Bytes per block: the unit of the CRC32C a cached unit keeps.
-pub const BLOCK: u64 = crate::layout::DEFAULT_BLOCK_SIZE as u64;
+/// Bytes per block: the unit of the CRC32C a cached unit keeps. Part of the
+/// unit file's format and of what peers send, so fixed here rather than
+/// following any layout default.
+pub const BLOCK: u64 = 64 << 10;
 
 /// Least-recently-used accounting of cached entries of known sizes under a
 /// threshold. It decides; the caller deletes what it names.

@@ -85,7 +85,8 @@ impl FromStr for StripeId {
 /// Longest fileset name, in bytes (a DNS label, as Kubernetes object names are).
 pub const MAX_FILESET_NAME: usize = 63;
 
-/// Longest server id, in bytes (a DNS subdomain, as node and pod names are).
+/// Longest server id, in bytes (as long as a DNS subdomain: node and pod
+/// names fit).
 pub const MAX_SERVER_ID: usize = 253;
 
 /// A fileset's name: 1 to [`MAX_FILESET_NAME`] lowercase letters, digits

@@ -7,7 +7,7 @@
 //! - `PUT /volumes/{volume}/read-mode` with `normal`, `hedged` or
 //!   `accelerated` as the body: how its root mount reads stripes from now
 //!   on (a root mount is shared by the node's volumes of one version, and a
-//!   leaf reads its unchanged blocks through the root of its version, so
+//!   leaf reads what it did not change through the root of its version, so
 //!   they all switch);
 //! - `GET /volumes/{volume}/throughput`: bytes per second read through its
 //!   root mount over the last ten seconds; for a leaf, read and written

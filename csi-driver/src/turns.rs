@@ -54,7 +54,9 @@ impl Drop for Turn {
 }
 
 /// One holder at a time per root (by its key, `fileset@version`); others
-/// wait their turn. An entry lives only while someone holds or awaits it.
+/// wait their turn. An entry goes when its last holder lets go with no one
+/// waiting (a wait cancelled just as the holder left may leave it until
+/// that root is next locked: one idle mutex, never a wrong one).
 #[derive(Debug, Default, Clone)]
 pub struct RootLocks {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -76,7 +78,7 @@ impl RootLocks {
         RootLock { locks: self.locks.clone(), key: key.to_string(), guard: Some(guard) }
     }
 
-    /// Roots with a holder or a waiter.
+    /// Roots with an entry (held, awaited, or left by a cancelled wait).
     pub fn len(&self) -> usize {
         self.locks.lock().unwrap().len()
     }

@@ -1,5 +1,5 @@
 //! Leaf volumes as real FUSE mounts over one root: each sees only its own
-//! writes, the root's stored data never changes, only changed blocks are
+//! writes, the root's stored data never changes, only changed leaf units are
 //! stored, changes survive a remount, and random operation sequences end
 //! with the same tree as on tmpfs.
 
@@ -89,7 +89,7 @@ fn fixture() -> Fixture {
 }
 
 #[test]
-fn leaves_are_private_store_only_changed_blocks_and_survive_a_remount() {
+fn leaves_are_private_store_only_changed_units_and_survive_a_remount() {
     let f = fixture();
     let weights = "models/llama/weights.bin";
     let original = std::fs::read(f.src.path().join(weights)).unwrap();
@@ -115,7 +115,7 @@ fn leaves_are_private_store_only_changed_blocks_and_survive_a_remount() {
     std::fs::write(pa.join("models/extra.json"), vec![b'e'; 3000]).unwrap();
     let stored = allocated(&leaf_a.path().join("data"));
     let journal = std::fs::metadata(leaf_a.path().join("journal")).unwrap().len();
-    assert!(stored <= LEAF_UNIT + 2 * 4096, "only the changed block and the new data: {stored} bytes");
+    assert!(stored <= LEAF_UNIT + 2 * 4096, "only the changed leaf unit and the new data: {stored} bytes");
     assert!(stored >= 4096 + 2 * 1000, "{stored}");
     assert!(journal < 8 << 10, "metadata stays small: {journal} bytes");
     assert!(allocated(leaf_a.path()) - baseline < LEAF_UNIT + (24 << 10), "all of the leaf");

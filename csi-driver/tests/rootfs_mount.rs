@@ -144,8 +144,9 @@ async fn a_root_volume_reads_back_the_fileset_and_refuses_writes() {
 
 /// A chunkserver that damages blocks in transit: the root's reads come back
 /// exact (the reader's checks catch every damaged block and read other
-/// stripes) and the plugin reports the stripes to the master, which has the
-/// server verify them (the copy on its disk is intact: nothing is lost).
+/// stripes) and the plugin reports the stripes to the master. (What the
+/// master does with a report, a verify that finds the disk copy intact, is
+/// cli/tests/no_silent_loss.rs's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_damaged_in_transit_are_reported_and_reads_stay_exact() {
     let c = common::Cluster::start().await;
@@ -174,8 +175,6 @@ async fn blocks_damaged_in_transit_are_reported_and_reads_stay_exact() {
         (c.status().await.corrupt_reports > 0).then_some(())
     })
     .await;
-    let status = c.status().await;
-    assert_eq!(status.corrupt_stripes_found, 0, "verified intact on the disk: nothing quarantined");
     unmount(mnt.path()).unwrap();
     tokio::task::spawn_blocking(move || served.join().unwrap().unwrap()).await.unwrap();
 }

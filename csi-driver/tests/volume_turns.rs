@@ -1,7 +1,9 @@
 //! Two NodeStageVolume calls for one volume at once: the second is answered
 //! ABORTED while the first runs (it never starts, so nothing is undone),
 //! and the same call succeeds once the first is done. Calls on volumes of
-//! other roots do not wait for each other.
+//! other roots do not wait for each other: no node-wide lock is taken at
+//! the top of a call (the held stage waits reading its manifest, before it
+//! takes its root's lock; `RootLocks` itself is tested in turns.rs).
 
 mod common;
 

@@ -241,3 +241,80 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
     assert_eq!(listed.filesets.len(), 4, "a failed write changed nothing");
     running.shutdown().await.unwrap();
 }
+
+/// A stripe its server quarantines while the version's record is being
+/// written (the store holds the write): the commit, once durable, does not
+/// locate it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_quarantined_while_its_commit_is_written_is_not_located() {
+    let (store, entered) = GatedStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        metrics_listen: None,
+        master: MasterConfig { heartbeat_timeout: Duration::from_secs(600), ..Default::default() },
+    };
+    let running = server::start_with_store(config, store.clone()).await.unwrap();
+    let addr = running.addr;
+    let mut registry = RegistryClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut epoch = String::new();
+    for i in 0..3 {
+        let r = ms::RegisterRequest {
+            server_id: format!("cs{i}"),
+            address: format!("127.0.0.1:{}", 1 + i),
+            topology: Some(ms::Topology { node: format!("n{i}"), ..Default::default() }),
+            free_bytes: 1 << 30,
+            total_bytes: 1 << 30,
+        };
+        epoch = registry.register(r).await.unwrap().into_inner().master_epoch;
+    }
+    let mut c = client(addr).await;
+    c.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("data")), if_absent: false }).await.unwrap();
+    let session =
+        c.begin_version(ms::BeginVersionRequest { fileset: "data".into() }).await.unwrap().into_inner().session;
+    let alloc =
+        ms::AllocateItemsRequest { session: session.clone(), count: 2, stripe_length: 4096, ..Default::default() };
+    let items = c.allocate_items(alloc).await.unwrap().into_inner().items;
+    let r = |i: &ms::ItemLocation| ms::ItemRef { item: i.item.clone(), length: 8192, ..Default::default() };
+    let commit = ms::CommitVersionRequest {
+        session,
+        items: vec![r(&items[1])],
+        manifest: Some(ms::ManifestRef { items: vec![r(&items[0])], length: 8192, sha256: vec![0; 32].into() }),
+        files: 1,
+        bytes: 8192,
+    };
+    store.set_shut(true);
+    let _open_on_failure = OpenOnDrop(store.clone());
+    let committing = tokio::spawn(async move { c.commit_version(commit).await });
+    let what = tokio::task::spawn_blocking(move || entered.recv().unwrap()).await.unwrap();
+    assert_eq!(what, "put_version");
+
+    // Stripe 0 of the data item, on the server it was placed on, fails its
+    // scrub now: the server reports it in its next heartbeat.
+    let holder = items[1].servers[0].clone();
+    let port: usize = holder.rsplit(':').next().unwrap().parse().unwrap();
+    let stripe = tessera_proto::cs::StripeRef { item: items[1].item.clone(), index: 0 };
+    let beat = ms::HeartbeatRequest {
+        server_id: format!("cs{}", port - 1),
+        master_epoch: epoch,
+        free_bytes: 1 << 30,
+        total_bytes: 1 << 30,
+        removed: vec![stripe.clone()],
+        quarantined: vec![stripe],
+        ..Default::default()
+    };
+    assert!(!registry.heartbeat(beat).await.unwrap().into_inner().reregister);
+
+    store.set_shut(false);
+    committing.await.unwrap().unwrap();
+    let mut reader = client(addr).await;
+    let located =
+        reader.get_version(ms::GetVersionRequest { fileset: "data".into(), version: 0 }).await.unwrap().into_inner();
+    let data = located.locations.iter().find(|l| l.item == items[1].item).unwrap();
+    assert_eq!(data.servers[0], "", "the quarantined stripe is not located: {data:?}");
+    assert!(data.servers[1..].iter().all(|s| !s.is_empty()));
+    let status = reader.status(ms::StatusRequest { fileset: "data".into() }).await.unwrap().into_inner();
+    assert_eq!(status.filesets[0].corrupt_stripes_found, 1);
+    running.shutdown().await.unwrap();
+}

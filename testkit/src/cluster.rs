@@ -30,14 +30,16 @@ impl Servers {
     }
 }
 
-/// Chunkservers (with fault injection on) and, unless made without, their master.
+/// Chunkservers (with fault injection on: tests may set faults; nothing is
+/// injected until they do) and, unless made without, their master.
 pub struct Cluster {
-    /// The master's and the servers' data directories are under it.
-    pub dir: tempfile::TempDir,
     pub master: Option<MasterRunning>,
     master_addr: Option<String>,
     pub servers: Vec<CsRunning>,
     files: Option<FilesetClient>,
+    /// The master's and the servers' data directories are under it.
+    /// (Last: fields drop in order, so it goes after the servers.)
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -100,9 +102,11 @@ impl Cluster {
         let files =
             master.as_deref().map(|m| FilesetClient::new(m, StripeClient::new(ClientConfig::default())).unwrap());
         if let Some(files) = &files {
+            // These servers, by id: a joined master may know others too.
             until("every chunkserver to be live in the master", async || {
                 let st = files.master().status(ms::StatusRequest::default()).await.ok()?.into_inner();
-                (st.servers.iter().filter(|s| s.live).count() >= servers.count).then_some(())
+                let live = |id: &str| st.servers.iter().any(|s| s.live && s.server_id == id);
+                (0..servers.count).all(|i| live(&format!("cs{i}"))).then_some(())
             })
             .await;
         }

@@ -24,8 +24,8 @@ impl LeafFs {
         Ok(f)
     }
 
-    /// Cuts or extends a file to `size`: the records to commit (the inode
-    /// last), its data file already cut.
+    /// Cuts or extends a file to `size`: the records of the units that go
+    /// (the caller appends the inode's), its data file already cut.
     pub(super) fn resize(&self, st: &State, ino: u64, inode: &mut Inode, size: u64) -> Result<Vec<Record>> {
         let old = inode.size;
         let records = st.leaf.resize(ino, inode, size, self.capacity, now()).map_err(leaf_errno)?;

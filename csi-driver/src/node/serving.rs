@@ -54,14 +54,31 @@ impl NodePlugin {
             match held.remove(&key) {
                 Some(h) => {
                     info!(volume = %id, "taking over a live leaf connection");
-                    let base = self.base(&record.fileset, record.version).await?;
                     // Adopted, not opened: files its pod unlinked but still
                     // holds open are kept.
-                    let fs = Arc::new(
-                        LeafFs::adopt(&record.dir.join("fs"), base, record.capacity).map_err(io(&record.dir))?,
-                    );
-                    let conn = Connection { dev: h.fd, init: record.init, adopted: true };
-                    self.spawn_session(&key, fs.clone(), ServedFs::Leaf(fs), conn)?;
+                    let adopted = match self.base(&record.fileset, record.version).await {
+                        Ok(base) => LeafFs::adopt(&record.dir.join("fs"), base, record.capacity)
+                            .map(Arc::new)
+                            .map_err(io(&record.dir)),
+                        Err(e) => Err(e),
+                    };
+                    match adopted {
+                        Ok(fs) => {
+                            let conn = Connection { dev: h.fd, init: record.init, adopted: true };
+                            self.spawn_session(&key, fs.clone(), ServedFs::Leaf(fs), conn)?;
+                        }
+                        // One leaf that cannot be taken over (its journal
+                        // unreadable, its base gone) must not keep the
+                        // plugin from serving every other volume.
+                        Err(e) => {
+                            warn!(volume = %id, error = %e, "cannot take over a leaf; its mount is dropped, its data kept");
+                            drop(h);
+                            let _ = mount::unmount(&record.mountpoint);
+                            let mut st = self.state.lock().unwrap();
+                            st.leaves.remove(&id);
+                            st.volumes.remove(&id);
+                        }
+                    }
                 }
                 None => {
                     // Its data is on disk; the next stage mounts it again.

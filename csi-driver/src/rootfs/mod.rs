@@ -95,7 +95,14 @@ pub struct RootFs {
     peers: Option<Arc<Peers>>,
     /// The fileset's hedge policy; the client's when none.
     hedge: Option<HedgePolicy>,
+    /// Reports of damaged blocks on their way to the master, a few at a
+    /// time: past that, further reports are left out (reads go on; the
+    /// ones in flight already name the failing server).
+    reporting: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reports of damaged blocks in flight per root at most.
+const REPORTS_IN_FLIGHT: usize = 4;
 
 /// What a mount needs to pass large files through to the file store.
 struct Passthrough {
@@ -155,6 +162,7 @@ impl RootFs {
             passthrough: OnceLock::new(),
             peers: None,
             hedge: None,
+            reporting: Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT)),
         }
     }
 

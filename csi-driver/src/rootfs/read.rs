@@ -102,7 +102,7 @@ impl RootFs {
         key: UnitKey,
     ) -> impl Future<Output = std::result::Result<Bytes, Errno>> + Send + 'static {
         let loc = self.version.items().get(index as usize).cloned();
-        let reports = self.version.corrupt_reports();
+        let (reports, reporting) = (self.version.corrupt_reports(), self.reporting.clone());
         let (client, cache, metrics) = (self.client.clone(), self.cache.clone(), self.metrics.clone());
         let (mode, volume, peers, hedge) = (self.read_mode(), self.volume.clone(), self.peers.clone(), self.hedge());
         let span = tracing::debug_span!(
@@ -126,7 +126,15 @@ impl RootFs {
                 // other stripes): the master has their server verify them.
                 // Off the read's path: a slow master must not slow a pod.
                 if !report.corrupt_in_transit.is_empty() {
-                    tokio::spawn(async move { reports.send(&report).await });
+                    match reporting.try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(async move {
+                                reports.send(&report).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => debug!(item = %key.item, "a damaged-block report left out: enough are in flight"),
+                    }
                 }
                 Ok::<_, Errno>(match data.parts() {
                     [one] => one.clone(),

@@ -178,6 +178,7 @@ impl Master {
         st.filesets.remove(&name);
         // Its open writes end with it: their items become orphans.
         st.sessions.retain(|_, s| s.fileset != name);
+        st.prune_gone();
         let versions = st.versions.remove(&name).unwrap_or_default();
         let mut deletions = Vec::new();
         for v in versions.values() {

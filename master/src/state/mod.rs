@@ -149,7 +149,7 @@ struct State {
     locations: HashMap<ItemId, Vec<(u16, ServerId)>>,
     sessions: HashMap<String, Session>,
     /// Items of versions whose record is being written: owned already.
-    committing: HashSet<ItemId>,
+    committing: HashMap<ItemId, FilesetName>,
     missing_since: HashMap<ItemId, Instant>,
     /// Node facts from Kubernetes, by node name.
     nodes: HashMap<String, NodeInfo>,
@@ -283,7 +283,7 @@ impl State {
         let State { gone, items, sessions, committing, .. } = self;
         gone.retain(|item, _| {
             items.contains_key(item)
-                || committing.contains(item)
+                || committing.contains_key(item)
                 || sessions.values().any(|s| s.items.contains_key(item))
         });
     }

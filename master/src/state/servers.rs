@@ -202,6 +202,7 @@ impl State {
             // commit does not locate it (and the item is rebuilt).
             None => match self.sessions.values().find(|s| s.items.contains_key(&stripe.item)) {
                 Some(session) => session.fileset.clone(),
+                None if self.committing.contains_key(&stripe.item) => self.committing[&stripe.item].clone(),
                 None => {
                     warn!(%stripe, %server, "a stripe of no version or write was quarantined");
                     return;

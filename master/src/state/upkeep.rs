@@ -162,7 +162,7 @@ impl Master {
     pub fn collect_orphans(&self, now: Instant) -> Vec<Deletion> {
         let mut st = self.state.lock().unwrap();
         let open: HashSet<ItemId> =
-            st.sessions.values().flat_map(|s| s.items.keys().copied()).chain(st.committing.iter().copied()).collect();
+            st.sessions.values().flat_map(|s| s.items.keys().copied()).chain(st.committing.keys().copied()).collect();
         let orphans: Vec<ItemId> =
             st.locations.keys().filter(|i| !st.items.contains_key(i) && !open.contains(i)).copied().collect();
         let grace = self.config.orphan_grace;

@@ -204,7 +204,7 @@ impl Master {
                             return Err(MasterError::InvalidSpec {
                                 field: "items.missing_stripes",
                                 reason: format!(
-                                    "item {} has {} of its {n} stripes stored; the fileset needs at least {min}",
+                                    "item {} has {} of its {n} stripes stored (not counting any its servers quarantined since); the fileset needs at least {min}",
                                     w.id,
                                     n - gone.len()
                                 ),
@@ -240,7 +240,7 @@ impl Master {
             let collected = retention::collectable(&kept, f.keep_versions);
             // Owned from now on, whatever happens to the session while the
             // record is written: orphan collection leaves them alone.
-            st.committing.extend(record.all_items().map(|i| i.id));
+            st.committing.extend(record.all_items().map(|i| (i.id, fileset.clone())));
             (record, placed, missing, collected)
         };
         // The durable write: after it the version exists, before it not.
@@ -263,9 +263,12 @@ impl Master {
             }
             for (item, servers) in placed {
                 let gone = missing.get(&item);
+                // Quarantined while the record was written, too (the
+                // heartbeat that said so has removed them already).
+                let lost: BTreeSet<u16> = st.gone.get(&item).map(|g| g.keys().copied().collect()).unwrap_or_default();
                 for (index, sid) in servers.iter().enumerate() {
                     let Some(sid) = sid else { continue };
-                    if gone.is_some_and(|g| g.contains(&(index as u16))) {
+                    if gone.is_some_and(|g| g.contains(&(index as u16))) || lost.contains(&(index as u16)) {
                         continue;
                     }
                     let stripe = StripeId::new(item, index as u16);
@@ -322,7 +325,9 @@ impl Master {
         let mut st = self.state.lock().unwrap();
         let before = st.sessions.len();
         st.sessions.retain(|_, s| s.expires > now);
-        st.prune_gone();
+        if st.sessions.len() != before {
+            st.prune_gone();
+        }
         before - st.sessions.len()
     }
 
