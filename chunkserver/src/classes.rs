@@ -181,7 +181,9 @@ impl Admission {
             let ended = gate.idle.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if gate.in_flight.load(Ordering::Acquire) == 0 && gate.queued.load(Ordering::Acquire) == 0 {
+            // Queued first: an admission counts itself in flight before it
+            // leaves the queue, so it is seen in one or the other.
+            if gate.queued.load(Ordering::Acquire) == 0 && gate.in_flight.load(Ordering::Acquire) == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {

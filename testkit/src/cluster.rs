@@ -38,7 +38,9 @@ pub struct Cluster {
     pub servers: Vec<CsRunning>,
     files: Option<FilesetClient>,
     /// The master's and the servers' data directories are under it.
-    /// (Last: fields drop in order, so it goes after the servers.)
+    /// (Last: fields drop in order, so it is removed after the servers are
+    /// told to stop; tests that must know them stopped call their
+    /// `shutdown` first.)
     pub dir: tempfile::TempDir,
 }
 

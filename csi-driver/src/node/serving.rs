@@ -56,23 +56,26 @@ impl NodePlugin {
                     info!(volume = %id, "taking over a live leaf connection");
                     // Adopted, not opened: files its pod unlinked but still
                     // holds open are kept.
-                    let adopted = match self.base(&record.fileset, record.version).await {
-                        Ok(base) => LeafFs::adopt(&record.dir.join("fs"), base, record.capacity)
-                            .map(Arc::new)
-                            .map_err(io(&record.dir)),
-                        Err(e) => Err(e),
-                    };
-                    match adopted {
+                    // A base that cannot be opened now (the master away) may
+                    // be there on the next start: fail and be restarted,
+                    // the keeper holding the connection meanwhile.
+                    let base = self.base(&record.fileset, record.version).await?;
+                    match LeafFs::adopt(&record.dir.join("fs"), base, record.capacity) {
                         Ok(fs) => {
+                            let fs = Arc::new(fs);
                             let conn = Connection { dev: h.fd, init: record.init, adopted: true };
                             self.spawn_session(&key, fs.clone(), ServedFs::Leaf(fs), conn)?;
                         }
-                        // One leaf that cannot be taken over (its journal
-                        // unreadable, its base gone) must not keep the
-                        // plugin from serving every other volume.
+                        // A journal that cannot be read will not be on the
+                        // next start either: that leaf's mount goes (its
+                        // connection withdrawn, so its pod gets errors, not
+                        // a hang), its data stays, and every other volume
+                        // is served.
                         Err(e) => {
                             warn!(volume = %id, error = %e, "cannot take over a leaf; its mount is dropped, its data kept");
                             drop(h);
+                            let k = self.keeper.clone();
+                            let _ = tokio::task::spawn_blocking(move || k.withdraw(&key)).await;
                             let _ = mount::unmount(&record.mountpoint);
                             let mut st = self.state.lock().unwrap();
                             st.leaves.remove(&id);

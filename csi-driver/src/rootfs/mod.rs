@@ -96,8 +96,8 @@ pub struct RootFs {
     /// The fileset's hedge policy; the client's when none.
     hedge: Option<HedgePolicy>,
     /// Reports of damaged blocks on their way to the master, a few at a
-    /// time: past that, further reports are left out (reads go on; the
-    /// ones in flight already name the failing server).
+    /// time: past that, further reports are left out (reads go on; a
+    /// stripe left out is reported by a later read that meets it again).
     reporting: Arc<tokio::sync::Semaphore>,
 }
 

@@ -252,6 +252,8 @@ impl Master {
             for i in record.all_items() {
                 st.committing.remove(&i.id);
             }
+            // Its session may have ended meanwhile: its losses go with it.
+            st.prune_gone();
             return Err(e);
         }
 
