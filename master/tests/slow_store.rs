@@ -247,6 +247,17 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
 /// locate it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stripe_quarantined_while_its_commit_is_written_is_not_located() {
+    quarantined_during_commit(false).await;
+}
+
+/// The same with the write session ended meanwhile (its lease ran out, or
+/// its writer aborted it): the quarantine is still charged to the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_during_a_commit_whose_session_ended_is_kept() {
+    quarantined_during_commit(true).await;
+}
+
+async fn quarantined_during_commit(abort_meanwhile: bool) {
     let (store, entered) = GatedStore::new();
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
@@ -277,6 +288,7 @@ async fn a_stripe_quarantined_while_its_commit_is_written_is_not_located() {
         ms::AllocateItemsRequest { session: session.clone(), count: 2, stripe_length: 4096, ..Default::default() };
     let items = c.allocate_items(alloc).await.unwrap().into_inner().items;
     let r = |i: &ms::ItemLocation| ms::ItemRef { item: i.item.clone(), length: 8192, ..Default::default() };
+    let session_id = session.clone();
     let commit = ms::CommitVersionRequest {
         session,
         items: vec![r(&items[1])],
@@ -304,6 +316,10 @@ async fn a_stripe_quarantined_while_its_commit_is_written_is_not_located() {
         quarantined: vec![stripe],
         ..Default::default()
     };
+    if abort_meanwhile {
+        // Only the commit being written owns the items now.
+        running.master.abort_version(&session_id);
+    }
     assert!(!registry.heartbeat(beat).await.unwrap().into_inner().reregister);
 
     store.set_shut(false);
