@@ -22,10 +22,8 @@ async fn a_second_call_on_a_busy_volume_is_aborted_and_a_retry_succeeds() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = node.start_keeper();
-    let _plugin = node.start_plugin(0);
-    let mut first = node.client().await;
-    let mut second = node.client().await;
+    let (_keeper, _plugin) = (node.start_keeper(), node.start_plugin(0));
+    let (mut first, mut second) = (node.client().await, node.client().await);
     let staging = dir.path().join("staging");
     let stage = csi::NodeStageVolumeRequest {
         volume_id: "models@latest".into(),
@@ -41,11 +39,10 @@ async fn a_second_call_on_a_busy_volume_is_aborted_and_a_retry_succeeds() {
         let stage = stage.clone();
         tokio::spawn(async move { first.node_stage_volume(stage).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while cluster.in_flight().await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the first stage never reached the chunkservers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tessera_testkit::until("the first stage to reach the held chunkservers", async || {
+        (cluster.in_flight().await > 0).then_some(())
+    })
+    .await;
 
     // (The bound turns a second call queued behind the first into a
     // failure rather than a hang.)
@@ -74,10 +71,8 @@ async fn a_call_held_on_one_root_does_not_hold_up_another_root() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node { dir: dir.path().to_path_buf(), master: cluster.master_addr() };
-    let _keeper = node.start_keeper();
-    let _plugin = node.start_plugin(0);
-    let mut first = node.client().await;
-    let mut second = node.client().await;
+    let (_keeper, _plugin) = (node.start_keeper(), node.start_plugin(0));
+    let (mut first, mut second) = (node.client().await, node.client().await);
     let stage = |volume: &str, path: &std::path::Path| csi::NodeStageVolumeRequest {
         volume_id: volume.into(),
         staging_target_path: path.display().to_string(),
@@ -94,11 +89,10 @@ async fn a_call_held_on_one_root_does_not_hold_up_another_root() {
         let req = stage("data@latest", &staged_data);
         tokio::spawn(async move { first.node_stage_volume(req).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while cluster.in_flight().await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stage of data never reached the chunkservers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tessera_testkit::until("the stage of data to reach the held chunkservers", async || {
+        (cluster.in_flight().await > 0).then_some(())
+    })
+    .await;
 
     // Unstaging models needs no chunkserver; with one lock for the whole
     // node it would wait for the held stage (the bound turns that into a

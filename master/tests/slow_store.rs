@@ -135,6 +135,32 @@ async fn publish(c: &mut MasterClient<Channel>, fileset: &str) -> ms::Version {
     .into_inner()
 }
 
+/// A master on `store` with three servers registered (`cs<i>` at port
+/// 1 + i, a node each); returns it, its registry client and its epoch.
+async fn start(store: &Arc<GatedStore>, dir: &std::path::Path) -> (server::Running, RegistryClient<Channel>, String) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        metrics_listen: None,
+        // The servers never heartbeat unless a test sends one: keep them live.
+        master: MasterConfig { heartbeat_timeout: Duration::from_secs(600), ..Default::default() },
+    };
+    let running = server::start_with_store(config, store.clone()).await.unwrap();
+    let mut registry = RegistryClient::connect(format!("http://{}", running.addr)).await.unwrap();
+    let mut epoch = String::new();
+    for i in 0..3 {
+        let r = ms::RegisterRequest {
+            server_id: format!("cs{i}"),
+            address: format!("127.0.0.1:{}", 1 + i),
+            topology: Some(ms::Topology { node: format!("n{i}"), ..Default::default() }),
+            free_bytes: 1 << 30,
+            total_bytes: 1 << 30,
+        };
+        epoch = registry.register(r).await.unwrap().into_inner().master_epoch;
+    }
+    (running, registry, epoch)
+}
+
 // Several threads: a reader stuck on the master's lock must not also stop
 // the timer that turns the stuck test into a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,28 +173,8 @@ async fn reads_are_answered_while_a_record_write_is_held_in_the_store() {
         async move { tokio::task::spawn_blocking(move || entered.lock().unwrap().recv().unwrap()).await.unwrap() }
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        metrics_listen: None,
-        // The servers below never heartbeat: keep them live for the test.
-        master: MasterConfig { heartbeat_timeout: Duration::from_secs(600), ..Default::default() },
-    };
-    let running = server::start_with_store(config, store.clone()).await.unwrap();
+    let (running, _registry, _epoch) = start(&store, dir.path()).await;
     let addr = running.addr;
-    let mut registry = RegistryClient::connect(format!("http://{addr}")).await.unwrap();
-    for i in 0..3 {
-        registry
-            .register(ms::RegisterRequest {
-                server_id: format!("cs{i}"),
-                address: format!("127.0.0.1:{}", 1 + i),
-                topology: Some(ms::Topology { node: format!("n{i}"), ..Default::default() }),
-                free_bytes: 1 << 30,
-                total_bytes: 1 << 30,
-            })
-            .await
-            .unwrap();
-    }
     let mut reader = client(addr).await;
     reader.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("data")), if_absent: false }).await.unwrap();
     let published = publish(&mut reader, "data").await;
@@ -260,26 +266,8 @@ async fn a_quarantine_during_a_commit_whose_session_ended_is_kept() {
 async fn quarantined_during_commit(abort_meanwhile: bool) {
     let (store, entered) = GatedStore::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        metrics_listen: None,
-        master: MasterConfig { heartbeat_timeout: Duration::from_secs(600), ..Default::default() },
-    };
-    let running = server::start_with_store(config, store.clone()).await.unwrap();
+    let (running, mut registry, epoch) = start(&store, dir.path()).await;
     let addr = running.addr;
-    let mut registry = RegistryClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut epoch = String::new();
-    for i in 0..3 {
-        let r = ms::RegisterRequest {
-            server_id: format!("cs{i}"),
-            address: format!("127.0.0.1:{}", 1 + i),
-            topology: Some(ms::Topology { node: format!("n{i}"), ..Default::default() }),
-            free_bytes: 1 << 30,
-            total_bytes: 1 << 30,
-        };
-        epoch = registry.register(r).await.unwrap().into_inner().master_epoch;
-    }
     let mut c = client(addr).await;
     c.create_fileset(ms::CreateFilesetRequest { spec: Some(spec("data")), if_absent: false }).await.unwrap();
     let session =
