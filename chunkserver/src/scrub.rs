@@ -81,16 +81,25 @@ pub async fn run(shared: Arc<Shared>, config: ScrubConfig, mut stop: watch::Rece
 
 /// A thread of its own at the lowest CPU priority (nice 19) for the
 /// scrubber's reads and checksums: on a busy machine the scheduler gives
-/// serving work the cores first. Jobs run one at a time, in order.
+/// serving work the cores first. Jobs run one at a time, in order. The
+/// thread starts with the first job, so a server whose scrub is off (and
+/// stays off) has none.
 #[derive(Debug)]
 pub(crate) struct LowPriority {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    name: String,
+    jobs: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 impl LowPriority {
-    pub(crate) fn start(name: &str) -> Self {
-        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+    pub(crate) fn new(name: &str) -> Self {
+        Self { name: name.to_string(), jobs: std::sync::OnceLock::new() }
+    }
+
+    fn spawn(&self) -> std::sync::mpsc::Sender<Job> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name(self.name.clone()).spawn(move || {
             // Linux: PRIO_PROCESS with no pid sets the calling thread's nice.
             if let Err(e) = rustix::process::setpriority_process(None, 19) {
                 warn!(error = %e, "the scrub thread keeps normal priority");
@@ -107,13 +116,21 @@ impl LowPriority {
         if let Err(e) = spawned {
             warn!(error = %e, "no scrub thread: every scrub read fails until the server restarts");
         }
-        Self { jobs }
+        jobs
     }
 
-    /// Runs `f` on the thread and waits for its result.
+    /// Whether the thread has been started.
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> bool {
+        self.jobs.get().is_some()
+    }
+
+    /// Runs `f` on the thread (starting it first if need be) and waits for
+    /// its result.
     pub(crate) async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
+            .get_or_init(|| self.spawn())
             .send(Box::new(move || {
                 let _ = tx.send(f());
             }))
@@ -182,7 +199,8 @@ mod tests {
     #[tokio::test]
     async fn scrub_work_runs_in_order_on_a_thread_at_the_lowest_priority() {
         let before = rustix::process::getpriority_process(None).unwrap();
-        let thread = LowPriority::start("scrub-test");
+        let thread = LowPriority::new("scrub-test");
+        assert!(!thread.started(), "no thread before the first job");
         let nice = thread.run(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
         assert_eq!(nice, 19);
         let here = rustix::process::getpriority_process(None).unwrap();

@@ -128,7 +128,7 @@ impl Shared {
             store,
             quarantined: Notify::new(),
             scrub_rate: watch::Sender::new(scrub_rate),
-            scrub_thread: crate::scrub::LowPriority::start("scrub"),
+            scrub_thread: crate::scrub::LowPriority::new("scrub"),
         }
     }
 

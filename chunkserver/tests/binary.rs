@@ -2,45 +2,39 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use tessera_core::checksum::block_checksums;
 use tessera_proto::cs;
 use tessera_proto::cs::chunkserver_client::ChunkserverClient;
 use tessera_proto::cs::fault_injection_client::FaultInjectionClient;
+use tessera_testkit::Proc;
 
 struct Server {
-    child: Child,
+    // Declared before `dir`: the process stops before its data goes.
+    _proc: Proc,
     grpc: String,
     metrics: String,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Starts the binary and waits for its ready line (JSON naming the ports it
+/// bound) on its standard output.
 fn start(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let unix = dir.path().join("cs.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-chunkserver"))
-        .args(["--node-id", "t0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--unix-socket")
-        .arg(&unix)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let mut args: Vec<String> =
+        ["--node-id", "t0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
+    args.extend(["--data-dir".into(), p("data"), "--unix-socket".into(), p("cs.sock")]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let program = Path::new(env!("CARGO_BIN_EXE_tessera-chunkserver"));
+    let (proc, stdout) = Proc::spawn_piped("chunkserver", program, &args, &[], &dir.path().join("cs.log")).unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}\n{}", proc.log_tail()));
     Server {
-        child,
+        _proc: proc,
         grpc: ready["grpc"].as_str().unwrap().to_string(),
         metrics: ready["metrics"].as_str().unwrap().to_string(),
         dir,

@@ -312,8 +312,7 @@ fn local_mode_survives_its_own_faults_and_refuses_bad_flags() {
     let children: Vec<u32> = (0..9).map(|i| up.pid(&format!("cs{i}"))).chain([up.pid("master")]).collect();
     let home = {
         let mut up = up;
-        signal(up.child.id(), "KILL");
-        let _ = up.child.wait();
+        up.proc.kill();
         wait_for("the children to die with it", Duration::from_secs(10), || children.iter().all(|p| gone(*p)));
         std::mem::replace(&mut up.home, tempfile::tempdir().unwrap())
     };

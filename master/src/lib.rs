@@ -45,6 +45,10 @@ pub enum MasterError {
     ItemNotAllocated { session: String, item: String },
     #[error("invalid {field}: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
+    /// Stripes the writer could not store, and any their servers have
+    /// quarantined since, leave fewer than the fileset's minimum.
+    #[error("item {item} has {stored} of its {n} stripes stored and sound; the fileset needs at least {min}")]
+    TooFewStripes { item: String, stored: usize, n: usize, min: usize },
     #[error("version {version} of {fileset:?} is pinned by {holders:?}")]
     Pinned { fileset: String, version: u64, holders: Vec<String> },
     #[error(transparent)]
@@ -64,6 +68,8 @@ impl From<MasterError> for tonic::Status {
             }
             MasterError::FilesetExists(_) => Code::AlreadyExists,
             MasterError::SessionNotFound(_) | MasterError::ItemNotAllocated { .. } => Code::FailedPrecondition,
+            // The request was well formed; the cluster could not store enough.
+            MasterError::TooFewStripes { .. } => Code::FailedPrecondition,
             MasterError::InvalidSpec { .. } => Code::InvalidArgument,
             MasterError::Pinned { .. } => Code::FailedPrecondition,
             MasterError::Placement(_) => Code::FailedPrecondition,

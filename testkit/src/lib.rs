@@ -4,8 +4,8 @@
 //!   gRPC with real disks (temporary directories), in zones; or
 //!   chunkservers alone, or joining a master started elsewhere (the
 //!   operator's).
-//! - [`Proc`]: a program started as a process, its output in a log file,
-//!   killed when dropped.
+//! - [`Proc`]: a program started as a process, its output in a log file
+//!   (or its stdout piped to the test), stopped when dropped.
 //!
 //! Tests of one module use mocks; these are for the tests that need the
 //! real components.
@@ -14,4 +14,4 @@ mod cluster;
 mod process;
 
 pub use cluster::{Cluster, Servers};
-pub use process::{Proc, free_port, until};
+pub use process::{Proc, Signal, free_port, until};

@@ -3,16 +3,20 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
 
-/// A process killed when dropped, with its log for error messages.
+/// A process stopped when dropped (SIGKILL unless [`Proc::stopped_by`] names
+/// a gentler signal), with its log for error messages.
 pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    stop_signal: Option<Signal>,
 }
 
 impl Proc {
@@ -41,15 +45,50 @@ impl Proc {
         log: &Path,
     ) -> anyhow::Result<Self> {
         let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Self::start(name, program, args, env, log, Stdio::from(out.try_clone()?), out)
+    }
+
+    /// As [`Proc::spawn_logged`], its standard output piped to the caller
+    /// (for programs that announce readiness there) and only its standard
+    /// error going to `log`.
+    pub fn spawn_piped(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> anyhow::Result<(Self, ChildStdout)> {
+        let err = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut proc = Self::start(name, program, args, env, log, Stdio::piped(), err)?;
+        let out = proc.child.stdout.take().context("piped stdout")?;
+        Ok((proc, out))
+    }
+
+    fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: &Path,
+        stdout: Stdio,
+        stderr: fs::File,
+    ) -> anyhow::Result<Self> {
         let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
+        Ok(Self { name: name.to_string(), child, log: log.to_path_buf(), stop_signal: None })
+    }
+
+    /// When dropped, it is sent `signal` and given 30 s to exit before
+    /// SIGKILL: for supervisors that must stop their own children first.
+    pub fn stopped_by(mut self, signal: Signal) -> Self {
+        self.stop_signal = Some(signal);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -74,6 +113,22 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) without waiting for anything.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = Pid::from_raw(self.child.id() as i32).context("process id")?;
+        kill_process(pid, signal).with_context(|| format!("signalling {}", self.name))
+    }
+
+    /// Sends `signal` and waits for the process to exit, as a user's Ctrl-C
+    /// (SIGINT) or a service manager's SIGTERM would; its exit status.
+    pub fn stop(&mut self, signal: Signal) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(signal)?;
+        Ok(self.child.wait()?)
+    }
+
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
@@ -82,6 +137,17 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Some(signal) = self.stop_signal
+            && self.signal(signal).is_ok()
+        {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill();
     }
 }

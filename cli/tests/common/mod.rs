@@ -6,19 +6,23 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use tessera_testkit::{Proc, Signal};
 
 pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// Clusters are heavy (a dozen processes): one test at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
+/// `tessera local up`, stopped with SIGTERM when dropped (the supervisor
+/// stops its processes before it exits); its output in `local-up.log` in
+/// its home.
 pub struct LocalUp {
-    pub child: Child,
+    pub proc: Proc,
     pub home: tempfile::TempDir,
 }
 
@@ -45,23 +49,27 @@ impl LocalUp {
         cs_args: &[&str],
         filter: Option<&str>,
     ) -> Self {
-        let mut cmd = Command::new(TESSERA);
+        let mut args: Vec<String> =
+            ["local", "up", "--servers", &servers.to_string(), "--zones", "3"].map(String::from).to_vec();
+        args.extend(master_args.iter().map(|a| format!("--master-arg={a}")));
+        args.extend(cs_args.iter().map(|a| format!("--chunkserver-arg={a}")));
+        let mut env = vec![("TESSERA_HOME", home.path())];
         if let Some(f) = filter {
-            cmd.env("TESSERA_CHUNKSERVER_LOG", f);
+            env.push(("TESSERA_CHUNKSERVER_LOG", Path::new(f)));
         }
-        cmd.env("TESSERA_HOME", home.path())
-            .args(["local", "up", "--servers", &servers.to_string(), "--zones", "3"])
-            .args(master_args.iter().map(|a| format!("--master-arg={a}")))
-            .args(cs_args.iter().map(|a| format!("--chunkserver-arg={a}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().unwrap();
-        let up = Self { child, home };
-        // Ready when local.json is written and the master answers.
+        let log = home.path().join("local-up.log");
+        let proc =
+            Proc::spawn_logged("local up", Path::new(TESSERA), &args, &env, &log).unwrap().stopped_by(Signal::TERM);
+        let mut up = Self { proc, home };
+        // Ready when local.json is written and the master answers; a
+        // supervisor that exits instead fails the test with its log.
         let state = up.home.path().join("local/local.json");
-        wait_for("the local cluster to start", Duration::from_secs(60), || {
-            state.exists() && up.run(&["ls"]).status.success()
-        });
+        let t = Instant::now();
+        while !(state.exists() && up.run(&["ls"]).status.success()) {
+            up.proc.check().unwrap();
+            assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for the local cluster to start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // Every chunkserver registered.
         wait_for("every chunkserver to register", Duration::from_secs(30), || {
             up.status()["servers"].as_array().is_some_and(|s| s.len() == servers)
@@ -121,10 +129,8 @@ impl LocalUp {
 
     /// Stops the cluster as Ctrl-C does (SIGINT) and hands back its home.
     pub fn stop(mut self) -> tempfile::TempDir {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "local up stopped with {exit}");
+        let exit = self.proc.stop(Signal::INT).unwrap();
+        assert!(exit.success(), "local up stopped with {exit}:\n{}", self.proc.log_tail());
         std::mem::replace(&mut self.home, tempfile::tempdir().unwrap())
     }
 
@@ -176,14 +182,6 @@ impl LocalUp {
 pub fn signal(pid: u32, signal: &str) {
     let st = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
     assert!(st.success(), "kill -{signal} {pid}");
-}
-
-impl Drop for LocalUp {
-    fn drop(&mut self) {
-        // SIGTERM: the supervisor stops its processes before it exits.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
 }
 
 /// Polls `cond` until it holds (an event in another process) or the time is up.

@@ -1,6 +1,20 @@
 //! File data: reads through the unit map, copy-up writes, sizes and digests.
 
-use super::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+use tessera_core::leaf::{Inode, Kind, LEAF_UNIT, LeafState, Record};
+
+use crate::fuse::abi::{Attr, SetAttr, fattr};
+use crate::fuse::session::Result;
+use crate::rootfs::SHA256_XATTR;
+
+use super::{LeafFs, State, errno, leaf_errno, now};
 
 impl LeafFs {
     pub(super) fn data_path(&self, ino: u64) -> PathBuf {

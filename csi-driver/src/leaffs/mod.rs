@@ -22,17 +22,14 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 
-use crate::fuse::abi::{self, Attr, InHeader, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, SetAttr, Ttl, fattr};
-use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
-use crate::rootfs::{RootFs, SHA256_XATTR, THROUGHPUT_WINDOW_MS};
+use crate::fuse::abi::{self, Attr, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
+use crate::fuse::session::Result;
+use crate::rootfs::{RootFs, THROUGHPUT_WINDOW_MS};
 pub use tessera_core::leaf::LEAF_UNIT;
 use tessera_core::leaf::{Inode, Kind, LeafError, LeafState, Record, RootView, journal};
 use tessera_core::quota::UsageMeter;

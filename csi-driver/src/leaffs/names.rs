@@ -1,6 +1,16 @@
 //! Names: making, removing and renaming inodes.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::io::Errno;
+use tessera_core::leaf::{Inode, Kind, Record};
+
+use crate::fuse::abi::InHeader;
+use crate::fuse::session::Result;
+
+use super::{LeafFs, RENAME_NOREPLACE, State, now};
 
 impl LeafFs {
     /// Makes a new inode named `name` in `parent`.

@@ -1,6 +1,17 @@
 //! The FUSE operations, each answered by the leaf's own methods.
 
-use super::*;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::io::Errno;
+use tessera_core::leaf::{Kind, Record};
+
+use crate::fuse::abi;
+use crate::fuse::abi::{InHeader, Op, S_IFREG};
+use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
+use crate::rootfs::SHA256_XATTR;
+
+use super::{LeafFs, TTL, XATTR_CREATE, XATTR_REPLACE, now};
 
 impl Filesystem for LeafFs {
     async fn handle<'a>(&'a self, h: &'a InHeader, op: Op<'a>) -> Result<Reply> {

@@ -1,6 +1,19 @@
 //! Leaf volumes: their directories, creation and deletion, and their mounts.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tessera_proto::ms;
+use tracing::info;
+
+use crate::fuse::mount;
+use crate::fuse::session::Connection;
+use crate::leaffs::LeafFs;
+use crate::rootfs::RootFs;
+use crate::state::LeafRecord;
+use crate::volume::{RootRef, is_leaf, leaf_id};
+
+use super::{LeafMeta, NodeError, NodePlugin, ServedFs, io};
 
 impl NodePlugin {
     pub(super) fn leaf_dir(&self, id: &str) -> PathBuf {

@@ -20,29 +20,23 @@ mod volumes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_client::fileset::{FilesetClient, FilesetError, PutOptions};
-use tessera_core::latency::HedgePolicy;
+use tessera_client::fileset::{FilesetClient, FilesetError};
 use tessera_core::read_plan::ReadMode;
-use tessera_proto::ms;
-use tracing::{info, warn};
 
 use crate::cache::NodeCache;
 use crate::fuse::abi::InitState;
 use crate::fuse::mount::{self, MountError};
-use crate::fuse::session::Filesystem;
-use crate::fuse::session::{self, Connection};
 use crate::keeper::{KeeperClient, KeeperError};
 use crate::leaffs::LeafFs;
 use crate::metrics::Metrics;
-use crate::passthrough::{FileStore, IoTable};
+use crate::passthrough::FileStore;
 use crate::peers::{Discovery, Peers};
 use crate::rootfs::RootFs;
-use crate::state::{LeafRecord, NodeState, RootRecord, StateError};
+use crate::state::{NodeState, RootRecord, StateError};
 use crate::turns::{RootLocks, Turns};
-use crate::volume::{RootRef, VolumeError, is_leaf, leaf_id};
+use crate::volume::VolumeError;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

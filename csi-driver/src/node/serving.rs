@@ -2,7 +2,26 @@
 //! connections a previous plugin deposited with the keeper, and the read
 //! policy each root reads with.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::latency::HedgePolicy;
+use tessera_core::read_plan::ReadMode;
+use tessera_proto::ms;
+use tracing::{info, warn};
+
+use crate::fuse::abi::InitState;
+use crate::fuse::session::{Connection, Filesystem};
+use crate::fuse::{mount, session};
+use crate::keeper::KeeperError;
+use crate::leaffs::LeafFs;
+use crate::passthrough::IoTable;
+use crate::rootfs::RootFs;
+use crate::state::{LeafRecord, RootRecord};
+
+use super::{KEEPER_WAIT_SECS, NodeError, NodePlugin, Served, ServedFs, io, kept};
 
 impl NodePlugin {
     /// Takes over the connections the keeper holds for roots in the state.

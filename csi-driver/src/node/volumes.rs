@@ -1,7 +1,20 @@
 //! The CSI node calls: staging, publishing and their undoing, over roots
 //! pinned in the master while any volume uses them.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tessera_client::fileset::{FilesetError, PutOptions};
+use tessera_proto::ms;
+use tracing::{info, warn};
+
+use crate::fuse::mount;
+use crate::fuse::session::Connection;
+use crate::state::{LeafRecord, RootRecord};
+use crate::volume::{RootRef, VolumeError, is_leaf};
+
+use super::{DEFAULT_LEAF_CAPACITY, NodeError, NodePlugin, io, is_mounted, kept};
 
 impl NodePlugin {
     /// The root mount of `r` with `user` added: mounted, deposited and

@@ -2,7 +2,21 @@
 //! file store once stored there whole (FUSE passthrough), the rest served
 //! by the plugin.
 
-use super::*;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, OnceLock};
+
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+use tessera_core::manifest::{Entry, EntryKind};
+use tracing::{debug, info, warn};
+
+use crate::fuse::abi;
+use crate::fuse::session::{Reply, Result};
+use crate::passthrough;
+use crate::passthrough::{FileStore, IoTable};
+
+use super::{FH_CACHED, FH_PASSTHROUGH, Passthrough, RootFs};
 
 impl RootFs {
     /// Lets this mount answer opens of large files with a backing file from

@@ -16,32 +16,27 @@ mod files;
 mod read;
 
 use std::ffi::OsStr;
-use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 use tessera_client::StripeClient;
 use tessera_client::fileset::OpenVersion;
 use tessera_core::manifest::{Entry, EntryKind};
 use tessera_core::quota::UsageMeter;
 use tessera_core::read_plan::ReadMode;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use crate::cache::{NodeCache, UNIT, UnitKey};
+use crate::cache::{NodeCache, UnitKey};
 use crate::fuse::abi::{self, Attr, InHeader, InitState, Op, Out, S_IFDIR, S_IFLNK, S_IFREG, Ttl};
 use crate::fuse::session::{Filesystem, Reply, Result, xattr_reply};
-use crate::metrics::{Metrics, SourceLabels, VolumeLabels};
-use crate::passthrough::{self, FileStore, IoTable};
+use crate::metrics::{Metrics, VolumeLabels};
+use crate::passthrough::{FileStore, IoTable};
 use crate::peers::Peers;
 use tessera_core::latency::HedgePolicy;
-use tracing::Instrument;
 
 pub use tessera_core::manifest::SHA256_XATTR;
 /// The window [`RootFs::read_rate`] reports over.

@@ -1,7 +1,18 @@
 //! Reads: from the node cache, from peers' caches, or fetched from the
 //! chunkservers unit by unit, with prefetch of the next unit.
 
-use super::*;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use rustix::io::Errno;
+use tracing::{Instrument, debug, warn};
+
+use crate::cache::{UNIT, UnitKey};
+use crate::fuse::session::Result;
+use crate::metrics::{SourceLabels, VolumeLabels};
+
+use super::RootFs;
 
 impl RootFs {
     /// `len` bytes of a file from `offset`, as slices of cached blocks.

@@ -162,7 +162,7 @@ impl Master {
     }
 
     async fn commit_in_turn(&self, c: Commit) -> Result<(VersionRecord, Vec<Deletion>), MasterError> {
-        let (record, placed, missing, collected) = {
+        let (record, placed, missing, degraded, collected) = {
             let mut st = self.state.lock().unwrap();
             // A commit that waited for its turn keeps its session alive.
             let lease = self.config.session_lease;
@@ -176,6 +176,7 @@ impl Master {
             // Stripes not stored, by item: those the writer reports, and
             // those no server was placed for.
             let mut missing: HashMap<ItemId, BTreeSet<u16>> = HashMap::new();
+            let mut degraded = 0u64;
             let mut check = |written: &[WrittenItem]| -> Result<Vec<ItemRecord>, MasterError> {
                 written
                     .iter()
@@ -187,10 +188,10 @@ impl Master {
                                 item: w.id.to_string(),
                             });
                         };
-                        let mut gone: BTreeSet<u16> =
+                        // Not stored by the writer: no server was placed, or
+                        // the writer reports the stripe failed.
+                        let mut unwritten: BTreeSet<u16> =
                             (0..n).filter(|&i| servers[i].is_none()).map(|i| i as u16).collect();
-                        // Quarantined by their servers since they were written.
-                        gone.extend(st.gone.get(&w.id).into_iter().flat_map(|lost| lost.keys()));
                         for &i in &w.missing_stripes {
                             if i as usize >= n {
                                 return Err(MasterError::InvalidSpec {
@@ -198,16 +199,21 @@ impl Master {
                                     reason: format!("item {} has no stripe {i} (n = {n})", w.id),
                                 });
                             }
-                            gone.insert(i);
+                            unwritten.insert(i);
                         }
+                        if !unwritten.is_empty() {
+                            degraded += 1;
+                        }
+                        // And those quarantined by their servers since they were
+                        // written (counted as corrupt, not as degraded writes).
+                        let mut gone = unwritten;
+                        gone.extend(st.gone.get(&w.id).into_iter().flat_map(|lost| lost.keys()));
                         if n - gone.len() < min {
-                            return Err(MasterError::InvalidSpec {
-                                field: "items.missing_stripes",
-                                reason: format!(
-                                    "item {} has {} of its {n} stripes stored (not counting any its servers quarantined since); the fileset needs at least {min}",
-                                    w.id,
-                                    n - gone.len()
-                                ),
+                            return Err(MasterError::TooFewStripes {
+                                item: w.id.to_string(),
+                                stored: n - gone.len(),
+                                n,
+                                min,
                             });
                         }
                         if !gone.is_empty() {
@@ -241,7 +247,7 @@ impl Master {
             // Owned from now on, whatever happens to the session while the
             // record is written: orphan collection leaves them alone.
             st.committing.extend(record.all_items().map(|i| (i.id, fileset.clone())));
-            (record, placed, missing, collected)
+            (record, placed, missing, degraded, collected)
         };
         // The durable write: after it the version exists, before it not.
         // Retention's deletions follow it (if they are lost to a crash, the
@@ -284,7 +290,7 @@ impl Master {
             if !missing.is_empty() {
                 let stripes: usize = missing.values().map(|g| g.len()).sum();
                 warn!(fileset = %fileset, items = missing.len(), stripes, "version written degraded; the missing stripes are rebuilt as placement allows");
-                st.losses.entry(fileset.clone()).or_default().degraded_writes += missing.len() as u64;
+                st.losses.entry(fileset.clone()).or_default().degraded_writes += degraded;
                 for (item, gone) in missing {
                     let entry = st.gone.entry(item).or_default();
                     for i in gone {

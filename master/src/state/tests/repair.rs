@@ -336,7 +336,8 @@ async fn with_a_server_out_items_are_written_degraded_and_rebuilt_when_it_return
     let mut short = refs.clone();
     short[2].missing_stripes = vec![0, 1];
     let err = commit(&m, &request(short)).await.unwrap_err();
-    assert!(err.to_string().contains("missing_stripes") && err.to_string().contains("at least 7"), "{err}");
+    assert!(matches!(err, MasterError::TooFewStripes { stored: 6, n: 9, min: 7, .. }), "{err}");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
     commit(&m, &request(refs)).await.unwrap();
     let f = m.status("data", t1).unwrap().filesets[0].clone();
     assert_eq!((f.degraded, f.degraded_writes, f.items_by_redundancy.clone()), (3, 3, vec![0, 1, 2, 0]));
@@ -422,6 +423,7 @@ async fn a_stripe_quarantined_before_its_commit_is_not_located_and_is_rebuilt() 
     assert_eq!(placed.addresses.iter().flatten().count(), 8);
     let f = &m.status("warm", t0).unwrap().filesets[0];
     assert_eq!((f.degraded, f.corrupt_stripes_found, f.corrupt_stripes_pending), (1, 1, 1));
+    assert_eq!(f.degraded_writes, 0, "written whole, then found corrupt: not a degraded write");
     let jobs = m.plan_repairs(t0, 100, &mut rng);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!((jobs[0].item, jobs[0].targets.len(), jobs[0].targets[0].index), (item, 1, 3));
