@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes test tools (and the CSI sanity suite) from the Go module proxy, once per version,
+# Builds the Kubernetes test tools (a control plane, a kubelet, kwok, helm
+# and the CSI sanity suite) from the Go module proxy, once per version,
 # into ~/.cache/tessera/tools/<tool>-<version>/ and links them into
 # ~/.cache/tessera/tools/bin. Prints that bin directory on stdout.
 #
@@ -68,6 +69,32 @@ build_k8s() {
   have kubectl "$dir/bin"
 }
 
+# The node side, built in the same pinned module as build_k8s (which must
+# run first): a real kubelet with its scheduler and controller manager, for
+# the tests that run pods (docs/decisions/0018-real-node-test-cluster.md).
+build_k8s_node() {
+  local dir=$ROOT/kubernetes-$K8S_VERSION
+  local cmds=(kubelet kube-scheduler kube-controller-manager)
+  local missing=false c
+  for c in "${cmds[@]}"; do have "$c" "$dir/bin" || missing=true; done
+  $missing || return 0
+  $check_only && { log "kubelet/kube-scheduler/kube-controller-manager $K8S_VERSION missing"; exit 1; }
+  log "building kubelet, kube-scheduler and kube-controller-manager $K8S_VERSION (once; about 5 minutes)"
+  (
+    cd "$dir/src"
+    local pkgs=() minor ld
+    for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    go get "${pkgs[@]/%/@v$K8S_VERSION}"
+    minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+    ld="-s -w"
+    for kv in "gitVersion=v$K8S_VERSION" gitMajor=1 "gitMinor=$minor" gitTreeState=clean; do
+      ld="$ld -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
+    done
+    go build -trimpath -ldflags "$ld" -o "$dir/bin/" "${pkgs[@]}"
+  )
+  for c in "${cmds[@]}"; do have "$c" "$dir/bin"; done
+}
+
 build_etcd() {
   local dir=$ROOT/etcd-$ETCD_VERSION
   have etcd "$dir/bin" && return
@@ -97,6 +124,7 @@ go_install() {
 
 build_etcd
 build_k8s
+build_k8s_node
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
 go_install csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "$CSI_SANITY_VERSION"

@@ -14,17 +14,20 @@
 //! from the Go module proxy into `~/.cache/tessera/tools/bin`
 //! (`TESSERA_TOOLS_BIN` overrides the directory).
 
+pub mod image;
+pub mod node;
 pub mod processes;
 
-pub use tessera_testkit::{Proc, free_port, until};
+pub use tessera_testkit::{Proc, Signal, free_port, until};
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
@@ -63,13 +66,28 @@ pub fn tessera_bin(name: &str) -> PathBuf {
     p
 }
 
+/// How the harness's own control plane is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The address the apiserver listens on and advertises (127.0.0.1 by
+    /// default): a real node reaches it from its network namespace.
+    pub address: Option<Ipv4Addr>,
+    /// Also runs kube-controller-manager and kube-scheduler, for real pods
+    /// (service accounts and their tokens, scheduling, DaemonSets).
+    pub controllers: bool,
+}
+
 /// A running control plane (or an external cluster).
 pub struct ControlPlane {
     client: Client,
     config: Config,
     kubeconfig: PathBuf,
-    // Dropped in order: the apiserver before etcd, then the files.
+    // Dropped in order: the controllers and the apiserver before etcd,
+    // then the files.
     procs: Vec<Proc>,
+    ca: Option<Ca>,
+    server: String,
+    controllers: bool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -81,17 +99,30 @@ impl ControlPlane {
                 .await
                 .with_context(|| format!("loading KUBECONFIG {path}"))?;
             let client = Client::try_from(config.clone())?;
-            return Ok(Self { client, config, kubeconfig: path.into(), procs: Vec::new(), _dir: None });
+            let server = config.cluster_url.to_string();
+            return Ok(Self {
+                client,
+                config,
+                kubeconfig: path.into(),
+                procs: Vec::new(),
+                ca: None,
+                server,
+                controllers: true,
+                _dir: None,
+            });
         }
-        Self::start_local().await
+        Self::start_with(Options::default()).await
     }
 
-    async fn start_local() -> anyhow::Result<Self> {
+    /// The harness's own etcd and kube-apiserver (whatever `KUBECONFIG`
+    /// says), started as `options` asks.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
         let etcd_bin = tool("etcd")?;
         let apiserver_bin = tool("kube-apiserver")?;
         let dir = tempfile::Builder::new().prefix("tessera-k8s-").tempdir()?;
         let d = dir.path();
-        let certs = Certs::generate(d)?;
+        let address = options.address.unwrap_or(Ipv4Addr::LOCALHOST);
+        let (ca, certs) = Certs::generate(d, address)?;
 
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
@@ -109,37 +140,86 @@ impl ControlPlane {
         ];
         let mut procs = vec![Proc::spawn("etcd", &etcd_bin, &etcd_args, d)?];
 
-        let port = free_port()?;
-        let api_args: Vec<String> = vec![
+        let port = free_port_on(address)?;
+        let server = format!("https://{address}:{port}");
+        let mut api_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
             format!("--tls-cert-file={}", certs.serving_cert.display()),
             format!("--tls-private-key-file={}", certs.serving_key.display()),
             format!("--client-ca-file={}", certs.ca_cert.display()),
-            "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--allow-privileged=true".into(),
-            // No controller manager creates service accounts' tokens here.
-            "--disable-admission-plugins=ServiceAccount".into(),
-            format!("--service-account-issuer=https://127.0.0.1:{port}/"),
+            format!("--service-account-issuer={server}/"),
             format!("--service-account-key-file={}", certs.sa_pub.display()),
             format!("--service-account-signing-key-file={}", certs.sa_key.display()),
+            // For logs and exec: kubelets accept the CA's admin.
+            format!("--kubelet-client-certificate={}", certs.client_cert.display()),
+            format!("--kubelet-client-key={}", certs.client_key.display()),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--v=1".into(),
         ];
+        if options.controllers {
+            api_args.push("--enable-admission-plugins=NodeRestriction".into());
+        } else {
+            // No controller manager makes the service accounts it would ask for.
+            api_args.push("--disable-admission-plugins=ServiceAccount".into());
+        }
         procs.push(Proc::spawn("kube-apiserver", &apiserver_bin, &api_args, d)?);
 
         let kubeconfig = d.join("kubeconfig");
-        fs::write(&kubeconfig, kubeconfig_yaml(port, &certs))?;
+        fs::write(&kubeconfig, kubeconfig_yaml(&server, &certs.ca_cert, &certs.client_cert, &certs.client_key))?;
+        if options.controllers {
+            procs.push(start_controller_manager(d, &kubeconfig, &certs)?);
+            let args = vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ];
+            procs.push(Proc::spawn("kube-scheduler", &tool("kube-scheduler")?, &args, d)?);
+        }
         let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default())
             .await
             .context("loading the generated kubeconfig")?;
         let client = Client::try_from(config.clone())?;
 
-        let mut plane = Self { client, config, kubeconfig, procs, _dir: Some(dir) };
+        let mut plane = Self {
+            client,
+            config,
+            kubeconfig,
+            procs,
+            ca: Some(ca),
+            server,
+            controllers: options.controllers,
+            _dir: Some(dir),
+        };
         plane.wait_ready().await?;
         Ok(plane)
+    }
+
+    /// A kubeconfig in `dir` for a user the cluster's CA vouches for
+    /// (`CN=common_name`, `O=` each of `groups`), named `<name>.kubeconfig`.
+    pub fn client_kubeconfig(
+        &self,
+        dir: &Path,
+        name: &str,
+        common_name: &str,
+        groups: &[&str],
+    ) -> anyhow::Result<PathBuf> {
+        let ca = self.ca.as_ref().context("an external cluster's CA issues no certificates here")?;
+        let (cert, key) = ca.issue_client(dir, name, common_name, groups)?;
+        let path = dir.join(format!("{name}.kubeconfig"));
+        fs::write(&path, kubeconfig_yaml(&self.server, &ca.cert_file, &cert, &key))?;
+        Ok(path)
+    }
+
+    /// The file of the CA that signs the apiserver's and clients' certificates.
+    pub fn ca_file(&self) -> anyhow::Result<&Path> {
+        Ok(&self.ca.as_ref().context("an external cluster's CA is not known here")?.cert_file)
     }
 
     /// Until the apiserver answers and has made the `default` namespace.
@@ -150,7 +230,9 @@ impl ControlPlane {
             for p in &mut self.procs {
                 p.check()?;
             }
-            if let Ok(Some(_)) = namespaces.get_opt("default").await {
+            if let Ok(Some(_)) = namespaces.get_opt("default").await
+                && (!self.controllers || self.has_default_service_account().await)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -159,6 +241,13 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Whether the controller manager has made the `default` namespace's
+    /// service account, which every pod there needs.
+    async fn has_default_service_account(&self) -> bool {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), "default");
+        matches!(accounts.get_opt("default").await, Ok(Some(_)))
     }
 
     pub fn client(&self) -> Client {
@@ -211,7 +300,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        // The apiserver first, so it does not log etcd's departure at length.
+        // The controllers and the apiserver first, so they do not log
+        // etcd's departure at length.
         while let Some(p) = self.procs.pop() {
             drop(p);
         }
@@ -252,6 +342,61 @@ pub fn fake_node(name: &str, zone: &str, rack: &str) -> k8s_openapi::api::core::
     .expect("a valid node")
 }
 
+/// The services' virtual addresses.
+const SERVICE_CIDR: &str = "10.0.0.0/24";
+
+/// A port on `address` that was free a moment ago.
+fn free_port_on(address: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((address, 0))?.local_addr()?.port())
+}
+
+fn start_controller_manager(dir: &Path, kubeconfig: &Path, certs: &Certs) -> anyhow::Result<Proc> {
+    let args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--service-account-private-key-file={}", certs.sa_key.display()),
+        format!("--root-ca-file={}", certs.ca_cert.display()),
+        // Each controller acts as its own service account, as in a cluster.
+        "--use-service-account-credentials=true".into(),
+        "--leader-elect=false".into(),
+        "--secure-port=0".into(),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        "--v=1".into(),
+    ];
+    Proc::spawn("kube-controller-manager", &tool("kube-controller-manager")?, &args, dir)
+}
+
+/// The run's certificate authority, which issues client certificates for
+/// components that join later (a kubelet).
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    cert_file: PathBuf,
+}
+
+impl Ca {
+    fn issue_client(
+        &self,
+        dir: &Path,
+        name: &str,
+        common_name: &str,
+        groups: &[&str],
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        for group in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &Issuer::new(self.params.clone(), &self.key))?;
+        let cert_file = dir.join(format!("{name}.crt"));
+        let key_file = dir.join(format!("{name}.key"));
+        fs::write(&cert_file, cert.pem())?;
+        fs::write(&key_file, key.serialize_pem())?;
+        Ok((cert_file, key_file))
+    }
+}
+
 /// Files of the certificates made for one run.
 struct Certs {
     ca_cert: PathBuf,
@@ -264,18 +409,29 @@ struct Certs {
 }
 
 impl Certs {
-    fn generate(dir: &Path) -> anyhow::Result<Self> {
+    /// The CA and the certificates of a control plane serving on `address`.
+    fn generate(dir: &Path, address: Ipv4Addr) -> anyhow::Result<(Ca, Self)> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name.push(DnType::CommonName, "tessera-e2e-ca");
         let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, &ca_key);
 
         let serving_key = KeyPair::generate()?;
-        let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        // Pods reach the apiserver as the `kubernetes` Service: its first
+        // address and its DNS names.
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "10.0.0.1".to_string()];
+        names.extend(
+            ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+                .map(String::from),
+        );
+        if address != Ipv4Addr::LOCALHOST {
+            names.push(IpAddr::V4(address).to_string());
+        }
+        let mut serving = CertificateParams::new(names)?;
         serving.distinguished_name.push(DnType::CommonName, "localhost");
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = Issuer::new(ca.clone(), &ca_key);
         let serving_cert = serving.signed_by(&serving_key, &issuer)?;
 
         let client_key = KeyPair::generate()?;
@@ -284,6 +440,7 @@ impl Certs {
         client.distinguished_name.push(DnType::OrganizationName, "system:masters");
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client_cert = client.signed_by(&client_key, &issuer)?;
+        drop(issuer);
 
         let sa_key = KeyPair::generate()?;
 
@@ -292,29 +449,31 @@ impl Certs {
             fs::write(&p, pem)?;
             Ok(p)
         };
-        Ok(Self {
-            ca_cert: write("ca.crt", ca_cert.pem())?,
+        let ca_file = write("ca.crt", ca_cert.pem())?;
+        let certs = Self {
+            ca_cert: ca_file.clone(),
             serving_cert: write("apiserver.crt", serving_cert.pem())?,
             serving_key: write("apiserver.key", serving_key.serialize_pem())?,
             client_cert: write("admin.crt", client_cert.pem())?,
             client_key: write("admin.key", client_key.serialize_pem())?,
             sa_pub: write("sa.pub", sa_key.public_key_pem())?,
             sa_key: write("sa.key", sa_key.serialize_pem())?,
-        })
+        };
+        Ok((Ca { params: ca, key: ca_key, cert_file: ca_file }, certs))
     }
 }
 
-fn kubeconfig_yaml(port: u16, c: &Certs) -> String {
+fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: tessera-e2e
   cluster:
-    server: https://127.0.0.1:{port}
+    server: {server}
     certificate-authority: {ca}
 users:
-- name: admin
+- name: user
   user:
     client-certificate: {cert}
     client-key: {key}
@@ -322,11 +481,11 @@ contexts:
 - name: tessera-e2e
   context:
     cluster: tessera-e2e
-    user: admin
+    user: user
 current-context: tessera-e2e
 ",
-        ca = c.ca_cert.display(),
-        cert = c.client_cert.display(),
-        key = c.client_key.display(),
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
     )
 }
