@@ -7,7 +7,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test tools crds fmt lint unit demo bench-codec bench-read-tail bench-seq-read
+.PHONY: test tools crds fmt lint unit demo e2e-cluster bench-codec bench-read-tail bench-seq-read
 
 test: tools fmt lint unit
 
@@ -32,6 +32,11 @@ unit:
 
 demo:
 	$(CARGO) run --release --locked --bin tessera -- demo
+
+# The tests' cluster with one real node, for a person (root; see
+# docs/kubernetes.md): prints a KUBECONFIG, stops on Ctrl-C.
+e2e-cluster: tools
+	$(CARGO) run --locked -p tessera-e2e --bin tessera-e2e-cluster
 
 bench-codec:
 	$(CARGO) run --release --locked --bin tessera -- bench codec

@@ -17,6 +17,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-4.3.1}
 CSI_SANITY_VERSION=${CSI_SANITY_VERSION:-5.4.0}
+COREDNS_VERSION=${COREDNS_VERSION:-1.14.7}
 
 ROOT=${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}
 BIN=$ROOT/bin
@@ -70,16 +71,17 @@ build_k8s() {
 }
 
 # The node side, built in the same pinned module as build_k8s (which must
-# run first): a real kubelet with its scheduler and controller manager, for
-# the tests that run pods (docs/decisions/0018-real-node-test-cluster.md).
+# run first): a real kubelet and kube-proxy with the scheduler and the
+# controller manager, for the tests that run pods
+# (docs/decisions/0018-real-node-test-cluster.md).
 build_k8s_node() {
   local dir=$ROOT/kubernetes-$K8S_VERSION
-  local cmds=(kubelet kube-scheduler kube-controller-manager)
+  local cmds=(kubelet kube-proxy kube-scheduler kube-controller-manager)
   local missing=false c
   for c in "${cmds[@]}"; do have "$c" "$dir/bin" || missing=true; done
   $missing || return 0
-  $check_only && { log "kubelet/kube-scheduler/kube-controller-manager $K8S_VERSION missing"; exit 1; }
-  log "building kubelet, kube-scheduler and kube-controller-manager $K8S_VERSION (once; about 5 minutes)"
+  $check_only && { log "kubelet/kube-proxy/kube-scheduler/kube-controller-manager $K8S_VERSION missing"; exit 1; }
+  log "building kubelet, kube-proxy, kube-scheduler and kube-controller-manager $K8S_VERSION (once; about 5 minutes)"
   (
     cd "$dir/src"
     local pkgs=() minor ld
@@ -128,4 +130,6 @@ build_k8s_node
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
 go_install csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "$CSI_SANITY_VERSION"
+# The real node's cluster DNS (Service names such as the master's).
+go_install coredns github.com/coredns/coredns "$COREDNS_VERSION"
 echo "$BIN"

@@ -5,8 +5,9 @@
 //! apiserver listens on the host end, the node's address is the other end,
 //! pods get addresses from a bridge behind it), starts etcd, kube-apiserver,
 //! kube-controller-manager and kube-scheduler on the host end, then
-//! containerd and the kubelet inside the namespace, and waits for the Node
-//! to be Ready. [`NodeCluster::shutdown`] takes it all down again and checks
+//! containerd, the kubelet, kube-proxy and CoreDNS (behind a `kube-dns`
+//! Service) inside the namespace, and waits until the Node is Ready and
+//! Services are served. [`NodeCluster::shutdown`] takes it all down again and checks
 //! that no process, mount, container, cgroup, namespace or kernel setting
 //! of the run is left; dropping it does the same without the check.
 //!
@@ -17,15 +18,18 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::api::PostParams;
 
 use crate::image::Image;
 use crate::{ControlPlane, Options, Proc, tool};
@@ -45,6 +49,8 @@ const KUBELET_SYSCTLS: &[&str] = &[
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 ];
+/// The cluster DNS Service's address, in the control plane's service range.
+pub const DNS_IP: &str = "10.0.0.10";
 /// How long the node may take to become Ready on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -95,8 +101,16 @@ impl NodeNet {
             ip(&["-n", ns, "route", "add", "default", "via", &net.host_ip.to_string()])?;
             // The host reaches pods through the node, as a router would.
             ip(&["route", "add", &net.pod_cidr, "via", &net.node_ip.to_string()])?;
-            // The node forwards between its pods' bridge and the veth.
-            net.run_in(Path::new("sh"), &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+            // The node forwards between its pods' bridge and the veth, and
+            // bridged replies pass through kube-proxy's NAT (a pod reaching
+            // a Service whose endpoint is on the same bridge).
+            net.run_in(
+                Path::new("sh"),
+                &[
+                    "-c",
+                    "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+                ],
+            )
         })();
         match made {
             Ok(()) => Ok(net),
@@ -150,6 +164,9 @@ pub struct RealNode {
     socket: PathBuf,
     kubelet: Option<Proc>,
     containerd: Option<Proc>,
+    kube_proxy: Option<Proc>,
+    dns: Option<Proc>,
+    node_ip: Ipv4Addr,
     sysctls: Vec<(String, String)>,
     containers: BTreeSet<String>,
     /// Shared directories containerd and the kubelet make when missing
@@ -188,6 +205,9 @@ impl RealNode {
             socket,
             kubelet: None,
             containerd: None,
+            kube_proxy: None,
+            dns: None,
+            node_ip: net.node_ip,
             sysctls,
             containers: BTreeSet::new(),
             made_dirs,
@@ -195,7 +215,9 @@ impl RealNode {
         let booted = (|| {
             node.start_containerd(net)?;
             node.import(&crate::image::pause(PAUSE_IMAGE)?)?;
-            node.start_kubelet(cp, net)
+            node.start_kubelet(cp, net)?;
+            node.start_kube_proxy(cp, net)?;
+            node.start_dns(cp, net)
         })();
         match booted {
             Ok(()) => Ok(node),
@@ -253,6 +275,84 @@ impl RealNode {
         Ok(())
     }
 
+    /// kube-proxy in iptables mode: Services' virtual addresses, inside the
+    /// node's namespace only.
+    fn start_kube_proxy(&mut self, cp: &ControlPlane, net: &NodeNet) -> anyhow::Result<()> {
+        let d = &self.dir;
+        let kubeconfig = cp.client_kubeconfig(d, "kube-proxy", "system:kube-proxy", &[])?;
+        let args = vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--hostname-override={}", self.name),
+            "--proxy-mode=iptables".into(),
+            format!("--cluster-cidr={}", net.pod_cidr),
+            format!("--healthz-bind-address={}:10256", net.node_ip),
+            "--metrics-bind-address=127.0.0.1:10249".into(),
+            // Leave the machine-wide conntrack table size alone.
+            "--conntrack-max-per-core=0".into(),
+            "--v=1".into(),
+        ];
+        let (nsenter, argv) = net.enter(&tool("kube-proxy")?, &args);
+        self.kube_proxy = Some(Proc::spawn("kube-proxy", &nsenter, &argv, d)?);
+        Ok(())
+    }
+
+    /// CoreDNS answering for `cluster.local` on the node's address, behind
+    /// the `kube-dns` Service that [`publish_dns`] makes.
+    fn start_dns(&mut self, cp: &ControlPlane, net: &NodeNet) -> anyhow::Result<()> {
+        let d = &self.dir;
+        let corefile = d.join("Corefile");
+        fs::write(
+            &corefile,
+            format!(
+                ".:53 {{
+    bind {ip}
+    errors
+    ready {ip}:8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+",
+                ip = net.node_ip,
+                kubeconfig = cp.kubeconfig().display(),
+            ),
+        )?;
+        let (nsenter, argv) = net.enter(&tool("coredns")?, &[format!("-conf={}", corefile.display())]);
+        self.dns = Some(Proc::spawn("coredns", &nsenter, &argv, d)?);
+        Ok(())
+    }
+
+    /// Until kube-proxy has programmed the Services and CoreDNS has read
+    /// them.
+    async fn wait_services(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for p in [&mut self.kube_proxy, &mut self.dns].into_iter().flatten() {
+                p.check()?;
+            }
+            let proxy = http_ok(SocketAddrV4::new(self.node_ip, 10256), "/healthz");
+            let dns = http_ok(SocketAddrV4::new(self.node_ip, 8181), "/ready");
+            if proxy && dns {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = [&self.kube_proxy, &self.dns]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| format!("{}:\n{}", p.name(), p.log_tail()))
+                    .collect();
+                bail!(
+                    "Services were not served in {READY_TIMEOUT:?} (kube-proxy {proxy}, DNS {dns})\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Until the kubelet has registered the node and it is Ready.
     async fn wait_ready(&mut self, cp: &ControlPlane) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(cp.client());
@@ -301,6 +401,10 @@ impl RealNode {
     /// Stops the kubelet, then every container, then containerd; unmounts
     /// what they mounted and puts the kernel settings back.
     fn stop(&mut self) {
+        for p in [self.dns.take(), self.kube_proxy.take()].into_iter().flatten() {
+            let mut p = p;
+            let _ = p.stop(crate::Signal::TERM);
+        }
         if let Some(mut kubelet) = self.kubelet.take() {
             let _ = kubelet.stop(crate::Signal::TERM);
         }
@@ -395,7 +499,9 @@ impl NodeCluster {
         };
         let mut cluster = Self { node, cp: Some(cp), net, dir: Some(dir), down: false };
         let cp = cluster.cp.as_ref().expect("started");
+        publish_dns(cp, &cluster.net).await?;
         cluster.node.wait_ready(cp).await?;
+        cluster.node.wait_services().await?;
         Ok(cluster)
     }
 
@@ -434,6 +540,56 @@ impl Drop for NodeCluster {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// The `kube-dns` Service in `kube-system`, with the node's CoreDNS as its
+/// one endpoint, as a cluster's DNS add-on would have it.
+async fn publish_dns(cp: &ControlPlane, net: &NodeNet) -> anyhow::Result<()> {
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+        "spec": {
+            "clusterIP": DNS_IP,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ],
+        },
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kube-dns-node",
+            "namespace": "kube-system",
+            "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "tessera-e2e"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [net.node_ip.to_string()], "conditions": {"ready": true}, "nodeName": NODE}],
+        "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        ],
+    }))?;
+    let pp = PostParams::default();
+    Api::<Service>::namespaced(cp.client(), "kube-system").create(&pp, &service).await.context("creating kube-dns")?;
+    Api::<EndpointSlice>::namespaced(cp.client(), "kube-system")
+        .create(&pp, &slice)
+        .await
+        .context("creating its endpoints")?;
+    Ok(())
+}
+
+/// Whether `GET path` on `addr` answers 200 (a health endpoint).
+fn http_ok(addr: SocketAddrV4, path: &str) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else { return false };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -536,6 +692,8 @@ podLogsDir: {d}/pod-logs
 volumePluginDir: {d}/volume-plugins
 resolvConf: {resolv}
 serializeImagePulls: false
+clusterDNS: [{DNS_IP}]
+clusterDomain: cluster.local
 "#,
         socket = socket.display(),
         ca = ca.display(),

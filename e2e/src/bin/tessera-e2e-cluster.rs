@@ -1,0 +1,38 @@
+//! `tessera-e2e-cluster`: the tests' single-node cluster, for a person.
+//!
+//! Starts the control plane and one real node (containerd and a kubelet in
+//! a network namespace of their own, as `e2e/tests/pods.rs` uses), prints
+//! the KUBECONFIG to use with kubectl and helm, and takes it all down again
+//! on Ctrl-C or SIGTERM. Needs root and what `.ci/run` installs.
+
+use tessera_e2e::image;
+use tessera_e2e::node::NodeCluster;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "Usage: tessera-e2e-cluster\n\n\
+             Runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one real node\n\
+             (containerd, kubelet, kube-proxy, CoreDNS) in a network namespace of its own, with\n\
+             the image localhost/tessera-busybox:e2e imported; prints the KUBECONFIG; stops and\n\
+             removes everything on Ctrl-C or SIGTERM. Needs root; the tools come from e2e/tools.sh."
+        );
+        return Ok(());
+    }
+    let cluster = NodeCluster::start().await?;
+    cluster.node.import(&image::busybox("localhost/tessera-busybox:e2e")?)?;
+    println!("export KUBECONFIG={}", cluster.cp().kubeconfig().display());
+    println!(
+        "node {} at {}, pods in {}; Ctrl-C stops it",
+        cluster.node.name,
+        cluster.net().node_ip,
+        cluster.net().pod_cidr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    cluster.shutdown()
+}
