@@ -7,6 +7,7 @@
 //!   shared by every root volume;
 //! - [`turns`]: one operation at a time per volume, a second refused.
 
+pub mod authority;
 pub mod bench;
 pub mod cache;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod passthrough;
 pub mod peers;
+pub mod registration;
 pub mod rootfs;
 pub mod service;
 pub mod state;
@@ -27,4 +29,11 @@ pub mod volume;
 pub mod csi {
     #![allow(clippy::all, missing_docs, rust_2018_idioms)]
     tonic::include_proto!("csi.v1");
+}
+
+/// The kubelet's plugin-registration API (v1), generated from k8s.io/kubelet's
+/// `api.proto`.
+pub mod pluginregistration {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("pluginregistration");
 }

@@ -15,6 +15,7 @@ use tessera_csi::csi::identity_server::IdentityServer;
 use tessera_csi::csi::node_server::NodeServer;
 use tessera_csi::node::{NodeConfig, NodePlugin};
 use tessera_csi::peers::Discovery;
+use tessera_csi::registration::Registrar;
 use tessera_csi::service::{ControllerService, IdentityService, NodeService};
 use tracing::info;
 
@@ -119,6 +120,17 @@ struct RunArgs {
     /// m). One or two cost the chunkservers less where they share CPUs.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     accelerated_extra: Option<u16>,
+    /// The kubelet's plugin registry directory (usually
+    /// /var/lib/kubelet/plugins_registry): the plugin registers the driver
+    /// there itself, as node-driver-registrar would. Without it, nothing
+    /// registers (a registrar sidecar may).
+    #[arg(long)]
+    kubelet_registration_dir: Option<PathBuf>,
+    /// The CSI socket's path on the node, as the kubelet opens it (default:
+    /// the --endpoint path; differs when the plugin sees the host's
+    /// directory mounted elsewhere).
+    #[arg(long)]
+    kubelet_csi_path: Option<PathBuf>,
     /// HTTP address of /metrics, /healthz and the control API (/volumes).
     #[arg(long, default_value = "0.0.0.0:7501")]
     metrics_listen: SocketAddr,
@@ -220,6 +232,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::json!({"event": "ready", "endpoint": a.endpoint, "metrics": metrics_addr.to_string()}));
     info!(endpoint = %a.endpoint, "serving CSI");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(registry) = &a.kubelet_registration_dir {
+        let endpoint = a.kubelet_csi_path.clone().unwrap_or_else(|| path.clone());
+        let registrar =
+            Registrar::new(tessera_api::keys::CSI_DRIVER, &endpoint, plugin.metrics.kubelet_registered.clone());
+        let mut stopped = stopped.clone();
+        registrar
+            .serve(registry, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await?;
+    }
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService))
         .add_service(NodeServer::new(NodeService { plugin: Arc::clone(&plugin) }))
@@ -229,6 +253,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            let _ = stopping.send(true);
         })
         .await?;
     // Mounts stay: the keeper holds them for the next plugin.

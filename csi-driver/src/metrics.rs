@@ -30,6 +30,7 @@ pub struct Metrics {
     pub hedges: Family<VolumeLabels, Counter>,
     pub volume_bytes_read: Family<VolumeLabels, Counter>,
     pub mounts: Gauge,
+    pub kubelet_registered: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
             hedges: Family::default(),
             volume_bytes_read: Family::default(),
             mounts: Gauge::default(),
+            kubelet_registered: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("cache_hits", "Reads of root units answered by the node cache", m.cache_hits.clone());
@@ -76,6 +78,11 @@ impl Metrics {
         registry.register("hedges", "Hedged stripe reads, by volume", m.hedges.clone());
         registry.register("volume_read_bytes", "Bytes read through each volume", m.volume_bytes_read.clone());
         registry.register("fuse_mounts", "Filesystems this node plugin serves", m.mounts.clone());
+        registry.register(
+            "kubelet_registered",
+            "1 once the kubelet has registered the driver through the plugin registry, 0 after it refused",
+            m.kubelet_registered.clone(),
+        );
         Self { registry, ..m }
     }
 

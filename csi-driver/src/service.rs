@@ -101,6 +101,19 @@ fn check_capability(cap: Option<&csi::VolumeCapability>, leaf: bool) -> Result<(
     }
 }
 
+/// A publish's capability: as [`check_capability`], except that an inline
+/// root may come with a writer mode, because the kubelet asks every inline
+/// volume for SINGLE_NODE_WRITER whatever the pod says; for those the pod's
+/// `readOnly` is what says the volume is only read, and a root requires it.
+fn check_publish(cap: Option<&csi::VolumeCapability>, leaf: bool, inline: bool, readonly: bool) -> Result<(), Status> {
+    if inline && !leaf && !readonly {
+        return Err(Status::invalid_argument(
+            "readonly is false: an inline root volume is read-only, so the pod's csi volume must set readOnly: true",
+        ));
+    }
+    check_capability(cap, leaf || inline)
+}
+
 impl NodeService {
     /// A root volume's `readMode` attribute, applied to its (shared) mount.
     fn apply_read_mode(&self, volume: &str, mode: Option<tessera_core::read_plan::ReadMode>) {
@@ -148,7 +161,7 @@ impl Node for NodeService {
         let target = required(&r.target_path, "target_path")?;
         let inline = r.volume_context.get(EPHEMERAL).is_some_and(|v| v == "true").then_some(&r.volume_context);
         let leaf = is_leaf(volume) || inline.is_some_and(|a| a.get("kind").is_some_and(|k| k == "leaf"));
-        check_capability(r.volume_capability.as_ref(), leaf)?;
+        check_publish(r.volume_capability.as_ref(), leaf, inline.is_some(), r.readonly)?;
         let mode = read_mode(&r.volume_context)?;
         let staging = (!r.staging_target_path.is_empty()).then(|| Path::new(&r.staging_target_path));
         self.plugin.publish(volume, Path::new(target), staging, inline, r.readonly).await?;
@@ -406,4 +419,33 @@ pub async fn channel(socket: &std::path::Path) -> Result<tonic::transport::Chann
             }
         }))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+
+    fn cap(mode: Mode) -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    #[test]
+    fn an_inline_root_is_published_read_only_whatever_mode_the_kubelet_sends() {
+        // What the kubelet sends for `csi: {readOnly: true}` in a pod.
+        assert!(check_publish(Some(&cap(Mode::SingleNodeWriter)), false, true, true).is_ok());
+        let err = check_publish(Some(&cap(Mode::SingleNodeWriter)), false, true, false).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("readOnly: true"), "{}", err.message());
+        // A root through a PersistentVolume keeps to reader modes.
+        let err = check_publish(Some(&cap(Mode::SingleNodeWriter)), false, false, true).unwrap_err();
+        assert!(err.message().contains("root volumes are read-only"), "{}", err.message());
+        assert!(check_publish(Some(&cap(Mode::MultiNodeReaderOnly)), false, false, false).is_ok());
+        // Leaves write, inline or not.
+        assert!(check_publish(Some(&cap(Mode::SingleNodeWriter)), true, true, false).is_ok());
+        assert!(check_publish(Some(&cap(Mode::SingleNodeWriter)), true, false, false).is_ok());
+    }
 }

@@ -252,7 +252,7 @@ impl RealNode {
 
     fn start_kubelet(&mut self, cp: &ControlPlane, net: &NodeNet) -> anyhow::Result<()> {
         let d = &self.dir;
-        let root = d.join("kubelet");
+        let root = self.kubelet_root();
         fs::create_dir_all(&root)?;
         let kubeconfig =
             cp.client_kubeconfig(d, "kubelet", &format!("system:node:{}", self.name), &["system:nodes"])?;
@@ -374,6 +374,24 @@ impl RealNode {
         }
     }
 
+    /// The kubelet's root directory (`--root-dir`): its plugin registry is
+    /// `plugins_registry` in it, pods' volumes are under `pods`.
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.dir.join("kubelet")
+    }
+
+    /// The end of the kubelet's log, for failure messages.
+    pub fn kubelet_log(&self) -> String {
+        self.kubelet.as_ref().map(Proc::log_tail).unwrap_or_default()
+    }
+
+    /// Mount points under the kubelet's root other than the root itself
+    /// (volumes still mounted).
+    pub fn volume_mounts(&self) -> Vec<PathBuf> {
+        let root = self.kubelet_root();
+        mounts_under(&root).into_iter().filter(|p| *p != root).collect()
+    }
+
     /// Imports an image into the node's containerd, for pods to run with
     /// `imagePullPolicy: Never` (or IfNotPresent).
     pub fn import(&self, image: &Image) -> anyhow::Result<()> {
@@ -468,6 +486,11 @@ impl RealNode {
     }
 }
 
+/// One real node at a time in a test process: nodes share machine-wide
+/// directories (containerd's shim sockets, the kubelet's log links) that
+/// each removes when it made them, and two cores run one node well.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The test control plane with one real node.
 pub struct NodeCluster {
     // Torn down in this order: the node, the control plane, the network.
@@ -476,10 +499,12 @@ pub struct NodeCluster {
     net: NodeNet,
     dir: Option<tempfile::TempDir>,
     down: bool,
+    _one_node: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl NodeCluster {
     pub async fn start() -> anyhow::Result<Self> {
+        let one_node = ONE_NODE.lock().await;
         let net = NodeNet::create()?;
         let dir = tempfile::Builder::new().prefix("tessera-node-").tempdir()?;
         let cp = match ControlPlane::start_with(Options { address: Some(net.host_ip), controllers: true }).await {
@@ -497,7 +522,7 @@ impl NodeCluster {
                 return Err(e);
             }
         };
-        let mut cluster = Self { node, cp: Some(cp), net, dir: Some(dir), down: false };
+        let mut cluster = Self { node, cp: Some(cp), net, dir: Some(dir), down: false, _one_node: one_node };
         let cp = cluster.cp.as_ref().expect("started");
         publish_dns(cp, &cluster.net).await?;
         cluster.node.wait_ready(cp).await?;

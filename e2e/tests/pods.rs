@@ -2,12 +2,47 @@
 //! test control plane ([`tessera_e2e::node`]). Needs root, containerd, runc
 //! and the CNI plugins (`.ci/run` installs them).
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
 use kube::api::{Api, LogParams, PostParams};
+use sha2::{Digest, Sha256};
 use tessera_e2e::node::NodeCluster;
-use tessera_e2e::{image, until};
+use tessera_e2e::{Proc, free_port, image, tessera_bin, until};
+use tessera_testkit::{Cluster, Servers};
 
 const BUSYBOX: &str = "localhost/tessera-busybox:e2e";
+
+/// Waits for pod `name` to end (Succeeded or Failed); on a timeout fails
+/// with its status, its events, the kubelet's log and `more` (another
+/// component's log).
+async fn finished(cluster: &NodeCluster, name: &str, more: impl Fn() -> String) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(cluster.cp().client(), "default");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(pod) = pods.get(name).await
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed")
+        {
+            return pod;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = pods.get(name).await.ok().and_then(|p| p.status);
+            let events: Api<Event> = Api::namespaced(cluster.cp().client(), "default");
+            let events = events.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+            let events: Vec<String> = events
+                .iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(name))
+                .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+                .collect();
+            panic!(
+                "pod {name} did not finish: {status:?}\nevents:\n{}\nkubelet:\n{}\n{}",
+                events.join("\n"),
+                cluster.node.kubelet_log(),
+                more()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_run_on_the_real_node_reach_a_service_by_name_and_nothing_is_left_behind() {
@@ -75,12 +110,7 @@ async fn pods_run_on_the_real_node_reach_a_service_by_name_and_nothing_is_left_b
     .unwrap();
     pods.create(&pp, &hello).await.unwrap();
 
-    let done = until("the pod to finish", async || {
-        let pod = pods.get("hello").await.ok()?;
-        let phase = pod.status.as_ref()?.phase.clone()?;
-        (phase == "Succeeded" || phase == "Failed").then_some(pod)
-    })
-    .await;
+    let done = finished(&cluster, "hello", String::new).await;
     let status = done.status.clone().unwrap();
     let logs = pods.logs("hello", &LogParams::default()).await.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:?}\nlogs:\n{logs}");
@@ -103,5 +133,119 @@ async fn pods_run_on_the_real_node_reach_a_service_by_name_and_nothing_is_left_b
     assert_eq!(lines[3], cluster_ip, "the Service's name resolved to its address: {logs}");
     assert_eq!(lines[4], "web", "the pod behind the Service answered: {logs}");
 
+    cluster.shutdown().unwrap();
+}
+
+/// The CSI driver as the kubelet meets it: the node plugin (here a process
+/// on the node, as its DaemonSet pod would be) registers itself through the
+/// kubelet's plugin registry, the kubelet lists it in the CSINode and calls
+/// it to publish a pod's inline root volume, the container reads every
+/// file exact and cannot write, and deleting the pod unmounts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubelet_registers_the_plugin_and_a_pod_reads_its_root_volume_exact() {
+    let cluster = NodeCluster::start().await.unwrap();
+    cluster.node.import(&image::busybox(BUSYBOX).unwrap()).unwrap();
+    let client = cluster.cp().client();
+    let pp = PostParams::default();
+
+    // A fileset with files of several sizes (one spanning many units) in
+    // nested directories, and their digests as the container must see them.
+    let store = Cluster::start(Servers::new(9, 3)).await;
+    let tree = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for (i, (path, len)) in
+        [("a.txt", 11), ("empty", 0), ("dir/b.bin", 200_000), ("dir/deeper/c.bin", 3_500_000)].into_iter().enumerate()
+    {
+        let bytes: Vec<u8> = (0..len).map(|j: usize| (j.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect();
+        let file = tree.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
+        expected.push(format!("{}  ./{path}", hex::encode(Sha256::digest(&bytes))));
+    }
+    expected.sort_by(|a, b| a[66..].cmp(&b[66..]));
+    let version = store.put("data", tree.path()).await;
+
+    // The node plugin and its keeper, registering with the kubelet.
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet_root = cluster.node.kubelet_root();
+    let socket = kubelet_root.join("plugins/csi.tessera.dev/csi.sock");
+    let keeper_socket = dir.path().join("keeper.sock");
+    let keeper = Proc::spawn(
+        "keeper",
+        &tessera_bin("tessera-csi"),
+        &["keeper".into(), format!("--socket={}", keeper_socket.display())],
+        dir.path(),
+    )
+    .unwrap();
+    let plugin_args = vec![
+        format!("--endpoint=unix://{}", socket.display()),
+        format!("--node-id={}", cluster.node.name),
+        format!("--master={}", store.master_addr()),
+        format!("--state-dir={}", dir.path().join("state").display()),
+        format!("--keeper-socket={}", keeper_socket.display()),
+        format!("--metrics-listen=127.0.0.1:{}", free_port().unwrap()),
+        format!("--kubelet-registration-dir={}", kubelet_root.join("plugins_registry").display()),
+    ];
+    let mut plugin = Proc::spawn("csi-node", &tessera_bin("tessera-csi"), &plugin_args, dir.path()).unwrap();
+    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": "csi.tessera.dev"},
+        "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None", "volumeLifecycleModes": ["Persistent", "Ephemeral"]},
+    }))
+    .unwrap();
+    Api::<CSIDriver>::all(client.clone()).create(&pp, &driver).await.unwrap();
+    let csinodes: Api<CSINode> = Api::all(client.clone());
+    let registered = until("the kubelet to list the driver in the CSINode", async || {
+        plugin.check().unwrap();
+        let node = csinodes.get_opt(&cluster.node.name).await.ok()??;
+        node.spec.drivers.into_iter().find(|d| d.name == "csi.tessera.dev")
+    })
+    .await;
+    assert_eq!(registered.node_id, cluster.node.name);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let reader: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "reader"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "reader",
+                "image": BUSYBOX,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "cd /data && find . -type f | sort | xargs sha256sum && if touch /data/new 2>/tmp/err; then echo wrote; else cat /tmp/err; fi"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "csi": {
+                "driver": "csi.tessera.dev",
+                "readOnly": true,
+                "volumeAttributes": {"kind": "root", "fileset": "data", "version": version.id.to_string()},
+            }}],
+        },
+    }))
+    .unwrap();
+    pods.create(&pp, &reader).await.unwrap();
+    let done = finished(&cluster, "reader", || format!("plugin:\n{}", plugin.log_tail())).await;
+    let logs = pods.logs("reader", &LogParams::default()).await.unwrap();
+    assert_eq!(
+        done.status.unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "logs:\n{logs}\nplugin:\n{}",
+        plugin.log_tail()
+    );
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[..expected.len()], expected[..], "every file exact");
+    assert_eq!(lines.len(), expected.len() + 1, "{logs}");
+    assert!(lines[expected.len()].contains("Read-only file system"), "a write fails with EROFS: {logs}");
+
+    // Deleting the pod has the kubelet unpublish the volume.
+    pods.delete("reader", &Default::default()).await.unwrap();
+    until("the reader to be gone", async || pods.get_opt("reader").await.ok()?.is_none().then_some(())).await;
+    assert_eq!(cluster.node.volume_mounts(), Vec::<std::path::PathBuf>::new(), "no volume left mounted");
+
+    drop(plugin);
+    drop(keeper);
     cluster.shutdown().unwrap();
 }
