@@ -209,6 +209,26 @@ impl Image {
     }
 }
 
+/// The programs of the Tessera image, all in `/usr/local/bin`.
+pub const TESSERA_PROGRAMS: [&str; 4] = ["tessera", "tessera-operator", "tessera-chunkserver", "tessera-csi"];
+
+/// The Tessera image the Helm chart runs, made from the programs in
+/// `bin_dir` (a cargo target directory's `release` or `debug`) and the
+/// shared libraries they load: the Dockerfile's image, for clusters without
+/// an engine or a registry.
+pub fn tessera(reference: &str, bin_dir: &Path) -> anyhow::Result<Image> {
+    let mut image = Image::new(reference)?;
+    for name in TESSERA_PROGRAMS {
+        let program = bin_dir.join(name);
+        if !program.is_file() {
+            bail!("{} not found: build it first (cargo build --release --bins)", program.display());
+        }
+        image.program(&program, Path::new("/usr/local/bin").join(name))?;
+    }
+    image.entrypoint(&["/usr/local/bin/tessera"]);
+    Ok(image)
+}
+
 /// A busybox image for test workloads: `sh`, `sha256sum`, `cat` and the
 /// rest of busybox's applets on the PATH, from the host's `/bin/busybox`.
 pub fn busybox(reference: &str) -> anyhow::Result<Image> {

@@ -213,6 +213,7 @@ impl RealNode {
             made_dirs,
         };
         let booted = (|| {
+            node.make_host_dir()?;
             node.start_containerd(net)?;
             node.import(&crate::image::pause(PAUSE_IMAGE)?)?;
             node.start_kubelet(cp, net)?;
@@ -378,6 +379,23 @@ impl RealNode {
     /// `plugins_registry` in it, pods' volumes are under `pods`.
     pub fn kubelet_root(&self) -> PathBuf {
         self.dir.join("kubelet")
+    }
+
+    /// A directory for the host paths of pods (a chart's `hostPath`
+    /// volumes): a shared mount, as `/` is on a systemd machine, so
+    /// containers may mount it with Bidirectional propagation.
+    pub fn host_dir(&self) -> PathBuf {
+        self.dir.join("host")
+    }
+
+    fn make_host_dir(&self) -> anyhow::Result<()> {
+        use rustix::mount::{MountPropagationFlags, mount_bind, mount_change};
+        let host = self.host_dir();
+        fs::create_dir_all(&host)?;
+        mount_bind(&host, &host).with_context(|| format!("bind-mounting {} on itself", host.display()))?;
+        mount_change(&host, MountPropagationFlags::SHARED | MountPropagationFlags::REC)
+            .with_context(|| format!("making {} a shared mount", host.display()))?;
+        Ok(())
     }
 
     /// The end of the kubelet's log, for failure messages.

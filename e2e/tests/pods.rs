@@ -7,7 +7,7 @@ use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
 use kube::api::{Api, LogParams, PostParams};
 use sha2::{Digest, Sha256};
 use tessera_e2e::node::NodeCluster;
-use tessera_e2e::{Proc, free_port, image, tessera_bin, until};
+use tessera_e2e::{Proc, free_port, image, tessera_bin, tool, until};
 use tessera_testkit::{Cluster, Servers};
 
 const BUSYBOX: &str = "localhost/tessera-busybox:e2e";
@@ -248,4 +248,118 @@ async fn the_kubelet_registers_the_plugin_and_a_pod_reads_its_root_volume_exact(
     drop(plugin);
     drop(keeper);
     cluster.shutdown().unwrap();
+}
+
+/// `helm install` of the chart as a user would, with the Tessera image
+/// imported into the node (no registry): the operator, the chunkserver,
+/// the keeper and the CSI node plugin run as real pods and become Ready,
+/// the plugin's pod registers the driver with the kubelet, and the
+/// chunkserver pod registers with the operator's master through its
+/// Service name; `helm uninstall` takes every pod away again.
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_install_runs_tessera_on_the_real_node_and_uninstall_removes_it() {
+    let cluster = NodeCluster::start().await.unwrap();
+    let bin_dir = tessera_bin("tessera").parent().unwrap().to_path_buf();
+    cluster.node.import(&image::tessera("localhost/tessera:e2e", &bin_dir).unwrap()).unwrap();
+    let client = cluster.cp().client();
+    // The chart's host directories, on the node's shared host mount.
+    let host = cluster.node.host_dir();
+    let h = host.display();
+    let settings = [
+        "image.repository=localhost/tessera".to_string(),
+        "image.tag=e2e".into(),
+        "image.pullPolicy=Never".into(),
+        "operator.replicas=1".into(),
+        format!("chunkserver.dataDirs={{{h}/data0}}"),
+        format!("csi.kubeletDir={}", cluster.node.kubelet_root().display()),
+        format!("csi.stateDir={h}/csi-state"),
+        format!("csi.keeperDir={h}/csi-keeper"),
+        // The provisioner sidecar's image is not to be had here.
+        "csi.provisionerSidecar=false".into(),
+    ];
+    let mut args = vec!["install", "tessera", concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tessera")];
+    args.extend(["--namespace", NS, "--create-namespace", "--wait", "--timeout", "4m"]);
+    for s in &settings {
+        args.extend(["--set", s]);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let (ok, out) = helm(&cluster, &args);
+    assert!(ok, "helm install: {out}\n{}", describe(&pods).await);
+
+    let listed = pods.list(&Default::default()).await.unwrap().items;
+    let mut components: Vec<String> =
+        listed.iter().filter_map(|p| p.metadata.labels.as_ref()?.get("app.kubernetes.io/component").cloned()).collect();
+    components.sort();
+    assert_eq!(components, ["chunkserver", "csi-keeper", "csi-node", "operator"], "{}", describe(&pods).await);
+    for pod in &listed {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(ready, "{} not Ready\n{}", pod.metadata.name.as_deref().unwrap_or(""), describe(&pods).await);
+    }
+
+    // The plugin's pod registered the driver with the kubelet.
+    let csinodes: Api<CSINode> = Api::all(client.clone());
+    until("the kubelet to list the driver in the CSINode", async || {
+        let node = csinodes.get_opt(&cluster.node.name).await.ok()??;
+        node.spec.drivers.iter().any(|d| d.name == "csi.tessera.dev").then_some(())
+    })
+    .await;
+    // The chunkserver pod found the master by its Service name and
+    // registered; the master answers at the operator pod's address.
+    let operator = listed.iter().find(|p| component(p) == "operator").unwrap();
+    let master = format!("{}:7300", operator.status.as_ref().unwrap().pod_ip.as_deref().unwrap());
+    let node = cluster.node.name.clone();
+    until("the chunkserver to be up in the master", async || {
+        let out =
+            std::process::Command::new(tessera_bin("tessera")).args(["--master", &master, "status"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Its row: SERVER (the node's name), ADDRESS, ZONE, STATE, ...
+        text.lines().any(|l| l.starts_with(node.as_str()) && l.split_whitespace().any(|w| w == "up")).then_some(())
+    })
+    .await;
+
+    let (ok, out) = helm(&cluster, &["uninstall", "tessera", "--namespace", NS, "--wait", "--timeout", "2m"]);
+    assert!(ok, "helm uninstall: {out}");
+    until("every Tessera pod to be gone", async || {
+        pods.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(cluster.node.volume_mounts(), Vec::<std::path::PathBuf>::new(), "nothing left mounted");
+    cluster.shutdown().unwrap();
+}
+
+const NS: &str = "tessera-system";
+
+fn component(pod: &Pod) -> &str {
+    pod.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).map(String::as_str).unwrap_or("")
+}
+
+/// helm against the cluster: whether it succeeded, and what it said.
+fn helm(cluster: &NodeCluster, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(tool("helm").unwrap())
+        .arg("--kubeconfig")
+        .arg(cluster.cp().kubeconfig())
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The pods' phases, waiting reasons and events, for failure messages.
+async fn describe(pods: &Api<Pod>) -> String {
+    let mut out = String::new();
+    for p in pods.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+        let status = p.status.unwrap_or_default();
+        let waiting: Vec<String> = status
+            .container_statuses
+            .unwrap_or_default()
+            .iter()
+            .map(|c| format!("{}: {:?} restarts {}", c.name, c.state, c.restart_count))
+            .collect();
+        out += &format!("{} {:?} {}\n", p.metadata.name.unwrap_or_default(), status.phase, waiting.join("; "));
+    }
+    out
 }

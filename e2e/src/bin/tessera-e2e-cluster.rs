@@ -8,18 +8,20 @@
 use tessera_e2e::image;
 use tessera_e2e::node::NodeCluster;
 
+/// Runs the tests' cluster with one real node until Ctrl-C or SIGTERM.
+///
+/// etcd, kube-apiserver, kube-controller-manager and kube-scheduler on the
+/// host; containerd, a kubelet, kube-proxy and CoreDNS in a network
+/// namespace of their own; the image localhost/tessera-busybox:e2e
+/// imported. Prints the KUBECONFIG, then stops and removes everything on
+/// Ctrl-C or SIGTERM. Needs root; the tools come from e2e/tools.sh.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Args {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!(
-            "Usage: tessera-e2e-cluster\n\n\
-             Runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one real node\n\
-             (containerd, kubelet, kube-proxy, CoreDNS) in a network namespace of its own, with\n\
-             the image localhost/tessera-busybox:e2e imported; prints the KUBECONFIG; stops and\n\
-             removes everything on Ctrl-C or SIGTERM. Needs root; the tools come from e2e/tools.sh."
-        );
-        return Ok(());
-    }
+    let _ = <Args as clap::Parser>::parse();
     let cluster = NodeCluster::start().await?;
     cluster.node.import(&image::busybox("localhost/tessera-busybox:e2e")?)?;
     println!("export KUBECONFIG={}", cluster.cp().kubeconfig().display());
