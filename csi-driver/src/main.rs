@@ -233,16 +233,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     info!(endpoint = %a.endpoint, "serving CSI");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let mut registration = None;
     if let Some(registry) = &a.kubelet_registration_dir {
         let endpoint = a.kubelet_csi_path.clone().unwrap_or_else(|| path.clone());
         let registrar =
             Registrar::new(tessera_api::keys::CSI_DRIVER, &endpoint, plugin.metrics.kubelet_registered.clone());
         let mut stopped = stopped.clone();
-        registrar
-            .serve(registry, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await?;
+        let served = registrar.serve(registry, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        registration = Some(served.await?);
     }
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService))
@@ -256,6 +256,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             let _ = stopping.send(true);
         })
         .await?;
+    // The registration server stops too and removes its socket, so the
+    // kubelet deregisters the driver until the next plugin registers it.
+    if let Some(task) = registration
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the registration server failed");
+    }
     // Mounts stay: the keeper holds them for the next plugin.
     info!("stopping; mounts stay with the keeper");
     Ok(())

@@ -60,7 +60,8 @@ impl Registrar {
 
     /// Binds the registration socket in the kubelet's `registry`, replacing
     /// one a previous plugin left (the kubelet sees a new socket and asks
-    /// again), and serves it until `shutdown`.
+    /// again), and serves it until `shutdown`; the task then removes the
+    /// socket unless a newer plugin has replaced it.
     pub async fn serve(
         self,
         registry: &Path,
@@ -104,11 +105,25 @@ impl Registrar {
                 });
             }
         });
-        Ok(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RegistrationServer::new(self))
-                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown),
-        ))
+        // The socket we bound, told apart from one a newer plugin made since.
+        let bound = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+        let server = tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(self))
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown);
+        Ok(tokio::spawn(async move {
+            let served = server.await;
+            // Gone with the plugin: the kubelet deregisters the driver when
+            // its socket is removed, so pods fail fast instead of waiting on
+            // a socket nobody serves.
+            let ours = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+            if bound.is_some()
+                && ours == bound
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                warn!(socket = %path.display(), error = %e, "removing the registration socket");
+            }
+            served
+        }))
     }
 }
 
@@ -197,6 +212,7 @@ mod tests {
         assert_eq!(gauge.get(), 0);
         stop.send(()).unwrap();
         served.await.unwrap().unwrap();
+        assert!(!socket.exists(), "the socket goes with the plugin, so the kubelet deregisters it");
     }
 
     #[tokio::test]

@@ -392,9 +392,9 @@ mod tests {
         let a = test_image(dir.path()).write_archive(&dir.path().join("a.tar")).unwrap();
         let b = test_image(dir.path()).write_archive(&dir.path().join("b.tar")).unwrap();
         assert_eq!(a, b);
-        fs::write(dir.path().join("prog"), b"#!/bin/sh\necho bye\n").unwrap();
-        let mut changed = Image::new("localhost/t:1").unwrap();
-        changed.file(dir.path().join("prog"), "/usr/local/bin/prog").unwrap();
+        // The same image but for one byte of the file's contents.
+        let changed = test_image(dir.path());
+        fs::write(dir.path().join("prog"), b"#!/bin/sh\necho hj\n").unwrap();
         let c = changed.write_archive(&dir.path().join("c.tar")).unwrap();
         assert_ne!(a.manifest_digest, c.manifest_digest);
     }

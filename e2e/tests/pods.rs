@@ -328,6 +328,13 @@ async fn helm_install_runs_tessera_on_the_real_node_and_uninstall_removes_it() {
     })
     .await;
     assert_eq!(cluster.node.volume_mounts(), Vec::<std::path::PathBuf>::new(), "nothing left mounted");
+    // The plugin removed its registration socket as it stopped, so the
+    // kubelet deregistered the driver.
+    until("the kubelet to drop the driver from the CSINode", async || {
+        let node = csinodes.get_opt(&cluster.node.name).await.ok()??;
+        (!node.spec.drivers.iter().any(|d| d.name == "csi.tessera.dev")).then_some(())
+    })
+    .await;
     cluster.shutdown().unwrap();
 }
 

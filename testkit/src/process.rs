@@ -10,6 +10,9 @@ use anyhow::{Context, bail};
 pub use rustix::process::Signal;
 use rustix::process::{Pid, kill_process};
 
+/// How long a process asked to stop may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// A process stopped when dropped (SIGKILL unless [`Proc::stopped_by`] names
 /// a gentler signal), with its log for error messages.
 pub struct Proc {
@@ -114,18 +117,28 @@ impl Proc {
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT, ...) without waiting for anything.
-    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+    pub fn signal(&mut self, signal: Signal) -> anyhow::Result<()> {
+        // A reaped child's pid may belong to another process by now.
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
         let pid = Pid::from_raw(self.child.id() as i32).context("process id")?;
         kill_process(pid, signal).with_context(|| format!("signalling {}", self.name))
     }
 
     /// Sends `signal` and waits for the process to exit, as a user's Ctrl-C
-    /// (SIGINT) or a service manager's SIGTERM would; its exit status.
+    /// (SIGINT) or a service manager's SIGTERM would; its exit status. A
+    /// process still running after 30 s is killed.
     pub fn stop(&mut self, signal: Signal) -> anyhow::Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
         self.signal(signal)?;
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
         Ok(self.child.wait()?)
     }
 
@@ -140,7 +153,7 @@ impl Drop for Proc {
         if let Some(signal) = self.stop_signal
             && self.signal(signal).is_ok()
         {
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {
                 if !matches!(self.child.try_wait(), Ok(None)) {
                     return;
