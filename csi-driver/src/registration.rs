@@ -162,17 +162,7 @@ mod tests {
     use crate::pluginregistration::registration_client::RegistrationClient;
 
     async fn client(path: &Path) -> RegistrationClient<tonic::transport::Channel> {
-        let path = path.to_path_buf();
-        let channel = tonic::transport::Endpoint::from_static("http://kubelet.invalid")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await
-            .unwrap();
-        RegistrationClient::new(channel)
+        RegistrationClient::new(crate::service::channel(path).await.unwrap())
     }
 
     #[tokio::test]

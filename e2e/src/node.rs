@@ -465,7 +465,11 @@ impl RealNode {
         for (key, value) in &self.sysctls {
             let _ = fs::write(Path::new("/proc/sys").join(key), value);
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // Never through a mount that would not come off (a volume's files
+        // are not the run's to delete); the leftover check names it.
+        if mounts_under(&self.dir).is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
         remove_container_log_links(&self.dir);
         // Children before parents; a directory something else uses now is
         // not empty and stays.
@@ -495,6 +499,11 @@ impl RealNode {
             let now = fs::read_to_string(Path::new("/proc/sys").join(key)).unwrap_or_default();
             if now.trim() != value {
                 left.push(format!("sysctl {key} = {} (was {value})", now.trim()));
+            }
+        }
+        if let Ok(links) = fs::read_dir("/var/log/containers") {
+            for link in links.flatten().filter(|l| fs::read_link(l.path()).is_ok_and(|t| t.starts_with(&self.dir))) {
+                left.push(format!("log link {}", link.path().display()));
             }
         }
         for d in self.made_dirs.iter().chain([&self.dir]).filter(|d| d.exists()) {

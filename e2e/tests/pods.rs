@@ -12,6 +12,19 @@ use tessera_testkit::{Cluster, Servers};
 
 const BUSYBOX: &str = "localhost/tessera-busybox:e2e";
 
+/// A pod that runs `script` once in busybox (a container of the same name).
+fn one_shot(name: &str, script: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": name, "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["sh", "-c", script]}],
+        },
+    })
+}
+
 /// Waits for pod `name` to end (Succeeded or Failed); on a timeout fails
 /// with its status, its events, the kubelet's log and `more` (another
 /// component's log).
@@ -81,32 +94,22 @@ async fn pods_run_on_the_real_node_reach_a_service_by_name_and_nothing_is_left_b
     })
     .await;
 
-    let hello: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "hello"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "hello",
-                "image": BUSYBOX,
-                "imagePullPolicy": "Never",
-                // The service account's token is mounted, the hostname is
-                // the pod's, the pod has its own address, and it finds the
-                // web Service by name (cluster DNS) and reaches the pod
-                // behind it (kube-proxy's rules, across the pods' bridge).
-                // (nc, not busybox's wget, which needs glibc's NSS modules.)
-                "command": ["sh", "-c", concat!(
-                    "echo \"hello from $(hostname)\"; ",
-                    "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; ",
-                    "ip -4 -o addr show dev eth0 2>&1; ",
-                    "ip=$(nslookup web.default.svc.cluster.local | awk '/^Address/ { a = $2 } END { print a }'); ",
-                    "echo \"$ip\"; ",
-                    "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 10 \"$ip\" 80 | tail -1",
-                )],
-            }],
-        },
-    }))
+    // The service account's token is mounted, the hostname is the pod's,
+    // the pod has its own address, and it finds the web Service by name
+    // (cluster DNS) and reaches the pod behind it (kube-proxy's rules,
+    // across the pods' bridge). (nc, not busybox's wget, which needs
+    // glibc's NSS modules.)
+    let hello: Pod = serde_json::from_value(one_shot(
+        "hello",
+        concat!(
+            "echo \"hello from $(hostname)\"; ",
+            "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; ",
+            "ip -4 -o addr show dev eth0 2>&1; ",
+            "ip=$(nslookup web.default.svc.cluster.local | awk '/^Address/ { a = $2 } END { print a }'); ",
+            "echo \"$ip\"; ",
+            "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 10 \"$ip\" 80 | tail -1",
+        ),
+    ))
     .unwrap();
     pods.create(&pp, &hello).await.unwrap();
 
@@ -205,27 +208,17 @@ async fn the_kubelet_registers_the_plugin_and_a_pod_reads_its_root_volume_exact(
     assert_eq!(registered.node_id, cluster.node.name);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let reader: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "reader"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "reader",
-                "image": BUSYBOX,
-                "imagePullPolicy": "Never",
-                "command": ["sh", "-c", "cd /data && find . -type f | sort | xargs sha256sum && if touch /data/new 2>/tmp/err; then echo wrote; else cat /tmp/err; fi"],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "csi": {
-                "driver": "csi.tessera.dev",
-                "readOnly": true,
-                "volumeAttributes": {"kind": "root", "fileset": "data", "version": version.id.to_string()},
-            }}],
-        },
-    }))
-    .unwrap();
+    let mut reader = one_shot(
+        "reader",
+        "cd /data && find . -type f | sort | xargs sha256sum && if touch /data/new 2>/tmp/err; then echo wrote; else cat /tmp/err; fi",
+    );
+    reader["spec"]["containers"][0]["volumeMounts"] = serde_json::json!([{"name": "data", "mountPath": "/data"}]);
+    reader["spec"]["volumes"] = serde_json::json!([{"name": "data", "csi": {
+        "driver": "csi.tessera.dev",
+        "readOnly": true,
+        "volumeAttributes": {"kind": "root", "fileset": "data", "version": version.id.to_string()},
+    }}]);
+    let reader: Pod = serde_json::from_value(reader).unwrap();
     pods.create(&pp, &reader).await.unwrap();
     let done = finished(&cluster, "reader", || format!("plugin:\n{}", plugin.log_tail())).await;
     let logs = pods.logs("reader", &LogParams::default()).await.unwrap();
