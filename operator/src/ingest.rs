@@ -41,15 +41,21 @@ pub enum IngestError {
 pub async fn download(url: &str, file: &Path) -> Result<(u64, String), IngestError> {
     let fetch = |reason: String| IngestError::Fetch { url: url.to_string(), reason };
     let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| fetch(e.to_string()))?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| fetch(format!("loading the system's CA certificates: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: HttpClient<_, http_body_util::Empty<bytes::Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build(https);
-    let resp = client.get(uri).await.map_err(|e| fetch(e.to_string()))?;
+    type Empty = http_body_util::Empty<bytes::Bytes>;
+    // CA certificates only for https: a plain http source needs none (an
+    // image without them still ingests from inside the cluster).
+    let resp = if uri.scheme_str() == Some("https") {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| fetch(format!("loading the system's CA certificates: {e}")))?
+            .https_only()
+            .enable_http1()
+            .build();
+        HttpClient::builder(TokioExecutor::new()).build::<_, Empty>(https).get(uri).await
+    } else {
+        HttpClient::builder(TokioExecutor::new()).build_http::<Empty>().get(uri).await
+    };
+    let resp = resp.map_err(|e| fetch(e.to_string()))?;
     if !resp.status().is_success() {
         return Err(IngestError::Status { url: url.to_string(), status: resp.status().as_u16() });
     }
