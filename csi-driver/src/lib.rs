@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod passthrough;
 pub mod peers;
+pub mod provisioning;
 pub mod registration;
 pub mod rootfs;
 pub mod service;

@@ -131,6 +131,12 @@ struct RunArgs {
     /// directory mounted elsewhere).
     #[arg(long)]
     kubelet_csi_path: Option<PathBuf>,
+    /// Provision leaf PersistentVolumeClaims placed on this node (their
+    /// StorageClass names this driver and binds WaitForFirstConsumer), as
+    /// the external-provisioner sidecar would; needs the in-cluster
+    /// service account (or KUBECONFIG) with the chart's provisioner role.
+    #[arg(long)]
+    provision_leaves: bool,
     /// HTTP address of /metrics, /healthz and the control API (/volumes).
     #[arg(long, default_value = "0.0.0.0:7501")]
     metrics_listen: SocketAddr,
@@ -222,6 +228,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .route("/metrics", axum::routing::get(move || async move { metrics.render() }))
         .merge(tessera_csi::control::router(plugin.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
+
+    if a.provision_leaves {
+        let client = kube::Client::try_default().await.context("--provision-leaves: connecting to Kubernetes")?;
+        tokio::spawn(tessera_csi::provisioning::controllers::run(client, plugin.clone()));
+    }
 
     let path = PathBuf::from(socket);
     if let Some(dir) = path.parent() {

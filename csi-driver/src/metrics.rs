@@ -17,6 +17,12 @@ pub struct VolumeLabels {
     pub volume: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProvisionLabels {
+    /// `provisioned`, `refused`, `failed` (retried) or `deleted`.
+    pub outcome: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -31,6 +37,7 @@ pub struct Metrics {
     pub volume_bytes_read: Family<VolumeLabels, Counter>,
     pub mounts: Gauge,
     pub kubelet_registered: Gauge,
+    pub leaf_claims: Family<ProvisionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,6 +61,7 @@ impl Metrics {
             volume_bytes_read: Family::default(),
             mounts: Gauge::default(),
             kubelet_registered: Gauge::default(),
+            leaf_claims: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cache_hits", "Reads of root units answered by the node cache", m.cache_hits.clone());
@@ -82,6 +90,11 @@ impl Metrics {
             "kubelet_registered",
             "1 once the kubelet has registered the driver through the plugin registry, 0 after it refused",
             m.kubelet_registered.clone(),
+        );
+        registry.register(
+            "leaf_claims",
+            "Leaf claims and volumes the built-in provisioner handled, by outcome",
+            m.leaf_claims.clone(),
         );
         Self { registry, ..m }
     }
