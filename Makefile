@@ -33,10 +33,12 @@ unit:
 demo:
 	$(CARGO) run --release --locked --bin tessera -- demo
 
-# The tests' cluster with one real node, for a person (root; see
-# docs/kubernetes.md): prints a KUBECONFIG, stops on Ctrl-C.
+# The tests' cluster with one real node and Tessera installed, for a person
+# (root; see docs/kubernetes.md): prints a KUBECONFIG, stops on Ctrl-C.
+# Built as `make test` builds (the whole workspace), so nothing is rebuilt.
 e2e-cluster: tools
-	$(CARGO) run --locked -p tessera-e2e --bin tessera-e2e-cluster
+	$(CARGO) build --locked --workspace --bins
+	"$$($(CARGO) metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/debug/tessera-e2e-cluster" $(E2E_CLUSTER_ARGS)
 
 bench-codec:
 	$(CARGO) run --release --locked --bin tessera -- bench codec

@@ -225,9 +225,18 @@ pub fn tessera(reference: &str, bin_dir: &Path) -> anyhow::Result<Image> {
         }
         image.program(&program, Path::new("/usr/local/bin").join(name))?;
     }
+    // The build machine's CA bundle (Debian's path, which rustls-native-certs
+    // reads), so https sources work from the image too.
+    let bundle = Path::new(CA_BUNDLE);
+    if bundle.is_file() {
+        image.file(bundle, bundle)?;
+    }
     image.entrypoint(&["/usr/local/bin/tessera"]);
     Ok(image)
 }
+
+/// Where Debian keeps its CA certificates as one file.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A busybox image for test workloads: `sh`, `sha256sum`, `cat` and the
 /// rest of busybox's applets on the PATH, from the host's `/bin/busybox`.

@@ -15,6 +15,7 @@
 //! (`TESSERA_TOOLS_BIN` overrides the directory).
 
 pub mod image;
+pub mod install;
 pub mod node;
 pub mod processes;
 
@@ -55,12 +56,16 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The path of a Tessera program (`tessera`, `tessera-operator`) built in
-/// this workspace: next to the test executable's `deps/` directory.
+/// this workspace: next to the test executable's `deps/` directory, or
+/// beside the running program (`tessera-e2e-cluster`).
 /// `cargo test --workspace` builds them (each for its own package's
 /// integration tests); `cargo test -p tessera-e2e` alone does not.
 pub fn tessera_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().and_then(Path::parent).expect("a target directory");
+    let mut dir = exe.parent().expect("a target directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("a target directory");
+    }
     let p = dir.join(name);
     assert!(p.exists(), "{} not found; build the programs first: cargo build --workspace --bins", p.display());
     p

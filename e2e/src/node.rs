@@ -594,6 +594,65 @@ impl Drop for NodeCluster {
     }
 }
 
+/// Chunkservers standing in for other machines, so that erasure-coded
+/// filesets have the failure domains one real node cannot give: kwok nodes
+/// `cs-<i>` (zone `zone-<i % 3>`, rack `rack-<i>`), each with a
+/// `tessera chunkserver` process behind it. The processes run in the real
+/// node's network namespace and listen on the node's address, so pods, the
+/// node plugin and the master reach them as they would another machine's
+/// chunkserver; the operator takes their domains from the kwok Nodes, as
+/// it does for any node. See docs/decisions/0020-failure-domains-on-one-node.md.
+pub struct ChunkserverNodes {
+    /// The kwok nodes' names, in order.
+    pub names: Vec<String>,
+    /// Their chunkservers, in the same order.
+    pub servers: Vec<Proc>,
+    _kwok: crate::Kwok,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeCluster {
+    /// Labels the real node `zone-0` / `rack-0` and starts `count` kwok
+    /// nodes with chunkservers registering with `master` (an address the
+    /// node's namespace reaches, e.g. the master Service's cluster IP).
+    /// With eight, RS(6,3) has nine servers in three zones of three.
+    pub async fn start_chunkserver_nodes(&self, count: usize, master: &str) -> anyhow::Result<ChunkserverNodes> {
+        let cp = self.cp();
+        let nodes: Api<Node> = Api::all(cp.client());
+        let labels = serde_json::json!({"metadata": {"labels": {
+            "topology.kubernetes.io/region": "test",
+            "topology.kubernetes.io/zone": "zone-0",
+            (tessera_api::keys::RACK_LABEL): "rack-0",
+        }}});
+        nodes
+            .patch(&self.node.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&labels))
+            .await
+            .context("labelling the real node's failure domains")?;
+        let kwok = cp.start_kwok()?;
+        let dir = tempfile::Builder::new().prefix("tessera-cs-nodes-").tempdir()?;
+        let names: Vec<String> = (1..=count).map(|i| format!("cs-{i}")).collect();
+        for (i, name) in (1..).zip(&names) {
+            let node = crate::fake_node(name, &format!("zone-{}", i % 3), &format!("rack-{i}"));
+            nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
+        }
+        let mut servers = Vec::new();
+        for name in &names {
+            // No topology flags: the operator takes zone and rack from the Node.
+            let args: Vec<String> = vec![
+                "chunkserver".into(),
+                format!("--node-id={name}"),
+                format!("--listen={}:0", self.net.node_ip),
+                format!("--metrics-listen={}:0", self.net.node_ip),
+                format!("--data-dir={}", dir.path().join(name).display()),
+                format!("--master={master}"),
+            ];
+            let (nsenter, argv) = self.net.enter(&crate::tessera_bin("tessera"), &args);
+            servers.push(Proc::spawn(name, &nsenter, &argv, dir.path())?);
+        }
+        Ok(ChunkserverNodes { names, servers, _kwok: kwok, _dir: dir })
+    }
+}
+
 /// The `kube-dns` Service in `kube-system`, with the node's CoreDNS as its
 /// one endpoint, as a cluster's DNS add-on would have it.
 async fn publish_dns(cp: &ControlPlane, net: &NodeNet) -> anyhow::Result<()> {
