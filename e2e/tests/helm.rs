@@ -64,6 +64,21 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     assert!(!rendered.contains("--accelerated-extra"), "{rendered}");
     let (ok, extra, err) = helm(home.path(), &["template", "t", chart, "--set", "csi.acceleratedExtra=1"]);
     assert!(ok && extra.contains("- --accelerated-extra=1"), "{err}{extra}");
+    // Leaf claims: the plugin provisions them by default; the sidecar or
+    // nothing on request (and then no leaf StorageClass); a typo is refused.
+    assert!(rendered.contains("- --provision-leaves") && !rendered.contains("csi-provisioner:"), "{rendered}");
+    let provisioning = |value: &str| {
+        let setting = format!("csi.provisioning={value}");
+        helm(home.path(), &["template", "t", chart, "--set", &setting, "--set", "csi.leafStorageClass.fileset=models"])
+    };
+    let (ok, sidecar, err) = provisioning("sidecar");
+    assert!(ok && sidecar.contains("name: csi-provisioner") && !sidecar.contains("--provision-leaves"), "{err}");
+    let (ok, none, err) = provisioning("none");
+    assert!(ok, "{err}");
+    assert!(!none.contains("--provision-leaves") && !none.contains("name: csi-provisioner"), "{none}");
+    assert!(!none.contains("kind: StorageClass") && !none.contains("t-tessera-csi-provisioner"), "{none}");
+    let (ok, _, err) = provisioning("external");
+    assert!(!ok && err.contains("csi.provisioning \"external\": use builtin, sidecar or none"), "{err}");
     let manifest = home.path().join("rendered.yaml");
     std::fs::write(&manifest, &rendered).unwrap();
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
