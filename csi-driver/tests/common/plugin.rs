@@ -16,6 +16,26 @@ pub struct Node {
     pub master: String,
 }
 
+/// A test ends with its plugin and keeper gone but its mounts (dead FUSE
+/// connections and binds of them) still there; detach them so that nothing
+/// of the test stays mounted on the machine and its directory can go.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+        let mut mounts: Vec<PathBuf> = table
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(PathBuf::from)
+            .filter(|m| m.starts_with(&self.dir))
+            .collect();
+        // Deepest first, so a bind over a mount goes before the mount.
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 impl Node {
     pub fn socket(&self) -> PathBuf {
         self.dir.join("csi.sock")
