@@ -77,6 +77,10 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     assert!(ok, "{err}");
     assert!(!none.contains("--provision-leaves") && !none.contains("name: csi-provisioner"), "{none}");
     assert!(!none.contains("kind: StorageClass") && !none.contains("t-tessera-csi-provisioner"), "{none}");
+    // Sidecar registration: the liveness probe asks the livenessprobe sidecar.
+    let (ok, sidecars, err) = helm(home.path(), &["template", "t", chart, "--set", "csi.registration=sidecars"]);
+    assert!(ok && sidecars.contains("--health-port=9808") && sidecars.contains("port: healthz"), "{err}{sidecars}");
+    assert!(rendered.contains("port: metrics") && !rendered.contains("port: healthz"), "{rendered}");
     let (ok, _, err) = provisioning("external");
     assert!(!ok && err.contains("csi.provisioning \"external\": use builtin, sidecar or none"), "{err}");
     let manifest = home.path().join("rendered.yaml");
