@@ -142,15 +142,25 @@ impl Frame {
     }
 }
 
-/// The next frame, or none at a clean end of the stream.
+/// The next frame, or none at a clean end of the stream (between frames).
 async fn read_frame<R: AsyncRead + Unpin>(from: &mut R) -> Result<Option<Frame>, RelayError> {
     let mut head = [0u8; 9];
-    match from.read_exact(&mut head).await {
+    if from.read(&mut head[..1]).await? == 0 {
+        return Ok(None);
+    }
+    match from.read_exact(&mut head[1..]).await {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(RelayError::Frame("a frame header cut short"));
+        }
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    // The server never raises SETTINGS_MAX_FRAME_SIZE from its default, so
+    // a longer frame is a client error; refused before anything is allocated.
+    if len > MAX_FRAME {
+        return Err(RelayError::Frame("a frame longer than the server's 16 KiB frame size"));
+    }
     let mut payload = vec![0u8; len];
     from.read_exact(&mut payload).await?;
     Ok(Some(Frame {
@@ -374,6 +384,71 @@ mod tests {
         assert_eq!(got.last().unwrap().flags, END_HEADERS);
         let joined: Vec<u8> = got.iter().flat_map(|f| f.payload.clone()).collect();
         assert_eq!(decode(&joined), vec![field(":authority", "localhost"), fields[1].clone()]);
+    }
+
+    /// Blocks of an encoder with a dynamic table (incremental indexing, as
+    /// grpc-go's), read in order: the second refers to fields the first
+    /// added, and both come out whole with the authority replaced.
+    #[tokio::test]
+    async fn blocks_that_index_into_the_clients_table_decode_in_order() {
+        let request = |path: &str| {
+            vec![
+                field(":method", "POST"),
+                field(":path", path),
+                field(":authority", "/var/lib/kubelet/plugins_registry/csi.example-reg.sock"),
+                field("content-type", "application/grpc"),
+                field("user-agent", "grpc-go/1.72.0"),
+                // Names outside HPACK's static table: these the encoder
+                // adds to its dynamic table, and the next block indexes.
+                field("te", "trailers"),
+                field("grpc-accept-encoding", "identity,deflate,gzip"),
+                field("x-plugin-watcher", "kubelet plugin registration, attempt one"),
+            ]
+        };
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        let mut sizes = Vec::new();
+        for (stream, path) in [
+            (1, "/pluginregistration.Registration/GetInfo"),
+            (3, "/pluginregistration.Registration/NotifyRegistrationStatus"),
+        ] {
+            let fields = request(path);
+            let block = encoder.encode(fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+            sizes.push(block.len());
+            input.extend(Frame { kind: HEADERS, flags: END_HEADERS, stream, payload: block }.encode());
+        }
+        assert!(sizes[1] + 60 < sizes[0], "the second block indexes the first's fields: {sizes:?}");
+        let mut out = Vec::new();
+        rewrite_stream(&mut input.as_slice(), &mut out).await.unwrap();
+        let got = frames(&out[24..]);
+        let mut decoder = loona_hpack::Decoder::new();
+        for (frame, path) in got.iter().zip([
+            "/pluginregistration.Registration/GetInfo",
+            "/pluginregistration.Registration/NotifyRegistrationStatus",
+        ]) {
+            let mut want = request(path);
+            want[2] = field(":authority", "localhost");
+            assert_eq!(decoder.decode(&frame.payload).unwrap(), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_or_cut_frames_are_refused() {
+        let mut out = Vec::new();
+        // A header announcing a 16 MiB frame: refused without reading it.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0xff, 0xff, 0xff, 0x0, 0, 0, 0, 0, 1]);
+        let err = rewrite_stream(&mut input.as_slice(), &mut out).await.unwrap_err();
+        assert!(matches!(err, RelayError::Frame(m) if m.contains("16 KiB")), "{err}");
+        // A stream ending inside a frame header is not a clean end.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0, 0, 5, 0x0]);
+        let err = rewrite_stream(&mut input.as_slice(), &mut out).await.unwrap_err();
+        assert!(matches!(err, RelayError::Frame(m) if m.contains("cut short")), "{err}");
+        // Between frames it is.
+        let mut input = PREFACE.to_vec();
+        input.extend(Frame { kind: 0x0, flags: 0, stream: 1, payload: vec![1, 2] }.encode());
+        rewrite_stream(&mut input.as_slice(), &mut out).await.unwrap();
     }
 
     #[tokio::test]
