@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod codec;
 pub mod health;
 pub mod ids;
+pub mod jobs;
 pub mod latency;
 pub mod layout;
 pub mod leaf;

@@ -1,0 +1,317 @@
+use super::*;
+use proptest::prelude::*;
+
+const S: Duration = Duration::from_secs(1);
+
+fn report(group: usize, rate: f64) -> TaskReport {
+    TaskReport {
+        task: TaskId { group: format!("g{group:03}"), attempt: 1 },
+        node: format!("n{group:03}"),
+        rate,
+        slow_server: false,
+        net_load: 0.1,
+        priority: Priority::Normal,
+        started: Duration::ZERO,
+        accelerated_since: None,
+        backup: false,
+    }
+}
+
+fn policy(kind: PolicyKind) -> Policy {
+    Policy { kind, ..Policy::default() }
+}
+
+fn progress(now: Duration, groups: usize, committed: usize) -> Progress {
+    Progress { now, groups, committed }
+}
+
+fn accelerated(d: &Decision) -> Vec<(&str, Reason)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Accelerate { task, reason } => Some((task.group.as_str(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn backed_up(d: &Decision) -> Vec<(&str, &str, Reason)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Backup { group, avoid, reason } => Some((group.as_str(), avoid.as_str(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_slowed_by_a_server_is_accelerated_and_one_slowed_by_its_node_backed_up() {
+    let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
+    reports[3].rate = 20.0;
+    reports[3].slow_server = true;
+    reports[7].rate = 20.0;
+    let p = policy(PolicyKind::Progressive);
+    // Before the backup threshold only the server's victim is helped.
+    let d = decide(&p, &progress(10 * S, 40, 10), &reports);
+    assert_eq!(accelerated(&d), [("g003", Reason::SlowServer)]);
+    assert!(backed_up(&d).is_empty());
+    // Past it, the node's victim gets a backup elsewhere, never acceleration.
+    let d = decide(&p, &progress(10 * S, 40, 30), &reports);
+    assert_eq!(accelerated(&d), [("g003", Reason::SlowServer)]);
+    assert_eq!(backed_up(&d), [("g007", "n007", Reason::SlowNode)]);
+    // Accelerated a period ago and still slow: a backup.
+    reports[3].accelerated_since = Some(5 * S);
+    let d = decide(&p, &progress(14 * S, 40, 30), &reports);
+    assert!(!backed_up(&d).iter().any(|b| b.0 == "g003"), "within the period: {d:?}");
+    let d = decide(&p, &progress(15 * S, 40, 30), &reports);
+    assert!(backed_up(&d).contains(&("g003", "n003", Reason::StillSlow)), "{d:?}");
+    // A group with a backup running gets no second one.
+    let mut b = report(7, 100.0);
+    b.task.attempt = 2;
+    b.node = "n100".into();
+    b.backup = true;
+    b.started = 10 * S;
+    reports.push(b);
+    let d = decide(&p, &progress(16 * S, 40, 30), &reports);
+    assert!(!backed_up(&d).iter().any(|b| b.0 == "g007"), "{d:?}");
+}
+
+#[test]
+fn the_network_limit_holds_acceleration_back() {
+    let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
+    reports[3].rate = 20.0;
+    reports[3].slow_server = true;
+    reports[3].net_load = 0.9;
+    let d = decide(&policy(PolicyKind::Accelerate), &progress(10 * S, 10, 0), &reports);
+    assert_eq!(d, Decision::default());
+}
+
+#[test]
+fn the_end_game_accelerates_every_remaining_task() {
+    let mut reports: Vec<TaskReport> = (0..3).map(|g| report(g, 100.0)).collect();
+    reports[1].accelerated_since = Some(S);
+    let d = decide(&policy(PolicyKind::Accelerate), &progress(10 * S, 1000, 995), &reports);
+    assert!(d.end_game);
+    assert_eq!(accelerated(&d), [("g000", Reason::EndGame), ("g002", Reason::EndGame)]);
+    let d = decide(&policy(PolicyKind::None), &progress(10 * S, 1000, 995), &reports);
+    assert_eq!(d, Decision::default());
+    let d = decide(&policy(PolicyKind::Backup), &progress(10 * S, 1000, 995), &reports);
+    assert!(accelerated(&d).is_empty(), "backups only: {d:?}");
+}
+
+#[test]
+fn critical_tasks_get_both_and_the_others_what_is_configured() {
+    let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
+    for r in &mut reports[..2] {
+        r.rate = 10.0;
+        r.slow_server = true;
+    }
+    reports[0].priority = Priority::Critical;
+    let mut p = Policy { cap: 1.0, backup_cap: 1.0, ..policy(PolicyKind::Priority) };
+    let at = progress(10 * S, 10, 8);
+    let d = decide(&p, &at, &reports);
+    assert_eq!(accelerated(&d), [("g000", Reason::Critical), ("g001", Reason::SlowServer)]);
+    assert_eq!(backed_up(&d), [("g000", "n000", Reason::Critical)]);
+    p.less_critical = LessCritical::Backup;
+    let d = decide(&p, &at, &reports);
+    assert_eq!(accelerated(&d), [("g000", Reason::Critical)]);
+    assert_eq!(backed_up(&d), [("g000", "n000", Reason::Critical), ("g001", "n001", Reason::SlowServer)]);
+    p.less_critical = LessCritical::Normal;
+    assert_eq!(backed_up(&decide(&p, &at, &reports)), [("g000", "n000", Reason::Critical)]);
+}
+
+#[test]
+fn young_tasks_and_too_few_reports_are_not_judged() {
+    let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
+    reports[3].rate = 1.0;
+    reports[3].slow_server = true;
+    reports[3].started = 8 * S;
+    let p = policy(PolicyKind::Accelerate);
+    assert!(decide(&p, &progress(10 * S, 10, 0), &reports).actions.is_empty(), "in its warmup");
+    assert_eq!(accelerated(&decide(&p, &progress(13 * S, 10, 0), &reports)).len(), 1);
+    let d = decide(&p, &progress(13 * S, 10, 0), &reports[2..4]);
+    assert!(d.actions.is_empty(), "two reports are too few for an average");
+}
+
+#[test]
+fn slow_servers_are_slow_beside_the_median() {
+    let bw: BTreeMap<String, f64> =
+        [("a", 100.0), ("b", 90.0), ("c", 30.0), ("d", 110.0)].into_iter().map(|(s, b)| (s.to_string(), b)).collect();
+    assert_eq!(slow_servers(&bw, 0.5), ["c".to_string()].into());
+    assert!(slow_servers(&BTreeMap::new(), 0.5).is_empty());
+}
+
+#[test]
+fn random_picks_are_reproducible_and_capped() {
+    let mut reports: Vec<TaskReport> = (0..20).map(|g| report(g, 100.0)).collect();
+    for r in &mut reports[..10] {
+        r.rate = 10.0;
+        r.slow_server = true;
+    }
+    let p = Policy { pick: Pick::Random(7), ..policy(PolicyKind::Accelerate) };
+    let at = progress(10 * S, 20, 0);
+    let a = decide(&p, &at, &reports);
+    assert_eq!(a.actions.len(), 5, "half of 10 candidates");
+    assert_eq!(decide(&p, &at, &reports), a);
+    let p = Policy { cap: 0.2, ..policy(PolicyKind::Accelerate) };
+    let slowest = decide(&p, &at, &reports);
+    assert_eq!(slowest.actions.len(), 2, "20% of 10 candidates");
+}
+
+const KINDS: [PolicyKind; 5] =
+    [PolicyKind::None, PolicyKind::Accelerate, PolicyKind::Backup, PolicyKind::Progressive, PolicyKind::Priority];
+
+fn arb_kind() -> impl Strategy<Value = PolicyKind> {
+    proptest::sample::select(KINDS.to_vec())
+}
+
+proptest! {
+    /// Tasks all within the slowness threshold of one another are never
+    /// acted on, whatever their causes, loads, priorities and ages, until
+    /// the end game.
+    #[test]
+    fn a_homogeneous_run_accelerates_nothing_and_starts_no_backups(
+        kind in arb_kind(),
+        tasks in proptest::collection::vec(
+            (0.0f64..0.999, any::<bool>(), 0.0f64..1.0, any::<bool>(), 0u64..60, proptest::option::of(0u64..60)),
+            0..50,
+        ),
+        now in 0u64..120,
+        groups in 1usize..200,
+        committed_frac in 0.0f64..=1.0,
+    ) {
+        let p = policy(kind);
+        // Rates in [base, base / slow_below): the average is below base /
+        // slow_below, so no rate is under slow_below times the average.
+        let base = 100.0;
+        let span = base / p.slow_below - base;
+        let reports: Vec<TaskReport> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, &(f, slow_server, net_load, critical, started, acc))| TaskReport {
+                rate: base + f * span,
+                slow_server,
+                net_load,
+                priority: if critical { Priority::Critical } else { Priority::Normal },
+                started: Duration::from_secs(started),
+                accelerated_since: acc.map(Duration::from_secs),
+                ..report(i, 0.0)
+            })
+            .collect();
+        let committed = ((groups as f64 * committed_frac) as usize).min(groups);
+        let at = progress(Duration::from_secs(now), groups, committed);
+        let d = decide(&p, &at, &reports);
+        if !d.end_game {
+            prop_assert!(d.actions.is_empty(), "{:?}", d);
+        } else {
+            let end_game_only = d.actions.iter().all(|a| matches!(a, Action::Accelerate { reason: Reason::EndGame, .. }));
+            prop_assert!(end_game_only, "{:?}", d);
+        }
+    }
+
+    /// A task slowed by a slow server, with room on its link, is accelerated
+    /// within a bounded number of evaluations however many others compete
+    /// (each evaluation takes at least the cap's share of the candidates),
+    /// and never gets a backup first.
+    #[test]
+    fn a_task_slowed_by_a_server_is_accelerated_within_a_bound(
+        kind in proptest::sample::select(vec![PolicyKind::Accelerate, PolicyKind::Progressive]),
+        extra in 3usize..20,
+        rates in proptest::collection::vec(1.0f64..50.0, 1..60),
+        target in any::<proptest::sample::Index>(),
+        cap in 0.05f64..1.0,
+        random in proptest::option::of(any::<u64>()),
+    ) {
+        let p = Policy { cap, pick: random.map_or(Pick::Slowest, Pick::Random), ..policy(kind) };
+        // At least as many healthy tasks as slow ones keeps the average
+        // above twice every slow rate's threshold.
+        let healthy = rates.len() + extra;
+        let mut reports: Vec<TaskReport> = (0..healthy).map(|g| report(g, 1000.0)).collect();
+        for (i, rate) in rates.iter().enumerate() {
+            reports.push(TaskReport { rate: *rate, slow_server: true, ..report(healthy + i, 0.0) });
+        }
+        let target = reports[healthy + target.index(rates.len())].task.clone();
+        let candidates = rates.len() as f64;
+        let bound = (candidates.ln() / (1.0 / (1.0 - cap.min(0.999))).ln()).floor() as usize + 1;
+        let mut picked_at = None;
+        for eval in 0..=bound {
+            let now = Duration::from_secs(10 + eval as u64);
+            let d = decide(&p, &progress(now, 10_000, 0), &reports);
+            for a in &d.actions {
+                match a {
+                    Action::Accelerate { task, .. } => {
+                        let r = reports.iter_mut().find(|r| &r.task == task).unwrap();
+                        prop_assert!(r.accelerated_since.is_none(), "accelerated twice");
+                        r.accelerated_since = Some(now);
+                    }
+                    Action::Backup { .. } => prop_assert!(false, "a backup before the threshold: {:?}", a),
+                }
+            }
+            if picked_at.is_none() && reports.iter().any(|r| r.task == target && r.accelerated_since.is_some()) {
+                picked_at = Some(eval);
+            }
+        }
+        prop_assert!(picked_at.is_some(), "not picked within {} evaluations", bound + 1);
+    }
+
+    /// A task slow while every server it reads is healthy is slow because of
+    /// its node: it is never accelerated (before the end game), and gets a
+    /// backup on another node once backups are open.
+    #[test]
+    fn a_task_slowed_by_its_node_gets_a_backup_not_acceleration(
+        healthy in 3usize..40,
+        slow_rate in 1.0f64..50.0,
+        committed_frac in 0.0f64..0.99,
+        evals in 1usize..10,
+    ) {
+        let p = Policy { cap: 1.0, ..policy(PolicyKind::Progressive) };
+        let mut reports: Vec<TaskReport> = (0..healthy).map(|g| report(g, 1000.0)).collect();
+        reports.push(report(healthy, slow_rate));
+        let victim = reports[healthy].task.clone();
+        let groups = 100;
+        let committed = (groups as f64 * committed_frac) as usize;
+        for eval in 0..evals {
+            let d = decide(&p, &progress(Duration::from_secs(10 + eval as u64), groups, committed), &reports);
+            prop_assert!(!accelerated(&d).iter().any(|(g, _)| *g == victim.group), "{:?}", d);
+            let b = backed_up(&d);
+            if committed as f64 / groups as f64 >= p.backup_after {
+                prop_assert_eq!(b, vec![(victim.group.as_str(), reports[healthy].node.as_str(), Reason::SlowNode)]);
+            } else {
+                prop_assert!(b.is_empty());
+            }
+        }
+    }
+
+    /// Per evaluation, accelerations touch at most the cap's share of their
+    /// candidates and backups the backup cap's share of the running
+    /// attempts, and nothing is acted on twice.
+    #[test]
+    fn actions_are_capped_and_never_repeated(
+        kind in arb_kind(),
+        tasks in proptest::collection::vec((1.0f64..1000.0, any::<bool>(), 0.0f64..1.0), 3..80),
+        cap in 0.05f64..1.0,
+        backup_cap in 0.01f64..1.0,
+        committed in 0usize..100,
+    ) {
+        let p = Policy { cap, backup_cap, ..policy(kind) };
+        let reports: Vec<TaskReport> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, &(rate, slow_server, net_load))| TaskReport { rate, slow_server, net_load, ..report(i, 0.0) })
+            .collect();
+        let at = progress(Duration::from_secs(30), 100, committed);
+        let d = decide(&p, &at, &reports);
+        let acc = accelerated(&d);
+        let bak = backed_up(&d);
+        let distinct: BTreeSet<_> = acc.iter().map(|a| a.0).collect();
+        prop_assert_eq!(distinct.len(), acc.len());
+        let distinct: BTreeSet<_> = bak.iter().map(|b| b.0).collect();
+        prop_assert_eq!(distinct.len(), bak.len());
+        if !d.end_game {
+            let limit = (cap * reports.len() as f64).ceil().max(1.0) as usize;
+            let backup_limit = (backup_cap * reports.len() as f64).ceil().max(1.0) as usize;
+            prop_assert!(acc.len() <= limit && bak.len() <= backup_limit, "{:?}", d);
+        }
+    }
+}
