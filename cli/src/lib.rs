@@ -9,5 +9,6 @@ pub mod local;
 pub mod local_up;
 pub mod output;
 pub mod promote;
+pub mod sim;
 pub mod target;
 pub mod units;

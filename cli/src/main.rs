@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tessera_chunkserver::cli::ChunkserverArgs;
-use tessera_cli::{bench, demo, fault, files, local_up, promote};
+use tessera_cli::{bench, demo, fault, files, local_up, promote, sim};
 use tessera_master::cli::MasterArgs;
 
 /// Tessera stores immutable filesets erasure-coded across chunkservers and reads
@@ -52,6 +52,10 @@ enum Command {
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulators that drive Tessera's decision code at scales one machine
+    /// cannot run for real.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Inject faults, or stop and start parts of the local cluster.
     #[command(subcommand)]
     Fault(fault::FaultCommand),
@@ -90,6 +94,7 @@ async fn main() {
         Command::Rm(a) => files::rm(master, &a).await,
         Command::Promote(a) => promote::run(&a).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Sim(s) => sim::run(s),
         Command::Fault(f) => fault::run(&f).await,
         Command::Chunkserver(a) => a.run().await,
         Command::Master(a) => {
