@@ -117,3 +117,79 @@ async fn the_crds_are_accepted_and_bad_objects_refused_naming_the_field() {
     let msg = refused(bad);
     assert!(msg.contains("hedgeDelayMinMs"), "{msg}");
 }
+
+/// The Job kind's schema on a real apiserver. It is not in crds/ yet (no
+/// controller runs Jobs until the rest of issue 14 lands), so the test
+/// installs it from the Rust type, as `tessera-operator crds` will render it.
+#[tokio::test]
+async fn the_job_schema_defaults_and_refuses_bad_jobs_naming_the_field() {
+    use kube::CustomResourceExt;
+    use tessera_api::crd::Job;
+
+    let cp = ControlPlane::start().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
+    crds.create(&PostParams::default(), &Job::crd()).await.unwrap();
+    established(&cp, "jobs.tessera.dev").await;
+
+    let pp = PostParams::default();
+    let job = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "tessera.dev/v1alpha1", "kind": "Job", "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let raw: Api<DynamicObject> = Api::namespaced_with(cp.client(), "default", &ApiResource::erase::<Job>(&()));
+    let good = json!({
+        "input": {"fileset": "corpus"},
+        "grouping": {"directory": {}},
+        "task": {"image": "busybox", "command": ["sh", "-c", "sha256sum $(cat $TESSERA_GROUP_FILES)"]},
+        "output": {"fileset": "sums"},
+    });
+    raw.create(&pp, &job("hash", good.clone())).await.unwrap();
+    // The schema's defaults, read back typed.
+    let jobs: Api<Job> = Api::namespaced(cp.client(), "default");
+    let made = jobs.get("hash").await.unwrap();
+    assert_eq!(made.spec.backoff_limit, 3);
+    assert_eq!(made.spec.grouping.directory.as_ref().unwrap().depth, 1);
+    let s = &made.spec.stragglers;
+    assert_eq!((s.slow_below_percent, s.cap_percent, s.end_game_percent, s.backup_after_percent), (60, 20, 99, 75));
+
+    let with = |patch: serde_json::Value| {
+        let mut spec = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        spec
+    };
+    let cases = [
+        (
+            with(json!({"grouping": {"directory": {}, "bytes": 100}})),
+            "exactly one of directory, glob, bytes or location",
+        ),
+        (with(json!({"grouping": {}})), "exactly one of directory, glob, bytes or location"),
+        (with(json!({"grouping": {"bytes": 0}})), "spec.grouping.bytes"),
+        (with(json!({"grouping": {"directory": {"depth": 0}}})), "spec.grouping.directory.depth"),
+        (with(json!({"grouping": {"glob": [{"group": "../up", "pattern": "**"}]}})), "spec.grouping.glob[].group"),
+        (with(json!({"input": {"fileset": ""}})), "spec.input.fileset"),
+        (with(json!({"input": {"fileset": "corpus", "version": 0}})), "spec.input.version"),
+        (with(json!({"task": {"image": ""}})), "spec.task.image"),
+        (with(json!({"task": {"image": "busybox", "env": [{"name": "TESSERA_INPUT"}]}})), "TESSERA_ variables"),
+        (with(json!({"stragglers": {"policy": "hurry"}})), "spec.stragglers.policy"),
+        (with(json!({"stragglers": {"capPercent": 0}})), "spec.stragglers.capPercent"),
+        (with(json!({"stragglers": {"criticalGroups": ["a"]}})), "criticalGroups is only read by policy priority"),
+        (with(json!({"backoffLimit": 1000})), "spec.backoffLimit"),
+    ];
+    for (i, (spec, field)) in cases.into_iter().enumerate() {
+        let msg = refused(raw.create(&pp, &job(&format!("bad-{i}"), spec.clone())).await);
+        assert!(msg.contains(field), "case {spec}: {msg:?} does not name {field:?}");
+    }
+    // A critical-groups list is fine with the priority policy.
+    let ok = with(json!({"stragglers": {"policy": "priority", "criticalGroups": ["train/**"]}}));
+    raw.create(&pp, &job("prio", ok)).await.unwrap();
+
+    // A job's spec is fixed once created.
+    let mut changed = made.clone();
+    changed.spec.backoff_limit = 5;
+    let msg = refused(jobs.replace("hash", &pp, &changed).await);
+    assert!(msg.contains("spec is immutable"), "{msg}");
+}

@@ -1,5 +1,7 @@
 //! The custom resources users apply: [`Fileset`] (namespaced) and
 //! [`Priority`] (cluster-scoped), group `tessera.dev`, version `v1alpha1`.
+//! [`Job`] is defined and its schema tested against a real apiserver; it
+//! joins `crds/` with the controller that runs it (issue 14).
 //!
 //! The Rust types are the source of truth (the `group` in each derive is
 //! [`crate::keys::GROUP`], spelled out because the derive needs a literal;
@@ -10,10 +12,12 @@
 //! (`x-kubernetes-validations`), each with a message naming the field.
 
 mod fileset;
+mod job;
 mod priority;
 mod record;
 
 pub use fileset::*;
+pub use job::*;
 pub use priority::*;
 pub use record::*;
 
@@ -38,7 +42,7 @@ mod tests {
 
     #[test]
     fn every_resource_is_in_the_group_and_version_of_the_keys() {
-        for crd in [Fileset::crd(), Priority::crd(), MasterRecord::crd()] {
+        for crd in [Fileset::crd(), Priority::crd(), MasterRecord::crd(), Job::crd()] {
             assert_eq!(crd.spec.group, crate::keys::GROUP);
             let versions: Vec<String> =
                 crd.spec.versions.iter().map(|v| format!("{}/{}", crd.spec.group, v.name)).collect();
