@@ -229,10 +229,26 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .merge(tessera_csi::control::router(plugin.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let mut provisioner = None;
     if a.provision_leaves {
         let client = kube::Client::try_default().await.context("--provision-leaves: connecting to Kubernetes")?;
-        tokio::spawn(tessera_csi::provisioning::controllers::run(client, plugin.clone()));
+        provisioner = Some(tokio::spawn(tessera_csi::provisioning::controllers::run(client, plugin.clone())));
     }
+    // The provisioner runs for as long as the plugin; if it ends (a panic),
+    // the plugin stops with an error so that the kubelet restarts it rather
+    // than serving on without provisioning.
+    let provisioner_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended = provisioner_ended.clone();
+    let provisioner_done = async move {
+        match provisioner {
+            Some(task) => {
+                let r = task.await;
+                tracing::error!(result = ?r.map(|_| ()), "the leaf provisioner ended; stopping");
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
 
     let path = PathBuf::from(socket);
     if let Some(dir) = path.parent() {
@@ -263,6 +279,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = provisioner_done => {}
             }
             let _ = stopping.send(true);
         })
@@ -276,5 +293,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     // Mounts stay: the keeper holds them for the next plugin.
     info!("stopping; mounts stay with the keeper");
+    if provisioner_ended.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("the leaf provisioner ended (see the log above)");
+    }
     Ok(())
 }

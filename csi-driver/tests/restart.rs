@@ -256,14 +256,19 @@ async fn passed_through_files_read_while_no_plugin_runs() {
     assert_eq!(std::fs::read(&file).unwrap(), whole);
     let stored = dir.path().join("state/files").join(&sha);
     let io = std::fs::read_dir(dir.path().join("state/io")).unwrap().next().unwrap().unwrap().path();
+    // The io table's records are 32 bytes, starting with an inode's open
+    // counts: (served by the plugin, passed through).
+    let open_counts = |io: &std::path::Path| -> Vec<(u32, u32)> {
+        let word = |r: &[u8], i: usize| u32::from_ne_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
+        std::fs::read(io).unwrap().chunks(32).map(|r| (word(r, 0), word(r, 1))).collect()
+    };
     let settled = |want_stored: bool| {
         let (stored, io) = (stored.clone(), io.clone());
         async move {
             // The store's rename and the RELEASE of the closed open happen in
             // the plugin after read and close return here.
             for _ in 0..2000 {
-                // 32-byte records; the open counts are the first 8 bytes.
-                let closed = std::fs::read(&io).unwrap().chunks(32).all(|r| r[..8].iter().all(|b| *b == 0));
+                let closed = open_counts(&io).iter().all(|c| *c == (0, 0));
                 if closed && stored.exists() == want_stored {
                     return;
                 }
@@ -278,10 +283,8 @@ async fn passed_through_files_read_while_no_plugin_runs() {
     // plugin killed, every byte still reads, from the stored file. The
     // store's index learns of the file after its rename and the directory's
     // fsync, so an open in between is still served by the plugin: reopen
-    // until the open's record says passthrough (bytes 4..8 of a record).
-    let passed_through = |io: &std::path::Path| {
-        std::fs::read(io).unwrap().chunks(32).any(|r| u32::from_ne_bytes(r[4..8].try_into().unwrap()) > 0)
-    };
+    // until the open's record says passthrough.
+    let passed_through = |io: &std::path::Path| open_counts(io).iter().any(|c| c.1 > 0);
     let mut open = std::fs::File::open(&file).unwrap();
     for _ in 0..100 {
         if passed_through(&io) {

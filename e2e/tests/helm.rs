@@ -77,12 +77,27 @@ async fn the_chart_lints_renders_valid_objects_and_installs() {
     assert!(ok, "{err}");
     assert!(!none.contains("--provision-leaves") && !none.contains("name: csi-provisioner"), "{none}");
     assert!(!none.contains("kind: StorageClass") && !none.contains("t-tessera-csi-provisioner"), "{none}");
-    // Sidecar registration: the liveness probe asks the livenessprobe sidecar.
+    // The node plugin's liveness probe asks the plugin itself; with sidecar
+    // registration, the livenessprobe sidecar.
+    let plugin_daemonset = |all: &str| -> String {
+        let doc =
+            all.split("\n---").find(|d| d.contains("kind: DaemonSet") && d.contains("name: t-tessera-csi-node\n"));
+        doc.expect("the node plugin's DaemonSet is rendered").to_string()
+    };
+    let probe_port = |daemonset: &str| -> Option<String> {
+        let probe = &daemonset[daemonset.find("livenessProbe:")?..];
+        let port = probe.lines().find(|l| l.trim_start().starts_with("port:"))?;
+        Some(port.trim_start().trim_start_matches("port:").trim().to_string())
+    };
+    assert_eq!(probe_port(&plugin_daemonset(&rendered)).as_deref(), Some("metrics"), "{rendered}");
     let (ok, sidecars, err) = helm(home.path(), &["template", "t", chart, "--set", "csi.registration=sidecars"]);
-    assert!(ok && sidecars.contains("--health-port=9808") && sidecars.contains("port: healthz"), "{err}{sidecars}");
-    assert!(rendered.contains("port: metrics") && !rendered.contains("port: healthz"), "{rendered}");
+    assert!(ok && sidecars.contains("--health-port=9808"), "{err}{sidecars}");
+    assert_eq!(probe_port(&plugin_daemonset(&sidecars)).as_deref(), Some("healthz"), "{sidecars}");
     let (ok, _, err) = provisioning("external");
     assert!(!ok && err.contains("csi.provisioning \"external\": use builtin, sidecar or none"), "{err}");
+    // The key csi.provisioning replaced is refused, not silently ignored.
+    let (ok, _, err) = helm(home.path(), &["template", "t", chart, "--set", "csi.provisionerSidecar=false"]);
+    assert!(!ok && err.contains("csi.provisionerSidecar was replaced by csi.provisioning"), "{err}");
     let manifest = home.path().join("rendered.yaml");
     std::fs::write(&manifest, &rendered).unwrap();
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");

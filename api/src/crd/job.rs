@@ -191,11 +191,16 @@ pub struct StragglerPolicy {
     #[serde(default = "default_network_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub network_limit_percent: u32,
-    /// At most this percentage of the candidates is acted on per
-    /// evaluation (at least one).
-    #[serde(default = "default_cap")]
+    /// At most this percentage of the candidates for acceleration is
+    /// accelerated per evaluation (at least one).
+    #[serde(default = "default_accelerate_cap")]
     #[schemars(range(min = 1, max = 100))]
-    pub cap_percent: u32,
+    pub accelerate_cap_percent: u32,
+    /// Backups running or asked for at once, as a percentage of the running
+    /// tasks (at least one).
+    #[serde(default = "default_backup_cap")]
+    #[schemars(range(min = 1, max = 100))]
+    pub backup_cap_percent: u32,
     #[serde(default)]
     pub pick: PickOrder,
     /// Past this percentage of groups committed, every running task reads
@@ -229,8 +234,11 @@ fn default_warmup() -> u32 {
 fn default_network_limit() -> u32 {
     50
 }
-fn default_cap() -> u32 {
-    20
+fn default_accelerate_cap() -> u32 {
+    50
+}
+fn default_backup_cap() -> u32 {
+    10
 }
 fn default_end_game() -> u32 {
     99
@@ -249,7 +257,8 @@ impl Default for StragglerPolicy {
             slow_below_percent: default_slow_below(),
             warmup_seconds: default_warmup(),
             network_limit_percent: default_network_limit(),
-            cap_percent: default_cap(),
+            accelerate_cap_percent: default_accelerate_cap(),
+            backup_cap_percent: default_backup_cap(),
             pick: PickOrder::default(),
             end_game_percent: default_end_game(),
             backup_after_percent: default_backup_after(),

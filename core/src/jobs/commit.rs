@@ -8,7 +8,7 @@
 //! update is the compare-and-swap); it is serializable so a restarted
 //! controller resumes from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +19,8 @@ pub type Attempt = u32;
 pub struct GroupRecord {
     /// Attempts started so far (the last one's number).
     pub started: Attempt,
-    /// Attempts that failed.
-    pub failed: u32,
+    /// Attempts that failed (each counted once, however often reported).
+    pub failed: BTreeSet<Attempt>,
     /// The attempt whose result counts, once one committed.
     pub committed: Option<Attempt>,
 }
@@ -51,7 +51,9 @@ pub enum LedgerError {
     #[error("group {group:?} has no attempt {attempt} (started {started})")]
     NoAttempt { group: String, attempt: Attempt, started: Attempt },
     #[error("group {group:?} failed {failed} times, more than backoffLimit {limit}")]
-    OutOfRetries { group: String, failed: u32, limit: u32 },
+    OutOfRetries { group: String, failed: usize, limit: u32 },
+    #[error("attempt {attempt} of group {group:?} failed; it cannot commit")]
+    Failed { group: String, attempt: Attempt },
 }
 
 impl Ledger {
@@ -71,8 +73,8 @@ impl Ledger {
         if r.committed.is_some() {
             return Ok(None);
         }
-        if r.failed > limit {
-            return Err(LedgerError::OutOfRetries { group: group.into(), failed: r.failed, limit });
+        if r.failed.len() > limit as usize {
+            return Err(LedgerError::OutOfRetries { group: group.into(), failed: r.failed.len(), limit });
         }
         r.started += 1;
         Ok(Some(r.started))
@@ -85,6 +87,9 @@ impl Ledger {
         if attempt == 0 || attempt > r.started {
             return Err(LedgerError::NoAttempt { group: group.into(), attempt, started: r.started });
         }
+        if r.failed.contains(&attempt) {
+            return Err(LedgerError::Failed { group: group.into(), attempt });
+        }
         Ok(match r.committed {
             None => {
                 r.committed = Some(attempt);
@@ -96,7 +101,9 @@ impl Ledger {
     }
 
     /// `attempt` of `group` failed. Returns whether another may start (the
-    /// group is neither committed nor past its backoff limit).
+    /// group is neither committed nor past its backoff limit). A failure
+    /// reported again (a restarted controller seeing the same pod) counts
+    /// once; the winning attempt cannot fail after its commit.
     pub fn fail(&mut self, group: &str, attempt: Attempt) -> Result<bool, LedgerError> {
         let limit = self.backoff_limit;
         let r = self.record(group)?;
@@ -106,8 +113,8 @@ impl Ledger {
         if r.committed.is_some() {
             return Ok(false);
         }
-        r.failed += 1;
-        Ok(r.failed <= limit)
+        r.failed.insert(attempt);
+        Ok(r.failed.len() <= limit as usize)
     }
 
     /// Each group's winning attempt, once every group has one: what the
@@ -146,6 +153,8 @@ mod tests {
         let mut l = Ledger::new(["g".to_string()], 1);
         let a = l.start("g").unwrap().unwrap();
         assert!(l.fail("g", a).unwrap(), "one failure is within backoffLimit 1");
+        assert!(l.fail("g", a).unwrap(), "the same failure reported again counts once");
+        assert_eq!(l.commit("g", a), Err(LedgerError::Failed { group: "g".into(), attempt: a }));
         let b = l.start("g").unwrap().unwrap();
         assert!(!l.fail("g", b).unwrap());
         assert!(matches!(l.start("g"), Err(LedgerError::OutOfRetries { failed: 2, limit: 1, .. })));
@@ -187,11 +196,20 @@ mod tests {
             let groups: Vec<String> = (0..4).map(|g| format!("g{g}")).collect();
             let mut ledger = Ledger::new(groups.clone(), 2);
             let mut recorded = serde_json::to_string(&ledger).unwrap();
+            // The model: what was started, what failed, who won.
+            let mut started: BTreeMap<String, Attempt> = BTreeMap::new();
+            let mut failed: BTreeSet<(String, Attempt)> = BTreeSet::new();
             let mut winners: BTreeMap<String, Attempt> = BTreeMap::new();
             let mut last_commit: Option<(String, Attempt)> = None;
-            let resend = |ledger: &mut Ledger, g: &str, a: Attempt, winners: &mut BTreeMap<String, Attempt>| {
+            let resend = |ledger: &mut Ledger,
+                          g: &str,
+                          a: Attempt,
+                          started: &BTreeMap<String, Attempt>,
+                          failed: &BTreeSet<(String, Attempt)>,
+                          winners: &mut BTreeMap<String, Attempt>| {
                 match ledger.commit(g, a) {
                     Ok(Commit::Won) => {
+                        assert!(a <= started.get(g).copied().unwrap_or(0) && !failed.contains(&(g.to_string(), a)));
                         // Nobody had won this group before.
                         assert!(winners.insert(g.to_string(), a).is_none(), "a second winner for {g}");
                     }
@@ -200,26 +218,51 @@ mod tests {
                         assert_eq!(winners.get(g), Some(&winner));
                         assert_ne!(winner, a);
                     }
-                    Err(LedgerError::NoAttempt { .. }) => {}
+                    // Refused only what was never started, or failed.
+                    Err(LedgerError::NoAttempt { .. }) => assert!(a > started.get(g).copied().unwrap_or(0)),
+                    Err(LedgerError::Failed { .. }) => assert!(failed.contains(&(g.to_string(), a))),
                     Err(e) => panic!("{e}"),
                 }
             };
             for step in steps {
                 match step {
                     Step::Start(g) => {
-                        let _ = ledger.start(&groups[g]);
+                        let g = &groups[g];
+                        match ledger.start(g) {
+                            Ok(Some(n)) => {
+                                let before = started.insert(g.clone(), n).unwrap_or(0);
+                                prop_assert_eq!(n, before + 1);
+                                prop_assert!(!winners.contains_key(g), "{} started after its commit", g);
+                            }
+                            Ok(None) => prop_assert!(winners.contains_key(g)),
+                            Err(LedgerError::OutOfRetries { .. }) => {
+                                prop_assert!(failed.iter().filter(|(f, _)| f == g).count() > 2);
+                            }
+                            Err(e) => prop_assert!(false, "{}", e),
+                        }
                     }
                     Step::Finish(g, a) => {
-                        resend(&mut ledger, &groups[g], a, &mut winners);
+                        resend(&mut ledger, &groups[g], a, &started, &failed, &mut winners);
                         last_commit = Some((groups[g].clone(), a));
                     }
                     Step::Fail(g, a) => {
-                        let _ = ledger.fail(&groups[g], a);
+                        let g = &groups[g];
+                        let known = a <= started.get(g).copied().unwrap_or(0);
+                        match ledger.fail(g, a) {
+                            Ok(_) => {
+                                prop_assert!(known);
+                                if !winners.contains_key(g) {
+                                    failed.insert((g.clone(), a));
+                                }
+                            }
+                            Err(LedgerError::NoAttempt { .. }) => prop_assert!(!known),
+                            Err(e) => prop_assert!(false, "{}", e),
+                        }
                     }
                     Step::Crash => {
                         ledger = serde_json::from_str(&recorded).unwrap();
                         if let Some((g, a)) = &last_commit {
-                            resend(&mut ledger, g, *a, &mut winners);
+                            resend(&mut ledger, g, *a, &started, &failed, &mut winners);
                         }
                     }
                 }

@@ -58,6 +58,10 @@ pub enum GroupingError {
     BadGroupName { index: usize, name: String, reason: &'static str },
     #[error("{count} files match no pattern of grouping.glob, e.g. {example:?}")]
     Unmatched { example: String, count: usize },
+    #[error("grouping.glob: group {outer:?} would hold group {inner:?}'s output directory")]
+    Nested { outer: String, inner: String },
+    #[error("grouping.directory: the top-level directory {0:?} clashes with the group of the files at the root")]
+    Reserved(String),
 }
 
 /// The groups of `files` (paths unique), by group name, each group's files
@@ -74,6 +78,9 @@ pub fn group(files: &[FileRef], how: &Grouping) -> Result<BTreeMap<String, Vec<F
             for f in sorted {
                 let dir: Vec<&str> = f.path.split('/').collect();
                 let dir = &dir[..dir.len() - 1];
+                if dir.first() == Some(&ROOT_GROUP) {
+                    return Err(GroupingError::Reserved(ROOT_GROUP.into()));
+                }
                 let key = if dir.is_empty() { ROOT_GROUP.to_string() } else { dir[..dir.len().min(*depth)].join("/") };
                 groups.entry(key).or_default().push(f.clone());
             }
@@ -88,6 +95,11 @@ pub fn group(files: &[FileRef], how: &Grouping) -> Result<BTreeMap<String, Vec<F
                     name: p.group.clone(),
                     reason,
                 })?;
+            }
+            for outer in patterns.iter().map(|p| &p.group) {
+                if let Some(inner) = patterns.iter().map(|p| &p.group).find(|g| g.starts_with(&format!("{outer}/"))) {
+                    return Err(GroupingError::Nested { outer: outer.clone(), inner: inner.clone() });
+                }
             }
             let mut unmatched = Vec::new();
             for f in sorted {
@@ -148,20 +160,31 @@ fn check_group_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Whether `path` matches `pattern`: `*` is any run of characters but `/`,
-/// `?` one character but `/`, `**` any run of whole components (a `**/`
-/// also matches nothing), anything else itself.
+/// `?` one character but `/`, `**` any run of characters `/` included (so
+/// `**/` also matches nothing), anything else itself. Memoised: at most
+/// one evaluation per pair of positions, so a pattern of many stars cannot
+/// take exponential time.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match p {
-            [] => s.is_empty(),
-            [b'*', b'*', b'/', rest @ ..] => (0..=s.len()).any(|i| (i == 0 || s[i - 1] == b'/') && go(rest, &s[i..])),
-            [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| go(rest, &s[i..])),
-            [b'*', rest @ ..] => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| go(rest, &s[i..])),
-            [b'?', rest @ ..] => s.first().is_some_and(|&c| c != b'/') && go(rest, &s[1..]),
-            [c, rest @ ..] => s.first() == Some(c) && go(rest, &s[1..]),
+    let (p, s) = (pattern.as_bytes(), path.as_bytes());
+    // memo[i * (s.len() + 1) + j]: whether p[i..] matches s[j..].
+    let mut memo: Vec<Option<bool>> = vec![None; (p.len() + 1) * (s.len() + 1)];
+    fn go(p: &[u8], s: &[u8], i: usize, j: usize, memo: &mut Vec<Option<bool>>) -> bool {
+        let at = i * (s.len() + 1) + j;
+        if let Some(m) = memo[at] {
+            return m;
         }
+        let m = match &p[i..] {
+            [] => j == s.len(),
+            [b'*', b'*', b'/', ..] => (j..=s.len()).any(|k| (k == j || s[k - 1] == b'/') && go(p, s, i + 3, k, memo)),
+            [b'*', b'*', ..] => (j..=s.len()).any(|k| go(p, s, i + 2, k, memo)),
+            [b'*', ..] => (j..=s.len()).take_while(|&k| k == j || s[k - 1] != b'/').any(|k| go(p, s, i + 1, k, memo)),
+            [b'?', ..] => s.get(j).is_some_and(|&c| c != b'/') && go(p, s, i + 1, j + 1, memo),
+            [c, ..] => s.get(j) == Some(c) && go(p, s, i + 1, j + 1, memo),
+        };
+        memo[at] = Some(m);
+        m
     }
-    go(pattern.as_bytes(), path.as_bytes())
+    go(p, s, 0, 0, &mut memo)
 }
 
 #[cfg(test)]
@@ -185,6 +208,8 @@ mod tests {
         let g = group(&files, &Grouping::Directory { depth: 2 }).unwrap();
         assert_eq!(names(&g)[1..], [("a/x", vec!["a/x/1"]), ("a/y", vec!["a/y/2"]), ("b", vec!["b/3"])]);
         assert_eq!(group(&files, &Grouping::Directory { depth: 0 }), Err(GroupingError::ZeroDepth));
+        let clash = [file("_root/a", 1), file("top", 1)];
+        assert_eq!(group(&clash, &Grouping::Directory { depth: 1 }), Err(GroupingError::Reserved("_root".into())));
     }
 
     #[test]
@@ -203,6 +228,8 @@ mod tests {
         assert_eq!(err, GroupingError::Unmatched { example: "eval/c.json".into(), count: 1 });
         let err = group(&files, &Grouping::Glob(vec![p("../up", "**")])).unwrap_err();
         assert!(matches!(err, GroupingError::BadGroupName { index: 0, .. }), "{err}");
+        let err = group(&files, &Grouping::Glob(vec![p("t", "train/**"), p("t/sub", "**")])).unwrap_err();
+        assert_eq!(err, GroupingError::Nested { outer: "t".into(), inner: "t/sub".into() });
     }
 
     #[test]
@@ -212,6 +239,31 @@ mod tests {
         assert!(glob_match("d/**", "d/e/f") && !glob_match("d/**/x", "dd/x"));
         assert!(glob_match("p?rt-*", "part-1") && !glob_match("p?rt", "p/rt"));
         assert!(!glob_match("a", "ab") && glob_match("", ""));
+        // Many stars against a long miss: memoised, this returns at once.
+        let stars = "**a".repeat(40) + "b";
+        assert!(!glob_match(&stars, &"a".repeat(200)));
+    }
+
+    /// The naive oracle: the definition, backtracking without a memo
+    /// (exponential, fine for short inputs).
+    fn oracle(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] => s.is_empty(),
+            [b'*', b'*', b'/', rest @ ..] => {
+                oracle(rest, s) || (0..s.len()).any(|k| s[k] == b'/' && oracle(rest, &s[k + 1..]))
+            }
+            [b'*', b'*', rest @ ..] => (0..=s.len()).any(|k| oracle(rest, &s[k..])),
+            [b'*', rest @ ..] => (0..=s.len()).take_while(|&k| !s[..k].contains(&b'/')).any(|k| oracle(rest, &s[k..])),
+            [b'?', rest @ ..] => !s.is_empty() && s[0] != b'/' && oracle(rest, &s[1..]),
+            [c, rest @ ..] => s.first() == Some(c) && oracle(rest, &s[1..]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn glob_matching_agrees_with_the_naive_matcher(p in "[ab/*?]{0,8}", s in "[ab/]{0,10}") {
+            prop_assert_eq!(glob_match(&p, &s), oracle(p.as_bytes(), s.as_bytes()), "{} against {}", p, s);
+        }
     }
 
     #[test]

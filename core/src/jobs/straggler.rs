@@ -12,9 +12,10 @@
 //!
 //! [`decide`] is a pure function of the policy, the job's progress and the
 //! running attempts' reports: everything it needs across evaluations (since
-//! when a task has been accelerated, which groups have a backup) is in the
-//! reports, which the controller records, so a restarted controller decides
-//! as the old one would have.
+//! when a task has been accelerated, which groups have a backup) is in its
+//! inputs, which a controller records, so a restarted one decides as the
+//! old one would have. `tessera sim jobs` drives it today; the Job
+//! controller and `tessera job run` (issue 14) are to call it too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,13 +34,15 @@ pub enum PolicyKind {
     /// cause (seed 001 M1, MapReduce's backup tasks).
     Backup,
     /// The default, progressive and cause-aware (seed 000 §2.6): a task
-    /// slowed by a server is accelerated, and gets a backup if it is still
-    /// slow a period later; a task slowed by its node gets a backup; a
-    /// backup still slow a period after it started is accelerated; the end
-    /// game accelerates everything left.
+    /// slowed by a server is accelerated, and gets an accelerated backup if
+    /// it is still slow a period later (or at once if its link is too busy
+    /// to accelerate); a task slowed by its node gets a backup; a backup
+    /// still slow a period after it started is accelerated; the end game
+    /// accelerates everything left. Backups wait for `backup_after`.
     Progressive,
-    /// By priority (seed 000 §2.6): a critical slow task gets a backup and
-    /// both run accelerated; a normal one gets [`Policy::less_critical`].
+    /// By priority (seed 000 §2.6): a critical slow task is accelerated
+    /// whatever the cause and gets a backup that reads accelerated from the
+    /// start; a normal one gets [`Policy::less_critical`].
     Priority,
 }
 
@@ -79,10 +82,10 @@ pub struct Policy {
     pub network_limit: f64,
     /// At most this fraction of the candidates for acceleration is
     /// accelerated per evaluation (at least one).
-    pub cap: f64,
-    /// At most this fraction of the running attempts gets a backup per
-    /// evaluation (at least one): backups take slots, so their cap is
-    /// relative to what runs (as Hadoop's speculative cap is).
+    pub accelerate_cap: f64,
+    /// Backups running or asked for at once, as a fraction of the running
+    /// attempts (at least one): backups take slots, so their cap is
+    /// relative to what runs, as Hadoop's speculative cap is.
     pub backup_cap: f64,
     pub pick: Pick,
     /// Once more than this fraction of the groups is committed, every
@@ -103,7 +106,7 @@ impl Default for Policy {
             min_reports: 3,
             warmup: Duration::from_secs(5),
             network_limit: 0.5,
-            cap: 0.5,
+            accelerate_cap: 0.5,
             backup_cap: 0.1,
             pick: Pick::Slowest,
             end_game: 0.99,
@@ -142,7 +145,7 @@ pub struct TaskReport {
     pub priority: Priority,
     /// When it started, since the job started.
     pub started: Duration,
-    /// Since when it reads accelerated, if it does.
+    /// Since when it reads accelerated, if it does (a backup may start so).
     pub accelerated_since: Option<Duration>,
     /// Whether it is a backup (a later attempt started while an earlier
     /// one still ran).
@@ -150,17 +153,29 @@ pub struct TaskReport {
 }
 
 /// How far the job is.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// Since the job started.
     pub now: Duration,
     pub groups: usize,
     pub committed: usize,
+    /// Groups whose backup was asked for and does not run yet (waiting for
+    /// a slot): they get no second one, and count against the backup cap.
+    pub pending_backups: BTreeSet<String>,
 }
 
 impl Progress {
     fn done(&self) -> f64 {
         if self.groups == 0 { 1.0 } else { self.committed as f64 / self.groups as f64 }
+    }
+
+    /// Past the end game: more than `fraction` of the groups committed, or,
+    /// for a job too small for that to leave any running, its last group.
+    fn in_end_game(&self, fraction: f64) -> bool {
+        let remaining = self.groups.saturating_sub(self.committed);
+        // The epsilon keeps 1 - 0.99 times 100 groups at one, not zero.
+        let allowed = (((1.0 - fraction) * self.groups as f64) + 1e-9).floor() as usize;
+        remaining > 0 && remaining <= allowed.max(1)
     }
 }
 
@@ -173,6 +188,8 @@ pub enum Reason {
     SlowNode,
     /// Still slow a period after it was accelerated.
     StillSlow,
+    /// Slowed by a server, and its link too busy for accelerated reads.
+    LinkBusy,
     /// A backup still slow a period after it started.
     SlowBackup,
     /// A critical task is slow.
@@ -186,8 +203,9 @@ pub enum Action {
     /// Switch this attempt to accelerated reads for all its remaining data.
     Accelerate { task: TaskId, reason: Reason },
     /// Start another attempt of the group, not on `avoid` (the node of the
-    /// attempt it backs up).
-    Backup { group: String, avoid: String, reason: Reason },
+    /// attempt it backs up), reading accelerated from the start if
+    /// `accelerated`.
+    Backup { group: String, avoid: String, reason: Reason, accelerated: bool },
 }
 
 /// The decisions of one evaluation.
@@ -212,13 +230,13 @@ pub fn slow_servers(bandwidth: &BTreeMap<String, f64>, below: f64) -> BTreeSet<S
 
 /// One evaluation: what to do about the running attempts `reports`.
 pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> Decision {
-    let end_game = policy.kind != PolicyKind::None && progress.done() > policy.end_game;
+    let end_game = policy.kind != PolicyKind::None && progress.in_end_game(policy.end_game);
     let mut d = Decision { actions: Vec::new(), end_game };
     if policy.kind == PolicyKind::None {
         return d;
     }
     let mut accelerate: BTreeMap<TaskId, Reason> = BTreeMap::new();
-    let mut backup: BTreeMap<String, (String, Reason)> = BTreeMap::new();
+    let mut backup: BTreeMap<String, (String, Reason, bool)> = BTreeMap::new();
     if end_game && policy.kind != PolicyKind::Backup {
         for r in reports.iter().filter(|r| r.accelerated_since.is_none()) {
             accelerate.insert(r.task.clone(), Reason::EndGame);
@@ -229,18 +247,26 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
     if judged.len() >= policy.min_reports.max(1) {
         let average = judged.iter().map(|r| r.rate).sum::<f64>() / judged.len() as f64;
         let slow: Vec<&TaskReport> = judged.into_iter().filter(|r| r.rate < policy.slow_below * average).collect();
-        // Groups with more than one attempt running already have a backup.
+        // A group with two attempts running, or one asked for, has its backup.
         let mut running: BTreeMap<&str, usize> = BTreeMap::new();
         for r in reports {
             *running.entry(r.task.group.as_str()).or_default() += 1;
         }
+        let in_flight = running.values().filter(|n| **n > 1).count() + progress.pending_backups.len();
         let backups_open = progress.done() >= policy.backup_after;
-        let can_back_up = |r: &TaskReport| backups_open && running[r.task.group.as_str()] == 1;
+        let can_back_up = |r: &TaskReport| {
+            backups_open
+                && !r.backup
+                && running[r.task.group.as_str()] == 1
+                && !progress.pending_backups.contains(&r.task.group)
+        };
         let admitted = |r: &TaskReport| r.accelerated_since.is_none() && r.net_load < policy.network_limit;
         let held_for = |since: Duration| progress.now.saturating_sub(since) >= policy.period;
+        let cause = |r: &TaskReport| if r.slow_server { Reason::SlowServer } else { Reason::SlowNode };
 
         let mut acc: Vec<(&TaskReport, Reason)> = Vec::new();
-        let mut bak: Vec<(&TaskReport, Reason)> = Vec::new();
+        // With whether the backup starts accelerated.
+        let mut bak: Vec<(&TaskReport, Reason, bool)> = Vec::new();
         for r in slow {
             match policy.kind {
                 PolicyKind::None => {}
@@ -250,8 +276,8 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
                     }
                 }
                 PolicyKind::Backup => {
-                    if can_back_up(r) && !r.backup {
-                        bak.push((r, if r.slow_server { Reason::SlowServer } else { Reason::SlowNode }));
+                    if can_back_up(r) {
+                        bak.push((r, cause(r), false));
                     }
                 }
                 PolicyKind::Progressive => {
@@ -261,21 +287,31 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
                         }
                     } else if !r.slow_server {
                         if can_back_up(r) {
-                            bak.push((r, Reason::SlowNode));
+                            bak.push((r, Reason::SlowNode, false));
                         }
                     } else if admitted(r) {
                         acc.push((r, Reason::SlowServer));
-                    } else if r.accelerated_since.is_some_and(held_for) && can_back_up(r) {
-                        bak.push((r, Reason::StillSlow));
+                    } else if can_back_up(r) {
+                        // Accelerated a period ago and still slow, or its link
+                        // too busy to accelerate: a backup elsewhere, reading
+                        // accelerated from the start (it reads the same slow
+                        // server).
+                        if r.accelerated_since.is_some_and(held_for) {
+                            bak.push((r, Reason::StillSlow, true));
+                        } else if r.accelerated_since.is_none() {
+                            bak.push((r, Reason::LinkBusy, true));
+                        }
                     }
                 }
                 PolicyKind::Priority => match (r.priority, policy.less_critical) {
+                    // The seed's rule for critical tasks: a backup, and both
+                    // attempts accelerated, whatever the cause.
                     (Priority::Critical, _) => {
                         if r.accelerated_since.is_none() {
                             acc.push((r, Reason::Critical));
                         }
-                        if can_back_up(r) && !r.backup {
-                            bak.push((r, Reason::Critical));
+                        if can_back_up(r) {
+                            bak.push((r, Reason::Critical, true));
                         }
                     }
                     (Priority::Normal, LessCritical::Normal) => {}
@@ -285,49 +321,55 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
                         }
                     }
                     (Priority::Normal, LessCritical::Backup) => {
-                        if can_back_up(r) && !r.backup {
-                            let reason = if r.slow_server { Reason::SlowServer } else { Reason::SlowNode };
-                            bak.push((r, reason));
+                        if can_back_up(r) {
+                            bak.push((r, cause(r), false));
                         }
                     }
                 },
             }
         }
-        let acc_limit = (policy.cap * acc.len() as f64).ceil() as usize;
-        for (r, reason) in capped(policy, progress, acc, acc_limit) {
+        let acc_limit = ((policy.accelerate_cap * acc.len() as f64).ceil() as usize).max(1);
+        for (r, reason) in capped(policy, progress, acc, acc_limit, |c| c.0) {
             accelerate.entry(r.task.clone()).or_insert(reason);
         }
-        let bak_limit = (policy.backup_cap * reports.len() as f64).ceil() as usize;
-        for (r, reason) in capped(policy, progress, bak, bak_limit) {
-            backup.entry(r.task.group.clone()).or_insert((r.node.clone(), reason));
+        // Backups in flight count against their cap.
+        let bak_limit = ((policy.backup_cap * reports.len() as f64).ceil() as usize).max(1).saturating_sub(in_flight);
+        for (r, reason, accelerated) in capped(policy, progress, bak, bak_limit, |c| c.0) {
+            backup.entry(r.task.group.clone()).or_insert((r.node.clone(), reason, accelerated));
         }
     }
     d.actions.extend(accelerate.into_iter().map(|(task, reason)| Action::Accelerate { task, reason }));
-    d.actions.extend(backup.into_iter().map(|(group, (avoid, reason))| Action::Backup { group, avoid, reason }));
+    d.actions.extend(backup.into_iter().map(|(group, (avoid, reason, accelerated))| Action::Backup {
+        group,
+        avoid,
+        reason,
+        accelerated,
+    }));
     d
 }
 
-/// At most `limit` of the candidates (at least one), in the policy's order.
-fn capped<'a>(
+/// At most `limit` of the candidates, in the policy's order.
+fn capped<'a, C>(
     policy: &Policy,
     progress: &Progress,
-    mut candidates: Vec<(&'a TaskReport, Reason)>,
+    mut candidates: Vec<C>,
     limit: usize,
-) -> Vec<(&'a TaskReport, Reason)> {
-    if candidates.is_empty() {
-        return candidates;
-    }
-    let n = limit.clamp(1, candidates.len());
+    report: impl Fn(&C) -> &'a TaskReport,
+) -> Vec<C> {
     match policy.pick {
-        Pick::Slowest => {
-            candidates.sort_by(|a, b| a.0.rate.total_cmp(&b.0.rate).then_with(|| a.0.task.cmp(&b.0.task)));
-        }
+        Pick::Slowest => candidates.sort_by(|a, b| {
+            let (a, b) = (report(a), report(b));
+            a.rate.total_cmp(&b.rate).then_with(|| a.task.cmp(&b.task))
+        }),
         Pick::Random(seed) => {
             let at = progress.now.as_millis() as u64;
-            candidates.sort_by_key(|(r, _)| (mix(seed ^ mix(at) ^ hash_task(&r.task)), r.task.clone()));
+            candidates.sort_by_key(|c| {
+                let r = report(c);
+                (mix(seed ^ mix(at) ^ hash_task(&r.task)), r.task.clone())
+            });
         }
     }
-    candidates.truncate(n);
+    candidates.truncate(limit);
     candidates
 }
 
