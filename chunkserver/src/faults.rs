@@ -102,6 +102,15 @@ impl FaultInjector {
         Entry::Proceed
     }
 
+    /// The time the bandwidth cap stands for: what a device of that
+    /// bandwidth would take to read `bytes` (none without a cap).
+    pub fn device_time(&self, bytes: usize) -> Duration {
+        match self.get().bandwidth_bytes_per_sec {
+            0 => Duration::ZERO,
+            cap => Duration::from_secs_f64(bytes as f64 / cap as f64),
+        }
+    }
+
     /// Holds back `bytes` as the bandwidth cap requires (shared by all
     /// requests of the server, like a real device).
     pub async fn pace(&self, bytes: usize) {

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::service::Shared;
-use crate::stats::DEFAULT_WINDOW_SECS;
+use crate::stats::{DEFAULT_WINDOW_SECS, device_bandwidth};
 use crate::store::Change;
 use tessera_core::ids::StripeId;
 
@@ -129,13 +129,17 @@ async fn session(
             return Ok(());
         }
         let (free, total) = space(shared);
-        let read: f64 = shared.reads.iter().map(|w| w.rate(Instant::now(), DEFAULT_WINDOW_SECS)).sum();
+        let now = Instant::now();
+        let read: f64 = shared.reads.iter().map(|w| w.rate(now, DEFAULT_WINDOW_SECS)).sum();
+        let busy_ns: f64 = shared.read_busy_ns.iter().map(|w| w.rate(now, DEFAULT_WINDOW_SECS)).sum();
+        let device = device_bandwidth(read, busy_ns).unwrap_or(0.0);
         let req = ms::HeartbeatRequest {
             server_id: id.server_id.clone(),
             master_epoch: epoch.clone(),
             free_bytes: free,
             total_bytes: total,
             read_bytes_per_sec: read,
+            device_bytes_per_sec: device,
             added: changes.iter().filter(|c| c.1 == Change::Stored).map(|c| wire(&c.0)).collect(),
             removed: changes
                 .iter()

@@ -53,6 +53,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub origin: Instant,
     pub reads: Vec<RateWindow>,
+    /// Nanoseconds serving reads spent getting their bytes from each data
+    /// dir (an injected bandwidth cap included: it stands for a slow device).
+    pub read_busy_ns: Vec<RateWindow>,
     pub writes: Vec<RateWindow>,
     /// Metric labels of each data dir, built once rather than per request.
     dir_labels: Vec<DirLabels>,
@@ -123,6 +126,7 @@ impl Shared {
             metrics: Metrics::default(),
             origin,
             reads: (0..n).map(|_| RateWindow::new(origin)).collect(),
+            read_busy_ns: (0..n).map(|_| RateWindow::new(origin)).collect(),
             writes: (0..n).map(|_| RateWindow::new(origin)).collect(),
             dir_labels: store.dirs().iter().map(|d| DirLabels { data_dir: d.path.display().to_string() }).collect(),
             store,
@@ -223,6 +227,7 @@ impl Shared {
                     while off < range.end {
                         let len = chunk.min(range.end - off);
                         let store = s.store.clone();
+                        let reading = Instant::now();
                         let read = tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
                             .await
                             .map_err(join_error)?;
@@ -235,7 +240,12 @@ impl Shared {
                             Err(e) => return Err(Status::from(e)),
                         };
                         let n = data.len();
+                        // The device's time for these bytes: the read, and
+                        // what an injected bandwidth cap stands for (counted
+                        // now: a reader that has enough cancels the pacing).
+                        let device = reading.elapsed() + s.faults.device_time(n);
                         s.reads[meta.dir].record(Instant::now(), n as u64);
+                        s.read_busy_ns[meta.dir].record(Instant::now(), device.as_nanos() as u64);
                         s.metrics.read_bytes.get_or_create(s.dir_label(meta.dir)).inc_by(n as u64);
                         turn.charge(n as u64);
                         s.faults.pace(n).await;

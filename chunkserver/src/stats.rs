@@ -67,6 +67,18 @@ impl RateWindow {
     }
 }
 
+/// A device must have read this much per second of the window (1 MiB in
+/// the default 10 s) before its bandwidth is told: a few small reads say
+/// little.
+const MIN_BYTES_PER_SEC: f64 = 104_857.6;
+
+/// A device's bandwidth while reading: bytes per second of the time reads
+/// spent in it, from the window's rates of bytes and of busy nanoseconds;
+/// none when it read too little to tell.
+pub fn device_bandwidth(bytes_per_sec: f64, busy_ns_per_sec: f64) -> Option<f64> {
+    (bytes_per_sec >= MIN_BYTES_PER_SEC && busy_ns_per_sec > 0.0).then(|| bytes_per_sec / (busy_ns_per_sec / 1e9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +107,14 @@ mod tests {
         let later = t0 + Duration::from_secs(u64::from(MAX_WINDOW_SECS) + 1);
         w.record(later, 10);
         assert_eq!(w.rate(later + Duration::from_secs(1), 5), 2.0);
+    }
+
+    #[test]
+    fn a_device_bandwidth_is_bytes_over_the_time_spent_reading() {
+        // 50 MB/s read, the device busy 0.25 s per second: 200 MB/s.
+        assert_eq!(device_bandwidth(50e6, 0.25e9), Some(200e6));
+        // Under 1 MiB in ten seconds: too little to tell.
+        assert_eq!(device_bandwidth(50e3, 1e6), None);
+        assert_eq!(device_bandwidth(0.0, 1e9), None);
     }
 }

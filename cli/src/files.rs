@@ -480,7 +480,7 @@ pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
         let servers: Vec<_> = s
             .servers
             .iter()
-            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "free_bytes": v.free_bytes, "read_bytes_per_sec": v.read_bytes_per_sec, "zone": v.topology.clone().unwrap_or_default().zone, "failure_count": v.failure_count}))
+            .map(|v| serde_json::json!({"id": v.server_id, "address": v.address, "live": v.live, "down": v.down, "stripes": v.stripes, "free_bytes": v.free_bytes, "read_bytes_per_sec": v.read_bytes_per_sec, "device_bytes_per_sec": (v.device_bytes_per_sec > 0.0).then_some(v.device_bytes_per_sec), "zone": v.topology.clone().unwrap_or_default().zone, "failure_count": v.failure_count}))
             .collect();
         crate::outln!(
             "{}",
@@ -490,14 +490,15 @@ pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     crate::outln!(
-        "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
+        "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10} {:>10}",
         "SERVER",
         "ADDRESS",
         "ZONE",
         "STATE",
         "STRIPES",
         "FREE",
-        "READ/S"
+        "READ/S",
+        "DEVICE/S"
     );
     // A local cluster also says which of its processes are not running.
     let local = if r.master.is_none() { crate::target::LocalState::load().ok() } else { None };
@@ -513,15 +514,18 @@ pub async fn status(r: &Remote, a: &StatusArgs) -> anyhow::Result<()> {
         } else {
             "up"
         };
+        // What its devices do while reading ("-" until they have read enough).
+        let device = if v.device_bytes_per_sec > 0.0 { human(v.device_bytes_per_sec as u64) } else { "-".into() };
         crate::outln!(
-            "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10}",
+            "{:<8} {:<22} {:<8} {:>6} {:>8} {:>10} {:>10} {:>10}",
             v.server_id,
             v.address,
             v.topology.clone().unwrap_or_default().zone,
             state,
             v.stripes,
             human(v.free_bytes),
-            human(v.read_bytes_per_sec as u64)
+            human(v.read_bytes_per_sec as u64),
+            device
         );
     }
     if s.relearning {

@@ -311,3 +311,39 @@ fn the_demo_tells_the_whole_story() {
     assert!(text.contains("101 files") && text.contains("checked against its SHA-256"), "{text}");
     assert!(text.contains("What hedging did"), "{text}");
 }
+
+/// Chunkservers tell the master what their devices do while reading (seed
+/// 000's "current bandwidth"), so a slow device stands out beside the
+/// others in `tessera status`, whatever the load on it.
+#[test]
+fn a_slowed_device_stands_out_in_the_status() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &[]);
+    let src = tempfile::tempdir().unwrap();
+    // Two items of RS(6,3) at 1 MiB stripes: every server holds stripes.
+    std::fs::write(src.path().join("blob"), tessera_cli::bench::read_tail::pattern(12 << 20, 5)).unwrap();
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "blob"]);
+    let servers = up.status()["servers"].as_array().unwrap().clone();
+    let slow = servers[0]["address"].as_str().unwrap().to_string();
+    up.ok(&["fault", "inject", "--server", &slow, "--bandwidth", "4000000"]);
+    let device = |s: &serde_json::Value| s["device_bytes_per_sec"].as_f64();
+    let dst = tempfile::tempdir().unwrap();
+    let mut figures = Vec::new();
+    // Reads (accelerated: every server is asked) until every server has
+    // read enough for a figure (heartbeats carry the last ten seconds').
+    wait_for("every device's bandwidth", Duration::from_secs(90), || {
+        let out = dst.path().join("copy");
+        let _ = std::fs::remove_dir_all(&out);
+        up.ok(&["get", "blob", out.to_str().unwrap(), "--mode", "accelerated"]);
+        figures =
+            up.status()["servers"].as_array().unwrap().iter().map(|s| (s["address"].clone(), device(s))).collect();
+        figures.iter().all(|(_, d)| d.is_some())
+    });
+    let slow_bw = figures.iter().find(|(a, _)| a == &slow).unwrap().1.unwrap();
+    let others: Vec<f64> = figures.iter().filter(|(a, _)| a != &slow).map(|(_, d)| d.unwrap()).collect();
+    // Capped at 4 MB/s: well under half of every healthy device.
+    assert!(slow_bw < 8e6, "{figures:?}");
+    assert!(others.iter().all(|b| *b > 2.0 * slow_bw), "{figures:?}");
+    // The table shows the column.
+    assert!(up.ok(&["status"]).contains("DEVICE/S"));
+}

@@ -173,6 +173,8 @@ pub fn heartbeat(h: &ms::HeartbeatRequest) -> Result<Heartbeat, MasterError> {
         free_bytes: h.free_bytes,
         total_bytes: h.total_bytes,
         read_bytes_per_sec: h.read_bytes_per_sec,
+        device_bytes_per_sec: (h.device_bytes_per_sec.is_finite() && h.device_bytes_per_sec > 0.0)
+            .then_some(h.device_bytes_per_sec),
         added: stripes(&h.added),
         removed: stripes(&h.removed),
         quarantined: stripes(&h.quarantined),
@@ -255,6 +257,7 @@ pub fn status_to_wire(s: Status) -> ms::StatusResponse {
                 free_bytes: h.free_bytes,
                 total_bytes: h.total_bytes,
                 read_bytes_per_sec: h.read_bytes_per_sec,
+                device_bytes_per_sec: h.device_bytes_per_sec.unwrap_or(0.0),
                 stripes: h.stripes,
                 failure_count: h.failure_count,
             })

@@ -29,6 +29,8 @@ pub struct Heartbeat {
     pub free_bytes: u64,
     pub total_bytes: u64,
     pub read_bytes_per_sec: f64,
+    /// Its devices' bandwidth while reading, when it read enough to tell.
+    pub device_bytes_per_sec: Option<f64>,
     /// Stripes stored since the last accepted heartbeat.
     pub added: Vec<StripeId>,
     /// Stripes deleted since then.
@@ -75,6 +77,7 @@ impl Master {
                         free_bytes: r.free_bytes,
                         total_bytes: r.total_bytes,
                         read_bytes_per_sec: 0.0,
+                        device_bytes_per_sec: None,
                         last_seen: now,
                         live: true,
                         failures: FailureCounter::default(),
@@ -146,6 +149,10 @@ impl Master {
         s.free_bytes = h.free_bytes;
         s.total_bytes = h.total_bytes;
         s.read_bytes_per_sec = h.read_bytes_per_sec;
+        // A quiet window tells nothing of the device: keep the last figure.
+        if h.device_bytes_per_sec.is_some() {
+            s.device_bytes_per_sec = h.device_bytes_per_sec;
+        }
         for stripe in &h.added {
             if s.stripes.insert(*stripe) {
                 add_location(locations, stripe, &h.server_id);

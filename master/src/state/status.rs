@@ -21,6 +21,8 @@ pub struct ServerHealth {
     pub free_bytes: u64,
     pub total_bytes: u64,
     pub read_bytes_per_sec: f64,
+    /// Its devices' bandwidth while reading, when known.
+    pub device_bytes_per_sec: Option<f64>,
     pub stripes: u64,
     pub failure_count: f64,
 }
@@ -84,6 +86,7 @@ impl Master {
                 free_bytes: s.free_bytes,
                 total_bytes: s.total_bytes,
                 read_bytes_per_sec: s.read_bytes_per_sec,
+                device_bytes_per_sec: s.device_bytes_per_sec,
                 stripes: s.stripes.len() as u64,
                 failure_count: s.failures.count(),
             });

@@ -401,6 +401,7 @@ async fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
             free_bytes: 5 << 30,
             total_bytes: 8 << 30,
             read_bytes_per_sec: 123.5e6,
+            device_bytes_per_sec: 400e6,
             ..Default::default()
         },
         t0 + Duration::from_secs(1),
@@ -408,7 +409,15 @@ async fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     let st = m.status("", t0 + Duration::from_secs(1)).unwrap();
     let s = st.servers.iter().find(|s| s.server_id == "cs1").unwrap();
     assert_eq!((s.free_bytes, s.total_bytes, s.read_bytes_per_sec), (5 << 30, 8 << 30, 123.5e6));
+    assert_eq!(s.device_bytes_per_sec, Some(400e6));
     assert_eq!(s.topology.zone, "z1");
+    // A heartbeat after a quiet window (0: too little read to tell) keeps
+    // the last figure; a server that never read has none.
+    let quiet = ms::HeartbeatRequest { server_id: "cs1".into(), master_epoch: m.epoch(), ..Default::default() };
+    assert!(beat(&m, &quiet, t0 + Duration::from_secs(2)));
+    let st = m.status("", t0 + Duration::from_secs(2)).unwrap();
+    let by_id = |id: &str| st.servers.iter().find(|s| s.server_id == id).unwrap().device_bytes_per_sec;
+    assert_eq!((by_id("cs1"), by_id("cs2")), (Some(400e6), None));
 }
 
 /// Heartbeats from cs0..cs{count} except `lost`; each must be accepted.
