@@ -31,7 +31,7 @@ impl Remote {
     }
 }
 
-fn client(r: &Remote) -> anyhow::Result<FilesetClient> {
+pub(crate) fn client(r: &Remote) -> anyhow::Result<FilesetClient> {
     client_with(r, ClientConfig::default())
 }
 

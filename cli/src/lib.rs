@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod fault;
 pub mod files;
+pub mod job;
 pub mod local;
 pub mod local_up;
 pub mod output;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tessera_chunkserver::cli::ChunkserverArgs;
-use tessera_cli::{bench, demo, fault, files, local_up, promote, sim};
+use tessera_cli::{bench, demo, fault, files, job, local_up, promote, sim};
 use tessera_master::cli::MasterArgs;
 
 /// Tessera stores immutable filesets erasure-coded across chunkservers and reads
@@ -49,6 +49,9 @@ enum Command {
     /// Store a leaf volume's files as a new version of a fileset (asks the
     /// CSI node plugin on the leaf's node).
     Promote(promote::PromoteArgs),
+    /// Jobs over a fileset version (the Job kind's manifests).
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +96,7 @@ async fn main() {
         Command::Status(a) => files::status(master, &a).await,
         Command::Rm(a) => files::rm(master, &a).await,
         Command::Promote(a) => promote::run(&a).await,
+        Command::Job(j) => job::run(master, &j).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Sim(s) => sim::run(s),
         Command::Fault(f) => fault::run(&f).await,

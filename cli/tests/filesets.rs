@@ -347,3 +347,60 @@ fn a_slowed_device_stands_out_in_the_status() {
     // The table shows the column.
     assert!(up.ok(&["status"]).contains("DEVICE/S"));
 }
+
+/// `tessera job plan`: a Job manifest's input version split into its groups,
+/// each next to the chunkserver holding the most of its data.
+#[test]
+fn a_job_plan_puts_every_file_in_one_group_next_to_its_data() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &[]);
+    let src = tempfile::tempdir().unwrap();
+    for (dir, files) in [("a", 3), ("b", 5), ("c", 1)] {
+        std::fs::create_dir(src.path().join(dir)).unwrap();
+        for i in 0..files {
+            let data = tessera_cli::bench::read_tail::pattern(300_000 * (i + 1), i as u64);
+            std::fs::write(src.path().join(dir).join(format!("f{i}")), data).unwrap();
+        }
+    }
+    std::fs::write(src.path().join("top"), b"at the root").unwrap();
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "corpus"]);
+    let job = |grouping: &str| {
+        let path = src.path().join("job.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Job\nmetadata: {{name: hash}}\nspec:\n  input: {{fileset: corpus}}\n  grouping: {grouping}\n  task: {{image: busybox, command: [sha256sum]}}\n  output: {{fileset: sums}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let out = up.ok(&["job", "plan", job("{directory: {depth: 1}}").to_str().unwrap(), "--json"]);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["group"].as_str().unwrap(), r["files"].as_u64().unwrap())).collect();
+    assert_eq!(summary, [("_root", 1), ("a", 3), ("b", 5), ("c", 1)]);
+    let addresses: Vec<String> =
+        up.status()["servers"].as_array().unwrap().iter().map(|s| s["address"].as_str().unwrap().to_string()).collect();
+    for r in &rows {
+        // RS(6,3): the best server of a group holds at least a sixth of it.
+        assert!(addresses.iter().any(|a| r["server"] == a.as_str()), "{r}");
+        assert!(r["local_fraction"].as_f64().unwrap() >= 1.0 / 6.0 - 1e-9, "{r}");
+    }
+    let bytes: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, 300_000 * (6 + 15 + 1) + 11);
+    // By location (a group per server holding most of a file): every file
+    // is still in exactly one group.
+    let out = up.ok(&["job", "plan", job("{location: {}}").to_str().unwrap(), "--json"]);
+    let files: u64 =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["files"].as_u64().unwrap()).sum();
+    assert_eq!(files, 10);
+    // Bad manifests are refused naming what is wrong.
+    let err = up.fails(&["job", "plan", job("{directory: {}, bytes: 100}").to_str().unwrap()]);
+    assert!(err.contains("spec.grouping must set exactly one of"), "{err}");
+    let err = up.fails(&["job", "plan", job("{glob: [{group: t, pattern: 'a/**'}]}").to_str().unwrap()]);
+    assert!(err.contains("match no pattern of grouping.glob"), "{err}");
+    std::fs::write(src.path().join("nojob.yaml"), "kind: Fileset\n").unwrap();
+    let err = up.fails(&["job", "plan", src.path().join("nojob.yaml").to_str().unwrap()]);
+    assert!(err.contains("nojob.yaml: not a Job"), "{err}");
+}

@@ -7,7 +7,6 @@ pub mod fileset;
 pub mod ingest;
 pub mod ingest_pod;
 pub mod ingests;
-pub mod job;
 pub mod kube_store;
 pub mod leader;
 pub mod metrics;

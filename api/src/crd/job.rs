@@ -1,10 +1,14 @@
 //! `Job`: tasks run over the groups of a fileset version, next to their
 //! data, each group's result counted once, published as an output version.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use tessera_core::jobs::grouping::{Grouping, NamedPattern};
+use tessera_core::jobs::straggler::{LessCritical, Pick, Policy, PolicyKind};
 
 /// A job over one version of a fileset.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -326,4 +330,121 @@ pub struct JobStatus {
     pub backups: u32,
     #[serde(default)]
     pub failed_attempts: u32,
+}
+
+impl JobGrouping {
+    /// The core's grouping. The apiserver's CEL rule already refuses a Job
+    /// without exactly one way; a manifest read from a file is checked here.
+    pub fn grouping(&self) -> Result<Grouping, String> {
+        let set = [self.directory.is_some(), self.glob.is_some(), self.bytes.is_some(), self.location.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err("spec.grouping must set exactly one of directory, glob, bytes or location".into());
+        }
+        Ok(if let Some(d) = &self.directory {
+            Grouping::Directory { depth: d.depth as usize }
+        } else if let Some(g) = &self.glob {
+            Grouping::Glob(
+                g.iter().map(|g| NamedPattern { group: g.group.clone(), pattern: g.pattern.clone() }).collect(),
+            )
+        } else if let Some(target) = self.bytes {
+            Grouping::Bytes { target }
+        } else {
+            Grouping::Location
+        })
+    }
+}
+
+impl StragglerPolicy {
+    /// The core's policy for these knobs (integer percentages and seconds,
+    /// as Kubernetes APIs spell them), so that the two sets of defaults
+    /// cannot drift apart; `seed` drives a random pick (from the Job's uid,
+    /// so a restarted controller picks the same tasks).
+    pub fn policy(&self, seed: u64) -> Policy {
+        let percent = |p: u32| f64::from(p) / 100.0;
+        Policy {
+            kind: match self.policy {
+                StragglerKind::None => PolicyKind::None,
+                StragglerKind::Accelerate => PolicyKind::Accelerate,
+                StragglerKind::Backup => PolicyKind::Backup,
+                StragglerKind::Progressive => PolicyKind::Progressive,
+                StragglerKind::Priority => PolicyKind::Priority,
+            },
+            slow_below: percent(self.slow_below_percent),
+            warmup: Duration::from_secs(self.warmup_seconds.into()),
+            network_limit: percent(self.network_limit_percent),
+            accelerate_cap: percent(self.accelerate_cap_percent),
+            backup_cap: percent(self.backup_cap_percent),
+            pick: match self.pick {
+                PickOrder::Slowest => Pick::Slowest,
+                PickOrder::Random => Pick::Random(seed),
+            },
+            end_game: percent(self.end_game_percent),
+            backup_after: percent(self.backup_after_percent),
+            period: Duration::from_secs(self.period_seconds.into()),
+            less_critical: match self.less_critical {
+                LessCriticalChoice::Normal => LessCritical::Normal,
+                LessCriticalChoice::Accelerate => LessCritical::Accelerate,
+                LessCriticalChoice::Backup => LessCritical::Backup,
+            },
+            ..Policy::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_without_straggler_knobs_gets_the_cores_default_policy() {
+        assert_eq!(StragglerPolicy::default().policy(7), Policy::default());
+    }
+
+    #[test]
+    fn every_knob_reaches_the_policy() {
+        let s = StragglerPolicy {
+            policy: StragglerKind::Priority,
+            slow_below_percent: 30,
+            warmup_seconds: 2,
+            network_limit_percent: 15,
+            accelerate_cap_percent: 20,
+            backup_cap_percent: 5,
+            pick: PickOrder::Random,
+            end_game_percent: 95,
+            backup_after_percent: 50,
+            period_seconds: 30,
+            less_critical: LessCriticalChoice::Backup,
+            critical_groups: None,
+        };
+        let want = Policy {
+            kind: PolicyKind::Priority,
+            slow_below: 0.3,
+            warmup: Duration::from_secs(2),
+            network_limit: 0.15,
+            accelerate_cap: 0.2,
+            backup_cap: 0.05,
+            pick: Pick::Random(7),
+            end_game: 0.95,
+            backup_after: 0.5,
+            period: Duration::from_secs(30),
+            less_critical: LessCritical::Backup,
+            ..Policy::default()
+        };
+        assert_eq!(s.policy(7), want);
+    }
+
+    #[test]
+    fn a_grouping_is_exactly_one_way() {
+        let g = JobGrouping { bytes: Some(100), ..Default::default() };
+        assert_eq!(g.grouping(), Ok(Grouping::Bytes { target: 100 }));
+        let two = JobGrouping { bytes: Some(100), location: Some(LocationGrouping {}), ..Default::default() };
+        assert!(two.grouping().unwrap_err().contains("exactly one of"));
+        assert!(JobGrouping::default().grouping().is_err());
+        let glob = JobGrouping {
+            glob: Some(vec![GlobGroup { group: "t".into(), pattern: "train/**".into() }]),
+            ..Default::default()
+        };
+        let want = Grouping::Glob(vec![NamedPattern { group: "t".into(), pattern: "train/**".into() }]);
+        assert_eq!(glob.grouping(), Ok(want));
+    }
 }
