@@ -103,7 +103,7 @@ impl FaultInjector {
     }
 
     /// The time the bandwidth cap stands for: what a device of that
-    /// bandwidth would take to read `bytes` (none without a cap).
+    /// bandwidth takes to read `bytes` (none without a cap).
     pub fn device_time(&self, bytes: usize) -> Duration {
         match self.get().bandwidth_bytes_per_sec {
             0 => Duration::ZERO,

@@ -131,8 +131,15 @@ async fn session(
         let (free, total) = space(shared);
         let now = Instant::now();
         let read: f64 = shared.reads.iter().map(|w| w.rate(now, DEFAULT_WINDOW_SECS)).sum();
-        let busy_ns: f64 = shared.read_busy_ns.iter().map(|w| w.rate(now, DEFAULT_WINDOW_SECS)).sum();
-        let device = device_bandwidth(read, busy_ns).unwrap_or(0.0);
+        // The slowest data dir that read enough to tell: one slow disk among
+        // fast ones must stand out, not be averaged away.
+        let device = shared
+            .reads
+            .iter()
+            .zip(&shared.read_busy)
+            .filter_map(|(r, b)| device_bandwidth(r.rate(now, DEFAULT_WINDOW_SECS), b.rate(now, DEFAULT_WINDOW_SECS)))
+            .fold(None, |min: Option<f64>, b| Some(min.map_or(b, |m| m.min(b))))
+            .unwrap_or(0.0);
         let req = ms::HeartbeatRequest {
             server_id: id.server_id.clone(),
             master_epoch: epoch.clone(),

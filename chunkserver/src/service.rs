@@ -17,7 +17,7 @@ use crate::classes::{Admission, RequestClass};
 use crate::faults::{Entry, FaultInjector, Faults};
 use crate::metrics::{ClassLabels, DirLabels, FaultLabels, FoundLabels, Metrics, OpLabels, RequestLabels};
 use crate::quotas::{QuotaConfig, StripeQueues};
-use crate::stats::{DEFAULT_WINDOW_SECS, RateWindow};
+use crate::stats::{BusyClock, DEFAULT_WINDOW_SECS, RateWindow};
 use crate::store::{StoreError, StripeHeader, StripeStore, WriteStart};
 
 /// Bytes per read response message (rounded down to whole blocks).
@@ -53,9 +53,10 @@ pub struct Shared {
     pub metrics: Metrics,
     pub origin: Instant,
     pub reads: Vec<RateWindow>,
-    /// Nanoseconds serving reads spent getting their bytes from each data
-    /// dir (an injected bandwidth cap included: it stands for a slow device).
-    pub read_busy_ns: Vec<RateWindow>,
+    /// The time each data dir was busy serving reads: the reads with their
+    /// checksums (page cache hits included), and what an injected bandwidth
+    /// cap stands for.
+    pub read_busy: Vec<BusyClock>,
     pub writes: Vec<RateWindow>,
     /// Metric labels of each data dir, built once rather than per request.
     dir_labels: Vec<DirLabels>,
@@ -126,7 +127,7 @@ impl Shared {
             metrics: Metrics::default(),
             origin,
             reads: (0..n).map(|_| RateWindow::new(origin)).collect(),
-            read_busy_ns: (0..n).map(|_| RateWindow::new(origin)).collect(),
+            read_busy: (0..n).map(|_| BusyClock::new(origin)).collect(),
             writes: (0..n).map(|_| RateWindow::new(origin)).collect(),
             dir_labels: store.dirs().iter().map(|d| DirLabels { data_dir: d.path.display().to_string() }).collect(),
             store,
@@ -226,11 +227,22 @@ impl Shared {
                     let mut off = range.start;
                     while off < range.end {
                         let len = chunk.min(range.end - off);
-                        let store = s.store.clone();
-                        let reading = Instant::now();
-                        let read = tokio::task::spawn_blocking(move || store.read(&stripe, off, len))
-                            .await
-                            .map_err(join_error)?;
+                        let (shared, dir) = (s.clone(), meta.dir);
+                        // Timed and counted in the blocking task, which runs
+                        // to its end even when the reader cancels: a device
+                        // too slow to ever finish before the reader has
+                        // enough elsewhere still shows what it took.
+                        let read = tokio::task::spawn_blocking(move || {
+                            let busy = shared.read_busy[dir].begin();
+                            let read = shared.store.read(&stripe, off, len);
+                            drop(busy);
+                            if let Ok((data, _)) = &read {
+                                shared.reads[dir].record(Instant::now(), data.len() as u64);
+                            }
+                            read
+                        })
+                        .await
+                        .map_err(join_error)?;
                         let (data, meta) = match read {
                             Ok(x) => x,
                             Err(e @ StoreError::Corrupt { .. }) => {
@@ -240,14 +252,12 @@ impl Shared {
                             Err(e) => return Err(Status::from(e)),
                         };
                         let n = data.len();
-                        // The device's time for these bytes: the read, and
-                        // what an injected bandwidth cap stands for (counted
-                        // now: a reader that has enough cancels the pacing).
-                        let device = reading.elapsed() + s.faults.device_time(n);
-                        s.reads[meta.dir].record(Instant::now(), n as u64);
-                        s.read_busy_ns[meta.dir].record(Instant::now(), device.as_nanos() as u64);
                         s.metrics.read_bytes.get_or_create(s.dir_label(meta.dir)).inc_by(n as u64);
                         turn.charge(n as u64);
+                        // An injected cap stands for a device of that
+                        // bandwidth: its time for these bytes is counted
+                        // whole now, as a real device's read would be.
+                        s.read_busy[meta.dir].add(Instant::now(), s.faults.device_time(n));
                         s.faults.pace(n).await;
                         let (data, corrupted) = s.faults.maybe_corrupt(data);
                         if corrupted {

@@ -67,10 +67,65 @@ impl RateWindow {
     }
 }
 
-/// A device must have read this much per second of the window (1 MiB in
-/// the default 10 s) before its bandwidth is told: a few small reads say
-/// little.
-const MIN_BYTES_PER_SEC: f64 = 104_857.6;
+/// A device must have read 1 MiB in the window before its bandwidth is
+/// told: a few small reads say little.
+const MIN_BYTES_PER_SEC: f64 = (1u64 << 20) as f64 / DEFAULT_WINDOW_SECS as f64;
+
+/// The time a device is busy serving reads: the union of their intervals,
+/// so reads that overlap count once (as the kernel's io_ticks do), into a
+/// window of nanoseconds per second.
+#[derive(Debug)]
+pub struct BusyClock {
+    window: RateWindow,
+    /// Reads in flight, and since when the busy time was last counted.
+    state: Mutex<(u32, Instant)>,
+}
+
+/// One read's share of a [`BusyClock`]; ends when dropped (also when the
+/// read is cancelled).
+pub struct Busy<'a>(&'a BusyClock);
+
+impl BusyClock {
+    pub fn new(origin: Instant) -> Self {
+        Self { window: RateWindow::new(origin), state: Mutex::new((0, origin)) }
+    }
+
+    pub fn begin(&self) -> Busy<'_> {
+        self.begin_at(Instant::now());
+        Busy(self)
+    }
+
+    fn begin_at(&self, now: Instant) {
+        let mut st = self.state.lock().unwrap();
+        if st.0 == 0 {
+            st.1 = now;
+        }
+        st.0 += 1;
+    }
+
+    fn end_at(&self, now: Instant) {
+        let mut st = self.state.lock().unwrap();
+        self.window.record(now, now.saturating_duration_since(st.1).as_nanos() as u64);
+        st.1 = now;
+        st.0 = st.0.saturating_sub(1);
+    }
+
+    /// Adds busy time that is known whole (an emulated device's).
+    pub fn add(&self, now: Instant, busy: std::time::Duration) {
+        self.window.record(now, busy.as_nanos() as u64);
+    }
+
+    /// Busy nanoseconds per second over the last `window` seconds.
+    pub fn rate(&self, now: Instant, window: u32) -> f64 {
+        self.window.rate(now, window)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.end_at(Instant::now());
+    }
+}
 
 /// A device's bandwidth while reading: bytes per second of the time reads
 /// spent in it, from the window's rates of bytes and of busy nanoseconds;
@@ -107,6 +162,21 @@ mod tests {
         let later = t0 + Duration::from_secs(u64::from(MAX_WINDOW_SECS) + 1);
         w.record(later, 10);
         assert_eq!(w.rate(later + Duration::from_secs(1), 5), 2.0);
+    }
+
+    #[test]
+    fn overlapping_reads_count_their_busy_time_once() {
+        let t0 = Instant::now();
+        let c = BusyClock::new(t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // [0, 400] and [100, 300] overlap: 400 ms busy; then [500, 600].
+        c.begin_at(at(0));
+        c.begin_at(at(100));
+        c.end_at(at(300));
+        c.end_at(at(400));
+        c.begin_at(at(500));
+        c.end_at(at(600));
+        assert_eq!(c.rate(at(1000), 1), 500e6, "500 ms of one second");
     }
 
     #[test]

@@ -40,7 +40,18 @@ pub async fn run(r: &Remote, cmd: &JobCommand) -> anyhow::Result<()> {
 /// Reads a Job manifest, naming the file and the field that is wrong.
 pub fn read_job(path: &std::path::Path) -> anyhow::Result<Job> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let job: Job = serde_yaml::from_str(&text).with_context(|| format!("{}: not a Job", path.display()))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
+    let (api_version, kind) =
+        (value.get("apiVersion").and_then(|v| v.as_str()), value.get("kind").and_then(|v| v.as_str()));
+    if (api_version, kind) != (Some(tessera_api::keys::API_VERSION), Some("Job")) {
+        bail!(
+            "{}: not a Job: apiVersion {api_version:?} and kind {kind:?}, want {:?} and \"Job\"",
+            path.display(),
+            tessera_api::keys::API_VERSION
+        );
+    }
+    let job: Job = serde_yaml::from_value(value).with_context(|| format!("{}: not a Job", path.display()))?;
     if job.metadata.name.as_deref().unwrap_or_default().is_empty() && job.metadata.generate_name.is_none() {
         bail!("{}: metadata.name is missing", path.display());
     }
@@ -71,8 +82,11 @@ async fn plan_of(r: &Remote, a: &PlanArgs) -> anyhow::Result<Planned> {
     let fc = client(r)?;
     let v = fc.open(&input.fileset, input.version.unwrap_or(0)).await?;
     let holder = |item: u64, stripe: usize| v.items().get(item as usize)?.servers.get(stripe)?.clone();
-    let groups =
-        plan::plan(&v.manifest, &v.layout, holder, &how).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let groups = plan::plan(&v.manifest, &v.layout, holder, &how).map_err(|e| match e {
+        // The job's grouping does not fit the version's files.
+        plan::PlanError::Grouping(e) => anyhow::anyhow!("{}: {e}", a.file.display()),
+        e @ plan::PlanError::Layout(_) => anyhow::anyhow!("{}@{}: {e}", input.fileset, v.id()),
+    })?;
     Ok(Planned { fileset: input.fileset.clone(), version: v.id(), groups })
 }
 

@@ -400,7 +400,8 @@ fn a_job_plan_puts_every_file_in_one_group_next_to_its_data() {
     assert!(err.contains("spec.grouping must set exactly one of"), "{err}");
     let err = up.fails(&["job", "plan", job("{glob: [{group: t, pattern: 'a/**'}]}").to_str().unwrap()]);
     assert!(err.contains("match no pattern of grouping.glob"), "{err}");
-    std::fs::write(src.path().join("nojob.yaml"), "kind: Fileset\n").unwrap();
+    let fileset = std::fs::read_to_string(job("{bytes: 100}")).unwrap().replace("kind: Job", "kind: Fileset");
+    std::fs::write(src.path().join("nojob.yaml"), fileset).unwrap();
     let err = up.fails(&["job", "plan", src.path().join("nojob.yaml").to_str().unwrap()]);
-    assert!(err.contains("nojob.yaml: not a Job"), "{err}");
+    assert!(err.contains("nojob.yaml: not a Job") && err.contains("Fileset"), "{err}");
 }

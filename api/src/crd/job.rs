@@ -207,8 +207,8 @@ pub struct StragglerPolicy {
     pub backup_cap_percent: u32,
     #[serde(default)]
     pub pick: PickOrder,
-    /// Past this percentage of groups committed, every running task reads
-    /// accelerated.
+    /// Once at least this percentage of groups is committed (a small job:
+    /// at its last group), every running task reads accelerated.
     #[serde(default = "default_end_game")]
     #[schemars(range(min = 1, max = 100))]
     pub end_game_percent: u32,
@@ -332,13 +332,20 @@ pub struct JobStatus {
     pub failed_attempts: u32,
 }
 
+/// A Job the apiserver would have refused, read from elsewhere (a file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobSpecError {
+    #[error("spec.grouping must set exactly one of directory, glob, bytes or location")]
+    GroupingNotOne,
+}
+
 impl JobGrouping {
     /// The core's grouping. The apiserver's CEL rule already refuses a Job
     /// without exactly one way; a manifest read from a file is checked here.
-    pub fn grouping(&self) -> Result<Grouping, String> {
+    pub fn grouping(&self) -> Result<Grouping, JobSpecError> {
         let set = [self.directory.is_some(), self.glob.is_some(), self.bytes.is_some(), self.location.is_some()];
         if set.iter().filter(|s| **s).count() != 1 {
-            return Err("spec.grouping must set exactly one of directory, glob, bytes or location".into());
+            return Err(JobSpecError::GroupingNotOne);
         }
         Ok(if let Some(d) = &self.directory {
             Grouping::Directory { depth: d.depth as usize }
@@ -438,7 +445,7 @@ mod tests {
         let g = JobGrouping { bytes: Some(100), ..Default::default() };
         assert_eq!(g.grouping(), Ok(Grouping::Bytes { target: 100 }));
         let two = JobGrouping { bytes: Some(100), location: Some(LocationGrouping {}), ..Default::default() };
-        assert!(two.grouping().unwrap_err().contains("exactly one of"));
+        assert_eq!(two.grouping(), Err(JobSpecError::GroupingNotOne));
         assert!(JobGrouping::default().grouping().is_err());
         let glob = JobGrouping {
             glob: Some(vec![GlobGroup { group: "t".into(), pattern: "train/**".into() }]),

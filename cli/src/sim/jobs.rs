@@ -98,6 +98,8 @@ pub struct SimJobsReport {
     pub ratio: Option<f64>,
     /// Bytes read beyond one read of every group's data.
     pub extra_bytes: u64,
+    /// Attempts that read accelerated (switched, at the end game too, or
+    /// started so).
     pub accelerated: usize,
     pub backups: usize,
     /// Slot-seconds of every attempt, and of the attempts whose result was
@@ -210,7 +212,8 @@ fn simulate(a: &SimJobsArgs, w: &World, label: &str, policy: &Policy) -> SimJobs
     let mut pending_backups: VecDeque<(usize, usize, bool)> = VecDeque::new();
     let (mut done, mut now, mut next_eval) = (0usize, 0.0f64, a.every);
     let (mut read_mb, mut task_s, mut wasted_s) = (0.0f64, 0.0f64, 0.0f64);
-    let (mut accelerated, mut backups) = (0usize, 0usize);
+    // Attempts switched to accelerated reads, and backups started so.
+    let (mut accelerated_runs, mut backups) = (0usize, 0usize);
 
     // A free node for a group: one of its data servers if any has a slot,
     // else the next free node round the cluster; never `avoid`.
@@ -268,6 +271,7 @@ fn simulate(a: &SimJobsArgs, w: &World, label: &str, policy: &Policy) -> SimJobs
             let Some(node) = place(&mut free, g, Some(avoid)) else { break };
             pending_backups.pop_front();
             backups += 1;
+            accelerated_runs += usize::from(accelerated);
             launch(&mut attempts, &mut running, g, node, accelerated);
         }
 
@@ -296,7 +300,7 @@ fn simulate(a: &SimJobsArgs, w: &World, label: &str, policy: &Policy) -> SimJobs
                 now: Duration::from_secs_f64(now),
                 groups: a.tasks,
                 committed: done,
-                pending_backups: pending_backups.iter().map(|b| b.0.to_string()).collect(),
+                pending_backups: pending_backups.iter().filter(|b| !committed[b.0]).map(|b| b.0.to_string()).collect(),
             };
             for action in straggler::decide(policy, &progress, &reports).actions {
                 match action {
@@ -304,7 +308,7 @@ fn simulate(a: &SimJobsArgs, w: &World, label: &str, policy: &Policy) -> SimJobs
                         let g: usize = task.group.parse().expect("the simulator names groups by index");
                         if let Some(&i) = running[g].iter().find(|&&i| attempts[i].number == task.attempt) {
                             attempts[i].accelerated_since = Some(now);
-                            accelerated += 1;
+                            accelerated_runs += 1;
                         }
                     }
                     Action::Backup { group, avoid, accelerated, .. } => {
@@ -357,7 +361,7 @@ fn simulate(a: &SimJobsArgs, w: &World, label: &str, policy: &Policy) -> SimJobs
         makespan_s: now,
         ratio: None,
         extra_bytes: ((read_mb - data_mb).max(0.0) * 1e6) as u64,
-        accelerated,
+        accelerated: accelerated_runs,
         backups,
         task_s,
         wasted_task_s: wasted_s,

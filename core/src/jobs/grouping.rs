@@ -78,11 +78,15 @@ pub fn group(files: &[FileRef], how: &Grouping) -> Result<BTreeMap<String, Vec<F
             for f in sorted {
                 let dir: Vec<&str> = f.path.split('/').collect();
                 let dir = &dir[..dir.len() - 1];
-                if dir.first() == Some(&ROOT_GROUP) {
-                    return Err(GroupingError::Reserved(ROOT_GROUP.into()));
-                }
                 let key = if dir.is_empty() { ROOT_GROUP.to_string() } else { dir[..dir.len().min(*depth)].join("/") };
                 groups.entry(key).or_default().push(f.clone());
+            }
+            // Files at the root and a top-level directory named like their
+            // group would share one group (and one output directory).
+            let root_files = groups.get(ROOT_GROUP).is_some_and(|g| g.iter().any(|f| !f.path.contains('/')));
+            let root_dir = files.iter().any(|f| f.path.starts_with(&format!("{ROOT_GROUP}/")));
+            if root_files && root_dir {
+                return Err(GroupingError::Reserved(ROOT_GROUP.into()));
             }
         }
         Grouping::Glob(patterns) => {
@@ -210,6 +214,9 @@ mod tests {
         assert_eq!(group(&files, &Grouping::Directory { depth: 0 }), Err(GroupingError::ZeroDepth));
         let clash = [file("_root/a", 1), file("top", 1)];
         assert_eq!(group(&clash, &Grouping::Directory { depth: 1 }), Err(GroupingError::Reserved("_root".into())));
+        // Without files at the root, a directory of that name is just a group.
+        let g = group(&clash[..1], &Grouping::Directory { depth: 1 }).unwrap();
+        assert_eq!(names(&g), [("_root", vec!["_root/a"])]);
     }
 
     #[test]

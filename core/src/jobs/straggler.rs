@@ -35,14 +35,15 @@ pub enum PolicyKind {
     Backup,
     /// The default, progressive and cause-aware (seed 000 §2.6): a task
     /// slowed by a server is accelerated, and gets an accelerated backup if
-    /// it is still slow a period later (or at once if its link is too busy
-    /// to accelerate); a task slowed by its node gets a backup; a backup
+    /// it is still slow a period later (or, if its link is too busy to
+    /// accelerate, as soon as backups open); a task slowed by its node gets a backup; a backup
     /// still slow a period after it started is accelerated; the end game
     /// accelerates everything left. Backups wait for `backup_after`.
     Progressive,
     /// By priority (seed 000 §2.6): a critical slow task is accelerated
-    /// whatever the cause and gets a backup that reads accelerated from the
-    /// start; a normal one gets [`Policy::less_critical`].
+    /// whatever the cause and the cap (critical tasks are few), and gets a
+    /// backup that reads accelerated from the start once backups open; a
+    /// normal one gets [`Policy::less_critical`].
     Priority,
 }
 
@@ -88,7 +89,8 @@ pub struct Policy {
     /// relative to what runs, as Hadoop's speculative cap is.
     pub backup_cap: f64,
     pub pick: Pick,
-    /// Once more than this fraction of the groups is committed, every
+    /// Once at least this fraction of the groups is committed (for a job
+    /// too small for that to leave any running, at its last group), every
     /// running task is accelerated.
     pub end_game: f64,
     /// Backups start only once this fraction of the groups is committed.
@@ -169,11 +171,11 @@ impl Progress {
         if self.groups == 0 { 1.0 } else { self.committed as f64 / self.groups as f64 }
     }
 
-    /// Past the end game: more than `fraction` of the groups committed, or,
+    /// Past the end game: at least `fraction` of the groups committed, or,
     /// for a job too small for that to leave any running, its last group.
     fn in_end_game(&self, fraction: f64) -> bool {
         let remaining = self.groups.saturating_sub(self.committed);
-        // The epsilon keeps 1 - 0.99 times 100 groups at one, not zero.
+        // The epsilon keeps (1 - 0.9) times 10 groups at one, not zero.
         let allowed = (((1.0 - fraction) * self.groups as f64) + 1e-9).floor() as usize;
         remaining > 0 && remaining <= allowed.max(1)
     }
@@ -265,6 +267,8 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
         let cause = |r: &TaskReport| if r.slow_server { Reason::SlowServer } else { Reason::SlowNode };
 
         let mut acc: Vec<(&TaskReport, Reason)> = Vec::new();
+        // Critical tasks' accelerations, outside the cap.
+        let mut critical: Vec<&TaskReport> = Vec::new();
         // With whether the backup starts accelerated.
         let mut bak: Vec<(&TaskReport, Reason, bool)> = Vec::new();
         for r in slow {
@@ -308,7 +312,7 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
                     // attempts accelerated, whatever the cause.
                     (Priority::Critical, _) => {
                         if r.accelerated_since.is_none() {
-                            acc.push((r, Reason::Critical));
+                            critical.push(r);
                         }
                         if can_back_up(r) {
                             bak.push((r, Reason::Critical, true));
@@ -327,6 +331,9 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
                     }
                 },
             }
+        }
+        for r in critical {
+            accelerate.insert(r.task.clone(), Reason::Critical);
         }
         let acc_limit = ((policy.accelerate_cap * acc.len() as f64).ceil() as usize).max(1);
         for (r, reason) in capped(policy, progress, acc, acc_limit, |c| c.0) {

@@ -50,7 +50,8 @@ pub struct Server {
     pub free_bytes: u64,
     pub total_bytes: u64,
     pub read_bytes_per_sec: f64,
-    pub device_bytes_per_sec: Option<f64>,
+    /// Its devices' bandwidth while reading, and when it was measured.
+    pub device_bytes_per_sec: Option<(f64, Instant)>,
     pub last_seen: Instant,
     pub live: bool,
     pub failures: FailureCounter,

@@ -64,6 +64,8 @@ impl Master {
                 s.topology = r.topology.clone();
                 s.free_bytes = r.free_bytes;
                 s.total_bytes = r.total_bytes;
+                // A restarted server may have another disk: measure anew.
+                s.device_bytes_per_sec = None;
                 s.last_seen = now;
                 s.live = true;
             }
@@ -149,9 +151,10 @@ impl Master {
         s.free_bytes = h.free_bytes;
         s.total_bytes = h.total_bytes;
         s.read_bytes_per_sec = h.read_bytes_per_sec;
-        // A quiet window tells nothing of the device: keep the last figure.
-        if h.device_bytes_per_sec.is_some() {
-            s.device_bytes_per_sec = h.device_bytes_per_sec;
+        // A quiet window tells nothing of the device: keep the last figure
+        // (the status lets it go once it is old).
+        if let Some(b) = h.device_bytes_per_sec {
+            s.device_bytes_per_sec = Some((b, now));
         }
         for stripe in &h.added {
             if s.stripes.insert(*stripe) {

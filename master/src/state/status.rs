@@ -10,6 +10,10 @@ use tessera_core::placement::{Level, Topology};
 use super::{Loss, LossCounts, Master, reachable_indices};
 use crate::MasterError;
 
+/// How long a device figure stays current without a new one: a server that
+/// stopped reading (or got its disk replaced) is not shown slow for ever.
+pub const DEVICE_FIGURE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerHealth {
     pub server_id: ServerId,
@@ -86,7 +90,10 @@ impl Master {
                 free_bytes: s.free_bytes,
                 total_bytes: s.total_bytes,
                 read_bytes_per_sec: s.read_bytes_per_sec,
-                device_bytes_per_sec: s.device_bytes_per_sec,
+                device_bytes_per_sec: s
+                    .device_bytes_per_sec
+                    .filter(|(_, at)| now.saturating_duration_since(*at) < DEVICE_FIGURE_TTL)
+                    .map(|(b, _)| b),
                 stripes: s.stripes.len() as u64,
                 failure_count: s.failures.count(),
             });

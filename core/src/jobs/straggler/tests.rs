@@ -164,7 +164,7 @@ fn critical_tasks_get_both_and_the_others_what_is_configured() {
         r.slow_server = true;
     }
     reports[0].priority = Priority::Critical;
-    let mut p = Policy { accelerate_cap: 1.0, backup_cap: 1.0, ..policy(PolicyKind::Priority) };
+    let mut p = Policy { backup_cap: 1.0, ..policy(PolicyKind::Priority) };
     let at = progress(10 * S, 10, 8);
     let d = decide(&p, &at, &reports);
     assert_eq!(accelerated(&d), [("g000", Reason::Critical), ("g001", Reason::SlowServer)]);
@@ -176,6 +176,13 @@ fn critical_tasks_get_both_and_the_others_what_is_configured() {
     assert_eq!(backed_up(&d), [("g000", "n000", Reason::Critical), ("g001", "n001", Reason::SlowServer)]);
     p.less_critical = LessCritical::Normal;
     assert_eq!(backed_up(&decide(&p, &at, &reports)), [("g000", "n000", Reason::Critical)]);
+    // Critical tasks are few: the cap does not hold them back.
+    for r in &mut reports[..4] {
+        r.rate = 10.0;
+        r.priority = Priority::Critical;
+    }
+    let p = Policy { accelerate_cap: 0.01, ..p };
+    assert_eq!(accelerated(&decide(&p, &at, &reports)).len(), 4);
 }
 
 #[test]

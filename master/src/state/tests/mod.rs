@@ -418,6 +418,9 @@ async fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     let st = m.status("", t0 + Duration::from_secs(2)).unwrap();
     let by_id = |id: &str| st.servers.iter().find(|s| s.server_id == id).unwrap().device_bytes_per_sec;
     assert_eq!((by_id("cs1"), by_id("cs2")), (Some(400e6), None));
+    // A figure a minute old is not current any more.
+    let st = m.status("", t0 + Duration::from_secs(1) + super::status::DEVICE_FIGURE_TTL).unwrap();
+    assert_eq!(st.servers.iter().find(|s| s.server_id == "cs1").unwrap().device_bytes_per_sec, None);
 }
 
 /// Heartbeats from cs0..cs{count} except `lost`; each must be accepted.
