@@ -235,9 +235,18 @@ impl Shared {
                         let read = tokio::task::spawn_blocking(move || {
                             let busy = shared.read_busy[dir].begin();
                             let read = shared.store.read(&stripe, off, len);
-                            drop(busy);
-                            if let Ok((data, _)) = &read {
-                                shared.reads[dir].record(Instant::now(), data.len() as u64);
+                            match &read {
+                                Ok((data, _)) => {
+                                    drop(busy);
+                                    let n = data.len();
+                                    shared.reads[dir].record(Instant::now(), n as u64);
+                                    shared.metrics.read_bytes.get_or_create(shared.dir_label(dir)).inc_by(n as u64);
+                                    // An injected cap stands for a device of
+                                    // that bandwidth: its time for these bytes
+                                    // is counted whole, as a device's read is.
+                                    shared.read_busy[dir].add(Instant::now(), shared.faults.device_time(n));
+                                }
+                                Err(_) => busy.discard(),
                             }
                             read
                         })
@@ -252,12 +261,7 @@ impl Shared {
                             Err(e) => return Err(Status::from(e)),
                         };
                         let n = data.len();
-                        s.metrics.read_bytes.get_or_create(s.dir_label(meta.dir)).inc_by(n as u64);
                         turn.charge(n as u64);
-                        // An injected cap stands for a device of that
-                        // bandwidth: its time for these bytes is counted
-                        // whole now, as a real device's read would be.
-                        s.read_busy[meta.dir].add(Instant::now(), s.faults.device_time(n));
                         s.faults.pace(n).await;
                         let (data, corrupted) = s.faults.maybe_corrupt(data);
                         if corrupted {

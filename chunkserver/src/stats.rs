@@ -82,8 +82,18 @@ pub struct BusyClock {
 }
 
 /// One read's share of a [`BusyClock`]; ends when dropped (also when the
-/// read is cancelled).
-pub struct Busy<'a>(&'a BusyClock);
+/// read is cancelled); [`Busy::discard`] ends it without counting (a read
+/// that failed says nothing of the device's speed).
+pub struct Busy<'a> {
+    clock: &'a BusyClock,
+    counted: bool,
+}
+
+impl Busy<'_> {
+    pub fn discard(mut self) {
+        self.counted = false;
+    }
+}
 
 impl BusyClock {
     pub fn new(origin: Instant) -> Self {
@@ -91,21 +101,26 @@ impl BusyClock {
     }
 
     pub fn begin(&self) -> Busy<'_> {
-        self.begin_at(Instant::now());
-        Busy(self)
+        self.begin_at(None);
+        Busy { clock: self, counted: true }
     }
 
-    fn begin_at(&self, now: Instant) {
+    /// The clock is read under the lock, so that a begin and an end racing
+    /// each other never move the mark backwards.
+    fn begin_at(&self, at: Option<Instant>) {
         let mut st = self.state.lock().unwrap();
         if st.0 == 0 {
-            st.1 = now;
+            st.1 = at.unwrap_or_else(Instant::now);
         }
         st.0 += 1;
     }
 
-    fn end_at(&self, now: Instant) {
+    fn end_at(&self, at: Option<Instant>, counted: bool) {
         let mut st = self.state.lock().unwrap();
-        self.window.record(now, now.saturating_duration_since(st.1).as_nanos() as u64);
+        let now = at.unwrap_or_else(Instant::now);
+        if counted {
+            self.window.record(now, now.saturating_duration_since(st.1).as_nanos() as u64);
+        }
         st.1 = now;
         st.0 = st.0.saturating_sub(1);
     }
@@ -123,7 +138,7 @@ impl BusyClock {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.end_at(Instant::now());
+        self.clock.end_at(None, self.counted);
     }
 }
 
@@ -170,13 +185,22 @@ mod tests {
         let c = BusyClock::new(t0);
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // [0, 400] and [100, 300] overlap: 400 ms busy; then [500, 600].
-        c.begin_at(at(0));
-        c.begin_at(at(100));
-        c.end_at(at(300));
-        c.end_at(at(400));
-        c.begin_at(at(500));
-        c.end_at(at(600));
+        c.begin_at(Some(at(0)));
+        c.begin_at(Some(at(100)));
+        c.end_at(Some(at(300)), true);
+        c.end_at(Some(at(400)), true);
+        c.begin_at(Some(at(500)));
+        c.end_at(Some(at(600)), true);
+        // A failed read's time is not counted.
+        c.begin_at(Some(at(700)));
+        c.end_at(Some(at(900)), false);
         assert_eq!(c.rate(at(1000), 1), 500e6, "500 ms of one second");
+        // The guard: a discarded one adds nothing, and leaves nothing in
+        // flight (the next read starts its own interval).
+        let c = BusyClock::new(t0);
+        c.begin().discard();
+        assert_eq!(c.window.rate(Instant::now() + Duration::from_secs(1), 1), 0.0);
+        assert_eq!(c.state.lock().unwrap().0, 0);
     }
 
     #[test]

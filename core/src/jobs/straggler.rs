@@ -333,7 +333,7 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
             }
         }
         for r in critical {
-            accelerate.insert(r.task.clone(), Reason::Critical);
+            accelerate.entry(r.task.clone()).or_insert(Reason::Critical);
         }
         let acc_limit = ((policy.accelerate_cap * acc.len() as f64).ceil() as usize).max(1);
         for (r, reason) in capped(policy, progress, acc, acc_limit, |c| c.0) {

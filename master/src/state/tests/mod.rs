@@ -423,6 +423,24 @@ async fn heartbeats_carry_capacity_and_bandwidth_into_the_status() {
     assert_eq!(st.servers.iter().find(|s| s.server_id == "cs1").unwrap().device_bytes_per_sec, None);
 }
 
+#[tokio::test]
+async fn a_registration_forgets_the_device_figure() {
+    let m = master();
+    let t0 = Instant::now();
+    register(&m, 3, t0);
+    let fast = ms::HeartbeatRequest {
+        server_id: "cs1".into(),
+        master_epoch: m.epoch(),
+        device_bytes_per_sec: 400e6,
+        ..Default::default()
+    };
+    assert!(beat(&m, &fast, t0 + Duration::from_secs(1)));
+    // Restarted (perhaps on another disk): measured anew.
+    register(&m, 3, t0 + Duration::from_secs(2));
+    let st = m.status("", t0 + Duration::from_secs(2)).unwrap();
+    assert_eq!(st.servers.iter().find(|s| s.server_id == "cs1").unwrap().device_bytes_per_sec, None);
+}
+
 /// Heartbeats from cs0..cs{count} except `lost`; each must be accepted.
 fn beat_all_but(m: &Master, count: usize, lost: &[usize], now: Instant) {
     for i in (0..count).filter(|i| !lost.contains(i)) {
