@@ -1,9 +1,11 @@
 # The one command for tests: `make test`. It builds the Kubernetes test tools
-# it needs (etcd, kube-apiserver, kubectl, kwok, helm) from the Go module
-# proxy once per version into ~/.cache/tessera/tools, checks formatting, lints
-# and that crds/ is current, and runs every test: unit and property tests, the
-# multi-process fault tests (which mount a tmpfs, so run as root) and the
-# end-to-end tests against a real etcd and kube-apiserver.
+# it needs (etcd, kube-apiserver, kubectl, kubelet, kube-proxy,
+# kube-scheduler, kube-controller-manager, kwok, helm, csi-sanity, coredns)
+# from the Go module proxy once per version into ~/.cache/tessera/tools,
+# checks formatting, lints and that crds/ is current, and runs every test:
+# unit and property tests, the multi-process fault tests (which mount a
+# tmpfs, so run as root) and the end-to-end tests against a real etcd and
+# kube-apiserver, and a real kubelet with containerd for the pod tests.
 
 CARGO ?= cargo
 

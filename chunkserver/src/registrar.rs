@@ -138,7 +138,7 @@ async fn session(
             .iter()
             .zip(&shared.read_busy)
             .filter_map(|(r, b)| device_bandwidth(r.rate(now, DEFAULT_WINDOW_SECS), b.rate(now, DEFAULT_WINDOW_SECS)))
-            .fold(None, |min: Option<f64>, b| Some(min.map_or(b, |m| m.min(b))))
+            .reduce(f64::min)
             .unwrap_or(0.0);
         let req = ms::HeartbeatRequest {
             server_id: id.server_id.clone(),

@@ -238,13 +238,13 @@ impl Shared {
                             match &read {
                                 Ok((data, _)) => {
                                     drop(busy);
-                                    let n = data.len();
-                                    shared.reads[dir].record(Instant::now(), n as u64);
+                                    let (n, now) = (data.len(), Instant::now());
+                                    shared.reads[dir].record(now, n as u64);
                                     shared.metrics.read_bytes.get_or_create(shared.dir_label(dir)).inc_by(n as u64);
                                     // An injected cap stands for a device of
                                     // that bandwidth: its time for these bytes
                                     // is counted whole, as a device's read is.
-                                    shared.read_busy[dir].add(Instant::now(), shared.faults.device_time(n));
+                                    shared.read_busy[dir].add(now, shared.faults.device_time(n));
                                 }
                                 Err(_) => busy.discard(),
                             }
