@@ -23,6 +23,10 @@ pub struct GroupRecord {
     pub failed: BTreeSet<Attempt>,
     /// The attempt whose result counts, once one committed.
     pub committed: Option<Attempt>,
+    /// Attempts given up without their fault (their node went away): they
+    /// cannot commit, and do not count against the backoff limit.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub abandoned: BTreeSet<Attempt>,
 }
 
 /// The ledger of a job: a record per group.
@@ -54,6 +58,8 @@ pub enum LedgerError {
     OutOfRetries { group: String, failed: usize, limit: u32 },
     #[error("attempt {attempt} of group {group:?} failed; it cannot commit")]
     Failed { group: String, attempt: Attempt },
+    #[error("attempt {attempt} of group {group:?} was given up (its node went away); it cannot commit")]
+    Abandoned { group: String, attempt: Attempt },
 }
 
 impl Ledger {
@@ -90,6 +96,9 @@ impl Ledger {
         if r.failed.contains(&attempt) {
             return Err(LedgerError::Failed { group: group.into(), attempt });
         }
+        if r.abandoned.contains(&attempt) {
+            return Err(LedgerError::Abandoned { group: group.into(), attempt });
+        }
         Ok(match r.committed {
             None => {
                 r.committed = Some(attempt);
@@ -115,6 +124,21 @@ impl Ledger {
         }
         r.failed.insert(attempt);
         Ok(r.failed.len() <= limit as usize)
+    }
+
+    /// `attempt` of `group` is given up through no fault of its own (its node
+    /// went away): it may not commit, and another may start whatever the
+    /// backoff limit. Returns whether the group still needs an attempt.
+    pub fn abandon(&mut self, group: &str, attempt: Attempt) -> Result<bool, LedgerError> {
+        let r = self.record(group)?;
+        if attempt == 0 || attempt > r.started {
+            return Err(LedgerError::NoAttempt { group: group.into(), attempt, started: r.started });
+        }
+        if r.committed.is_some() {
+            return Ok(false);
+        }
+        r.abandoned.insert(attempt);
+        Ok(true)
     }
 
     /// Each group's winning attempt, once every group has one: what the
@@ -159,6 +183,19 @@ mod tests {
         assert!(!l.fail("g", b).unwrap());
         assert!(matches!(l.start("g"), Err(LedgerError::OutOfRetries { failed: 2, limit: 1, .. })));
         assert_eq!(l.results(), None);
+    }
+
+    #[test]
+    fn an_abandoned_attempt_cannot_commit_and_costs_no_retry() {
+        let mut l = Ledger::new(["g".to_string()], 0);
+        let a = l.start("g").unwrap().unwrap();
+        assert!(l.abandon("g", a).unwrap());
+        assert_eq!(l.commit("g", a), Err(LedgerError::Abandoned { group: "g".into(), attempt: a }));
+        // backoffLimit 0, and still another attempt may start.
+        let b = l.start("g").unwrap().unwrap();
+        assert_eq!(l.commit("g", b), Ok(Commit::Won));
+        assert!(!l.abandon("g", b).unwrap(), "the winner is not given up");
+        assert_eq!(l.results().unwrap(), [("g", b)].into());
     }
 
     /// What happens to one attempt, in some order with everything else.

@@ -12,4 +12,5 @@ pub mod commit;
 pub mod grouping;
 pub mod locality;
 pub mod plan;
+pub mod scheduler;
 pub mod straggler;

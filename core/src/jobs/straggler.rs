@@ -1,7 +1,8 @@
 //! Straggler decisions: which running tasks get accelerated reads and which
 //! groups get a backup attempt (seed 000 §2.5-2.6, seed 001 M1).
 //!
-//! A task is slow when its rate is below a fraction of the average. What
+//! A task is slow when its rate is below a fraction of the average of the
+//! tasks no slow server holds back (of all, when too few are). What
 //! cures it depends on the cause, which Tessera knows: a task whose reads
 //! touch a slow server (a slow device, seen in the chunkservers' bandwidth
 //! or the readers' latency) is cured by accelerated reads, a few extra
@@ -247,8 +248,24 @@ pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> D
     let judged: Vec<&TaskReport> =
         reports.iter().filter(|r| progress.now.saturating_sub(r.started) >= policy.warmup).collect();
     if judged.len() >= policy.min_reports.max(1) {
-        let average = judged.iter().map(|r| r.rate).sum::<f64>() / judged.len() as f64;
-        let slow: Vec<&TaskReport> = judged.into_iter().filter(|r| r.rate < policy.slow_below * average).collect();
+        // The reference rate is that of the tasks no slow server holds back,
+        // when there are enough of them: a slow server behind most tasks
+        // would drag a plain average down until none of them looked slow.
+        // With too few such tasks there is no healthy reference, and the
+        // slow server's own figure is the evidence: every task reading from
+        // it and not yet accelerated is a candidate (except for the backup
+        // policy, which by design knows no causes).
+        let healthy: Vec<&TaskReport> = judged.iter().copied().filter(|r| !r.slow_server).collect();
+        let no_reference = healthy.len() < policy.min_reports.max(1);
+        let by_evidence = no_reference && policy.kind != PolicyKind::Backup;
+        let basis = if no_reference { &judged } else { &healthy };
+        let average = basis.iter().map(|r| r.rate).sum::<f64>() / basis.len() as f64;
+        let slow: Vec<&TaskReport> = judged
+            .into_iter()
+            .filter(|r| {
+                r.rate < policy.slow_below * average || (by_evidence && r.slow_server && r.accelerated_since.is_none())
+            })
+            .collect();
         // A group with two attempts running, or one asked for, has its backup.
         let mut running: BTreeMap<&str, usize> = BTreeMap::new();
         for r in reports {

@@ -88,6 +88,37 @@ fn a_task_slowed_by_a_server_is_accelerated_and_one_slowed_by_its_node_backed_up
 }
 
 #[test]
+fn a_slow_server_behind_most_tasks_does_not_hide_them_in_the_average() {
+    // Seven of ten tasks wait on a slow server: against the plain average
+    // (58) none would be below 60%, against the three healthy ones' (100)
+    // all seven are.
+    let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
+    for r in &mut reports[..7] {
+        r.rate = 40.0;
+        r.slow_server = true;
+    }
+    let p = Policy { accelerate_cap: 1.0, ..policy(PolicyKind::Progressive) };
+    let d = decide(&p, &progress(10 * S, 40, 10), &reports);
+    assert_eq!(accelerated(&d).len(), 7, "{d:?}");
+    // Every task behind it: no healthy reference, the server's figure is
+    // the evidence, and only tasks not yet accelerated are candidates.
+    for r in &mut reports {
+        r.rate = 40.0;
+        r.slow_server = true;
+    }
+    reports[0].accelerated_since = Some(6 * S);
+    let d = decide(&p, &progress(10 * S, 40, 10), &reports);
+    assert_eq!(accelerated(&d).len(), 9, "{d:?}");
+    assert!(!accelerated(&d).iter().any(|a| a.0 == "g000"), "{d:?}");
+    // Accelerated and as fast as the rest, nobody is still slow: no backups.
+    for r in &mut reports {
+        r.accelerated_since = Some(S);
+    }
+    let d = decide(&p, &progress(30 * S, 40, 35), &reports);
+    assert!(d.actions.is_empty(), "{d:?}");
+}
+
+#[test]
 fn the_network_limit_holds_acceleration_back() {
     let mut reports: Vec<TaskReport> = (0..10).map(|g| report(g, 100.0)).collect();
     reports[3].rate = 20.0;
@@ -266,7 +297,25 @@ proptest! {
         let committed = ((groups as f64 * committed_frac) as usize).min(groups);
         let at = progress(Duration::from_secs(now), groups, committed);
         let d = decide(&p, &at, &reports);
-        if !d.end_game {
+        // Unless too few tasks have no slow server to tell what healthy is:
+        // then the slow server's figure is the evidence, and only tasks
+        // reading from it may be acted on.
+        let judged: Vec<&TaskReport> =
+            reports.iter().filter(|r| at.now.saturating_sub(r.started) >= p.warmup).collect();
+        let healthy = judged.iter().filter(|r| !r.slow_server).count();
+        let by_evidence = kind != PolicyKind::Backup
+            && judged.len() >= p.min_reports
+            && healthy < p.min_reports
+            && judged.iter().any(|r| r.slow_server && r.accelerated_since.is_none());
+        if by_evidence {
+            let on = |t: &TaskId| reports.iter().any(|r| &r.task == t && r.slow_server);
+            let group_on = |g: &str| reports.iter().any(|r| r.task.group == g && r.slow_server);
+            let ok = d.actions.iter().all(|a| match a {
+                Action::Accelerate { task, reason } => *reason == Reason::EndGame || on(task),
+                Action::Backup { group, .. } => group_on(group),
+            });
+            prop_assert!(ok, "{:?}", d);
+        } else if !d.end_game {
             prop_assert!(d.actions.is_empty(), "{:?}", d);
         } else {
             let end_game_only = d.actions.iter().all(|a| matches!(a, Action::Accelerate { reason: Reason::EndGame, .. }));
@@ -371,10 +420,17 @@ proptest! {
             .collect();
         let d = decide(&p, &progress(Duration::from_secs(30), 100, committed), &reports);
         prop_assert!(!d.end_game);
-        let average = reports.iter().map(|r| r.rate).sum::<f64>() / reports.len() as f64;
+        // The reference: the tasks no slow server holds back, if there are
+        // enough of them; else all, and then every task behind a slow
+        // server is a candidate.
+        let healthy: Vec<f64> = reports.iter().filter(|r| !r.slow_server).map(|r| r.rate).collect();
+        let no_reference = healthy.len() < p.min_reports;
+        let basis: Vec<f64> = if no_reference { reports.iter().map(|r| r.rate).collect() } else { healthy };
+        let average = basis.iter().sum::<f64>() / basis.len() as f64;
         let candidates = reports
             .iter()
-            .filter(|r| r.rate < p.slow_below * average && r.slow_server && r.net_load < p.network_limit)
+            .filter(|r| r.rate < p.slow_below * average || no_reference)
+            .filter(|r| r.slow_server && r.net_load < p.network_limit)
             .count();
         let acc = accelerated(&d).len();
         if kind == PolicyKind::Accelerate {
