@@ -76,3 +76,45 @@ fn a_short_soak_verifies_every_version_through_faults() {
     assert!(r["versions_verified_at_end"].as_u64().unwrap() >= 3, "{r}");
     assert_eq!(r["corrupt_stripes_pending"], 0, "{r}");
 }
+
+/// `tessera bench jobs`, small: one chunkserver slowed, the rows it prints
+/// for "none" and the default policy, each job verified by content inside
+/// the benchmark (it fails otherwise).
+#[test]
+fn bench_jobs_reports_makespans_beside_none() {
+    let _one = serial();
+    let out = tessera()
+        .args(["bench", "jobs", "--servers", "9", "--groups", "8", "--group-size", "1MiB", "--unit", "64KiB"])
+        .args(["--rounds", "1", "--scenarios", "healthy,slow-server", "--policies", "none,default"])
+        .args(["--task-rate", "4MiB/s", "--slow-server-rate", "1MiB/s", "--warmup", "100ms", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let keys: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["scenario"].as_str().unwrap(), r["policy"].as_str().unwrap())).collect();
+    assert_eq!(
+        keys,
+        [("healthy", "none"), ("healthy", "default"), ("slow-server", "none"), ("slow-server", "default")],
+        "{stdout}"
+    );
+    for r in &rows {
+        assert!(r["makespan_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["extra_bytes"].is_i64(), "{r}");
+        assert_eq!(r["groups"], 8, "{r}");
+    }
+    assert_eq!(rows[0]["ratio"], 1.0);
+    // Normal reads fetch what they return; the policy "none" reads nothing extra.
+    assert_eq!(rows[0]["accelerated"], 0, "{stdout}");
+    assert_eq!(rows[0]["backups"], 0, "{stdout}");
+}
+
+#[test]
+fn bench_jobs_refuses_unknown_scenarios_naming_the_flag() {
+    let _one = serial();
+    let out = tessera().args(["bench", "jobs", "--scenarios", "sunny"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--scenarios") && err.contains("sunny"), "{err}");
+}

@@ -405,3 +405,69 @@ fn a_job_plan_puts_every_file_in_one_group_next_to_its_data() {
     let err = up.fails(&["job", "plan", src.path().join("nojob.yaml").to_str().unwrap()]);
     assert!(err.contains("nojob.yaml: not a Job") && err.contains("Fileset"), "{err}");
 }
+
+/// `tessera job run`: every group's task a local process over its staged
+/// files, the output version holding exactly one result per group and
+/// their concatenation; a task that keeps failing fails the job naming its
+/// group and attempt, and publishes nothing.
+#[test]
+fn a_job_run_publishes_one_result_per_group() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = LocalUp::start(9, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for (dir, files) in [("a", 3), ("b", 2), ("c", 1)] {
+        std::fs::create_dir(src.path().join(dir)).unwrap();
+        for i in 0..files {
+            let data = tessera_cli::bench::read_tail::pattern(200_000 * (i + 1), i as u64 + 7);
+            let path = format!("{dir}/f{i}");
+            want.insert(path.clone(), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)));
+            std::fs::write(src.path().join(&path), data).unwrap();
+        }
+    }
+    let tree = tempfile::tempdir().unwrap();
+    up.ok(&["put", src.path().to_str().unwrap(), "--fileset", "corpus"]);
+    let job = |name: &str, script: &str, backoff: u32| {
+        let path = tree.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: tessera.dev/v1alpha1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  input: {{fileset: corpus}}\n  grouping: {{directory: {{depth: 1}}}}\n  backoffLimit: {backoff}\n  task: {{image: busybox, command: [sh, -c, '{script}']}}\n  output: {{fileset: sums, concatenate: {{from: sums, to: all.sums}}}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let script = r#"cd "$TESSERA_INPUT" && sha256sum $(cat "$TESSERA_GROUP_FILES") > "$TESSERA_OUTPUT/sums""#;
+    let out = up.ok(&["job", "run", job("hash", script, 1).to_str().unwrap(), "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["groups"], 3, "{summary}");
+    assert_eq!(summary["output"], "sums@1", "{summary}");
+    assert_eq!(summary["input"], "corpus@1", "{summary}");
+    // One result per group, each listing exactly its files, by content.
+    for dir in ["a", "b", "c"] {
+        let sums = up.ok(&["cat", &format!("sums@1/{dir}/sums")]);
+        let got: Vec<(String, String)> = sums
+            .lines()
+            .map(|l| {
+                let (h, p) = l.split_once("  ").unwrap();
+                (p.to_string(), h.to_string())
+            })
+            .collect();
+        let expected: Vec<(String, String)> = want
+            .iter()
+            .filter(|(p, _)| p.starts_with(&format!("{dir}/")))
+            .map(|(p, h)| (p.clone(), h.clone()))
+            .collect();
+        assert_eq!(got, expected, "group {dir}");
+    }
+    let all = up.ok(&["cat", "sums@1/all.sums"]);
+    assert_eq!(all.lines().count(), want.len(), "{all}");
+    // A task that always fails: the job fails naming the group and its last
+    // attempt, and no version is published.
+    let err = up.fails(&["job", "run", job("broken", "echo no luck >&2; exit 3", 1).to_str().unwrap()]);
+    assert!(err.contains("failed (attempt 2, past backoffLimit 1)") && err.contains("no luck"), "{err}");
+    let err = up.fails(&["cat", "sums@2/all.sums"]);
+    assert!(err.contains('2'), "{err}");
+    assert_eq!(up.ok(&["cat", "sums@1/all.sums"]), all);
+}

@@ -267,7 +267,7 @@ impl Bench {
         }
     }
 
-    async fn fileset(&self, name: &str, unit: ByteSize, availability: &str) -> anyhow::Result<()> {
+    pub(crate) async fn fileset(&self, name: &str, unit: ByteSize, availability: &str) -> anyhow::Result<()> {
         let spec = ms::FilesetSpec {
             name: name.to_string(),
             layout: Some(ms::Layout { k: 6, m: 3, stripe_unit: unit.0, block_size: 64 << 10 }),
@@ -280,7 +280,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn put(&self, fileset: &str, src: &Path, parallel: usize) -> anyhow::Result<(ms::Version, f64)> {
+    pub(crate) async fn put(&self, fileset: &str, src: &Path, parallel: usize) -> anyhow::Result<(ms::Version, f64)> {
         let options = PutOptions { parallel_items: parallel, ..Default::default() };
         let t = Instant::now();
         let v = self.client.put(fileset, src, &options, &|_| {}).await?;

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod files;
+pub mod jobs;
 pub mod read_tail;
 pub mod seq_read;
 pub mod soak;
@@ -57,6 +58,10 @@ pub enum BenchCommand {
     Get(files::FilesArgs),
     /// Repair throughput after a chunkserver is lost for good.
     Repair(files::RepairArgs),
+    /// Job makespans under each straggler policy (none, accelerate, backup,
+    /// default), healthy, with a slowed chunkserver and with a slowed task
+    /// node, each beside "none" in the same run.
+    Jobs(jobs::JobsArgs),
     /// Kill, freeze and corrupt at random during puts and gets; check that
     /// every listed version reads back exact and redundancy returns.
     Soak(soak::SoakArgs),
@@ -76,6 +81,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Put(a) => bench_files(&a, false).await,
         BenchCommand::Get(a) => bench_files(&a, true).await,
         BenchCommand::Repair(a) => files::print_repair(&files::run_repair(&a).await?, a.json),
+        BenchCommand::Jobs(a) => {
+            if !a.json {
+                jobs::print_header();
+            }
+            jobs::run(&a, |r| jobs::print_row(r, a.json)).await?;
+            Ok(())
+        }
         BenchCommand::Soak(a) => soak::print(&soak::run(&a).await?, a.json),
         BenchCommand::SeqRead(a) => seq_read::print(&seq_read::run(&a, Launcher::from_env()?).await?, a.json),
     }

@@ -373,7 +373,7 @@ async fn scrubbing_started(cluster: &LocalCluster) -> anyhow::Result<()> {
 }
 
 /// Sets every server's scrub rate (0 pauses the scrubbers).
-async fn set_scrub_rate(cluster: &LocalCluster, bytes_per_sec: u64) -> anyhow::Result<()> {
+pub(crate) async fn set_scrub_rate(cluster: &LocalCluster, bytes_per_sec: u64) -> anyhow::Result<()> {
     for s in &cluster.servers {
         let mut c = FaultInjectionClient::connect(format!("http://{}", s.grpc)).await?;
         c.set_scrub_rate(cs::ScrubRate { bytes_per_sec }).await?;

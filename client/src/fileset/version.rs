@@ -148,6 +148,11 @@ impl OpenVersion {
         &self.items
     }
 
+    /// The master the version was opened from.
+    pub fn master(&self) -> MasterClient<Channel> {
+        self.master.clone()
+    }
+
     /// Where to report blocks that fail their checksum on reads of these
     /// items made outside [`OpenVersion`]'s own methods.
     pub fn corrupt_reports(&self) -> CorruptReports {

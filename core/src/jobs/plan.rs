@@ -30,6 +30,24 @@ pub enum PlanError {
     Grouping(#[from] GroupingError),
     #[error("the version's layout: {0}")]
     Layout(#[from] LayoutError),
+    /// Each group's result is the output's `<group>/`: one group's
+    /// directory inside another's cannot be published.
+    #[error(
+        "groups {outer:?} and {inner:?} would nest in the output ({inner:?} inside {outer:?}/): choose a grouping whose groups do not contain each other (for directories, a depth no file sits above)"
+    )]
+    Nested { outer: String, inner: String },
+}
+
+/// The first pair of group names of which one is a directory of the other.
+pub fn nested<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(String, String)> {
+    let all: std::collections::BTreeSet<&str> = names.into_iter().collect();
+    all.iter().find_map(|inner| {
+        inner
+            .match_indices('/')
+            .map(|(at, _)| &inner[..at])
+            .find(|outer| all.contains(outer))
+            .map(|outer| (outer.to_string(), inner.to_string()))
+    })
 }
 
 /// Groups the files of `manifest` (stored with `layout`) as `how` says;
@@ -50,6 +68,9 @@ pub fn plan(
         maps.insert(e.path.clone(), by_server);
     }
     let groups = grouping::group(&files, how)?;
+    if let Some((outer, inner)) = nested(groups.keys().map(|name| name.as_str())) {
+        return Err(PlanError::Nested { outer, inner });
+    }
     Ok(groups
         .into_iter()
         .map(|(name, files)| {
@@ -96,6 +117,28 @@ mod tests {
         assert_eq!(names, [("_root", None), ("d0", Some("s1")), ("d1", Some("s2"))]);
         assert_eq!(p[1].by_server, [("s0".to_string(), 64), ("s1".to_string(), 128)].into());
         assert_eq!(p[1].bytes, 192);
+    }
+
+    #[test]
+    fn groups_that_would_nest_in_the_output_are_refused() {
+        let layout = Layout::new(2, 1, 64, 64).unwrap();
+        let holder = |_: u64, _: usize| Some("s0".to_string());
+        let m = Manifest::new(
+            vec![
+                entry("a", EntryKind::Dir, 0),
+                entry("a/b", EntryKind::Dir, 0),
+                entry("a/b/y", EntryKind::File { offset: 0, sha256: [0; 32] }, 10),
+                entry("a/x", EntryKind::File { offset: 10, sha256: [0; 32] }, 10),
+            ],
+            20,
+        )
+        .unwrap();
+        let e = plan(&m, &layout, holder, &Grouping::Directory { depth: 2 }).unwrap_err();
+        assert_eq!(e, PlanError::Nested { outer: "a".into(), inner: "a/b".into() });
+        assert!(plan(&m, &layout, holder, &Grouping::Directory { depth: 1 }).is_ok());
+        // Names that only share a prefix do not nest.
+        assert_eq!(nested(["a", "a-b", "ab/c"]), None);
+        assert_eq!(nested(["x/y/z", "a", "x/y"]), Some(("x/y".into(), "x/y/z".into())));
     }
 
     proptest! {
