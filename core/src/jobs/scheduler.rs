@@ -196,7 +196,11 @@ impl Scheduler {
             }
         }
         s.groups = groups.into_iter().map(|g| (g.name.clone(), g)).collect();
-        if s.ledger.results().is_some() {
+        if let Some(results) = s.ledger.results() {
+            // Committed whole before the restart: publishing may not have
+            // happened, so it is asked for again.
+            let results = results.into_iter().map(|(g, a)| (g.to_string(), a)).collect();
+            out.push(Command::Publish { results });
             s.outcome = Some(Outcome::Succeeded);
         }
         (s, out)
@@ -418,9 +422,25 @@ impl Scheduler {
     fn launch(&mut self, q: Queued, node: String, now: Duration, out: &mut Vec<Command>) {
         let attempt = match self.ledger.start(&q.group) {
             Ok(Some(a)) => a,
-            // Committed meanwhile, or out of retries (then `failed` ended
-            // the job already): nothing to start.
-            Ok(None) | Err(_) => return,
+            // Committed meanwhile: nothing to start.
+            Ok(None) => return,
+            // Out of retries with nothing of the group left running (its
+            // last attempt was given up): the job ends here.
+            Err(e) => {
+                if !self.running.keys().any(|t| t.group == q.group) && self.outcome.is_none() {
+                    let attempt = self.ledger.groups.get(&q.group).map_or(0, |r| r.started);
+                    let reason = e.to_string();
+                    self.outcome = Some(Outcome::Failed { group: q.group.clone(), attempt, reason: reason.clone() });
+                    self.queue.clear();
+                    out.extend(
+                        std::mem::take(&mut self.running)
+                            .into_keys()
+                            .map(|t| Command::Cancel { task: t, winner: None }),
+                    );
+                    out.push(Command::Fail { group: q.group, attempt, reason });
+                }
+                return;
+            }
         };
         let accelerated = q.accelerated || self.end_game;
         self.counts.attempts += 1;
