@@ -105,7 +105,7 @@ fn bench_jobs_reports_makespans_beside_none() {
         assert_eq!(r["groups"], 8, "{r}");
     }
     assert_eq!(rows[0]["ratio"], 1.0);
-    // Normal reads fetch what they return; the policy "none" reads nothing extra.
+    // The policy "none" accelerates nothing and starts no backup.
     assert_eq!(rows[0]["accelerated"], 0, "{stdout}");
     assert_eq!(rows[0]["backups"], 0, "{stdout}");
 }

@@ -463,11 +463,16 @@ fn a_job_run_publishes_one_result_per_group() {
     }
     let all = up.ok(&["cat", "sums@1/all.sums"]);
     assert_eq!(all.lines().count(), want.len(), "{all}");
+    // A scratch dir holding an earlier run's files is refused before
+    // anything runs.
+    let used = tree.path().to_str().unwrap();
+    let err = up.fails(&["job", "run", job("again", script, 1).to_str().unwrap(), "--scratch", used]);
+    assert!(err.contains("--scratch") && err.contains("not empty"), "{err}");
     // A task that always fails: the job fails naming the group and its last
     // attempt, and no version is published.
     let err = up.fails(&["job", "run", job("broken", "echo no luck >&2; exit 3", 1).to_str().unwrap()]);
     assert!(err.contains("failed (attempt 2, past backoffLimit 1)") && err.contains("no luck"), "{err}");
     let err = up.fails(&["cat", "sums@2/all.sums"]);
-    assert!(err.contains('2'), "{err}");
+    assert!(err.contains("has no version 2"), "{err}");
     assert_eq!(up.ok(&["cat", "sums@1/all.sums"]), all);
 }

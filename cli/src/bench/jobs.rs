@@ -18,7 +18,7 @@ use clap::Args;
 use serde::Serialize;
 use tessera_client::{ClientConfig, RequestClass, StripeClient};
 use tessera_core::jobs::grouping::Grouping;
-use tessera_core::jobs::plan;
+use tessera_core::jobs::plan::{self, GroupPlan};
 use tessera_core::jobs::scheduler::Outcome;
 use tessera_core::jobs::straggler::{Policy, PolicyKind};
 use tessera_proto::cs;
@@ -223,7 +223,7 @@ pub async fn run(a: &JobsArgs, mut out: impl FnMut(&JobsRow)) -> anyhow::Result<
                     Some(Outcome::Succeeded) if r.results.len() == plan.len() => {}
                     other => bail!("{} under {name}: the job did not succeed: {other:?}", scenario.name()),
                 }
-                check_results(&r, &version).with_context(|| format!("{} under {name}", scenario.name()))?;
+                check_results(&r, &plan, &version).with_context(|| format!("{} under {name}", scenario.name()))?;
                 runs.entry((scenario, name.clone())).or_default().push(r);
             }
         }
@@ -264,10 +264,16 @@ fn median(rs: &[RunReport]) -> (f64, &RunReport) {
     (m.makespan.as_secs_f64(), m)
 }
 
-/// Every group's result lists each of its files with the manifest's digest.
-fn check_results(r: &RunReport, v: &tessera_client::fileset::OpenVersion) -> anyhow::Result<()> {
-    for (group, (_, out)) in &r.results {
+/// Every group's result lists each of its files, and only those, with the
+/// manifest's digest.
+fn check_results(r: &RunReport, plan: &[GroupPlan], v: &tessera_client::fileset::OpenVersion) -> anyhow::Result<()> {
+    for g in plan {
+        let (_, out) = r.results.get(&g.name).with_context(|| format!("group {} has no result", g.name))?;
+        let group = &g.name;
         let sums = std::fs::read_to_string(out.join("sha256sums")).with_context(|| format!("group {group}"))?;
+        let listed: Vec<&str> = sums.lines().filter_map(|l| l.split_once("  ").map(|(_, p)| p)).collect();
+        let planned: Vec<&str> = g.files.iter().map(|f| f.path.as_str()).collect();
+        anyhow::ensure!(listed == planned, "group {group} lists {listed:?}, planned {planned:?}");
         for line in sums.lines() {
             let (hex, path) = line.split_once("  ").context("a sha256sums line")?;
             let e = v.entry(path)?;

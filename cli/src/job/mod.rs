@@ -205,8 +205,14 @@ async fn run_job(r: &Remote, a: &RunArgs) -> anyhow::Result<()> {
     if let Some(c) = &concat {
         check_relative("spec.output.concatenate.to", &c.to)?;
         check_relative("spec.output.concatenate.from", &c.from)?;
-        if let Some(g) = groups.iter().find(|g| c.to == g.name || c.to.starts_with(&format!("{}/", g.name))) {
-            bail!("{}: spec.output.concatenate.to {:?} is inside group {:?}'s output", a.file.display(), c.to, g.name);
+        let within = |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        if let Some(g) = groups.iter().find(|g| within(&g.name, &c.to) || within(&c.to, &g.name)) {
+            bail!(
+                "{}: spec.output.concatenate.to {:?} and group {:?}'s output would overlap",
+                a.file.display(),
+                c.to,
+                g.name
+            );
         }
     }
     let status = fc.master().status(tessera_proto::ms::StatusRequest { fileset: v.version.fileset.clone() }).await?;
@@ -233,6 +239,10 @@ async fn run_job(r: &Remote, a: &RunArgs) -> anyhow::Result<()> {
     };
     let tmp;
     let scratch = match &a.scratch {
+        // An earlier run's attempts would be published with this one's.
+        Some(s) if std::fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()) => {
+            bail!("--scratch {}: not empty (an earlier run's files would mix with this one's)", s.display())
+        }
         Some(s) => s.clone(),
         None => {
             tmp = tempfile::Builder::new().prefix("tessera-job-").tempdir()?;

@@ -102,6 +102,9 @@ struct Meters {
     accelerated: AtomicBool,
     processed: AtomicU64,
     fetched: AtomicU64,
+    /// Every file is read: what remains (the task's command) reads nothing,
+    /// so its rate says nothing about stragglers any more.
+    read_all: AtomicBool,
 }
 
 struct Live {
@@ -111,12 +114,31 @@ struct Live {
     meters: Arc<Meters>,
     /// (when, bytes processed), over the last rate window.
     samples: VecDeque<(Instant, u64)>,
+    /// The rate last reported.
+    rate: f64,
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// An attempt dropped with the runner (an error returned early) is stopped,
+/// not left running detached.
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 impl Live {
-    /// Bytes per second over the window (since the start for a young one).
+    /// Bytes per second over the window (since the start for a young one);
+    /// once every file is read, the rate it had while reading.
     fn rate(&mut self, now: Instant, window: Duration) -> f64 {
+        if self.meters.read_all.load(Ordering::Relaxed) {
+            return self.rate;
+        }
+        self.rate = self.window_rate(now, window);
+        self.rate
+    }
+
+    fn window_rate(&mut self, now: Instant, window: Duration) -> f64 {
         let done = self.meters.processed.load(Ordering::Relaxed);
         self.samples.push_back((now, done));
         while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= window {
@@ -172,9 +194,10 @@ pub async fn run(
                         sched.finished(&task)?
                     }
                     Err(reason) => {
-                        info!(group = %task.group, attempt = task.attempt, %reason, "attempt failed");
+                        // Its directory stays, logs and all, for the user
+                        // to see why.
+                        info!(group = %task.group, attempt = task.attempt, dir = %l.dir.display(), %reason, "attempt failed");
                         report.wasted_task_seconds += seconds;
-                        remove_dir(&l.dir).await;
                         sched.failed(&task, &reason)?
                     }
                 }
@@ -222,7 +245,15 @@ pub async fn run(
                     debug!(group = %task.group, attempt = task.attempt, %node, accelerated, backup, "launched");
                     live.insert(
                         task,
-                        Live { node, dir, started: Instant::now(), meters, samples: VecDeque::new(), handle },
+                        Live {
+                            node,
+                            dir,
+                            started: Instant::now(),
+                            meters,
+                            samples: VecDeque::new(),
+                            rate: 0.0,
+                            handle,
+                        },
                     );
                 }
                 Command::Accelerate { task, reason } => {
@@ -237,9 +268,9 @@ pub async fn run(
                     }
                 }
                 Command::Cancel { task, .. } => {
-                    if let Some(l) = live.remove(&task) {
+                    if let Some(mut l) = live.remove(&task) {
                         l.handle.abort();
-                        let _ = l.handle.await;
+                        let _ = (&mut l.handle).await;
                         report.task_seconds += l.started.elapsed().as_secs_f64();
                         report.wasted_task_seconds += l.started.elapsed().as_secs_f64();
                         report.fetched += l.meters.fetched.load(Ordering::Relaxed);
@@ -318,6 +349,7 @@ async fn attempt(ctx: &Ctx, plan: &GroupPlan, dir: &Path, node: &str, m: &Meters
         Work::Hash { rate, node_rate } => (node_rate.get(node).copied().or(*rate), false),
         Work::Command { .. } => (None, true),
     };
+    let corrupt = ctx.version.corrupt_reports();
     let started = tokio::time::Instant::now();
     let mut processed = 0u64;
     let mut sums = String::new();
@@ -341,7 +373,7 @@ async fn attempt(ctx: &Ctx, plan: &GroupPlan, dir: &Path, node: &str, m: &Meters
             let mode = if m.accelerated.load(Ordering::Relaxed) { ReadMode::Accelerated } else { ReadMode::Normal };
             let (data, r) = ctx.client.read(loc, range, mode).await?;
             m.fetched.fetch_add(r.bytes_fetched, Ordering::Relaxed);
-            ctx.version.corrupt_reports().send(&r).await;
+            corrupt.send(&r).await;
             for part in data.parts() {
                 h.update(part);
                 if let Some(file) = &mut file {
@@ -359,6 +391,7 @@ async fn attempt(ctx: &Ctx, plan: &GroupPlan, dir: &Path, node: &str, m: &Meters
         anyhow::ensure!(&got == sha256, "{}: read back with another sha256 than the manifest's", f.path);
         sums.push_str(&format!("{}  {}\n", hex::encode(got), f.path));
     }
+    m.read_all.store(true, Ordering::Relaxed);
     match &ctx.work {
         Work::Hash { .. } => {
             tokio::fs::write(out.join("sha256sums"), sums).await?;

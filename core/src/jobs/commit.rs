@@ -127,8 +127,10 @@ impl Ledger {
     }
 
     /// `attempt` of `group` is given up through no fault of its own (its node
-    /// went away): it may not commit, and another may start whatever the
-    /// backoff limit. Returns whether the group still needs an attempt.
+    /// went away): it may not commit, and it does not count against the
+    /// backoff limit (a group already past the limit through its failures
+    /// still gets no other). Returns whether the group still needs an
+    /// attempt.
     pub fn abandon(&mut self, group: &str, attempt: Attempt) -> Result<bool, LedgerError> {
         let r = self.record(group)?;
         if attempt == 0 || attempt > r.started {

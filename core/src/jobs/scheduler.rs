@@ -11,12 +11,12 @@
 //! switch its reads, stop it, publish). Nothing here does I/O or reads a
 //! clock: time since the job started is passed in.
 //!
-//! Placement: a free slot takes the queued group that holds the most bytes
-//! on its node, so tasks run next to their data; when no queued group has
-//! data there the slot takes the first one waiting (work waits for no
-//! node: an idle slot costs more than a remote read). Groups are queued
-//! largest first, which shortens the tail (the longest-processing-time
-//! rule); retries and backups go to the front.
+//! Placement: each queued group in turn takes the free node holding the
+//! most of its bytes, so tasks run next to their data; groups with no data
+//! on any free node then take any free node (work waits for no node: an
+//! idle slot costs more than a remote read). Groups are queued largest
+//! first, which shortens the tail (the longest-processing-time rule);
+//! retries and backups go to the front.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -66,6 +66,10 @@ pub enum SchedulerError {
     NotRunning { group: String, attempt: Attempt },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A recorded ledger that does not hold exactly the job's groups (it
+    /// belongs to another plan of the job).
+    #[error("the recorded ledger does not match the job's groups: {group:?} is in one and not the other")]
+    Mismatch { group: String },
 }
 
 /// How the job ended.
@@ -130,7 +134,9 @@ impl Scheduler {
     /// A job not started yet: every group queued, largest first.
     pub fn new(policy: Policy, groups: Vec<GroupSpec>, slots: BTreeMap<String, usize>, backoff_limit: u32) -> Self {
         let ledger = Ledger::new(groups.iter().map(|g| g.name.clone()), backoff_limit);
-        Self::resume(policy, groups, slots, ledger, Vec::new(), Duration::ZERO).0
+        Self::resume(policy, groups, slots, ledger, Vec::new(), Duration::ZERO)
+            .expect("a new ledger holds exactly the groups")
+            .0
     }
 
     /// A job picked up again (by a restarted controller) from its recorded
@@ -147,7 +153,12 @@ impl Scheduler {
         ledger: Ledger,
         running: Vec<(TaskId, String, bool, bool)>,
         now: Duration,
-    ) -> (Self, Vec<Command>) {
+    ) -> Result<(Self, Vec<Command>), SchedulerError> {
+        let names: BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let recorded: BTreeSet<&str> = ledger.groups.keys().map(String::as_str).collect();
+        if let Some(g) = names.symmetric_difference(&recorded).next() {
+            return Err(SchedulerError::Mismatch { group: g.to_string() });
+        }
         let mut order: Vec<&GroupSpec> = groups.iter().collect();
         order.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
         let counts = Counts {
@@ -203,7 +214,7 @@ impl Scheduler {
             out.push(Command::Publish { results });
             s.outcome = Some(Outcome::Succeeded);
         }
-        (s, out)
+        Ok((s, out))
     }
 
     pub fn ledger(&self) -> &Ledger {

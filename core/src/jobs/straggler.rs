@@ -15,8 +15,9 @@
 //! running attempts' reports: everything it needs across evaluations (since
 //! when a task has been accelerated, which groups have a backup) is in its
 //! inputs, which a controller records, so a restarted one decides as the
-//! old one would have. `tessera sim jobs` drives it today; the Job
-//! controller and `tessera job run` (issue 14) are to call it too.
+//! old one would have. `tessera sim jobs` drives it, and so does
+//! `core::jobs::scheduler` (behind `tessera job run` and `tessera bench
+//! jobs`, and the Job controller to come).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -72,7 +73,8 @@ pub enum Pick {
 pub struct Policy {
     pub kind: PolicyKind,
     /// A task is slow when its rate is below this fraction of the average
-    /// rate of the reporting tasks.
+    /// rate of the judged tasks no slow server holds back (of all judged
+    /// tasks, when fewer than `min_reports` are).
     pub slow_below: f64,
     /// Reports needed before the average means anything.
     pub min_reports: usize,

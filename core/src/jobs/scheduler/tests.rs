@@ -137,11 +137,44 @@ fn a_resumed_job_runs_nothing_committed_again() {
     // Restarted: it sees g00's attempt still there (its pod not yet
     // deleted) and g01's running; g02's pod is gone.
     let seen = vec![(task("g00", 1), node(0), false, false), (task("g01", 1), node(1), false, true)];
-    let (mut s, c) = Scheduler::resume(quick(PolicyKind::None), groups, slots(3, 1), recorded, seen, 5 * S);
+    let other = vec![group(7, 10, 0)];
+    let e = Scheduler::resume(quick(PolicyKind::None), other, slots(3, 1), recorded.clone(), vec![], 5 * S);
+    assert!(matches!(e, Err(SchedulerError::Mismatch { .. })));
+    let (mut s, c) = Scheduler::resume(quick(PolicyKind::None), groups, slots(3, 1), recorded, seen, 5 * S).unwrap();
     assert_eq!(c, [Command::Cancel { task: task("g00", 1), winner: Some(1) }]);
     assert_eq!(s.counts().running, 1);
     assert_eq!(launches(&s.tick(5 * S, &BTreeSet::new())), [("g02".into(), 2, node(2), false, false)]);
     assert_eq!(s.running()[&task("g01", 1)].accelerated_since, Some(5 * S));
+}
+
+#[test]
+fn a_group_out_of_retries_whose_last_attempt_is_given_up_fails_the_job() {
+    // backoffLimit 0: attempt 1 failed while its backup (2) ran on n1.
+    let mut ledger = Ledger::new(["g00".to_string()], 0);
+    ledger.start("g00").unwrap();
+    ledger.start("g00").unwrap();
+    assert!(!ledger.fail("g00", 1).unwrap());
+    let seen = vec![(task("g00", 2), node(1), true, false)];
+    let (mut s, c) =
+        Scheduler::resume(quick(PolicyKind::None), vec![group(0, 10, 0)], slots(2, 1), ledger, seen, S).unwrap();
+    assert!(c.is_empty(), "{c:?}");
+    // Its node goes away: nothing may start again, and the job ends rather
+    // than wait for ever.
+    s.node_lost(&node(1));
+    let c = s.tick(2 * S, &BTreeSet::new());
+    assert!(matches!(c.as_slice(), [Command::Fail { group, attempt: 2, .. }] if group == "g00"), "{c:?}");
+    assert!(matches!(s.outcome(), Some(Outcome::Failed { .. })));
+}
+
+#[test]
+fn a_job_resumed_with_every_group_committed_is_published() {
+    let mut ledger = Ledger::new(["g00".to_string()], 0);
+    ledger.start("g00").unwrap();
+    ledger.commit("g00", 1).unwrap();
+    let (s, c) =
+        Scheduler::resume(quick(PolicyKind::None), vec![group(0, 10, 0)], slots(1, 1), ledger, vec![], S).unwrap();
+    assert_eq!(c, [Command::Publish { results: [("g00".to_string(), 1)].into() }]);
+    assert_eq!(s.outcome(), Some(&Outcome::Succeeded));
 }
 
 #[test]
