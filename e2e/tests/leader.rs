@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use tessera_e2e::ControlPlane;
+use tessera_e2e::{ControlPlane, until};
+use tessera_master::MasterConfig;
+use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_operator::leader::Elector;
+use tessera_operator::runtime::{self, OperatorConfig};
 use tokio::sync::watch;
 
 async fn until_leading(rx: &mut watch::Receiver<bool>, want: bool) {
@@ -46,4 +49,36 @@ async fn only_one_replica_leads_and_the_other_takes_over() {
     assert_eq!(l.lease_transitions, Some(2));
     stop_b.send_replace(true);
     leases.delete(&name, &Default::default()).await.unwrap();
+}
+
+/// A leader that cannot start serving (here: the master's records have no
+/// CRD yet, so loading them fails) tries again while it leads, instead of
+/// holding the lease and serving nothing.
+#[tokio::test]
+async fn a_leader_that_could_not_start_serving_tries_again() {
+    let cp = ControlPlane::start().await.unwrap();
+    let config = OperatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        namespace: "default".into(),
+        identity: "operator-0".into(),
+        lease_duration: Duration::from_secs(3),
+        master: MasterConfig::default(),
+        resync: Duration::from_millis(500),
+        ingest_pods: IngestPodConfig { image: "tessera:test".into(), master_address: "127.0.0.1:0".into() },
+    };
+    let op = runtime::start(cp.config(), config).await.unwrap();
+    // It takes the lease, and cannot load the master's records.
+    let leases: Api<Lease> = Api::namespaced(cp.client(), "default");
+    until("the operator to take the lease", async || {
+        let l = leases.list(&Default::default()).await.ok()?;
+        l.items.into_iter().find(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("operator-0"))
+    })
+    .await;
+    assert!(op.master_addr().is_none(), "a master without its records' CRD serves");
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();
+    assert!(ok, "{out}{err}");
+    until("the leader to serve once the CRDs are in", async || op.master_addr()).await;
+    op.shutdown().await.unwrap();
 }

@@ -144,6 +144,9 @@ pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result
     Ok(Operator { http_addr, leading, shared, stop, task })
 }
 
+/// How long a leader that could not start serving waits to try again.
+const LEAD_RETRY: Duration = Duration::from_secs(1);
+
 /// Waits to lead, then runs the master and the controller until leadership
 /// is lost or the operator stops.
 async fn lead(
@@ -161,7 +164,22 @@ async fn lead(
             r = leading.wait_for(|l| *l) => { r?; }
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        serve_as_leader(&kube, &client, &config, &shared, &metrics, &mut leading, &mut stop).await?;
+        if let Err(e) = serve_as_leader(&kube, &client, &config, &shared, &metrics, &mut leading, &mut stop).await {
+            // The apiserver unreachable for a moment, or the master's
+            // records not readable yet (their CRD not installed): a leader
+            // that gave up here would hold the lease and serve nothing, so
+            // it tries again while it leads.
+            warn!(error = %format!("{e:#}"), "could not serve as the leader; trying again");
+            {
+                let mut s = shared.lock().unwrap();
+                s.master = None;
+                s.master_addr = None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LEAD_RETRY) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
         if *stop.borrow() {
             return Ok(());
         }
