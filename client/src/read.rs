@@ -61,6 +61,18 @@ impl ItemData {
 /// to record that it was late before it is aborted.
 const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// A spawned stripe fetch, aborted when dropped: a read whose future is
+/// dropped (its caller gave up on it, say to read the range again another
+/// way) stops its fetches with it, so a slow server is not kept busy
+/// serving bytes nobody waits for.
+struct FetchTask(JoinHandle<()>);
+
+impl Drop for FetchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a read fetches: its mode and hedge policy, and its id.
 #[derive(Clone)]
 struct How<'a> {
@@ -233,7 +245,7 @@ async fn run_session(
     let mut session = ReadSession::new(k, range.clone(), wants.clone(), policy, sources.clone());
 
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<Pieces, FetchError>)>();
-    let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<usize, FetchTask> = HashMap::new();
     let mut probes: Vec<usize> = Vec::new();
     let mut arrived: HashMap<usize, Pieces> = HashMap::new();
     let mut errors: Vec<(usize, FetchError)> = Vec::new();
@@ -272,10 +284,10 @@ async fn run_session(
                     report.fetches += 1;
                     tasks.insert(
                         stripe,
-                        tokio::spawn(async move {
+                        FetchTask(tokio::spawn(async move {
                             let r = fetch::fetch(server, spec, fetched).await;
                             let _ = tx.send((stripe, r));
-                        }),
+                        })),
                     );
                 }
             }
@@ -323,10 +335,10 @@ async fn run_session(
         if probes.contains(&stripe) && Instant::now() < deadline {
             tokio::spawn(async move {
                 tokio::time::sleep_until(deadline + PROBE_GRACE).await;
-                t.abort();
+                drop(t);
             });
         } else {
-            t.abort();
+            drop(t);
         }
     }
     if hedged {

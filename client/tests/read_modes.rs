@@ -137,3 +137,30 @@ async fn reads_survive_m_lost_servers_and_name_the_stripes_past_that() {
         }
     }
 }
+
+/// A read given up on (its future dropped: a caller that timed out, or one
+/// reading the rest another way) stops its fetches: the slow server is not
+/// left serving bytes nobody waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_read_stops_its_fetches() {
+    let cluster = Cluster::servers_only(9).await;
+    let client = StripeClient::new(ClientConfig { fetch_timeout: Duration::from_secs(60), ..fast_config() });
+    // 64 KiB units of 4 KiB blocks: capped at 8 KiB/s, a stripe takes 8 s.
+    let layout = Layout::new(6, 3, 64 * 1024, 4096).unwrap();
+    let data = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(5), 6 * 64 * 1024);
+    let loc = client.write_item(ItemId([5; 16]), layout, data.clone(), &cluster.addrs()).await.unwrap();
+    let slow = cluster.addrs().iter().position(|a| Some(a) == loc.servers[0].as_ref()).unwrap();
+    cluster.set_faults(slow, tessera_proto::cs::Faults { bandwidth_bytes_per_sec: 8192, ..Default::default() }).await;
+    let read = client.read(&loc, 0..data.len() as u64, ReadMode::Normal);
+    assert!(tokio::time::timeout(Duration::from_millis(300), read).await.is_err(), "the capped stripe held the read");
+    // Served in full, the stripe would keep the server busy for 8 s more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while cluster.in_flight().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the dropped read's fetch still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the client reads on, exact.
+    cluster.set_faults(slow, tessera_proto::cs::Faults::default()).await;
+    let (got, _) = client.read(&loc, 0..data.len() as u64, ReadMode::Normal).await.unwrap();
+    assert_eq!(got.to_vec(), &data[..]);
+}

@@ -97,14 +97,27 @@ struct Ctx {
 }
 
 /// An attempt's counters, shared with the runner.
-#[derive(Default)]
 struct Meters {
-    accelerated: AtomicBool,
+    /// Whether it reads accelerated; a switch also cuts short the read in
+    /// flight, which starts again accelerated (the seed's "all its remaining
+    /// data": a stripe a slow server holds back is not waited for).
+    accelerated: tokio::sync::watch::Sender<bool>,
     processed: AtomicU64,
     fetched: AtomicU64,
     /// Every file is read: what remains (the task's command) reads nothing,
     /// so its rate says nothing about stragglers any more.
     read_all: AtomicBool,
+}
+
+impl Meters {
+    fn new(accelerated: bool) -> Self {
+        Self {
+            accelerated: tokio::sync::watch::Sender::new(accelerated),
+            processed: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            read_all: AtomicBool::new(false),
+        }
+    }
 }
 
 struct Live {
@@ -224,7 +237,7 @@ pub async fn run(
             match c {
                 Command::Launch { task, node, accelerated, backup } => {
                     let dir = setup.scratch.join(&task.group).join(format!("attempt-{}", task.attempt));
-                    let meters = Arc::new(Meters { accelerated: AtomicBool::new(accelerated), ..Default::default() });
+                    let meters = Arc::new(Meters::new(accelerated));
                     let span = info_span!("attempt", group = %task.group, attempt = task.attempt, %node, backup);
                     let (ctx, plan, m, tx, t, d, n) = (
                         ctx.clone(),
@@ -259,7 +272,7 @@ pub async fn run(
                 Command::Accelerate { task, reason } => {
                     if let Some(l) = live.get(&task) {
                         info!(group = %task.group, attempt = task.attempt, node = %l.node, ?reason, "accelerated");
-                        l.meters.accelerated.store(true, Ordering::Relaxed);
+                        l.meters.accelerated.send_replace(true);
                     }
                 }
                 Command::Committed { task } => {
@@ -370,8 +383,22 @@ async fn attempt(ctx: &Ctx, plan: &GroupPlan, dir: &Path, node: &str, m: &Meters
         let mut h = Sha256::new();
         for (i, range) in ctx.version.layout.items_of(extent) {
             let loc = ctx.version.items().get(i as usize).with_context(|| format!("no item {i} in the version"))?;
-            let mode = if m.accelerated.load(Ordering::Relaxed) { ReadMode::Accelerated } else { ReadMode::Normal };
-            let (data, r) = ctx.client.read(loc, range, mode).await?;
+            let mut switched = m.accelerated.subscribe();
+            let (data, r) = if *switched.borrow_and_update() {
+                ctx.client.read(loc, range, ReadMode::Accelerated).await?
+            } else {
+                tokio::select! {
+                    r = ctx.client.read(loc, range.clone(), ReadMode::Normal) => r?,
+                    // (The guard it returns is not Send: dropped inside.)
+                    _ = async { drop(switched.wait_for(|a| *a).await) } => {
+                        // What the dropped read fetched is not known here:
+                        // counted as all it asked for, so extra bytes are
+                        // never understated.
+                        m.fetched.fetch_add(range.end - range.start, Ordering::Relaxed);
+                        ctx.client.read(loc, range, ReadMode::Accelerated).await?
+                    }
+                }
+            };
             m.fetched.fetch_add(r.bytes_fetched, Ordering::Relaxed);
             corrupt.send(&r).await;
             for part in data.parts() {

@@ -126,6 +126,9 @@ pub struct Scheduler {
     running: BTreeMap<TaskId, Running>,
     queue: VecDeque<Queued>,
     end_game: bool,
+    /// The servers judged slow at the last evaluation: an attempt of a
+    /// group with data on one starts accelerated.
+    slow: BTreeSet<String>,
     outcome: Option<Outcome>,
     counts: Counts,
 }
@@ -175,6 +178,7 @@ impl Scheduler {
             running: BTreeMap::new(),
             queue: VecDeque::new(),
             end_game: false,
+            slow: BTreeSet::new(),
             outcome: None,
             counts,
         };
@@ -355,6 +359,7 @@ impl Scheduler {
             pending_backups: self.queue.iter().filter(|q| q.backup).map(|q| q.group.clone()).collect(),
         };
         let decision = straggler::decide(&self.policy, &progress, &reports);
+        self.slow.clone_from(slow_servers);
         if decision.end_game && !self.end_game {
             self.end_game = true;
             out.push(Command::EndGame);
@@ -453,7 +458,13 @@ impl Scheduler {
                 return;
             }
         };
-        let accelerated = q.accelerated || self.end_game;
+        let g = &self.groups[&q.group];
+        // The node's link load as its attempts last reported it.
+        let load = self.running.values().filter(|r| r.node == node).map(|r| r.net_load).fold(0.0, f64::max);
+        let known_slow = g.servers.iter().any(|s| self.slow.contains(s));
+        let accelerated = q.accelerated
+            || self.end_game
+            || straggler::accelerate_at_launch(&self.policy, known_slow, g.priority, load);
         self.counts.attempts += 1;
         self.counts.accelerated += usize::from(accelerated);
         self.counts.backups += usize::from(q.backup);

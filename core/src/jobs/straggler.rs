@@ -233,6 +233,23 @@ pub fn slow_servers(bandwidth: &BTreeMap<String, f64>, below: f64) -> BTreeSet<S
     bandwidth.iter().filter(|(_, b)| **b < below * median).map(|(s, _)| s.clone()).collect()
 }
 
+/// Whether an attempt starts reading accelerated because a server its
+/// group's data is on is already known slow: the cause is known before the
+/// symptom, so the policies that cure a slow server with accelerated reads
+/// do it from the first byte instead of after a warmup spent waiting for
+/// that server. Only where [`decide`] would accelerate the same attempt
+/// once slow: not for the backup policy (which knows no causes), a normal
+/// task under the priority policy only when its less critical option is
+/// acceleration, and only while the node's link admits it.
+pub fn accelerate_at_launch(policy: &Policy, slow_server: bool, priority: Priority, net_load: f64) -> bool {
+    let by_policy = match policy.kind {
+        PolicyKind::None | PolicyKind::Backup => false,
+        PolicyKind::Accelerate | PolicyKind::Progressive => true,
+        PolicyKind::Priority => priority == Priority::Critical || policy.less_critical == LessCritical::Accelerate,
+    };
+    by_policy && slow_server && net_load < policy.network_limit
+}
+
 /// One evaluation: what to do about the running attempts `reports`.
 pub fn decide(policy: &Policy, progress: &Progress, reports: &[TaskReport]) -> Decision {
     let end_game = policy.kind != PolicyKind::None && progress.in_end_game(policy.end_game);

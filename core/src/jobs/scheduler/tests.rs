@@ -390,3 +390,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_attempt_reading_a_server_known_slow_starts_accelerated_where_the_policy_cures_it_so() {
+    // g00's data is on s0, g01's on s1; s0 is known slow. One slot each.
+    let slow: BTreeSet<String> = ["s0".to_string()].into();
+    for (kind, expected) in [
+        (PolicyKind::Progressive, true),
+        (PolicyKind::Accelerate, true),
+        (PolicyKind::Backup, false),
+        (PolicyKind::None, false),
+    ] {
+        let groups = vec![group(0, 10, 0), group(1, 10, 1), group(2, 10, 0)];
+        let mut s = Scheduler::new(quick(kind), groups, slots(2, 1), 0);
+        let first = launches(&s.tick(Duration::ZERO, &slow));
+        assert_eq!(
+            first,
+            [("g00".into(), 1, node(0), expected, false), ("g01".into(), 1, node(1), false, false)],
+            "{kind:?}"
+        );
+        s.finished(&task("g00", 1)).unwrap();
+        let next = launches(&s.tick(S, &slow));
+        assert_eq!(next, [("g02".into(), 1, node(0), expected, false)], "{kind:?}");
+        assert_eq!(s.counts().accelerated, if expected { 2 } else { 0 }, "{kind:?}");
+    }
+    // Once the server is healthy again, a new attempt reads normally.
+    // (Three groups, so that the retry is not the end game's last group.)
+    let groups = vec![group(0, 30, 0), group(1, 20, 0), group(2, 10, 0)];
+    let mut s = Scheduler::new(quick(PolicyKind::Progressive), groups, slots(1, 1), 1);
+    assert_eq!(launches(&s.tick(Duration::ZERO, &slow)), [("g00".into(), 1, node(0), true, false)]);
+    s.failed(&task("g00", 1), "crashed").unwrap();
+    assert_eq!(launches(&s.tick(S, &BTreeSet::new())), [("g00".into(), 2, node(0), false, false)]);
+}

@@ -230,6 +230,28 @@ fn young_tasks_and_too_few_reports_are_not_judged() {
 }
 
 #[test]
+fn attempts_start_accelerated_on_a_known_slow_server_only_where_decide_would_accelerate_them() {
+    let p = |kind| policy(kind);
+    let (n, c) = (Priority::Normal, Priority::Critical);
+    for kind in [PolicyKind::Accelerate, PolicyKind::Progressive] {
+        assert!(accelerate_at_launch(&p(kind), true, n, 0.0), "{kind:?}");
+        assert!(!accelerate_at_launch(&p(kind), false, n, 0.0), "{kind:?}: no slow server, no cause");
+        assert!(!accelerate_at_launch(&p(kind), true, n, 0.9), "{kind:?}: the link is too busy");
+    }
+    for kind in [PolicyKind::None, PolicyKind::Backup] {
+        assert!(!accelerate_at_launch(&p(kind), true, c, 0.0), "{kind:?}");
+    }
+    let mut prio = p(PolicyKind::Priority);
+    assert!(accelerate_at_launch(&prio, true, c, 0.0));
+    assert!(accelerate_at_launch(&prio, true, n, 0.0), "less critical: accelerate");
+    for less in [LessCritical::Normal, LessCritical::Backup] {
+        prio.less_critical = less;
+        assert!(accelerate_at_launch(&prio, true, c, 0.0), "{less:?}");
+        assert!(!accelerate_at_launch(&prio, true, n, 0.0), "{less:?}");
+    }
+}
+
+#[test]
 fn slow_servers_are_slow_beside_the_median() {
     let bw: BTreeMap<String, f64> =
         [("a", 100.0), ("b", 90.0), ("c", 30.0), ("d", 110.0)].into_iter().map(|(s, b)| (s.to_string(), b)).collect();
