@@ -35,6 +35,8 @@ use tracing::{debug, info, info_span};
 /// A server whose devices read at under this fraction of the median
 /// server's is slow.
 const SLOW_DEVICE: f64 = 0.5;
+/// Readings in a row a server must be slow in before it counts as slow.
+const SLOW_READINGS: u32 = 2;
 /// How often the master's view of the servers is asked for (its figures
 /// change with heartbeats, every second).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -191,6 +193,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(setup.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slow = BTreeSet::new();
+    let mut streaks = straggler::SlowStreaks::new(SLOW_READINGS);
     let mut status_at: Option<Instant> = None;
     loop {
         let cmds = tokio::select! {
@@ -224,6 +227,7 @@ pub async fn run(
                 if status_at.is_none_or(|at| now.duration_since(at) >= STATUS_EVERY) {
                     status_at = Some(now);
                     if let Some(s) = slow_servers(&mut master, &fileset, &ctx.client).await {
+                        let s = streaks.observe(&s);
                         if s != slow {
                             info!(slow = ?s, "slow servers");
                         }

@@ -233,6 +233,33 @@ pub fn slow_servers(bandwidth: &BTreeMap<String, f64>, below: f64) -> BTreeSet<S
     bandwidth.iter().filter(|(_, b)| **b < below * median).map(|(s, _)| s.clone()).collect()
 }
 
+/// The servers slow in at least `needed` consecutive observations: one
+/// reading below the median (a busy moment of a healthy server on a loaded
+/// machine) is not yet a slow device, and since attempts launched while a
+/// server is judged slow read accelerated, a false alarm costs extra bytes.
+/// A server that reads healthy once is out at once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlowStreaks {
+    needed: u32,
+    streaks: BTreeMap<String, u32>,
+}
+
+impl SlowStreaks {
+    pub fn new(needed: u32) -> Self {
+        Self { needed: needed.max(1), streaks: BTreeMap::new() }
+    }
+
+    /// Takes one observation (the servers slow in it) and returns the
+    /// servers slow for long enough.
+    pub fn observe(&mut self, slow: &BTreeSet<String>) -> BTreeSet<String> {
+        self.streaks.retain(|s, _| slow.contains(s));
+        for s in slow {
+            *self.streaks.entry(s.clone()).or_default() += 1;
+        }
+        self.streaks.iter().filter(|(_, n)| **n >= self.needed).map(|(s, _)| s.clone()).collect()
+    }
+}
+
 /// Whether an attempt starts reading accelerated because a server its
 /// group's data is on is already known slow: the cause is known before the
 /// symptom, so the policies that cure a slow server with accelerated reads

@@ -252,6 +252,17 @@ fn attempts_start_accelerated_on_a_known_slow_server_only_where_decide_would_acc
 }
 
 #[test]
+fn a_server_is_slow_after_consecutive_observations_and_healthy_after_one() {
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    let mut s = SlowStreaks::new(2);
+    assert_eq!(s.observe(&set(&["a"])), set(&[]), "one reading is a blip");
+    assert_eq!(s.observe(&set(&["a", "b"])), set(&["a"]));
+    assert_eq!(s.observe(&set(&["b"])), set(&["b"]), "a is out at its first healthy reading");
+    assert_eq!(s.observe(&set(&["a"])), set(&[]), "and starts over");
+    assert_eq!(SlowStreaks::new(1).observe(&set(&["c"])), set(&["c"]));
+}
+
+#[test]
 fn slow_servers_are_slow_beside_the_median() {
     let bw: BTreeMap<String, f64> =
         [("a", 100.0), ("b", 90.0), ("c", 30.0), ("d", 110.0)].into_iter().map(|(s, b)| (s.to_string(), b)).collect();
