@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use tessera_e2e::{ControlPlane, until};
+use tessera_e2e::{ControlPlane, Options, until};
 use tessera_master::MasterConfig;
 use tessera_operator::ingest_pod::IngestPodConfig;
 use tessera_operator::leader::Elector;
@@ -56,7 +56,9 @@ async fn only_one_replica_leads_and_the_other_takes_over() {
 /// holding the lease and serving nothing.
 #[tokio::test]
 async fn a_leader_that_could_not_start_serving_tries_again() {
-    let cp = ControlPlane::start().await.unwrap();
+    // The harness's own apiserver: one named by KUBECONFIG may have the
+    // CRDs installed already.
+    let cp = ControlPlane::start_with(Options::default()).await.unwrap();
     let config = OperatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -75,6 +77,8 @@ async fn a_leader_that_could_not_start_serving_tries_again() {
         l.items.into_iter().find(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("operator-0"))
     })
     .await;
+    // Past a few failed attempts to serve, it still does not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(op.master_addr().is_none(), "a master without its records' CRD serves");
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
     let (ok, out, err) = cp.kubectl(&["apply", "--server-side", "-f", crds]).unwrap();

@@ -144,8 +144,10 @@ pub async fn start(kube: kube::Config, config: OperatorConfig) -> anyhow::Result
     Ok(Operator { http_addr, leading, shared, stop, task })
 }
 
-/// How long a leader that could not start serving waits to try again.
+/// How long a leader that could not start serving waits to try again, at
+/// first and at most.
 const LEAD_RETRY: Duration = Duration::from_secs(1);
+const LEAD_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Waits to lead, then runs the master and the controller until leadership
 /// is lost or the operator stops.
@@ -159,6 +161,7 @@ async fn lead(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // A replica that loses the lease stands by again, and may lead again.
+    let mut retry = LEAD_RETRY;
     loop {
         tokio::select! {
             r = leading.wait_for(|l| *l) => { r?; }
@@ -168,17 +171,21 @@ async fn lead(
             // The apiserver unreachable for a moment, or the master's
             // records not readable yet (their CRD not installed): a leader
             // that gave up here would hold the lease and serve nothing, so
-            // it tries again while it leads.
-            warn!(error = %format!("{e:#}"), "could not serve as the leader; trying again");
+            // it tries again while it leads, backing off so that a lasting
+            // fault (missing RBAC, say) is not hammered.
+            warn!(error = %format!("{e:#}"), retry_s = retry.as_secs(), "serving as the leader failed; trying again");
             {
                 let mut s = shared.lock().unwrap();
                 s.master = None;
                 s.master_addr = None;
             }
             tokio::select! {
-                _ = tokio::time::sleep(LEAD_RETRY) => {}
+                _ = tokio::time::sleep(retry) => {}
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
+            retry = (retry * 2).min(LEAD_RETRY_MAX);
+        } else {
+            retry = LEAD_RETRY;
         }
         if *stop.borrow() {
             return Ok(());

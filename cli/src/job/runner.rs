@@ -1,8 +1,9 @@
 //! A job run on this machine: the scheduler of `tessera_core::jobs` (the
 //! controller logic the Job controller runs too) driven by real attempts.
 //! Each attempt reads its group's files through the client's read path
-//! with a read mode of its own (normal, switched to accelerated when the
-//! scheduler says so, for the rest of its data), counts what it processed
+//! with a read mode of its own (normal, or accelerated from the start when
+//! the scheduler says so; a switch to accelerated cuts short the read in
+//! flight and reads it again so, decision 0024), counts what it processed
 //! and received, and leaves its result in a directory of its own; the
 //! scheduler's commands start, switch, stop and discard attempts.
 //!
@@ -35,7 +36,9 @@ use tracing::{debug, info, info_span};
 /// A server whose devices read at under this fraction of the median
 /// server's is slow.
 const SLOW_DEVICE: f64 = 0.5;
-/// Readings in a row a server must be slow in before it counts as slow.
+/// Readings in a row (status polls that answered, at least a second apart,
+/// each the master's device figures with the client's own latency view) a
+/// server must be slow in before it counts as slow.
 const SLOW_READINGS: u32 = 2;
 /// How often the master's view of the servers is asked for (its figures
 /// change with heartbeats, every second).
@@ -392,12 +395,15 @@ async fn attempt(ctx: &Ctx, plan: &GroupPlan, dir: &Path, node: &str, m: &Meters
                 ctx.client.read(loc, range, ReadMode::Accelerated).await?
             } else {
                 tokio::select! {
+                    // A read that is done counts, even if the switch came
+                    // at the same moment.
+                    biased;
                     r = ctx.client.read(loc, range.clone(), ReadMode::Normal) => r?,
-                    // (The guard it returns is not Send: dropped inside.)
+                    // `wait_for`'s guard is not `Send`; dropped inside the
+                    // block, it keeps the attempt's future `Send`.
                     _ = async { drop(switched.wait_for(|a| *a).await) } => {
                         // What the dropped read fetched is not known here:
-                        // counted as all it asked for, so extra bytes are
-                        // never understated.
+                        // counted as the bytes it asked for (an estimate).
                         m.fetched.fetch_add(range.end - range.start, Ordering::Relaxed);
                         ctx.client.read(loc, range, ReadMode::Accelerated).await?
                     }

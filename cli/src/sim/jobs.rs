@@ -14,6 +14,9 @@
 //! `node_slowdown` times slower; every node's CPU and every group's size
 //! vary by ±10% so a healthy run is not uniform. The network is not
 //! modelled (link loads are reported as light), nor contention on a disk.
+//! Attempts start in normal mode here: the scheduler's start-accelerated
+//! rule for groups on a server known slow (decision 0024) is not modelled,
+//! so the accelerating policies' figures are conservative.
 //! The same arguments give the same figures.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -11,6 +11,12 @@
 //! another node helps. Near the end (the end game) every remaining task is
 //! accelerated, since the network is then mostly idle.
 //!
+//! An attempt whose group has data on a server already known slow starts
+//! accelerated under the policies that cure that cause
+//! ([`accelerate_at_launch`]); a server counts as slow only after several
+//! readings in a row ([`SlowStreaks`], state a restarted controller starts
+//! afresh, costing it one reading).
+//!
 //! [`decide`] is a pure function of the policy, the job's progress and the
 //! running attempts' reports: everything it needs across evaluations (since
 //! when a task has been accelerated, which groups have a backup) is in its
@@ -238,7 +244,7 @@ pub fn slow_servers(bandwidth: &BTreeMap<String, f64>, below: f64) -> BTreeSet<S
 /// machine) is not yet a slow device, and since attempts launched while a
 /// server is judged slow read accelerated, a false alarm costs extra bytes.
 /// A server that reads healthy once is out at once.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlowStreaks {
     needed: u32,
     streaks: BTreeMap<String, u32>,
@@ -264,10 +270,13 @@ impl SlowStreaks {
 /// group's data is on is already known slow: the cause is known before the
 /// symptom, so the policies that cure a slow server with accelerated reads
 /// do it from the first byte instead of after a warmup spent waiting for
-/// that server. Only where [`decide`] would accelerate the same attempt
-/// once slow: not for the backup policy (which knows no causes), a normal
-/// task under the priority policy only when its less critical option is
-/// acceleration, and only while the node's link admits it.
+/// that server. The policies that accelerate a task slowed by a server do
+/// (accelerate, progressive, and priority for critical tasks and for normal
+/// ones whose less critical option is acceleration); none and backup (which
+/// knows no causes) do not. Unlike [`decide`], it holds every attempt,
+/// critical ones and backups included, to the network limit, and it does
+/// not wait a period before accelerating a backup: an attempt starting on a
+/// server known slow is in the case the period exists to detect.
 pub fn accelerate_at_launch(policy: &Policy, slow_server: bool, priority: Priority, net_load: f64) -> bool {
     let by_policy = match policy.kind {
         PolicyKind::None | PolicyKind::Backup => false,
